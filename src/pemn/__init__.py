@@ -1,6 +1,30 @@
-"""pemn: Parameter-Efficient Masking Networks (Bai et al., NeurIPS 2022) as a library."""
+"""pemn: Parameter-Efficient Masking Networks (Bai et al., NeurIPS 2022) as a library.
 
-from pemn.errors import ArchitectureMismatchError, ConversionError, DatasetError, FormatError, PEMNError
+A model's Conv/Linear weights become fixed random values from a tiny shared prototype; each layer learns
+only a binary mask. Convert any model with :func:`convert_`, train its scores, and ship it with :func:`save`.
+"""
+
+from pemn.artifact import load, save
+from pemn.config import PEMNConfig, kept_count
+from pemn.convert import convert_, freeze_masks, masked_weights, materialize, unwrap
+from pemn.errors import (
+    ArchitectureMismatchError,
+    ConversionError,
+    DatasetError,
+    FormatError,
+    PEMNError,
+    PrototypeMismatchError,
+)
+from pemn.layers import (
+    MaskedConv1d,
+    MaskedConv2d,
+    MaskedConv3d,
+    MaskedLinear,
+    MaskedMultiheadAttention,
+    MaskedWeight,
+)
+from pemn.prototype import PrototypeBank
+from pemn.summary import PEMNSummary, summary
 
 __version__ = "0.1.0"
 
@@ -9,6 +33,25 @@ __all__ = [
     "ConversionError",
     "DatasetError",
     "FormatError",
+    "MaskedConv1d",
+    "MaskedConv2d",
+    "MaskedConv3d",
+    "MaskedLinear",
+    "MaskedMultiheadAttention",
+    "MaskedWeight",
+    "PEMNConfig",
     "PEMNError",
+    "PEMNSummary",
+    "PrototypeBank",
+    "PrototypeMismatchError",
     "__version__",
+    "convert_",
+    "freeze_masks",
+    "kept_count",
+    "load",
+    "masked_weights",
+    "materialize",
+    "save",
+    "summary",
+    "unwrap",
 ]

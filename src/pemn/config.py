@@ -1,0 +1,137 @@
+"""PEMNConfig: the validated, JSON-serializable description of how a model is masked."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+STRATEGIES = ("mask", "one_layer", "mp", "rp")
+FILLS = ("copy", "rand")
+INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
+#: Layer types masked by default, by class name. Their subclasses are masked too when they keep the
+#: parent's forward (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection).
+SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention")
+DEFAULT_RP_RATIO = 1e-3
+_SEED_LIMIT = 2**63
+
+
+def kept_count(keep: float, numel: int) -> int:
+    """Number of weights a mask keeps: ``max(1, ceil(keep * numel))``.
+
+    The product is taken exactly on ``keep``'s shortest decimal form, so 0.1 × 70 keeps 7, not 8.
+    This equals the paper's ``numel - int((1 - keep) * numel)`` without its float rounding.
+    """
+    if numel <= 0:
+        return 0
+    return min(numel, max(1, math.ceil(Fraction(repr(float(keep))) * numel)))
+
+
+def _check_pattern_list(name: str, value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{name} must be a list of non-empty strings (layer type names or name patterns)")
+    for v in value:
+        if v not in SUPPORTED_TYPES:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"{name}: {v!r} is neither a layer type nor a valid regex ({e})") from None
+    return tuple(value)
+
+
+@dataclass(frozen=True)
+class PEMNConfig:
+    """How a model's Conv/Linear weights are replaced by masked views of a shared random prototype.
+
+    Args:
+        strategy: ``"mask"`` (every layer its own random weights: plain edge-popup), ``"one_layer"``
+            (layers of the same weight shape share one random tensor), ``"mp"`` (every layer is the prefix
+            of the largest layer's random weights), ``"rp"`` (a random vector of
+            ``int(ratio * largest_numel) + 1`` values tiled to the largest layer's size).
+        ratio: rp only, 0 < ratio < 1 (default 1e-3 for rp).
+        fill: mp/rp only. ``"copy"``: plain tiling (the paper's default); ``"rand"``: tiled, then shuffled
+            by a seeded permutation.
+        keep: fraction of each layer's weights its mask keeps (0 < keep <= 1; paper: 0.5). The kept count
+            is :func:`kept_count`.
+        seed: seeds the prototype (portable, see :mod:`pemn.prototype`) and the score initialisation.
+        init: distribution of the prototype: ``"kaiming_normal"`` (N(0, 2/fan_in) of the layer the
+            prototype comes from; the paper's), ``"kaiming_uniform"`` (U(±sqrt(6/fan_in))) or
+            ``"signed_constant"`` (±sqrt(2/fan_in)).
+        rescale: scale each layer's slice of the prototype to that layer's own fan-in (False = the paper).
+        targets: which modules are masked: layer type names (``"Linear"``, ``"Conv2d"``...) or regexes
+            fully matching a module's qualified name. ``None``: every supported type.
+        exclude: same syntax; matching modules are left dense.
+    """
+
+    strategy: str = "rp"
+    ratio: float | None = None
+    fill: str = "copy"
+    keep: float = 0.5
+    seed: int = 0
+    init: str = "kaiming_normal"
+    rescale: bool = False
+    targets: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.strategy == "rp":
+            ratio = DEFAULT_RP_RATIO if self.ratio is None else self.ratio
+            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
+                raise ValueError(f"ratio must be a number with 0 < ratio < 1 for strategy 'rp', got {ratio!r}")
+            set_(self, "ratio", float(ratio))
+        elif self.ratio is not None:
+            raise ValueError(f"ratio applies only to strategy 'rp' (got ratio={self.ratio!r} with "
+                             f"strategy {self.strategy!r}); leave it unset")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
+        if self.fill == "rand" and self.strategy not in ("mp", "rp"):
+            raise ValueError(f"fill='rand' applies only to strategies 'mp' and 'rp', not {self.strategy!r}")
+        keep = self.keep
+        if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
+            raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")
+        set_(self, "keep", float(keep))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < _SEED_LIMIT:
+            raise ValueError(f"seed must be an int with 0 <= seed < 2**63, got {self.seed!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not isinstance(self.rescale, bool):
+            raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
+        set_(self, "targets", _check_pattern_list("targets", self.targets))
+        set_(self, "exclude", _check_pattern_list("exclude", self.exclude) or ())
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        for k in ("targets", "exclude"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PEMNConfig:
+        """Build from :meth:`to_dict`'s output; unknown keys are an error naming them."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a PEMNConfig must be built from a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown PEMNConfig field(s) {unknown}; valid fields: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> PEMNConfig:
+        return cls.from_dict(json.loads(text))

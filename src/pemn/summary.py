@@ -1,0 +1,138 @@
+"""Counts, bytes and compression ratios of a converted model or an artifact file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pemn.artifact import Artifact, parse, read, to_bytes
+
+COMPONENTS = ("masks", "prototype", "extras", "norm_stats", "header")
+_PREFIX = {"mask/": "masks", "prototype/": "prototype", "param/": "extras", "buffer/": "norm_stats"}
+
+
+@dataclass
+class LayerSummary:
+    name: str
+    shape: tuple[int, ...]
+    masked_weights: int
+    kept: int
+    kept_fraction: float
+    mask_bytes: int
+
+
+@dataclass
+class PEMNSummary:
+    """What a PEMN model costs.
+
+    ``paper_ratio`` is the paper's size compression ratio ``1 - (N + 32 P) / (32 N)`` (masks at 1 bit, the
+    prototype at 32 bits, everything else uncounted). ``honest_ratio`` is the dense fp32 size of the whole
+    model (every masked weight, parameter and float buffer at 4 bytes) divided by the artifact's size in
+    bytes. For a model (not a file), the bytes are those of the artifact :func:`pemn.save` would write with
+    the given ``coding`` and ``prototype`` storage (it is built in memory).
+    """
+
+    strategy: str
+    coding: str
+    prototype_storage: str
+    masked_weights: int
+    unique_values: int
+    kept: int
+    layers: list[LayerSummary]
+    bytes: dict[str, int]
+    file_bytes: int
+    dense_bytes: int
+    paper_ratio: float
+    honest_ratio: float
+    source: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kept_fraction(self) -> float:
+        return self.kept / self.masked_weights
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["kept_fraction"] = self.kept_fraction
+        return d
+
+    def table(self) -> str:
+        """A readable per-layer and total table."""
+        rows = [f"{'layer':<40} {'shape':<20} {'N':>10} {'kept':>7} {'mask B':>9}"]
+        for lay in self.layers:
+            rows.append(f"{lay.name[-40:]:<40} {'x'.join(map(str, lay.shape)):<20} {lay.masked_weights:>10,} "
+                        f"{lay.kept_fraction:>7.3f} {lay.mask_bytes:>9,}")
+        rows.append("-" * len(rows[0]))
+        rows.append(f"{'total':<40} {'':<20} {self.masked_weights:>10,} {self.kept_fraction:>7.3f} "
+                    f"{self.bytes['masks']:>9,}")
+        rows.append("")
+        rows.append(f"strategy {self.strategy}, coding {self.coding}, prototype stored as "
+                    f"{self.prototype_storage}; unique values P = {self.unique_values:,}")
+        parts = ", ".join(f"{k} {self.bytes[k]:,}" for k in COMPONENTS)
+        rows.append(f"bytes: {parts}; file {self.file_bytes:,}")
+        rows.append(f"paper ratio {self.paper_ratio:.5f}  |  honest ratio {self.honest_ratio:.2f}x "
+                    f"(dense fp32 {self.dense_bytes:,} B / file {self.file_bytes:,} B)")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def paper_ratio(masked_weights: int, unique_values: int) -> float:
+    """The paper's size compression ratio ``1 - (N + 32 P) / (32 N)``."""
+    return 1.0 - (masked_weights + 32 * unique_values) / (32 * masked_weights)
+
+
+def summarize(art: Artifact) -> PEMNSummary:
+    """The summary of a parsed artifact."""
+    from pemn.prototype import plan
+
+    by_component = dict.fromkeys(COMPONENTS, 0)
+    dense_numel = 0
+    for name, t in art.tensors.items():
+        nbytes = t.numel() * t.element_size()
+        for prefix, comp in _PREFIX.items():
+            if name.startswith(prefix):
+                by_component[comp] += nbytes
+        if name.startswith(("param/", "buffer/")) and t.dtype.is_floating_point:
+            dense_numel += t.numel()
+    by_component["header"] = art.file_bytes - sum(by_component.values())
+    layers = []
+    masks = art.group("mask/")
+    for e in art.manifest:
+        n = 1
+        for s in e["shape"]:
+            n *= s
+        layers.append(LayerSummary(e["name"], tuple(e["shape"]), n, e["kept"], e["kept"] / n,
+                                   int(masks[e["name"]].numel())))
+    n_total = sum(lay.masked_weights for lay in layers)
+    sources, _ = plan(art.config, [lay.shape for lay in layers])
+    p_total = sum(s.length for s in sources.values())
+    dense_bytes = 4 * (n_total + dense_numel)
+    return PEMNSummary(
+        strategy=art.config.strategy, coding=art.coding, prototype_storage=art.prototype_storage,
+        masked_weights=n_total, unique_values=p_total, kept=sum(lay.kept for lay in layers), layers=layers,
+        bytes=by_component, file_bytes=art.file_bytes, dense_bytes=dense_bytes,
+        paper_ratio=paper_ratio(n_total, p_total), honest_ratio=dense_bytes / art.file_bytes,
+        config=art.config.to_dict())
+
+
+def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = "packed",
+            prototype: str = "values", verbose: bool = True) -> PEMNSummary:
+    """Summarise a converted model (as the artifact it would save to) or an artifact file.
+
+    Prints the table unless ``verbose=False``; returns the :class:`PEMNSummary` either way.
+    """
+    if isinstance(model_or_path, nn.Module):
+        result = summarize(parse(to_bytes(model_or_path, coding=coding, prototype=prototype)))
+    else:
+        result = summarize(read(model_or_path))
+        result.source = str(Path(model_or_path))
+    if verbose:
+        print(result.table())
+    return result
