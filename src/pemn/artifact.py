@@ -179,18 +179,18 @@ def _fail(msg: str) -> FormatError:
 def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     """Parse and integrity-check artifact bytes; :class:`FormatError` on anything wrong."""
     where = f"{source}: " if source else ""
-    if data[:1] == b"\x80" or data[:2] == b"PK":
-        raise _fail(where + _PICKLE_HINT)
+    # A pickle (protocol 2+) starts with 0x80, a torch.save zip with "PK"; a safetensors header length
+    # may start with those bytes too, so the hint is given only once the container fails to parse.
+    foreign = where + (_PICKLE_HINT if data[:1] == b"\x80" or data[:2] == b"PK" else "not a pemn artifact")
     if len(data) < 10:
-        raise _fail(where + f"file is too short ({len(data)} bytes) to be a pemn artifact")
+        raise _fail(f"{foreign} (file is too short: {len(data)} bytes)")
     header_len = int.from_bytes(data[:8], "little")
     if header_len > len(data) - 8 or header_len > _MAX_HEADER:
-        raise _fail(where + "not a pemn artifact, or truncated: its header length "
-                    f"({header_len}) exceeds the file ({len(data)} bytes)")
+        raise _fail(f"{foreign}, or truncated: its header length ({header_len}) exceeds the file ({len(data)} bytes)")
     try:
         header = json.loads(data[8:8 + header_len])
     except (UnicodeDecodeError, ValueError):
-        raise _fail(where + "not a pemn artifact: its header is not valid JSON (corrupt or foreign file)") from None
+        raise _fail(f"{foreign}: its header is not valid JSON (corrupt or foreign file)") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
         raise _fail(where + "not a pemn artifact: no metadata")
     meta = header["__metadata__"]

@@ -52,8 +52,8 @@ def _matches(name: str, module: nn.Module, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def _owns_weights(module: nn.Module) -> bool:
-    return any(p is not None and p.dim() >= 2 for p in module._parameters.values())
+def _owns_params(module: nn.Module) -> bool:
+    return any(p is not None for p in module._parameters.values())
 
 
 def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None) -> list[tuple[str, nn.Module]]:
@@ -72,7 +72,7 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None) ->
         if filter_fn is not None and not filter_fn(name, module):
             continue
         if masked_class_for(module) is None:
-            if not supported and not _owns_weights(module):
+            if not supported and not _owns_params(module):
                 continue  # a container matched by a name pattern: its children decide
             what = f"{type(module).__name__}"
             if supported:
@@ -188,7 +188,7 @@ def materialize(model: nn.Module) -> nn.Module:
     """A plain PyTorch copy of a converted model: standard layers with ``weight = prototype * mask``.
 
     The result has no pemn classes, gives the same outputs, and exports like any model (ONNX, TorchScript).
-    The input model is not changed.
+    Its baked weights do not require grad (everything else keeps its flag). The input model is not changed.
     """
     root = unwrap(model)
     if not is_converted(root):

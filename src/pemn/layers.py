@@ -179,7 +179,12 @@ def to_masked_(module: nn.Module, weights: dict[str, MaskedWeight]) -> nn.Module
 
 def to_dense_(module: nn.Module) -> nn.Module:
     """Turn a masked layer back into its original torch class in place, baking ``prototype * mask``
-    into ordinary trainable weight Parameters."""
+    into ordinary weight Parameters.
+
+    The new weights have ``requires_grad=False``, like the masked weights they replace: besides being
+    right for inference, this keeps outputs bit-identical, since torch picks different (equally valid)
+    matmul decompositions for weights that require grad. Call ``requires_grad_()`` to fine-tune them.
+    """
     if not isinstance(module, MaskedLayer):
         raise TypeError(f"{type(module).__name__} is not a pemn masked layer")
     weights = {name: mw().detach().clone() for name, mw in module.masked_weights().items()}
@@ -187,7 +192,7 @@ def to_dense_(module: nn.Module) -> nn.Module:
         del module._modules[name + "_masked"]
     module.__class__ = module.__dict__.pop("_pemn_original_class", module.base_class)
     for name, w in weights.items():
-        module.register_parameter(name, nn.Parameter(w))
+        module.register_parameter(name, nn.Parameter(w, requires_grad=False))
     return module
 
 
