@@ -1,19 +1,25 @@
-"""The ``.pemn`` artifact: one safetensors file holding masks, prototype, dense extras and a JSON header.
+"""The ``.pemn`` artifact: one safetensors file holding masks, prototype, dense extras and a small header.
 
-Layout (format version 1). Tensors, all 1-D unless noted:
+Layout (format version 1). Tensors, all 1-D:
 
-- ``mask/<weight>``: uint8, the mask of one masked weight; ``coding="packed"``: 1 bit per weight, bit
-  ``i`` of the row-major mask is bit ``i % 8`` (LSB first) of byte ``i // 8``; ``coding="entropy"``: a
-  range code with the layer's kept fraction as the probability of a 1 (see :mod:`pemn.coding`).
-- ``prototype/<source>``: float32, the stored prototype values (absent with ``prototype="seed"``).
-- ``param/<name>``: every parameter that is not masked (biases, norm affine, embeddings...), as trained.
-- ``buffer/<name>``: every persistent buffer (norm running statistics...).
+- ``masks``: uint8, every masked weight's mask, one after another in manifest order (each entry's ``bytes``
+  long). ``coding="packed"``: 1 bit per weight, bit ``i`` of the row-major mask is bit ``i % 8`` (LSB first) of
+  byte ``i // 8``; ``coding="entropy"``: a range code with the layer's kept fraction as the probability of a 1
+  (see :mod:`pemn.coding`).
+- ``prototype``: float32, the stored prototype values, the bank's sources concatenated in name order
+  (absent with ``prototype="seed"``; :mod:`pemn.prototype` says how to regenerate them).
+- ``params.<dtype>`` / ``buffers.<dtype>``: every parameter that is not masked (biases, norm affine,
+  embeddings...) and every persistent buffer (norm running statistics...), flattened and concatenated per
+  dtype in the order of the ``dense`` index.
+- ``index``: uint8, zlib-compressed JSON ``{"manifest": [{name, shape, kept, bytes}...], "dense": [[name,
+  "param"|"buffer", dtype, shape]...]}`` (compressed because the names repeat: it keeps the header a small
+  fraction of the file).
 
 Metadata (safetensors ``__metadata__``, str → str): ``format`` = ``"pemn"``, ``format_version``,
 ``pemn_version``, ``torch_version``, ``config`` (PEMNConfig JSON), ``coding``, ``prototype_storage``
-(``"values"`` | ``"seed"``), ``prototype_sha256``, ``manifest`` (JSON list of ``{name, shape, kept}`` in
-conversion order) and ``integrity``: SHA-256 over the other metadata and every tensor's name, dtype, shape
-and bytes, so any corruption is caught before a model is touched. Loading never unpickles anything.
+(``"values"`` | ``"seed"``), ``prototype_sha256`` and ``integrity``: SHA-256 over the other metadata and every
+tensor's name, dtype, shape and bytes, so any corruption is caught before a model is touched. Loading never
+unpickles anything.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import json
 import math
 import os
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +43,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn import coding as mask_coding
-from pemn.config import PEMNConfig
+from pemn.config import PEMNConfig, kept_count
 from pemn.convert import convert_selected_, find_bank, is_converted, masked_weights, unwrap
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
 from pemn.layers import MaskedWeight, masked_class_for, weight_params
@@ -47,6 +54,7 @@ FORMAT_VERSION = 1
 CODINGS = ("packed", "entropy")
 PROTOTYPE_STORAGE = ("values", "seed")
 _MAX_HEADER = 64 << 20
+_MAX_INDEX = 256 << 20
 _PICKLE_HINT = ("this looks like a pickle / torch.save file, not a pemn artifact; pemn never unpickles "
                 "(write artifacts with pemn.save)")
 
@@ -65,13 +73,11 @@ class Artifact:
     tensors: dict[str, torch.Tensor]
     config: PEMNConfig
     manifest: list[dict[str, Any]]
+    dense: list[list[Any]]
     coding: str
     prototype_storage: str
     prototype_sha256: str
     file_bytes: int
-
-    def group(self, prefix: str) -> dict[str, torch.Tensor]:
-        return {k[len(prefix):]: v for k, v in self.tensors.items() if k.startswith(prefix)}
 
 
 def _integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -91,8 +97,19 @@ def _split_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, t
     return _dense_state(model, lambda k: k.startswith(prefixes))
 
 
-def _tensor_for_file(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().to("cpu", copy=True).contiguous()
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _pack_dense(kind: str, state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
+                index: list[list[Any]]) -> None:
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, t in state.items():
+        dtype = _dtype_name(t.dtype)
+        index.append([name, kind, dtype, list(t.shape)])
+        groups.setdefault(dtype, []).append(t.detach().reshape(-1).cpu())
+    for dtype, parts in groups.items():
+        tensors[f"{kind}s.{dtype}"] = torch.cat(parts)
 
 
 def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values") -> bytes:
@@ -105,20 +122,22 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
     bank = find_bank(model)
     tensors: dict[str, torch.Tensor] = {}
     manifest = []
+    payloads = []
     for name, mw in masked_weights(model).items():
         mask = mw.current_mask().detach().reshape(-1).cpu().numpy()
         data = mask_coding.pack_bits(mask) if coding == "packed" else mask_coding.encode_entropy(mask, mw.kept)
-        tensors[f"mask/{name}"] = torch.from_numpy(np.ascontiguousarray(data, dtype=np.uint8))
-        manifest.append({"name": name, "shape": list(mw.shape), "kept": mw.kept})
-    protos = bank.prototypes()
+        payloads.append(np.ascontiguousarray(data, dtype=np.uint8))
+        manifest.append({"name": name, "shape": list(mw.shape), "kept": mw.kept, "bytes": int(data.size)})
+    tensors["masks"] = torch.from_numpy(np.concatenate(payloads))
     if prototype == "values":
-        for src, values in protos.items():
-            tensors[f"prototype/{src}"] = torch.from_numpy(np.array(values, dtype=np.float32))
+        protos = bank.prototypes()
+        tensors["prototype"] = torch.from_numpy(np.concatenate([protos[n] for n in sorted(protos)]).astype("<f4"))
     params, buffers = _split_state(model)
-    for name, t in params.items():
-        tensors[f"param/{name}"] = _tensor_for_file(t)
-    for name, t in buffers.items():
-        tensors[f"buffer/{name}"] = _tensor_for_file(t)
+    dense: list[list[Any]] = []
+    _pack_dense("param", params, tensors, dense)
+    _pack_dense("buffer", buffers, tensors, dense)
+    index = json.dumps({"manifest": manifest, "dense": dense}, separators=(",", ":")).encode()
+    tensors["index"] = torch.frombuffer(bytearray(zlib.compress(index, 9)), dtype=torch.uint8)
     metadata = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
@@ -128,7 +147,6 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
         "coding": coding,
         "prototype_storage": prototype,
         "prototype_sha256": bank.sha256,
-        "manifest": json.dumps(manifest, separators=(",", ":")),
     }
     metadata["integrity"] = _integrity(metadata, tensors)
     return st_save(tensors, metadata=metadata)
@@ -189,7 +207,7 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         raise _fail(f"{foreign}, or truncated: its header length ({header_len}) exceeds the file ({len(data)} bytes)")
     try:
         header = json.loads(data[8:8 + header_len])
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _fail(f"{foreign}: its header is not valid JSON (corrupt or foreign file)") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
         raise _fail(where + "not a pemn artifact: no metadata")
@@ -197,7 +215,7 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     if meta.get("format") != FORMAT:
         raise _fail(where + f"not a pemn artifact (format={meta.get('format')!r})")
     version = meta.get("format_version")
-    if not isinstance(version, str) or not version.isdigit():
+    if not isinstance(version, str) or not (version.isascii() and version.isdigit()) or len(version) > 9:
         raise _fail(where + f"invalid format_version {version!r}")
     if int(version) > FORMAT_VERSION:
         raise _fail(where + f"written by a newer pemn (format version {version}; this pemn "
@@ -214,28 +232,53 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         raise _fail(where + "corrupt artifact: integrity check failed (the file was modified or damaged)")
     try:
         config = PEMNConfig.from_json(meta["config"])
-        manifest = json.loads(meta["manifest"])
         coding = meta["coding"]
         storage = meta["prototype_storage"]
         sha = meta["prototype_sha256"]
-    except (KeyError, ValueError, TypeError) as e:
+        index = _read_index(tensors)
+    except (KeyError, ValueError, TypeError, RecursionError, zlib.error) as e:
         raise _fail(where + f"corrupt artifact: bad header field ({e})") from None
     if coding not in CODINGS or storage not in PROTOTYPE_STORAGE:
         raise _fail(where + f"unknown coding {coding!r} or prototype storage {storage!r}")
-    _check_manifest(manifest, where)
-    return Artifact(meta, tensors, config, manifest, coding, storage, sha, len(data))
+    if not isinstance(index, dict) or set(index) != {"manifest", "dense"}:
+        raise _fail(where + "corrupt artifact: the index must hold exactly a manifest and a dense list")
+    _check_manifest(index["manifest"], config, where)
+    _check_dense_index(index["dense"], where)
+    return Artifact(meta, tensors, config, index["manifest"], index["dense"], coding, storage, sha, len(data))
 
 
-def _check_manifest(manifest: Any, where: str) -> None:
+def _read_index(tensors: dict[str, torch.Tensor]) -> Any:
+    t = tensors["index"]
+    if t.dtype != torch.uint8 or t.dim() != 1:
+        raise ValueError("the index must be a 1-D uint8 tensor")
+    inflater = zlib.decompressobj()
+    text = inflater.decompress(t.numpy().tobytes(), _MAX_INDEX)
+    if inflater.unconsumed_tail or not inflater.eof:
+        raise ValueError("the index is truncated or larger than any real model's")
+    return json.loads(text)
+
+
+def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
     if not isinstance(manifest, list) or not manifest:
         raise _fail(where + "corrupt artifact: the manifest must be a non-empty list")
     for entry in manifest:
-        ok = (isinstance(entry, dict) and isinstance(entry.get("name"), str)
-              and isinstance(entry.get("shape"), list)
-              and all(isinstance(s, int) and s > 0 for s in entry["shape"])
-              and isinstance(entry.get("kept"), int))
-        if not ok or not 0 < entry["kept"] <= math.prod(entry["shape"]):
+        ok = (isinstance(entry, dict) and set(entry) == {"name", "shape", "kept", "bytes"}
+              and isinstance(entry["name"], str)
+              and isinstance(entry["shape"], list) and entry["shape"]
+              and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 2**40 for s in entry["shape"])
+              and isinstance(entry["kept"], int) and isinstance(entry["bytes"], int) and entry["bytes"] >= 0)
+        if not ok or entry["kept"] != kept_count(config.keep, math.prod(entry["shape"])):
             raise _fail(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}")
+
+
+def _check_dense_index(dense: Any, where: str) -> None:
+    ok = isinstance(dense, list) and all(
+        isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and e[1] in ("param", "buffer")
+        and isinstance(e[2], str) and isinstance(e[3], list)
+        and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in e[3])
+        for e in dense)
+    if not ok:
+        raise _fail(where + "corrupt artifact: bad dense index")
 
 
 def read(path: str | os.PathLike[str]) -> Artifact:
@@ -289,39 +332,60 @@ def _dense_state(model: nn.Module, skip: Callable[[str], bool]
     return params, buffers
 
 
-def _check_dense(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], art: Artifact,
+def _dense_tensors(art: Artifact, where: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Split the flat ``params.*`` / ``buffers.*`` tensors back into named tensors, by kind."""
+    out: dict[str, dict[str, torch.Tensor]] = {"param": {}, "buffer": {}}
+    offsets: dict[str, int] = {}
+    for name, kind, dtype, shape in art.dense:
+        key = f"{kind}s.{dtype}"
+        flat = art.tensors.get(key)
+        n = math.prod(shape)
+        start = offsets.get(key, 0)
+        if flat is None or _dtype_name(flat.dtype) != dtype or flat.dim() != 1 or start + n > flat.numel():
+            raise _fail(f"{where}corrupt artifact: dense tensor {name} does not fit {key}")
+        if name in out[kind]:
+            raise _fail(f"{where}corrupt artifact: dense tensor {name} listed twice")
+        out[kind][name] = flat[start:start + n].view(shape)
+        offsets[key] = start + n
+    groups = {k for k in art.tensors if k.startswith(("params.", "buffers."))}
+    if groups != set(offsets) or any(art.tensors[k].numel() != offsets[k] for k in groups):
+        raise _fail(f"{where}corrupt artifact: dense tensors do not match the dense index")
+    return out
+
+
+def _check_dense(mine: dict[str, dict[str, torch.Tensor]], theirs: dict[str, dict[str, torch.Tensor]],
                  where: str) -> None:
-    for prefix, mine in (("param/", params), ("buffer/", buffers)):
-        theirs = art.group(prefix)
-        missing = sorted(set(mine) - set(theirs))
-        extra = sorted(set(theirs) - set(mine))
-        bad = [f"{k}: artifact {theirs[k].dtype} {tuple(theirs[k].shape)} vs model {mine[k].dtype} "
-               f"{tuple(mine[k].shape)}" for k in mine if k in theirs and (
-                   tuple(theirs[k].shape) != tuple(mine[k].shape)
-                   or theirs[k].dtype.is_floating_point != mine[k].dtype.is_floating_point)]
+    for kind in ("param", "buffer"):
+        a, b = theirs[kind], mine[kind]
+        missing = sorted(set(b) - set(a))
+        extra = sorted(set(a) - set(b))
+        bad = [f"{k}: artifact {a[k].dtype} {tuple(a[k].shape)} vs model {b[k].dtype} {tuple(b[k].shape)}"
+               for k in b if k in a and (tuple(a[k].shape) != tuple(b[k].shape)
+                                         or a[k].dtype.is_floating_point != b[k].dtype.is_floating_point)]
         if missing or extra or bad:
-            kind = "parameters" if prefix == "param/" else "buffers"
             raise ArchitectureMismatchError(
-                f"{where}architecture mismatch in dense {kind}: in the model but not the artifact "
+                f"{where}architecture mismatch in dense {kind}s: in the model but not the artifact "
                 f"{missing[:5]}, in the artifact but not the model {extra[:5]}, mismatched {bad[:5]}")
 
 
 def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str) -> dict[str, np.ndarray]:
     sources, _ = plan(art.config, model_shapes)
     if art.prototype_storage == "values":
-        stored = art.group("prototype/")
-        if set(stored) != set(sources):
-            raise _fail(f"{where}corrupt artifact: prototype sources {sorted(stored)} != {sorted(sources)}")
-        protos = {}
-        for name, src in sources.items():
-            t = stored[name]
-            if t.dtype != torch.float32 or tuple(t.shape) != (src.length,):
-                raise _fail(f"{where}corrupt artifact: prototype {name} is {t.dtype} {tuple(t.shape)}, "
-                            f"expected float32 ({src.length},)")
-            protos[name] = t.numpy()
+        stored = art.tensors.get("prototype")
+        total = sum(src.length for src in sources.values())
+        if stored is None or stored.dtype != torch.float32 or tuple(stored.shape) != (total,):
+            what = "missing" if stored is None else f"{stored.dtype} {tuple(stored.shape)}"
+            raise _fail(f"{where}corrupt artifact: the prototype is {what}, expected float32 ({total},)")
+        values = stored.numpy()
+        protos, start = {}, 0
+        for name in sorted(sources):
+            protos[name] = values[start:start + sources[name].length]
+            start += sources[name].length
         if fingerprint(protos) != art.prototype_sha256:
             raise PrototypeMismatchError(f"{where}the stored prototype does not match its SHA-256")
         return protos
+    if "prototype" in art.tensors:
+        raise _fail(f"{where}corrupt artifact: prototype values in a seed-only artifact")
     protos = {name: prototype_values(art.config, src) for name, src in sources.items()}
     if fingerprint(protos) != art.prototype_sha256:
         raise PrototypeMismatchError(
@@ -331,22 +395,22 @@ def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str) 
 
 
 def _masks(art: Artifact, where: str) -> dict[str, np.ndarray]:
-    stored = art.group("mask/")
-    names = [e["name"] for e in art.manifest]
-    if set(stored) != set(names):
-        raise _fail(f"{where}corrupt artifact: mask tensors do not match the manifest")
-    out = {}
+    stored = art.tensors.get("masks")
+    if stored is None or stored.dtype != torch.uint8 or stored.dim() != 1:
+        raise _fail(f"{where}corrupt artifact: the masks tensor is missing or not 1-D uint8")
+    if stored.numel() != sum(e["bytes"] for e in art.manifest):
+        raise _fail(f"{where}corrupt artifact: the masks tensor does not match the manifest's sizes")
+    data = stored.numpy()
+    out, start = {}, 0
     for e in art.manifest:
-        t = stored[e["name"]]
-        if t.dtype != torch.uint8 or t.dim() != 1:
-            raise _fail(f"{where}corrupt artifact: mask {e['name']} is {t.dtype} with {t.dim()} dims")
         count = math.prod(e["shape"])
-        data = t.numpy()
+        chunk = data[start:start + e["bytes"]]
+        start += e["bytes"]
         try:
             if art.coding == "packed":
-                mask = mask_coding.unpack_bits(data, count)
+                mask = mask_coding.unpack_bits(chunk, count)
             else:
-                mask = mask_coding.decode_entropy(data, count, e["kept"])
+                mask = mask_coding.decode_entropy(chunk, count, e["kept"])
         except FormatError as err:
             raise _fail(f"{where}corrupt mask for {e['name']}: {err}") from None
         if int(mask.sum()) != e["kept"]:
@@ -380,9 +444,12 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
         selected = _selection_from_manifest(root, art, where)
         masked = set(names)
         params, buffers = _dense_state(root, lambda k: k in masked)
-    _check_dense(params, buffers, art, where)
+    mine = {"param": params, "buffer": buffers}
+    theirs = _dense_tensors(art, where)
+    _check_dense(mine, theirs, where)
     protos = _prototypes(art, shapes, where)
     masks = _masks(art, where)
+    # Nothing below can fail on the artifact's account: the model changes only now.
     if selected is None:
         find_bank(root).install_(protos)
     else:
@@ -391,9 +458,9 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
         device = mw.scores.device if not mw.frozen else mw.current_mask().device
         mw.freeze(torch.from_numpy(masks[name]).to(device))
     with torch.no_grad():
-        for prefix, mine in (("param/", params), ("buffer/", buffers)):
-            for k, t in art.group(prefix).items():
-                mine[k].copy_(t)
+        for kind in ("param", "buffer"):
+            for k, t in theirs[kind].items():
+                mine[kind][k].copy_(t)
     return model
 
 

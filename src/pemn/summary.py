@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ from torch import nn
 from pemn.artifact import Artifact, parse, read, to_bytes
 
 COMPONENTS = ("masks", "prototype", "extras", "norm_stats", "header")
-_PREFIX = {"mask/": "masks", "prototype/": "prototype", "param/": "extras", "buffer/": "norm_stats"}
+_COMPONENT_OF = {"masks": "masks", "prototype": "prototype", "params": "extras", "buffers": "norm_stats"}
 
 
 @dataclass
@@ -93,26 +94,19 @@ def summarize(art: Artifact) -> PEMNSummary:
     from pemn.prototype import plan
 
     by_component = dict.fromkeys(COMPONENTS, 0)
-    dense_numel = 0
     for name, t in art.tensors.items():
-        nbytes = t.numel() * t.element_size()
-        for prefix, comp in _PREFIX.items():
-            if name.startswith(prefix):
-                by_component[comp] += nbytes
-        if name.startswith(("param/", "buffer/")) and t.dtype.is_floating_point:
-            dense_numel += t.numel()
+        component = _COMPONENT_OF.get(name.split(".")[0])
+        if component:
+            by_component[component] += t.numel() * t.element_size()
     by_component["header"] = art.file_bytes - sum(by_component.values())
     layers = []
-    masks = art.group("mask/")
     for e in art.manifest:
-        n = 1
-        for s in e["shape"]:
-            n *= s
-        layers.append(LayerSummary(e["name"], tuple(e["shape"]), n, e["kept"], e["kept"] / n,
-                                   int(masks[e["name"]].numel())))
+        n = math.prod(e["shape"])
+        layers.append(LayerSummary(e["name"], tuple(e["shape"]), n, e["kept"], e["kept"] / n, e["bytes"]))
     n_total = sum(lay.masked_weights for lay in layers)
     sources, _ = plan(art.config, [lay.shape for lay in layers])
     p_total = sum(s.length for s in sources.values())
+    dense_numel = sum(math.prod(shape) for _, _, dtype, shape in art.dense if dtype.startswith(("float", "bfloat")))
     dense_bytes = 4 * (n_total + dense_numel)
     return PEMNSummary(
         strategy=art.config.strategy, coding=art.coding, prototype_storage=art.prototype_storage,
