@@ -24,12 +24,10 @@ unpickles anything.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import tempfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ from pemn import coding as mask_coding
 from pemn.config import PEMNConfig, kept_count
 from pemn.convert import convert_selected_, find_bank, is_converted, masked_weights, unwrap
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
+from pemn.fileio import atomic_write_bytes
 from pemn.layers import MaskedWeight, masked_class_for, weight_params
 from pemn.prototype import fingerprint, plan, prototype_values
 
@@ -152,21 +151,6 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
     return st_save(tensors, metadata=metadata)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packed",
          prototype: str = "values") -> Path:
     """Write a converted model to one ``.pemn`` file, atomically (temporary file, fsync, rename).
@@ -184,7 +168,7 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
     path = Path(path)
     data = to_bytes(model, coding=coding, prototype=prototype)
     try:
-        _atomic_write(path, data)
+        atomic_write_bytes(path, data)
     except OSError as e:
         raise OSError(e.errno, f"could not write pemn artifact {str(path)!r}: {e.strerror or e}") from e
     return path
