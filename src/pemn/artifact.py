@@ -434,13 +434,15 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
     protos = _prototypes(art, shapes, where)
     masks = _masks(art, where)
     # Nothing below can fail on the artifact's account: the model changes only now.
+    mask_tensors = {name: torch.from_numpy(m).view(art_shape) for (name, m), art_shape in
+                    zip(masks.items(), shapes, strict=True)}
     if selected is None:
         find_bank(root).install_(protos)
+        for name, mw in masked_weights(root).items():
+            device = mw.scores.device if not mw.frozen else mw.current_mask().device
+            mw.freeze(mask_tensors[name].to(device))
     else:
-        convert_selected_(selected, art.config, protos)
-    for name, mw in masked_weights(root).items():
-        device = mw.scores.device if not mw.frozen else mw.current_mask().device
-        mw.freeze(torch.from_numpy(masks[name]).to(device))
+        convert_selected_(selected, art.config, protos, mask_tensors)
     with torch.no_grad():
         for kind in ("param", "buffer"):
             for k, t in theirs[kind].items():

@@ -146,28 +146,42 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
 
 
 def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
-                      prototypes: dict[str, np.ndarray] | None = None) -> None:
-    """Convert exactly these modules (in this order) with one shared bank; ``prototypes`` gives stored
-    values instead of regenerating them from the seed (used when loading an artifact)."""
-    specs: list[tuple[nn.Module, str, torch.Tensor]] = []
-    for _, module in selected:
-        for param in weight_params(module):
-            specs.append((module, param, module._parameters[param]))
-    sources, assignments = plan(config, [tuple(w.shape) for _, _, w in specs])
-    first = specs[0][2]
+                      prototypes: dict[str, np.ndarray] | None = None,
+                      masks: dict[str, torch.Tensor] | None = None) -> None:
+    """Convert exactly these modules (in this order) with one shared bank.
+
+    ``prototypes`` gives stored values instead of regenerating them from the seed, and ``masks`` (keyed by
+    weight name) gives frozen masks instead of initialising scores: both are used when loading an artifact.
+    Modules are converted one at a time, so each dense weight is released before the next layer's scores
+    exist and peak memory stays near one copy of the weights.
+    """
+    shapes = [tuple(module._parameters[p].shape) for _, module in selected for p in weight_params(module)]
+    sources, assignments = plan(config, shapes)
+    first = selected[0][1]._parameters[weight_params(selected[0][1])[0]]
     bank = PrototypeBank(config, sources, prototypes)
     dtype = first.dtype if first.dtype.is_floating_point else torch.float32
     bank.to(device=first.device, dtype=dtype)
-    per_module: dict[int, dict[str, MaskedWeight]] = {}
-    for index, ((module, param, weight), assign) in enumerate(zip(specs, assignments, strict=True)):
-        shape = tuple(weight.shape)
-        mw = make_masked_weight(bank, assign.source, shape, assign.scale, kept_count(config.keep, weight.numel()),
-                                config.seed, index, device=weight.device)
-        if weight.dtype.is_floating_point:
-            mw.scores.data = mw.scores.data.to(weight.dtype)
-        per_module.setdefault(id(module), {})[param] = mw
-    for _, module in selected:
-        to_masked_(module, per_module[id(module)])
+    del first
+    index = 0
+    for name, module in selected:
+        weights: dict[str, MaskedWeight] = {}
+        for param in weight_params(module):
+            weight = module._parameters[param]
+            shape, device = tuple(weight.shape), weight.device
+            assign = assignments[index]
+            kept = kept_count(config.keep, weight.numel())
+            if masks is None:
+                mw = make_masked_weight(bank, assign.source, shape, assign.scale, kept, config.seed, index,
+                                        device=device)
+                if weight.dtype.is_floating_point:
+                    mw.scores.data = mw.scores.data.to(weight.dtype)
+            else:
+                mw = MaskedWeight(bank, assign.source, shape, assign.scale, kept)
+                mw.freeze(masks[f"{name}.{param}" if name else param].to(device))
+            weights[param] = mw
+            index += 1
+        del weight
+        to_masked_(module, weights)
 
 
 def freeze_masks(model: nn.Module) -> nn.Module:
