@@ -72,24 +72,28 @@ def bench(count: int, fraction: float, repeats: int, seed: int) -> dict[str, Any
     }
 
 
+def run(count: int = 10_000_000, repeats: int = 3, seed: int = 0) -> dict[str, Any]:
+    """The benchmark document for masks of ``count`` elements (used by run_all.py)."""
+    return {
+        "benchmark": "pemn.coding",
+        "count": count,
+        "repeats": repeats,
+        "timing": "median seconds; mb_per_s = mask elements (1 byte each as numpy bool) / 1e6 / s",
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "constriction": importlib.metadata.version("constriction"),
+        "machine": platform.machine(),
+        "results": [bench(count, f, repeats, seed) for f in FRACTIONS],
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000_000, help="mask length (default 10M)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats; the median is reported")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    doc = {
-        "benchmark": "pemn.coding",
-        "count": args.count,
-        "repeats": args.repeats,
-        "timing": "median seconds; mb_per_s = mask elements (1 byte each as numpy bool) / 1e6 / s",
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "constriction": importlib.metadata.version("constriction"),
-        "machine": platform.machine(),
-        "results": [bench(args.count, f, args.repeats, args.seed) for f in FRACTIONS],
-    }
-    print(json.dumps(doc, indent=2))
+    print(json.dumps(run(args.count, args.repeats, args.seed), indent=2))
 
 
 if __name__ == "__main__":

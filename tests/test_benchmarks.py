@@ -1,0 +1,29 @@
+"""Smoke test of the benchmark scripts (tiny sizes): each runs and reports the figures its issue names.
+The real figures come from `python benchmarks/run_all.py` (BENCHMARKS.md), never from timed tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_run_all_quick() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick"],
+                         capture_output=True, text=True, timeout=300, check=True)
+    doc = json.loads(out.stdout)
+    r = doc["results"]
+    for row in r["bench_train_step"]["results"]:
+        assert row["ratio_pemn_over_dense"] > 0 and row["ratio_pemn_over_reference"] > 0
+    for row in r["bench_inference"]["results"]:
+        assert row["ratio_frozen_over_dense"] > 0 and row["ratio_materialized_over_dense"] > 0
+    assert r["bench_memory"]["tensors"]["distinct_weight_storages"] == 1
+    assert r["bench_memory"]["ratio_peak_rss_rp_over_dense"] > 0
+    for row in r["bench_size"]["results"]:
+        assert row["file_bytes"] == row["payload_bytes"] + row["bytes"]["header"]
+    assert r["bench_load"]["ratio_load_pemn_over_torch"] > 0
+    assert {row["coding"] for row in r["bench_scaling"]["results"]} == {"packed", "entropy"}
+    assert r["bench_coding"]["results"]
