@@ -399,8 +399,21 @@ def _masks(art: Artifact, where: str) -> dict[str, np.ndarray]:
             raise _fail(f"{where}corrupt mask for {e['name']}: {err}") from None
         if int(mask.sum()) != e["kept"]:
             raise _fail(f"{where}corrupt mask for {e['name']}: {int(mask.sum())} kept, header says {e['kept']}")
-        out[e["name"]] = mask
+        # Held bit-packed until its layer is converted: 1/8 of the memory of all masks decoded at once.
+        out[e["name"]] = mask_coding.pack_bits(mask)
     return out
+
+
+class _LazyMasks(dict):
+    """Bit-packed masks that unpack to bool tensors one at a time, as each layer takes its own."""
+
+    def __init__(self, packed: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
+        super().__init__(packed)
+        self.shapes = shapes
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        shape = self.shapes[name]
+        return torch.from_numpy(mask_coding.unpack_bits(super().__getitem__(name), math.prod(shape))).view(shape)
 
 
 def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
@@ -434,15 +447,14 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
     protos = _prototypes(art, shapes, where)
     masks = _masks(art, where)
     # Nothing below can fail on the artifact's account: the model changes only now.
-    mask_tensors = {name: torch.from_numpy(m).view(art_shape) for (name, m), art_shape in
-                    zip(masks.items(), shapes, strict=True)}
+    unpacked = _LazyMasks(masks, dict(zip(names, shapes, strict=True)))
     if selected is None:
         find_bank(root).install_(protos)
         for name, mw in masked_weights(root).items():
             device = mw.scores.device if not mw.frozen else mw.current_mask().device
-            mw.freeze(mask_tensors[name].to(device))
+            mw.freeze(unpacked[name].to(device), copy=False)
     else:
-        convert_selected_(selected, art.config, protos, mask_tensors)
+        convert_selected_(selected, art.config, protos, unpacked)
     with torch.no_grad():
         for kind in ("param", "buffer"):
             for k, t in theirs[kind].items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ from torch import nn
 
 from pemn.config import SUPPORTED_TYPES, PEMNConfig, kept_count
 from pemn.errors import ConversionError
+from pemn.fileio import release_freed_memory
 from pemn.layers import (
     MaskedLayer,
     MaskedWeight,
@@ -24,6 +25,7 @@ from pemn.layers import (
 from pemn.prototype import PrototypeBank, plan
 
 FilterFn = Callable[[str, nn.Module], bool]
+_TRIM_AFTER = 1 << 20  # weights; below this, a layer's freed memory is not worth a trim
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -147,7 +149,7 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
 
 def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
                       prototypes: dict[str, np.ndarray] | None = None,
-                      masks: dict[str, torch.Tensor] | None = None) -> None:
+                      masks: Mapping[str, torch.Tensor] | None = None) -> None:
     """Convert exactly these modules (in this order) with one shared bank.
 
     ``prototypes`` gives stored values instead of regenerating them from the seed, and ``masks`` (keyed by
@@ -177,11 +179,13 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
                     mw.scores.data = mw.scores.data.to(weight.dtype)
             else:
                 mw = MaskedWeight(bank, assign.source, shape, assign.scale, kept)
-                mw.freeze(masks[f"{name}.{param}" if name else param].to(device))
+                mw.freeze(masks[f"{name}.{param}" if name else param].to(device), copy=False)
             weights[param] = mw
             index += 1
         del weight
         to_masked_(module, weights)
+        if sum(mw.numel for mw in weights.values()) >= _TRIM_AFTER:
+            release_freed_memory()
 
 
 def freeze_masks(model: nn.Module) -> nn.Module:

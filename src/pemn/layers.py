@@ -60,11 +60,14 @@ class MaskedWeight(nn.Module):
         # Same dtype and op as the frozen path, so freezing or saving never changes an output bit.
         return base * ste_mask(self.scores, self.kept).to(base.dtype)
 
-    def freeze(self, mask: torch.Tensor | None = None) -> None:
-        """Replace the scores by the boolean mask they select (or by ``mask``, when given)."""
+    def freeze(self, mask: torch.Tensor | None = None, *, copy: bool = True) -> None:
+        """Replace the scores by the boolean mask they select (or by ``mask``, when given; ``copy=False``
+        hands over a tensor nobody else holds instead of copying it)."""
         if mask is None:
             mask = self.current_mask()
-        mask = mask.detach().to(dtype=torch.bool).reshape(self.shape).clone()
+        mask = mask.detach().to(dtype=torch.bool).reshape(self.shape)
+        if copy:
+            mask = mask.clone()
         if int(mask.sum()) != self.kept:
             raise ValueError(f"a mask for this weight must keep {self.kept} entries, got {int(mask.sum())}")
         device = self.scores.device if "scores" in self._parameters else mask.device

@@ -1,0 +1,765 @@
+"""The ``pemn`` command line: train, evaluate, inspect, export and sweep PEMN models.
+
+``main(argv)`` parses with stdlib argparse, keeps no global state and returns an exit code: 0 on
+success, 2 for usage errors (unknown names, contradictory flags, bad values), 1 for runtime errors
+(missing or corrupt files, failed training). Errors print one ``pemn: error: ...`` line on stderr,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+PROG = "pemn"
+
+
+class UsageError(Exception):
+    """A command line that cannot be run as given (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _out(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    if isinstance(e, KeyError) and len(e.args) == 1:
+        text = str(e.args[0])
+    if not text:
+        text = type(e).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _train_module() -> Any:
+    """``pemn.train`` (imported on demand, so the other commands work without it)."""
+    try:
+        import pemn.train as train_module
+    except ImportError as e:
+        raise UsageError(f"pemn.train is not available ({e}); the train, eval and sweep commands need it") from e
+    return train_module
+
+
+def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        return (args[0] if len(args) == 1 else str), optional
+    return hint, False
+
+
+def _field_hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable annotation: fall back to the raw ones
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _flag_kwargs(name: str, hint: Any) -> dict[str, Any]:
+    """argparse keywords for one dataclass field type: bool → --x/--no-x, list → nargs="+", X | None → X."""
+    hint, _ = _unwrap_optional(hint)
+    origin = typing.get_origin(hint)
+    metavar = name.upper()
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin in (list, tuple) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        elem = args[0] if args and isinstance(args[0], type) else str
+        return {"nargs": "+", "type": elem, "metavar": metavar}
+    if origin is typing.Literal:
+        choices = typing.get_args(hint)
+        return {"type": type(choices[0]), "choices": choices, "metavar": metavar}
+    if hint in (int, float, str):
+        return {"type": hint, "metavar": metavar}
+    return {"type": str, "metavar": metavar}
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, hint: Any, raw: str) -> Any:
+    """Convert a ``--set key=value`` text to the field's type (JSON is accepted for lists)."""
+    inner, optional = _unwrap_optional(hint)
+    text = raw.strip()
+    if optional and text.lower() in ("none", "null"):
+        return None
+    try:
+        if inner is bool:
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if inner is int:
+            return int(text)
+        if inner is float:
+            return float(text)
+        if typing.get_origin(inner) in (list, tuple) or inner in (list, tuple):
+            if text.startswith("["):
+                value = json.loads(text)
+                if not isinstance(value, list):
+                    raise ValueError("expected a JSON list")
+                return value
+            return [p for p in re.split(r"[,\s]+", text) if p]
+        return raw
+    except ValueError as e:
+        raise UsageError(f"--set {name}={raw!r}: {e}") from None
+
+
+def _check_dataset_name(name: str) -> None:
+    from pemn.data import list_datasets
+
+    def norm(s: str) -> str:
+        return re.sub(r"[-_\s]", "", str(s).strip().lower())
+
+    if norm(name) not in {norm(n) for n in list_datasets()}:
+        raise UsageError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+
+
+def _check_model_name(name: str) -> None:
+    from pemn.models import get_model_spec
+
+    try:
+        get_model_spec(name)
+    except ValueError as e:
+        raise UsageError(_one_line(e)) from None
+
+
+def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str | None) -> Any:
+    tm = _train_module()
+    if config_file is not None and not Path(config_file).is_file():
+        raise UsageError(f"no config file at {config_file!r}")
+    try:
+        cfg = tm.resolve_config(overrides, recipe=recipe, config_file=config_file)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(_one_line(e)) from None
+    return cfg
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"invalid --device {name!r}: {_one_line(e)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _fmt_pct(x: Any) -> str:
+    return "n/a" if x is None else f"{float(x):.2f} %"
+
+
+# --------------------------------------------------------------------------------------------- models / datasets
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from pemn.models import list_models
+
+    names = list_models(args.pattern)
+    if args.json:
+        _out(json.dumps(names))
+        return 0
+    for n in names:
+        _out(n)
+    return 0
+
+
+def _dataset_rows() -> list[tuple[str, str]]:
+    from pemn.data import dataset_info, list_datasets
+    from pemn.errors import DatasetError
+
+    rows = []
+    for name in list_datasets():
+        try:
+            desc = dataset_info(name).description
+        except DatasetError:
+            desc = "class-per-folder RGB images: DIR/train/<class>/*.png|jpg and DIR/test/ (needs --data-dir)"
+        rows.append((name, desc))
+    return rows
+
+
+def _cmd_datasets(args: argparse.Namespace) -> int:
+    rows = _dataset_rows()
+    if args.json:
+        _out(json.dumps(dict(rows), indent=2))
+        return 0
+    width = max(len(n) for n, _ in rows)
+    for name, desc in rows:
+        _out(f"{name:<{width}}  {desc}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- train
+
+
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (except ``recipe``, which is ``--recipe``), defaults suppressed."""
+    try:
+        tm = _train_module()
+    except UsageError as e:
+        parser.description = (parser.description or "") + f" [unavailable: {e}]"
+        return
+    cls = tm.TrainConfig
+    hints = _field_hints(cls)
+    group = parser.add_argument_group("training options (defaults < --recipe < --config < these flags)")
+    for f in dataclasses.fields(cls):
+        if f.name == "recipe":
+            continue
+        kwargs = _flag_kwargs(f.name, hints.get(f.name, str))
+        help_text = f.metadata.get("help", "")
+        default = _field_default(f)
+        help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
+        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                           help=help_text.replace("%", "%%"), **kwargs)
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    tm = _train_module()
+    names = {f.name for f in dataclasses.fields(tm.TrainConfig)} - {"recipe"}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def _recipe_names() -> str:
+    try:
+        return ", ".join(_train_module().RECIPES)
+    except UsageError:
+        return "?"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    tm = _train_module()
+    overrides = _train_overrides(args)
+    cfg = _resolve(overrides, recipe=args.recipe, config_file=args.config)
+    result = tm.train(cfg)
+    _report_train(cfg, result)
+    return 0
+
+
+def _report_train(cfg: Any, result: Any) -> None:
+    g = getattr
+    what = f"strategy {cfg.strategy}"
+    if cfg.strategy == "rp":
+        what += f" (ratio {cfg.ratio if cfg.ratio is not None else 1e-3:g}, keep {cfg.keep:g})"
+    elif cfg.strategy in ("mask", "one_layer", "mp"):
+        what += f" (keep {cfg.keep:g})"
+    if g(cfg, "prune", None):
+        what += f", {cfg.prune} pruning of {100 * float(g(cfg, 'effective_compression', 0) or 0):g} % of the weights"
+    summary = g(result, "summary", None) or {}
+
+    def sv(name: str) -> Any:
+        return summary.get(name) if isinstance(summary, dict) else g(summary, name, None)
+
+    artifact = g(result, "artifact", None) or g(result, "weights", None)
+    nbytes = g(result, "artifact_bytes", None) or g(result, "weights_bytes", None)
+    out_dir = g(result, "out_dir", None)
+    _out("")
+    _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {g(result, 'epochs_run', '?')} epoch(s) "
+         f"in {float(g(result, 'seconds', 0) or 0):.1f} s")
+    _out(f"  artifact   {artifact}" + (f"  ({nbytes:,} bytes)" if isinstance(nbytes, int) else ""))
+    if out_dir is not None:
+        files = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file()) if Path(out_dir).is_dir() else []
+        _out(f"  results    {out_dir}" + (f"  ({', '.join(files)})" if files else ""))
+    _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
+         f"final epoch ({g(result, 'epochs_run', '?')}): {_fmt_pct(g(result, 'final_acc', None))}")
+    _out("             (top-1 on the test split; best = max over epochs, the paper's metric; final = the saved "
+         "model's)")
+    paper, honest = sv("paper_ratio"), sv("honest_ratio")
+    parts = []
+    if paper is not None:
+        label = "paper ratio" if cfg.strategy != "dense" else "pruned fraction (the paper's x for baselines)"
+        parts.append(f"{label} {100 * float(paper):.2f} %")
+    if honest is not None:
+        parts.append(f"honest ratio {float(honest):.2f}x (dense fp32 bytes / file bytes)")
+    if parts:
+        _out("  size       " + "  |  ".join(parts))
+
+
+# --------------------------------------------------------------------------------------------- loading artifacts
+
+
+def _sniff(path: Path) -> str:
+    """``"pemn"`` (a pemn artifact), ``"sparse"`` (a pruned model's ``model.sparse.safetensors``), ``"dense"``
+    (another safetensors file, e.g. a dense ``model.safetensors``) or ``"unknown"``."""
+    if not path.exists():
+        raise FileNotFoundError(f"no such artifact file: {str(path)!r}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give the artifact file inside it (e.g. {path}/model.pemn)")
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return "unknown"
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > 64 << 20:
+            return "unknown"
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError):
+            return "unknown"
+    if not isinstance(header, dict):
+        return "unknown"
+    meta = header.get("__metadata__") or {}
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt == "pemn":
+        return "pemn"
+    if fmt == "pemn-sparse":
+        return "sparse"
+    return "dense"
+
+
+def _shape_args(args: argparse.Namespace) -> tuple[dict[str, int], Any]:
+    """``num_classes``/``in_channels``/``image_size`` from ``--dataset`` and/or the explicit flags."""
+    explicit = {k: getattr(args, k, None) for k in ("num_classes", "in_channels", "image_size")}
+    info = None
+    if args.dataset is not None:
+        from pemn.data import dataset_info
+
+        _check_dataset_name(args.dataset)
+        info = dataset_info(args.dataset, getattr(args, "data_dir", None), image_size=explicit["image_size"])
+        shape = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size}
+        shape.update({k: v for k, v in explicit.items() if v is not None})
+        return shape, info
+    missing = [k for k, v in explicit.items() if v is None]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise UsageError(f"give --dataset NAME, or the input shape explicitly (missing {flags})")
+    return {k: int(v) for k, v in explicit.items()}, info
+
+
+def _fill_from_run_config(args: argparse.Namespace) -> None:
+    """Default ``--model``/``--dataset`` from the ``config.json`` train wrote next to the artifact."""
+    if args.model is not None and (args.dataset is not None or getattr(args, "num_classes", None) is not None):
+        return
+    cfg_path = Path(args.artifact).parent / "config.json"
+    cfg: dict[str, Any] = {}
+    if cfg_path.is_file():
+        try:
+            loaded = json.loads(cfg_path.read_text())
+            cfg = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            cfg = {}
+    if args.model is None and isinstance(cfg.get("model"), str):
+        args.model = cfg["model"]
+    if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
+        args.dataset = cfg["dataset"]
+        if getattr(args, "data_dir", None) is None and isinstance(cfg.get("data_dir"), str):
+            args.data_dir = cfg["data_dir"]
+    if args.model is None:
+        raise UsageError("give --model NAME (no config.json next to the artifact to take it from)")
+
+
+def _load_model(path: Path, model_name: str, shape: dict[str, int]) -> tuple[Any, str]:
+    """A fresh registry model with the artifact installed; returns (model, kind)."""
+    import pemn
+    from pemn.errors import FormatError
+    from pemn.models import create_model
+
+    kind = _sniff(path)
+    _check_model_name(model_name)
+    model = create_model(model_name, **shape)
+    if kind == "sparse":
+        from pemn.prune import load_sparse
+
+        try:
+            load_sparse(path, model)
+        except (ValueError, KeyError) as e:
+            raise FormatError(f"{path}: cannot load this pruned model into {model_name} {shape}: "
+                              f"{_one_line(e)[:500]}") from None
+        except RuntimeError as e:
+            raise FormatError(f"{path}: this pruned model does not fit {model_name} {shape}: "
+                              f"{_one_line(e)[:500]}") from None
+        model.eval()
+        return model, kind
+    if kind == "dense":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error type for malformed files
+            raise FormatError(f"{path}: corrupt safetensors file ({_one_line(e)})") from None
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            raise FormatError(f"{path}: this dense state_dict does not fit {model_name} "
+                              f"{shape}: {_one_line(e)[:500]}") from None
+        model.eval()
+        return model, kind
+    pemn.load(path, model)  # "unknown" files get pemn's own FormatError
+    model.eval()
+    return model, "pemn"
+
+
+# --------------------------------------------------------------------------------------------- eval
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pemn.augment import build_eval_transform
+    from pemn.data import load_dataset
+
+    _sniff(Path(args.artifact))
+    _fill_from_run_config(args)
+    if args.dataset is None:
+        raise UsageError("give --dataset NAME (no config.json next to the artifact to take it from)")
+    tm = _train_module()
+    device = _device(args.device)
+    shape, info = _shape_args(args)
+    model, kind = _load_model(Path(args.artifact), args.model, shape)
+    images, labels = load_dataset(args.dataset, args.data_dir, split="test", download=args.download)
+    model.to(device)
+    acc = tm.evaluate(model, images, labels, transform=build_eval_transform(info), batch_size=args.batch_size,
+                      device=device)
+    if args.json:
+        _out(json.dumps({"artifact": str(args.artifact), "kind": kind, "model": args.model,
+                         "dataset": info.name, "split": "test", "examples": int(labels.numel()),
+                         "accuracy": float(acc)}))
+    else:
+        _out(f"{args.artifact}: test accuracy {float(acc):.2f} % (top-1, {labels.numel():,} {info.name} test "
+             f"images, {args.model}, {kind} weights)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- inspect
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    import pemn
+
+    path = Path(args.artifact)
+    kind = _sniff(path)
+    if kind in ("dense", "sparse"):
+        return _inspect_plain(path, kind, as_json=args.json)
+    s = pemn.summary(path, verbose=False)
+    if args.json:
+        _out(json.dumps(s.to_dict(), indent=2, default=str))
+    else:
+        _out(f"{path}  ({s.file_bytes:,} bytes)")
+        _out(s.table())
+    return 0
+
+
+def _inspect_plain(path: Path, kind: str, *, as_json: bool) -> int:
+    """What a dense / pruned safetensors file holds (it has no masks, so no paper ratio)."""
+    from safetensors import safe_open
+
+    from pemn.errors import FormatError
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            shapes = {k: list(t.get_shape()) for k, t in tensors.items()}
+            dtypes = {k: str(t.get_dtype()) for k, t in tensors.items()}
+    except Exception as e:  # safetensors raises its own error type for malformed files
+        raise FormatError(f"{path}: corrupt safetensors file ({_one_line(e)})") from None
+    numel = {k: 1 for k in shapes}
+    for k, shape in shapes.items():
+        for d in shape:
+            numel[k] *= d
+    info: dict[str, Any] = {"path": str(path), "kind": kind, "file_bytes": path.stat().st_size,
+                            "tensors": len(shapes), "stored_values": sum(numel.values()),
+                            "metadata": {k: v for k, v in meta.items() if k != "manifest"}}
+    if kind == "sparse" and "manifest" in meta:
+        try:
+            manifest = json.loads(meta["manifest"])
+            kept = sum(int(e["kept"]) for e in manifest)
+            prunable = 0
+            for e in manifest:
+                n = 1
+                for d in e["shape"]:
+                    n *= int(d)
+                prunable += n
+            info.update(kept_weights=kept, prunable_weights=prunable,
+                        sparsity=1 - kept / prunable if prunable else None)
+        except (ValueError, KeyError, TypeError):
+            pass
+    if as_json:
+        _out(json.dumps(info, indent=2))
+        return 0
+    what = "a pruned model (pemn-sparse)" if kind == "sparse" else "a dense state_dict"
+    _out(f"{path}  ({info['file_bytes']:,} bytes): {what}, not a pemn artifact (no masks or prototype)")
+    _out(f"{info['tensors']} tensors, {info['stored_values']:,} stored values"
+         + (f"; {info['kept_weights']:,} of {info['prunable_weights']:,} prunable weights survive "
+            f"(sparsity {100 * info['sparsity']:.2f} %)" if info.get("sparsity") is not None else ""))
+    for k in sorted(shapes):
+        _out(f"  {k:<40} {'x'.join(map(str, shapes[k])) or 'scalar':<20} {dtypes[k]}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    import pemn
+    from pemn.convert import is_converted
+    from pemn.export import export_onnx, export_pt
+
+    path = Path(args.artifact)
+    _sniff(path)
+    _fill_from_run_config(args)
+    shape, info = _shape_args(args)
+    suffix = ".onnx" if args.format == "onnx" else ".safetensors"
+    out = Path(args.output) if args.output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "")
+                                                                   + suffix)
+    if out.suffix != suffix:
+        raise UsageError(f"--format {args.format} writes a {suffix} file (a safetensors state_dict, never a pickle), "
+                         f"so name the output *{suffix}, not {out.name!r}")
+    if out.resolve() == path.resolve():
+        raise UsageError(f"the output {out} would overwrite the artifact; give another -o")
+    model, kind = _load_model(path, args.model, shape)
+    plain = pemn.materialize(model) if is_converted(model) else model
+    plain.eval()
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, shape["in_channels"], shape["image_size"], shape["image_size"], generator=gen)
+    if args.format == "pt":
+        meta = {"model": args.model, **shape, "source": str(path), "source_kind": kind,
+                "pemn_version": pemn.__version__,
+                "rebuild": f"pemn.models.create_model({args.model!r}, num_classes={shape['num_classes']}, "
+                           f"in_channels={shape['in_channels']}, image_size={shape['image_size']})"
+                           ".load_state_dict(safetensors.torch.load_file(path))"}
+        if info is not None:
+            meta.update(dataset=info.name, input="float32 N x C x H x W, (pixels / 255 - mean) / std",
+                        mean=list(info.mean), std=list(info.std))
+        written = export_pt(plain, out, meta)
+        diff = _check_pt(out, args.model, shape, model, example)
+        _out(f"wrote {written['weights']} ({written['weights'].stat().st_size:,} bytes, safetensors state_dict) "
+             f"and {written['meta']}")
+        _out(f"check: reloaded into a fresh {args.model}: max abs diff vs the pemn model {diff:.3g}")
+        return 0
+    result = export_onnx(plain, example, out)
+    _out(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX, exporter: {result['exporter']})"
+         + (f" with its weights in {result['external_data']}" if result.get("external_data") else ""))
+    if result["checked"]:
+        _out(f"check: onnxruntime vs torch max abs diff {result['max_abs_diff']:.3g} "
+             f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
+    else:
+        _out(f"check: skipped ({result['reason']})")
+    return 0
+
+
+def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any, example: Any) -> float:
+    import torch
+    from safetensors.torch import load_file
+
+    from pemn.export import ExportError
+    from pemn.models import create_model
+
+    fresh = create_model(model_name, **shape)
+    fresh.load_state_dict(load_file(str(out)), strict=True)
+    fresh.eval()
+    reference.eval()
+    with torch.no_grad():
+        ref = reference(example.to(next(reference.parameters()).device)).cpu()
+        diff = float((fresh(example) - ref).abs().max())
+    if not diff < 1e-5:
+        raise ExportError(f"{out}: the reloaded export differs from the pemn model by {diff:.3g}")
+    return diff
+
+
+# --------------------------------------------------------------------------------------------- sweep
+
+
+def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
+    tm = _train_module()
+    fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
+    hints = _field_hints(tm.TrainConfig)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--set expects key=value, got {pair!r}")
+        if key not in fields:
+            raise UsageError(f"--set {key}: not a training option; valid: {', '.join(sorted(fields))}")
+        out[key] = _coerce(key, hints.get(key, str), raw)
+    return out
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pemn.sweep import GRID_KEYS, build_grid, run_sweep
+
+    base = _parse_sets(args.set or [])
+    clash = sorted(GRID_KEYS & set(base))
+    if clash:
+        raise UsageError(f"--set {', '.join(clash)}: set by the sweep grid for every run; use the grid options "
+                         "(--strategies, --ratios, --keeps, --prune, --compressions, --out)")
+    for key in ("model", "dataset", "epochs"):
+        value = getattr(args, key)
+        if value is not None:
+            if key in base and base[key] != value:
+                raise UsageError(f"--{key} and --set {key}=... disagree")
+            base[key] = value
+    try:
+        points = build_grid(strategies=args.strategies, ratios=args.ratios, keeps=args.keeps, dense=args.dense,
+                            prune=args.prune, compressions=args.compressions)
+    except ValueError as e:
+        raise UsageError(_one_line(e)) from None
+    # every point is resolved (and checked) before the first run
+    for p in points:
+        _resolve({**base, **p.overrides(), "out": str(Path(args.out) / p.name)}, recipe=args.recipe,
+                 config_file=args.config)
+    _out(f"sweep: {len(points)} runs -> {args.out}/")
+    report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
+                       log=_out, keep_going=args.keep_going, plot=not args.no_plot)
+    _out(f"sweep: {len(report.rows)} run(s) done, {len(report.skipped)} already in {report.csv}"
+         + (f", {len(report.failed)} failed" if report.failed else ""))
+    if report.png is not None:
+        _out(f"sweep: figure {report.png}")
+    for point, msg in report.failed:
+        _err(f"pemn: error: sweep run {point.name} failed: {msg}")
+    return 1 if report.failed else 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+
+
+def _add_artifact_model_args(p: argparse.ArgumentParser, *, shape_flags: bool) -> None:
+    p.add_argument("artifact", help="a .pemn artifact, or a dense model.safetensors (from strategy dense)")
+    p.add_argument("--model", help="registry model name (see `pemn models`); default: from config.json next to "
+                                   "the artifact")
+    p.add_argument("--dataset", help="dataset whose shape (and, for eval, test split) to use (see `pemn datasets`); "
+                                     "default: from config.json next to the artifact")
+    p.add_argument("--data-dir", default=None, help="dataset folder (default: $PEMN_DATA_DIR or ./data)")
+    if shape_flags:
+        p.add_argument("--num-classes", type=int, default=None, help="classes (instead of or overriding --dataset)")
+        p.add_argument("--in-channels", type=int, default=None, help="input channels")
+        p.add_argument("--image-size", type=int, default=None, help="side of the square input images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``pemn`` argument parser (a new one per call; no global state)."""
+    from pemn import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Parameter-Efficient Masking Networks: train, evaluate, inspect, export and sweep "
+                               "networks stored as a seed, a tiny prototype and 1-bit masks.")
+    parser.add_argument("--version", action="version", version=f"pemn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("train", help="train a model (default: tiny-cnn on digits, rp) and save its artifact",
+                       description="Train a registry model on a dataset and save the artifact. Every training "
+                                   "option has a flag; only the flags you type override the recipe / config file.")
+    p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")
+    p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "
+                       "with the dataset's shape, load the artifact, and print its top-1 test accuracy.")
+    _add_artifact_model_args(p, shape_flags=False)
+    p.add_argument("--download", action="store_true", help="download missing dataset files")
+    p.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default: 512)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("inspect", help="sizes and compression ratios of an artifact")
+    p.add_argument("artifact", help="a .pemn artifact")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("export", help="export an artifact as a plain safetensors state_dict or ONNX",
+                       description="Load the artifact into a fresh registry model, bake it into plain layers "
+                                   "(pemn.materialize) and export it.")
+    _add_artifact_model_args(p, shape_flags=True)
+    p.add_argument("--format", choices=("pt", "onnx"), required=True,
+                   help="pt: dense state_dict as .safetensors (+ .json sidecar), no pickle; onnx: ONNX graph, "
+                        "checked with onnxruntime when installed")
+    p.add_argument("-o", "--output", default=None, help="output file (default: next to the artifact, "
+                                                        "<stem>.dense.safetensors or <stem>.onnx)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list registry model names")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("datasets", help="list datasets")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_datasets)
+
+    p = sub.add_parser("sweep", help="train a grid of strategies and baselines; write sweep.csv and sweep.png",
+                       description="Train every combination in this process (one sub folder each), append a row "
+                                   "to OUT/sweep.csv as each run ends (a re-run skips finished rows) and draw "
+                                   "OUT/sweep.png: accuracy vs size compression ratio, as in the paper.")
+    p.add_argument("--model", default=None, help="registry model name (default: the training default)")
+    p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
+    p.add_argument("--strategies", nargs="*", default=["mask", "one_layer", "mp", "rp"], metavar="S",
+                   help="PEMN strategies (default: mask one_layer mp rp); none: no PEMN runs")
+    p.add_argument("--ratios", nargs="*", type=float, default=[1e-1, 1e-2, 1e-3], metavar="R",
+                   help="rp ratios (default: 1e-1 1e-2 1e-3)")
+    p.add_argument("--keeps", nargs="*", type=float, default=[0.5], metavar="K",
+                   help="kept fractions of the PEMN masks (default: 0.5)")
+    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the dense baseline (default: yes)")
+    p.add_argument("--prune", nargs="*", default=["random", "magnitude"], metavar="METHOD",
+                   help="pruning baselines (default: random magnitude); give no value for none")
+    p.add_argument("--compressions", nargs="*", type=float, default=[0.9, 0.92, 0.94, 0.96], metavar="C",
+                   help="pruning compressions (default: 0.9 0.92 0.94 0.96)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs of every run")
+    p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
+    p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")
+    p.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE",
+                   help="any other training option for every run, e.g. --set lr=0.05 train_subset=500")
+    p.add_argument("--out", required=True, help="sweep folder (sweep.csv, sweep.png, one sub folder per run)")
+    p.add_argument("--keep-going", action="store_true", help="log a failed run and go on instead of stopping")
+    p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
+    p.set_defaults(func=_cmd_sweep)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``pemn`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    from pemn.errors import PEMNError
+
+    try:
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse has printed its usage message (or --help / --version)
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except UsageError as e:
+        _err(f"{PROG}: error: {_one_line(e)}")
+        return 2
+    except (PEMNError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
+        _err(f"{PROG}: error: {_one_line(e)}")
+        return 1
+    except KeyboardInterrupt as e:  # Ctrl-C, or pemn.train's TrainingInterrupted (checkpoint saved)
+        _err(f"{PROG}: {_one_line(e) if str(e) else 'interrupted'}")
+        code = getattr(e, "exit_code", 130)
+        return code if isinstance(code, int) else 130

@@ -1,0 +1,172 @@
+"""Export a (materialized) model to formats other tools read: safetensors state_dicts and ONNX.
+
+Both take a *plain* PyTorch model, e.g. :func:`pemn.materialize` of a loaded PEMN model, so the result
+has no pemn classes and no pemn dependency:
+
+- :func:`export_pt` writes the dense ``state_dict`` as a ``.safetensors`` file (never a pickle) plus a
+  small JSON sidecar describing how to rebuild the architecture (model name, shape arguments...).
+- :func:`export_onnx` writes an ONNX graph with ``torch.onnx.export`` (the torch.export-based "dynamo"
+  exporter first, which needs ``onnxscript``; the legacy TorchScript exporter if that fails) and, when
+  ``onnxruntime`` is installed, runs the same input through ONNX Runtime and torch and checks that the
+  outputs agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from pemn.errors import PEMNError
+from pemn.layers import MaskedLayer, MaskedWeight
+
+__all__ = ["ONNX_TOLERANCE", "ExportError", "export_onnx", "export_pt", "sidecar_path"]
+
+#: Largest allowed max-abs difference between ONNX Runtime's and torch's outputs.
+ONNX_TOLERANCE = 1e-4
+_EXTERNAL_DATA_BYTES = 1 << 30
+
+
+class ExportError(PEMNError):
+    """A model could not be exported, or the exported model does not reproduce the torch outputs."""
+
+
+def sidecar_path(path: str | os.PathLike[str]) -> Path:
+    """The JSON file written next to an exported ``.safetensors`` file (``x.safetensors`` → ``x.json``)."""
+    return Path(path).with_suffix(".json")
+
+
+def export_pt(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write ``model``'s plain dense ``state_dict`` to ``path`` (safetensors) and ``meta`` to a JSON sidecar.
+
+    Load it back with ``model.load_state_dict(safetensors.torch.load_file(path))`` into a model built as
+    the sidecar says. Every tensor is stored as its own contiguous copy (safetensors refuses shared
+    storage). ``meta`` (JSON-ready) is also stored in the file's safetensors metadata under
+    ``"pemn_export"``. Returns ``{"weights": path, "meta": sidecar}``.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ExportError(f"export_pt writes safetensors (not a pickle); name the file *.safetensors, "
+                          f"got {str(path)!r}")
+    if any(isinstance(m, MaskedLayer | MaskedWeight) for m in model.modules()):
+        raise ExportError("the model still contains pemn layers; export pemn.materialize(model) instead")
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    meta = dict(meta or {})
+    meta.setdefault("format", "safetensors state_dict")
+    meta.setdefault("tensors", len(state))
+    meta.setdefault("parameters", sum(int(v.numel()) for v in state.values()))
+    text = json.dumps(meta, indent=2, sort_keys=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path), metadata={"pemn_export": json.dumps(meta, sort_keys=True)})
+    side = sidecar_path(path)
+    side.write_text(text + "\n")
+    return {"weights": path, "meta": side}
+
+
+def _export_graph(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[str, list[str]]:
+    """Run torch.onnx.export, dynamo first; returns the exporter used and why earlier attempts failed."""
+    failures: list[str] = []
+    # weights inside the .onnx file unless protobuf's 2 GiB limit forces a separate .onnx.data file
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    external = size >= _EXTERNAL_DATA_BYTES
+    attempts: list[tuple[str, dict[str, Any]]] = [
+        ("dynamo", {"dynamo": True, "external_data": external,
+                    "dynamic_shapes": ({0: torch.export.Dim("batch")},)}),
+        ("dynamo (static batch)", {"dynamo": True, "external_data": external}),
+        ("torchscript", {"dynamo": False, "dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}}),
+    ]
+    for name, kwargs in attempts:
+        sink = io.StringIO()
+        try:
+            # the exporters are chatty (progress lines, deprecation and "torchvision not installed" notices)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(sink), _quiet_loggers():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
+                                  verbose=False, **kwargs)
+            return name, failures
+        except Exception as e:  # each exporter fails in its own ways; try the next one
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            failures.append(f"{name}: {type(e).__name__}: {msg[:300]}")
+    raise ExportError("torch.onnx.export failed with every exporter: " + " | ".join(failures))
+
+
+@contextlib.contextmanager
+def _quiet_loggers():
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike[str], *,
+                check: bool = True, tolerance: float = ONNX_TOLERANCE) -> dict[str, Any]:
+    """Export ``model`` (in eval mode, on CPU) to ONNX at ``path`` and check it with ONNX Runtime.
+
+    ``example_input`` is one batch (``N×C×H×W``); the batch dimension is exported as dynamic where the
+    exporter allows it. With ``check=True`` and ``onnxruntime`` importable, the same input is run through
+    ONNX Runtime and torch; :class:`ExportError` is raised if their max abs difference is not below
+    ``tolerance``. Weights are stored inside the ``.onnx`` file unless the model has 1 GiB or more of them
+    (then in ``<path>.data`` next to it). Returns ``{"path", "exporter", "external_data", "checked",
+    "max_abs_diff", "tolerance", "reason", "fallbacks"}``; ``checked`` is False (with ``reason``) when
+    onnxruntime is not installed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if any(t.device.type != "cpu" for t in (*model.parameters(), *model.buffers())):
+        model = copy.deepcopy(model).cpu()  # export and check on the CPU; the caller's model stays where it is
+    was_training = model.training
+    model = model.eval()
+    example = example_input.detach().to("cpu", torch.float32)
+    try:
+        with torch.no_grad():
+            expected = model(example)
+        exporter, fallbacks = _export_graph(model, example, path)
+    finally:
+        model.train(was_training)
+    data_file = path.with_name(path.name + ".data")
+    result: dict[str, Any] = {"path": str(path), "exporter": exporter,
+                              "external_data": str(data_file) if data_file.exists() else None,
+                              "checked": False, "max_abs_diff": None,
+                              "tolerance": tolerance, "reason": None, "fallbacks": fallbacks}
+    try:
+        import onnx
+
+        onnx.checker.check_model(str(path))
+    except ImportError:
+        pass
+    except Exception as e:
+        raise ExportError(f"{path}: the exported ONNX model is invalid: {e}") from None
+    if not check:
+        result["reason"] = "check disabled"
+        return result
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        result["reason"] = "onnxruntime is not installed (pip install onnxruntime)"
+        return result
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: example.numpy()}
+    got = torch.from_numpy(session.run(None, feed)[0])
+    if got.shape != expected.shape:
+        raise ExportError(f"{path}: ONNX Runtime output shape {tuple(got.shape)} != torch {tuple(expected.shape)}")
+    diff = float((got - expected).abs().max()) if got.numel() else 0.0
+    result.update(checked=True, max_abs_diff=diff)
+    if not diff < tolerance:
+        raise ExportError(f"{path}: ONNX Runtime and torch outputs differ by {diff:.3g} (max abs), "
+                          f"tolerance {tolerance:g}")
+    return result

@@ -1,0 +1,494 @@
+"""Sweeps over PEMN strategies and pruning baselines, their results table and the paper's compression figure.
+
+A sweep is a list of :class:`SweepPoint` (see :func:`build_grid`): dense training, the PEMN strategies
+(``mask``, ``one_layer``, ``mp``, ``rp`` at several ratios, at several kept fractions) and the pruning
+baselines (``random`` / ``magnitude`` at several compressions). :func:`run_sweep` trains each point in this
+process with :func:`pemn.train.train`, in its own sub folder of the sweep folder, and appends one row to
+``sweep.csv`` as soon as the run ends, so a killed sweep keeps its finished rows and a re-run skips them.
+:func:`plot_sweep` draws the paper's figure: test accuracy (best epoch) against the size compression ratio
+(%): PEMN points at their paper ratio, pruning baselines at their compression, dense as a horizontal line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shlex
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "CSV_COLUMNS",
+    "CSV_NAME",
+    "PEMN_STRATEGIES",
+    "PNG_NAME",
+    "PRUNE_METHODS",
+    "SweepPoint",
+    "SweepReport",
+    "build_grid",
+    "plot_sweep",
+    "read_rows",
+    "run_sweep",
+    "train_command",
+]
+
+CSV_NAME = "sweep.csv"
+PNG_NAME = "sweep.png"
+CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
+               "paper_ratio", "honest_ratio", "seconds", "command")
+#: The columns that identify a run (a re-run skips points whose key is already in the CSV).
+KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression")
+PEMN_STRATEGIES = ("mask", "one_layer", "mp", "rp")
+PRUNE_METHODS = ("random", "magnitude")
+#: The strategy a pruning baseline trains with (weights are trained, a fraction of them is removed).
+PRUNE_STRATEGY = "dense"
+#: Keys a sweep sets itself for every point; they cannot also be given as common overrides.
+GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "out", "resume"})
+#: Settings that may change between a sweep and its re-run in the same folder (they do not change results).
+FREE_KEYS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
+SETTINGS_NAME = "sweep.json"
+CHECKPOINT_NAME = "checkpoint.safetensors"  # pemn.train's per-run checkpoint
+
+Log = Callable[[str], None]
+
+
+def _num(v: float) -> str:
+    """A short, exact-enough text for a grid value (``0.01`` → ``0.01``, ``1e-05`` → ``1e-05``)."""
+    return f"{float(v):g}"
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of a sweep. ``strategy`` is ``"dense"`` for dense training and for pruning baselines."""
+
+    strategy: str
+    ratio: float | None = None
+    keep: float | None = None
+    prune: str | None = None
+    compression: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The run's sub folder name, e.g. ``rp-r0.01-k0.5``, ``prune-magnitude-c0.9``, ``dense``."""
+        if self.prune is not None:
+            return f"prune-{self.prune}-c{_num(self.compression or 0)}"
+        parts = [self.strategy.replace("_", "-")]
+        if self.ratio is not None:
+            parts.append(f"r{_num(self.ratio)}")
+        if self.keep is not None:
+            parts.append(f"k{_num(self.keep)}")
+        return "-".join(parts)
+
+    @property
+    def kind(self) -> str:
+        """``"dense"``, ``"pemn"`` or ``"prune"``."""
+        if self.prune is not None:
+            return "prune"
+        return "dense" if self.strategy == "dense" else "pemn"
+
+    def overrides(self) -> dict[str, Any]:
+        """The TrainConfig overrides of this point (only the fields that apply to it)."""
+        d: dict[str, Any] = {"strategy": self.strategy}
+        for k in ("ratio", "keep", "prune", "compression"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+    def key(self) -> tuple[str, ...]:
+        return tuple(_norm(getattr(self, k)) for k in KEY_COLUMNS)
+
+    def label(self) -> str:
+        """A short figure label: ``Mask``, ``One-layer``, ``MP``, ``RP 1e-2``, ``Random 90%``, ``Dense``."""
+        if self.kind == "prune":
+            return f"{self.prune} {_num(100 * (self.compression or 0))}%"
+        names = {"dense": "Dense", "mask": "Mask", "one_layer": "One-layer", "mp": "MP", "rp": "RP"}
+        text = names.get(self.strategy, self.strategy)
+        if self.ratio is not None:
+            text += f" {_ratio_label(self.ratio)}"
+        return text
+
+
+def _ratio_label(r: float) -> str:
+    e = math.log10(r) if r > 0 else 0.0
+    return f"1e{round(e)}" if r > 0 and abs(e - round(e)) < 1e-9 else _num(r)
+
+
+def _norm(v: Any) -> str:
+    """Canonical text of a key value, equal for ``0.01``, ``"0.01"`` and ``"1e-2"``; ``""`` for None."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int | float):
+        return repr(float(v))
+    text = str(v).strip()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
+def build_grid(
+    *,
+    strategies: Iterable[str] = PEMN_STRATEGIES,
+    ratios: Iterable[float] = (1e-1, 1e-2, 1e-3),
+    keeps: Iterable[float] = (0.5,),
+    dense: bool = True,
+    prune: Iterable[str] = PRUNE_METHODS,
+    compressions: Iterable[float] = (0.9, 0.92, 0.94, 0.96),
+) -> list[SweepPoint]:
+    """Every combination: dense (optional), each PEMN strategy × keep (× ratio for ``rp`` only), and each
+    pruning method × compression. Duplicates are dropped; the order is dense, PEMN, pruning."""
+    strategies, ratios, keeps = list(strategies), [float(r) for r in ratios], [float(k) for k in keeps]
+    prune, compressions = list(prune), [float(c) for c in compressions]
+    for s in strategies:
+        if s not in PEMN_STRATEGIES:
+            raise ValueError(f"unknown sweep strategy {s!r}; valid: {', '.join(PEMN_STRATEGIES)} "
+                             "(dense is --dense, pruning baselines are --prune)")
+    for p in prune:
+        if p not in PRUNE_METHODS:
+            raise ValueError(f"unknown pruning method {p!r}; valid: {', '.join(PRUNE_METHODS)}")
+    if strategies and not keeps:
+        raise ValueError("give at least one kept fraction (--keeps) for the PEMN strategies")
+    if "rp" in strategies and not ratios:
+        raise ValueError("strategy rp needs at least one ratio (--ratios)")
+    if prune and not compressions:
+        raise ValueError("pruning baselines need at least one compression (--compressions)")
+    points: list[SweepPoint] = []
+    if dense:
+        points.append(SweepPoint("dense"))
+    for s in strategies:
+        for keep in keeps:
+            for r in ratios if s == "rp" else [None]:
+                points.append(SweepPoint(s, ratio=r, keep=keep))
+    for p in prune:
+        for c in compressions:
+            points.append(SweepPoint(PRUNE_STRATEGY, prune=p, compression=c))
+    unique = list(dict.fromkeys(points))
+    if not unique:
+        raise ValueError("the sweep is empty: give strategies, --dense or pruning baselines")
+    return unique
+
+
+# --------------------------------------------------------------------------------------------- the CSV
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return repr(v)
+    return str(v)
+
+
+def read_rows(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The complete rows of a sweep CSV (a missing file has none; a torn last line is ignored)."""
+    path = Path(csv_path)
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            return []
+        if tuple(reader.fieldnames) != CSV_COLUMNS:
+            raise ValueError(f"{path} has columns {reader.fieldnames}, not a pemn sweep's {list(CSV_COLUMNS)}; "
+                             "use another output folder")
+        rows = []
+        for row in reader:
+            if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
+                continue  # torn or malformed line
+            try:
+                float(row["best_acc"])
+            except ValueError:
+                continue
+            rows.append(row)
+        return rows
+
+
+def _append_row(csv_path: Path, row: Mapping[str, Any]) -> None:
+    """Append one row (writing the header first for a new file), flushed and fsynced."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    new = not csv_path.exists() or csv_path.stat().st_size == 0
+    if new:
+        writer.writeheader()
+    writer.writerow({c: _cell(row.get(c)) for c in CSV_COLUMNS})
+    text = buf.getvalue()
+    if not new:
+        with csv_path.open("rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a killed writer left a torn line: start on a fresh one
+                text = "\n" + text
+    with csv_path.open("a", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(_norm(row.get(k) or None) for k in KEY_COLUMNS)
+
+
+# --------------------------------------------------------------------------------------------- running
+
+
+def train_command(overrides: Mapping[str, Any], *, recipe: str | None = None,
+                  config_file: str | os.PathLike[str] | None = None) -> str:
+    """The ``pemn train`` command line that reproduces one run (None values cannot be written and are left out)."""
+    args = ["pemn", "train"]
+    if config_file is not None:
+        args += ["--config", str(config_file)]
+    if recipe is not None:
+        args += ["--recipe", recipe]
+    for k, v in overrides.items():
+        flag = "--" + k.replace("_", "-")
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, list | tuple):
+            args += [flag, *map(str, v)]
+        elif isinstance(v, float):
+            args += [flag, _num(v) if float(_num(v)) == v else repr(v)]
+        else:
+            args += [flag, str(v)]
+    return shlex.join(args)
+
+
+def _summary_value(summary: Any, name: str) -> Any:
+    if summary is None:
+        return None
+    if isinstance(summary, Mapping):
+        return summary.get(name)
+    return getattr(summary, name, None)
+
+
+@dataclass
+class SweepReport:
+    """What :func:`run_sweep` did: rows written now, points skipped (already in the CSV), failures."""
+
+    csv: Path
+    png: Path | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[SweepPoint] = field(default_factory=list)
+    failed: list[tuple[SweepPoint, str]] = field(default_factory=list)
+    plot_error: str | None = None
+
+
+def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, *,
+                     resume: bool = False) -> dict[str, Any]:
+    bad = sorted(GRID_KEYS & set(base))
+    if bad:
+        raise ValueError(f"{bad} are set by the sweep grid for every run; give them as grid options instead")
+    d = {**base, **point.overrides(), "out": str(out_dir / point.name)}
+    if resume and (out_dir / point.name / CHECKPOINT_NAME).exists():
+        d["resume"] = True  # a run killed with the sweep continues from its checkpoint
+    return d
+
+
+def _check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
+                    config_file: str | os.PathLike[str] | None) -> None:
+    """Record the sweep's common settings in ``sweep.json``; refuse to mix other settings into its CSV."""
+    import json
+
+    settings = {"overrides": {k: v for k, v in sorted(base.items()) if k not in FREE_KEYS},
+                "recipe": recipe, "config_file": None if config_file is None else str(config_file)}
+    path = out / SETTINGS_NAME
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+        except ValueError:
+            saved = None
+        if saved != settings:
+            raise ValueError(f"{out} holds a sweep with other common settings ({saved} in {path}, now {settings}); "
+                             "its rows would not be comparable: use another --out, or delete the folder")
+        return
+    path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def resolve_points(points: Sequence[SweepPoint], base_overrides: Mapping[str, Any], out_dir: str | os.PathLike[str],
+                   *, recipe: str | None = None, config_file: str | os.PathLike[str] | None = None) -> list[Any]:
+    """Resolve every point's TrainConfig up front (ValueError for the first contradictory one), so a bad
+    grid fails before any training starts."""
+    from pemn.train import resolve_config
+
+    configs = []
+    for p in points:
+        ov = _point_overrides(p, base_overrides, Path(out_dir), resume=True)
+        try:
+            configs.append(resolve_config(ov, recipe=recipe, config_file=config_file))
+        except ValueError as e:
+            raise ValueError(f"sweep point {p.name}: {e}") from e
+    return configs
+
+
+def run_sweep(
+    points: Sequence[SweepPoint],
+    out_dir: str | os.PathLike[str],
+    base_overrides: Mapping[str, Any] | None = None,
+    *,
+    recipe: str | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    log: Log | None = print,
+    keep_going: bool = False,
+    plot: bool = True,
+    train_fn: Callable[..., Any] | None = None,
+) -> SweepReport:
+    """Train every point not already in ``out_dir/sweep.csv`` and append its row when it ends.
+
+    ``base_overrides`` (TrainConfig fields such as model, dataset, epochs) apply to every run; each run
+    writes to ``out_dir/<point.name>``, with ``resume=True`` where that folder holds a checkpoint (a run
+    killed with the sweep continues from it). The common settings are recorded in ``out_dir/sweep.json``;
+    re-running the folder with other ones is a ValueError, since the CSV's rows are keyed by grid point
+    only. All configs are resolved before the first run, so a contradictory grid raises ValueError without
+    training anything. A run that raises stops the sweep (the exception propagates) unless ``keep_going``,
+    which records it in the report and goes on. Finally the figure is drawn to ``out_dir/sweep.png`` from
+    every row of the CSV (skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
+    :func:`pemn.train.train` (for tests).
+    """
+    out = Path(out_dir)
+    base = dict(base_overrides or {})
+    configs = resolve_points(points, base, out, recipe=recipe, config_file=config_file)
+    if train_fn is None:
+        from pemn.train import train as train_fn
+    out.mkdir(parents=True, exist_ok=True)
+    _check_settings(out, base, recipe, config_file)
+    csv_path = out / CSV_NAME
+    done = {_row_key(r) for r in read_rows(csv_path)}
+    report = SweepReport(csv=csv_path, png=None)
+    say = log or (lambda _msg: None)
+    todo = [(p, c) for p, c in zip(points, configs, strict=True) if p.key() not in done]
+    report.skipped = [p for p in points if p.key() in done]
+    if report.skipped:
+        say(f"sweep: {len(report.skipped)} of {len(points)} runs already in {csv_path}, skipping them")
+    for i, (point, cfg) in enumerate(todo, 1):
+        say(f"sweep: [{i}/{len(todo)}] {point.name}")
+        start = time.perf_counter()
+        try:
+            result = train_fn(cfg)
+        except Exception as e:
+            if not keep_going:
+                raise
+            msg = f"{type(e).__name__}: {e}"
+            report.failed.append((point, msg))
+            say(f"sweep: {point.name} failed ({msg}); going on")
+            continue
+        seconds = getattr(result, "seconds", None)
+        summary = getattr(result, "summary", None)
+        row = {
+            "strategy": point.strategy, "ratio": point.ratio, "keep": point.keep, "prune": point.prune,
+            "compression": point.compression,
+            "best_acc": float(result.best_acc), "final_acc": float(result.final_acc),
+            "artifact_bytes": getattr(result, "artifact_bytes", None) or getattr(result, "weights_bytes", None),
+            "paper_ratio": _summary_value(summary, "paper_ratio"),
+            "honest_ratio": _summary_value(summary, "honest_ratio"),
+            "seconds": round(float(seconds if seconds is not None else time.perf_counter() - start), 3),
+            "command": train_command(_point_overrides(point, base, out), recipe=recipe, config_file=config_file),
+        }
+        _append_row(csv_path, row)
+        report.rows.append(row)
+        say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  "
+            f"{row['artifact_bytes']} B")
+    if plot:
+        try:
+            report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base))
+        except ImportError as e:
+            report.plot_error = f"no figure: matplotlib is not installed ({e})"
+            say(f"sweep: {report.plot_error}")
+    return report
+
+
+def _title(base: Mapping[str, Any]) -> str | None:
+    parts = [str(base[k]) for k in ("model", "dataset") if base.get(k)]
+    return " on ".join(parts) if parts else None
+
+
+# --------------------------------------------------------------------------------------------- the figure
+
+
+def _float(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _point_of(row: Mapping[str, Any]) -> SweepPoint:
+    return SweepPoint(str(row.get("strategy") or ""), ratio=_float(row.get("ratio")), keep=_float(row.get("keep")),
+                      prune=(row.get("prune") or None), compression=_float(row.get("compression")))
+
+
+def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+    """Draw test accuracy (best epoch) vs size compression ratio (%) from sweep rows to ``path`` (PNG).
+
+    PEMN runs are placed at their paper ratio (MP/RP joined by one line per kept fraction, Mask/One-layer as
+    squares, each point labelled), pruning
+    baselines at their compression (``x`` random, diamond magnitude, as in the paper), dense runs as a
+    horizontal line. Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    pemn: dict[float | None, list[tuple[float, float, str, str]]] = {}
+    pruned: dict[str, list[tuple[float, float]]] = {}
+    dense: list[float] = []
+    for row in rows:
+        p, acc = _point_of(row), _float(row.get("best_acc"))
+        if acc is None:
+            continue
+        if p.kind == "dense":
+            dense.append(acc)
+        elif p.kind == "prune" and p.compression is not None:
+            pruned.setdefault(p.prune or "", []).append((100 * p.compression, acc))
+        elif p.kind == "pemn":
+            x = _float(row.get("paper_ratio"))
+            if x is not None:
+                pemn.setdefault(p.keep, []).append((100 * x, acc, p.label(), p.strategy))
+    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for keep, pts in sorted(pemn.items(), key=lambda kv: kv[0] or 0):
+        pts.sort()
+        name = "PEMN (ours)" if len(pemn) == 1 else f"PEMN, keep {_num(keep) if keep is not None else '?'}"
+        # MP and RP share one prototype filling every layer: one line, as the paper's "Ours"; Mask and
+        # One-layer (many more unique values) are separate markers of the same colour
+        line = [(x, y) for x, y, _, strategy in pts if strategy in ("mp", "rp")]
+        others = [(x, y) for x, y, _, strategy in pts if strategy not in ("mp", "rp")]
+        color = None
+        if line:
+            (handle,) = ax.plot([x for x, _ in line], [y for _, y in line], "o-", label=name, markersize=6)
+            color = handle.get_color()
+        if others:
+            handle = ax.scatter([x for x, _ in others], [y for _, y in others], marker="s", s=36, color=color,
+                                label=None if line else name, zorder=3)
+        for x, y, text, _ in pts:
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8)
+    markers = {"random": ("x", "Random pruning"), "magnitude": ("D", "Minimum (magnitude) pruning")}
+    for method, pts in sorted(pruned.items()):
+        pts.sort()
+        marker, name = markers.get(method, ("s", f"{method} pruning"))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle="--", marker=marker, label=name, markersize=6)
+    for i, acc in enumerate(dense):
+        ax.axhline(acc, color="black", linestyle=":", linewidth=1.2, label="Dense" if i == 0 else None)
+    ax.set_xlabel("Size compression ratio (%)")
+    ax.set_ylabel("Test accuracy (%), best epoch")
+    ax.set_title(f"PEMN compression: {title}" if title else "PEMN compression")
+    ax.grid(True, alpha=0.3)
+    if pemn or pruned or dense:
+        ax.legend(loc="best", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), format="png")
+    return path
