@@ -239,6 +239,8 @@ def _read_index(tensors: dict[str, torch.Tensor]) -> Any:
     text = inflater.decompress(t.numpy().tobytes(), _MAX_INDEX)
     if inflater.unconsumed_tail or not inflater.eof:
         raise ValueError("the index is truncated or larger than any real model's")
+    if inflater.unused_data:
+        raise ValueError("the index has data after its zlib stream")
     return json.loads(text)
 
 
