@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/pemn train
 
 test: install
 	$(BIN)/ruff check src tests benchmarks examples

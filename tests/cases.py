@@ -95,6 +95,7 @@ STRATEGIES: dict[str, dict] = {
     "rp": {"strategy": "rp", "ratio": 0.1},
     "rp_rand_uniform": {"strategy": "rp", "ratio": 0.05, "fill": "rand", "init": "kaiming_uniform"},
     "rp_signed": {"strategy": "rp", "ratio": 1e-3, "init": "signed_constant", "keep": 0.7, "seed": 7},
+    "rp_global": {"strategy": "rp", "ratio": 0.1, "scope": "global", "keep": 0.2},
 }
 
 

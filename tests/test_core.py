@@ -35,13 +35,24 @@ def converted(model_name: str, strategy: str, seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize(("model_name", "strategy"), GRID)
 def test_kept_counts_exact(model_name: str, strategy: str) -> None:
     model = converted(model_name, strategy)
-    keep = cases.config(strategy).keep
+    cfg = cases.config(strategy)
     mws = masked_weights(model)
     assert mws, "nothing was masked"
-    for mw in mws.values():
-        assert int(mw.current_mask().sum()) == kept_count(keep, mw.numel) == mw.kept
+
+    def check() -> None:
+        counts = [int(mw.current_mask().sum()) for mw in masked_weights(model).values()]
+        numels = [mw.numel for mw in masked_weights(model).values()]
+        if cfg.scope == "layer":
+            assert counts == [kept_count(cfg.keep, n) for n in numels]
+        else:  # one budget over all layers; no layer left empty
+            budget = kept_count(cfg.keep, sum(numels))
+            assert min(counts) >= 1 and budget <= sum(counts) <= budget + len(counts)
+
+    check()
     cases.train_steps(model, cases.make_input(model_name))
+    check()
     pemn.freeze_masks(model)
+    check()
     for mw in masked_weights(model).values():
         assert mw.frozen and "scores" not in dict(mw.named_parameters())
         assert int(mw.current_mask().sum()) == mw.kept
@@ -203,6 +214,22 @@ def test_kept_count(keep: float, numel: int, expected: int) -> None:
     assert expected == max(1, numel - math.floor(round((1 - keep) * numel, 9)))
 
 
+def test_global_scope_one_threshold() -> None:
+    """scope='global': one threshold over all layers; layers keep different fractions; empty layers are guarded."""
+    model = pemn.convert_(nn.Sequential(nn.Linear(20, 30, bias=False), nn.Linear(30, 2, bias=False)),
+                          PEMNConfig(strategy="mp", keep=0.1, scope="global"))
+    a, b = masked_weights(model).values()
+    with torch.no_grad():
+        a.scores.mul_(100)  # layer a's scores dwarf b's: a global top-k takes nearly all from a
+    ma, mb = a.current_mask(), b.current_mask()
+    assert int(mb.sum()) == 1 and int(ma.sum()) == kept_count(0.1, 660)  # b keeps only its guard weight
+    threshold = a.scores.detach().abs()[ma].min()
+    assert (a.scores.detach().abs()[~ma] <= threshold).all()
+    x = torch.randn(3, 20)
+    model(x).sum().backward()
+    assert a.scores.grad is not None and b.scores.grad is not None
+
+
 def test_eval_and_train_modes_both_run() -> None:
     model = converted("mha", "rp")
     x = cases.make_input("mha")
@@ -344,6 +371,27 @@ def test_entropy_coding_below_one_bit() -> None:
     assert s.bytes["masks"] * 8 / s.masked_weights < 0.48  # H(0.1) = 0.469 bits per weight
 
 
+def test_extras_in_half_precision(tmp_path: Path) -> None:
+    model = converted("conv2d", "rp")
+    x = cases.make_input("conv2d")
+    cases.train_steps(model, x)
+    full = pemn.summary(model, verbose=False)
+    half = pemn.summary(model, extras_dtype="float16", verbose=False)
+    assert half.bytes["extras"] * 2 == full.bytes["extras"]
+    assert half.bytes["norm_stats"] < full.bytes["norm_stats"]  # the integer batch counter stays int64
+    path = pemn.save(model, tmp_path / "h.pemn", extras_dtype="float16")
+    fresh = pemn.load(path, cases.build("conv2d"))
+    for name, p in fresh.named_parameters():
+        assert p.dtype == torch.float32
+        assert torch.equal(p, dict(model.named_parameters())[name].detach().half().float())
+    model.eval()
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), model(x), atol=1e-2)
+    with pytest.raises(ValueError, match="extras_dtype"):
+        pemn.save(model, tmp_path / "bad.pemn", extras_dtype="int8")
+
+
 def test_summary_of_file_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = converted("conv2d", "rp")
     path = pemn.save(model, tmp_path / "m.pemn")
@@ -416,6 +464,7 @@ def test_root_module_and_wrappers(tmp_path: Path) -> None:
     ({"fill": "zigzag"}, "fill"),
     ({"strategy": "mask", "fill": "rand"}, "fill"),
     ({"rescale": "yes"}, "rescale"),
+    ({"scope": "model"}, "scope"),
     ({"targets": [3]}, "targets"),
     ({"exclude": ["("]}, "exclude"),
 ])

@@ -52,6 +52,7 @@ FORMAT = "pemn"
 FORMAT_VERSION = 1
 CODINGS = ("packed", "entropy")
 PROTOTYPE_STORAGE = ("values", "seed")
+EXTRAS_DTYPES = (None, "float32", "float16", "bfloat16")
 _MAX_HEADER = 64 << 20
 _MAX_INDEX = 256 << 20
 _PICKLE_HINT = ("this looks like a pickle / torch.save file, not a pemn artifact; pemn never unpickles "
@@ -101,9 +102,11 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _pack_dense(kind: str, state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
-                index: list[list[Any]]) -> None:
+                index: list[list[Any]], float_dtype: torch.dtype | None) -> None:
     groups: dict[str, list[torch.Tensor]] = {}
     for name, t in state.items():
+        if float_dtype is not None and t.dtype.is_floating_point:
+            t = t.to(float_dtype)
         dtype = _dtype_name(t.dtype)
         index.append([name, kind, dtype, list(t.shape)])
         groups.setdefault(dtype, []).append(t.detach().reshape(-1).cpu())
@@ -111,8 +114,11 @@ def _pack_dense(kind: str, state: dict[str, torch.Tensor], tensors: dict[str, to
         tensors[f"{kind}s.{dtype}"] = torch.cat(parts)
 
 
-def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values") -> bytes:
+def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values",
+             extras_dtype: str | None = None) -> bytes:
     """Serialise a converted model (training or frozen) to artifact bytes; see :func:`save`."""
+    if extras_dtype not in EXTRAS_DTYPES:
+        raise ValueError(f"extras_dtype must be one of {EXTRAS_DTYPES}, got {extras_dtype!r}")
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     if prototype not in PROTOTYPE_STORAGE:
@@ -124,17 +130,19 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
     payloads = []
     for name, mw in masked_weights(model).items():
         mask = mw.current_mask().detach().reshape(-1).cpu().numpy()
-        data = mask_coding.pack_bits(mask) if coding == "packed" else mask_coding.encode_entropy(mask, mw.kept)
+        kept = int(mask.sum())
+        data = mask_coding.pack_bits(mask) if coding == "packed" else mask_coding.encode_entropy(mask, kept)
         payloads.append(np.ascontiguousarray(data, dtype=np.uint8))
-        manifest.append({"name": name, "shape": list(mw.shape), "kept": mw.kept, "bytes": int(data.size)})
+        manifest.append({"name": name, "shape": list(mw.shape), "kept": kept, "bytes": int(data.size)})
     tensors["masks"] = torch.from_numpy(np.concatenate(payloads))
     if prototype == "values":
         protos = bank.prototypes()
         tensors["prototype"] = torch.from_numpy(np.concatenate([protos[n] for n in sorted(protos)]).astype("<f4"))
     params, buffers = _split_state(model)
     dense: list[list[Any]] = []
-    _pack_dense("param", params, tensors, dense)
-    _pack_dense("buffer", buffers, tensors, dense)
+    float_dtype = None if extras_dtype is None else getattr(torch, extras_dtype)
+    _pack_dense("param", params, tensors, dense, float_dtype)
+    _pack_dense("buffer", buffers, tensors, dense, float_dtype)
     index = json.dumps({"manifest": manifest, "dense": dense}, separators=(",", ":")).encode()
     tensors["index"] = torch.frombuffer(bytearray(zlib.compress(index, 9)), dtype=torch.uint8)
     metadata = {
@@ -152,7 +160,7 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packed",
-         prototype: str = "values") -> Path:
+         prototype: str = "values", extras_dtype: str | None = None) -> Path:
     """Write a converted model to one ``.pemn`` file, atomically (temporary file, fsync, rename).
 
     Args:
@@ -162,11 +170,14 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
         prototype: ``"values"`` stores the float32 prototype (portable everywhere, the default);
             ``"seed"`` stores only the config's seed and the values' SHA-256, which :func:`load` checks
             after regenerating them.
+        extras_dtype: store the floating-point dense extras (norm parameters and statistics, biases) in
+            this dtype (``"float16"`` or ``"bfloat16"``) to halve their bytes; ``None`` (default) keeps them
+            as they are, which is what makes a loaded model bit-identical. They are cast back on load.
 
     Returns the path written. On any error the previous file at ``path`` (if any) is left intact.
     """
     path = Path(path)
-    data = to_bytes(model, coding=coding, prototype=prototype)
+    data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype)
     try:
         atomic_write_bytes(path, data)
     except OSError as e:
@@ -253,8 +264,18 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
               and isinstance(entry["shape"], list) and entry["shape"]
               and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 2**40 for s in entry["shape"])
               and isinstance(entry["kept"], int) and isinstance(entry["bytes"], int) and entry["bytes"] >= 0)
-        if not ok or entry["kept"] != kept_count(config.keep, math.prod(entry["shape"])):
+        if not ok or not _kept_ok(entry["kept"], math.prod(entry["shape"]), config):
             raise _fail(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}")
+    if config.scope == "global":
+        total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest))
+        if not total <= sum(e["kept"] for e in manifest) <= total + len(manifest):
+            raise _fail(where + "corrupt artifact: the kept counts do not add up to the global budget")
+
+
+def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
+    if config.scope == "global":
+        return 0 < kept <= numel
+    return kept == kept_count(config.keep, numel)
 
 
 def _check_dense_index(dense: Any, where: str) -> None:

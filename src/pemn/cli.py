@@ -9,8 +9,10 @@ never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import re
 import sys
 import types
@@ -170,7 +172,7 @@ def _device(name: str) -> Any:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         raise UsageError(f"invalid --device {name!r}: {_one_line(e)}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine")
@@ -234,13 +236,18 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     cls = tm.TrainConfig
     hints = _field_hints(cls)
     group = parser.add_argument_group("training options (defaults < --recipe < --config < these flags)")
+    recipe_fields = set(getattr(tm, "RECIPE_FIELDS", ()))
+    default_recipe = next((_field_default(f) for f in dataclasses.fields(cls) if f.name == "recipe"), None)
     for f in dataclasses.fields(cls):
         if f.name == "recipe":
             continue
         kwargs = _flag_kwargs(f.name, hints.get(f.name, str))
         help_text = f.metadata.get("help", "")
         default = _field_default(f)
-        help_text = f"{help_text} (default: {default})" if help_text else f"(default: {default})"
+        if f.name in recipe_fields and "default" not in help_text.lower():
+            help_text = f"{help_text} (default: the recipe's; {default} with {default_recipe})".strip()
+        elif default is not None and "default" not in help_text.lower():
+            help_text = f"{help_text} (default: {default})".strip()
         group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
                            help=help_text.replace("%", "%%"), **kwargs)
 
@@ -561,6 +568,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     result = export_onnx(plain, example, out)
     _out(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX, exporter: {result['exporter']})"
          + (f" with its weights in {result['external_data']}" if result.get("external_data") else ""))
+    for note in result.get("fallbacks") or []:
+        _out(f"note: exporter attempt failed first: {note}")
     if result["checked"]:
         _out(f"check: onnxruntime vs torch max abs diff {result['max_abs_diff']:.3g} "
              f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
@@ -608,7 +617,7 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pemn.sweep import GRID_KEYS, build_grid, run_sweep
+    from pemn.sweep import GRID_KEYS, build_grid, check_settings, resolve_points, run_sweep
 
     base = _parse_sets(args.set or [])
     clash = sorted(GRID_KEYS & set(base))
@@ -627,9 +636,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(_one_line(e)) from None
     # every point is resolved (and checked) before the first run
-    for p in points:
-        _resolve({**base, **p.overrides(), "out": str(Path(args.out) / p.name)}, recipe=args.recipe,
-                 config_file=args.config)
+    if args.config is not None and not Path(args.config).is_file():
+        raise UsageError(f"no config file at {args.config!r}")
+    try:
+        resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
+        check_settings(Path(args.out), base, args.recipe, args.config)
+    except (ValueError, TypeError) as e:
+        raise UsageError(_one_line(e)) from None
     _out(f"sweep: {len(points)} runs -> {args.out}/")
     report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
                        log=_out, keep_going=args.keep_going, plot=not args.no_plot)
@@ -756,6 +769,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         _err(f"{PROG}: error: {_one_line(e)}")
         return 2
+    except BrokenPipeError:  # `pemn ... | head`: the reader left; stop quietly, as other CLIs do
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
+        return 141
     except (PEMNError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         _err(f"{PROG}: error: {_one_line(e)}")
         return 1

@@ -13,6 +13,7 @@ from typing import Any
 STRATEGIES = ("mask", "one_layer", "mp", "rp")
 FILLS = ("copy", "rand")
 INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
+SCOPES = ("layer", "global")
 #: Layer types masked by default, by class name. Their subclasses are masked too when they keep the
 #: parent's forward (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection).
 SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention")
@@ -66,6 +67,9 @@ class PEMNConfig:
             prototype comes from; the paper's), ``"kaiming_uniform"`` (U(±sqrt(6/fan_in))) or
             ``"signed_constant"`` (±sqrt(2/fan_in)).
         rescale: scale each layer's slice of the prototype to that layer's own fan-in (False = the paper).
+        scope: ``"layer"``: every layer keeps its own top ``keep`` fraction (the paper); ``"global"``: one
+            top-k over all masked weights together, so layers keep different fractions (every layer keeps at
+            least one weight).
         targets: which modules are masked: layer type names (``"Linear"``, ``"Conv2d"``...) or regexes
             fully matching a module's qualified name. ``None``: every supported type.
         exclude: same syntax; matching modules are left dense.
@@ -78,6 +82,7 @@ class PEMNConfig:
     seed: int = 0
     init: str = "kaiming_normal"
     rescale: bool = False
+    scope: str = "layer"
     targets: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
@@ -107,6 +112,8 @@ class PEMNConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not isinstance(self.rescale, bool):
             raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         set_(self, "targets", _check_pattern_list("targets", self.targets))
         set_(self, "exclude", _check_pattern_list("exclude", self.exclude) or ())
 

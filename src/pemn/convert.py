@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Callable, Mapping
 
@@ -14,6 +15,7 @@ from pemn.config import SUPPORTED_TYPES, PEMNConfig, kept_count
 from pemn.errors import ConversionError
 from pemn.fileio import release_freed_memory
 from pemn.layers import (
+    GlobalTopK,
     MaskedLayer,
     MaskedWeight,
     make_masked_weight,
@@ -164,6 +166,9 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
     dtype = first.dtype if first.dtype.is_floating_point else torch.float32
     bank.to(device=first.device, dtype=dtype)
     del first
+    group = None
+    if config.scope == "global" and masks is None:
+        group = bank.global_topk = GlobalTopK(kept_count(config.keep, sum(math.prod(s) for s in shapes)))
     index = 0
     for name, module in selected:
         weights: dict[str, MaskedWeight] = {}
@@ -171,14 +176,16 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
             weight = module._parameters[param]
             shape, device = tuple(weight.shape), weight.device
             assign = assignments[index]
-            kept = kept_count(config.keep, weight.numel())
+            kept = kept_count(config.keep, weight.numel()) if group is None else None
             if masks is None:
                 mw = make_masked_weight(bank, assign.source, shape, assign.scale, kept, config.seed, index,
                                         device=device)
                 if weight.dtype.is_floating_point:
                     mw.scores.data = mw.scores.data.to(weight.dtype)
+                if group is not None:
+                    group.members.append(mw)
             else:
-                mw = MaskedWeight(bank, assign.source, shape, assign.scale, kept)
+                mw = MaskedWeight(bank, assign.source, shape, assign.scale, None)
                 mw.freeze(masks[f"{name}.{param}" if name else param].to(device), copy=False)
             weights[param] = mw
             index += 1
@@ -196,9 +203,9 @@ def freeze_masks(model: nn.Module) -> nn.Module:
     mws = masked_weights(model)
     if not mws:
         raise ConversionError("this model has no pemn masked layers to freeze")
-    for mw in mws.values():
-        if not mw.frozen:
-            mw.freeze()
+    masks = {name: mw.current_mask() for name, mw in mws.items() if not mw.frozen}  # all before any freezes
+    for name, mask in masks.items():
+        mws[name].freeze(mask)
     return model
 
 

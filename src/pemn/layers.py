@@ -14,19 +14,45 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from pemn.masking import init_scores, ste_mask, topk_mask
+from pemn.masking import global_topk_masks, init_scores, ste_given_mask, ste_mask, topk_mask
 from pemn.prototype import PrototypeBank, fan_in
+
+
+class GlobalTopK:
+    """One top-k over all masked weights of a model (``scope="global"``), shared through the bank.
+
+    The masks are recomputed only when some member's scores changed (their autograd version counters),
+    so a forward pass computes them once, not once per layer.
+    """
+
+    def __init__(self, total_kept: int) -> None:
+        self.total_kept = int(total_kept)
+        self.members: list[MaskedWeight] = []
+        self._key: tuple | None = None
+        self._masks: dict[int, torch.Tensor] = {}
+
+    def mask_for(self, member: MaskedWeight) -> torch.Tensor:
+        live = [m for m in self.members if "scores" in m._parameters]
+        key = tuple((id(m.scores), m.scores._version, m.scores.device) for m in live)
+        if key != self._key:
+            # members frozen on their own keep their masks, and their share of the budget
+            budget = self.total_kept - sum(m.kept or 0 for m in self.members if m.frozen)
+            masks = global_topk_masks([m.scores.detach().abs() for m in live], max(budget, 0))
+            self._masks = {id(m): mask for m, mask in zip(live, masks, strict=True)}
+            self._key = key
+        return self._masks[id(member)]
 
 
 class MaskedWeight(nn.Module):
     """One masked weight: ``prototype_slice * scale * mask``.
 
     Training mode holds real-valued ``scores`` (a Parameter) and recomputes the top-``kept`` mask each
-    call; frozen mode holds the boolean ``mask`` buffer and no scores. The prototype slice is a view of
-    the shared :class:`PrototypeBank`, never a copy.
+    call (or takes its share of a model-wide top-k with ``scope="global"``, when ``kept`` is None); frozen
+    mode holds the boolean ``mask`` buffer and no scores. The prototype slice is a view of the shared
+    :class:`PrototypeBank`, never a copy.
     """
 
-    def __init__(self, bank: PrototypeBank, source: str, shape: tuple[int, ...], scale: float, kept: int,
+    def __init__(self, bank: PrototypeBank, source: str, shape: tuple[int, ...], scale: float, kept: int | None,
                  scores: torch.Tensor | None = None) -> None:
         super().__init__()
         self.bank = bank
@@ -34,7 +60,7 @@ class MaskedWeight(nn.Module):
         self.shape = tuple(int(s) for s in shape)
         self.numel = math.prod(self.shape)
         self.scale = float(scale)
-        self.kept = int(kept)
+        self.kept = None if kept is None else int(kept)
         if scores is not None:
             self.scores = nn.Parameter(scores)
 
@@ -51,6 +77,8 @@ class MaskedWeight(nn.Module):
         """The boolean mask the next forward uses (stored when frozen, top-k of the scores otherwise)."""
         if self.frozen:
             return self._buffers["mask"]
+        if self.kept is None:
+            return self.bank.global_topk.mask_for(self)
         return topk_mask(self.scores.detach().abs(), self.kept)
 
     def forward(self) -> torch.Tensor:
@@ -58,6 +86,8 @@ class MaskedWeight(nn.Module):
         if self.frozen:
             return base * self._buffers["mask"]
         # Same dtype and op as the frozen path, so freezing or saving never changes an output bit.
+        if self.kept is None:
+            return base * ste_given_mask(self.scores, self.bank.global_topk.mask_for(self)).to(base.dtype)
         return base * ste_mask(self.scores, self.kept).to(base.dtype)
 
     def freeze(self, mask: torch.Tensor | None = None, *, copy: bool = True) -> None:
@@ -68,16 +98,19 @@ class MaskedWeight(nn.Module):
         mask = mask.detach().to(dtype=torch.bool).reshape(self.shape)
         if copy:
             mask = mask.clone()
-        if int(mask.sum()) != self.kept:
-            raise ValueError(f"a mask for this weight must keep {self.kept} entries, got {int(mask.sum())}")
+        count = int(mask.sum())
+        if self.kept is not None and count != self.kept:
+            raise ValueError(f"a mask for this weight must keep {self.kept} entries, got {count}")
         device = self.scores.device if "scores" in self._parameters else mask.device
         self._parameters.pop("scores", None)
         self._buffers.pop("mask", None)
         self.register_buffer("mask", mask.to(device))
+        self.kept = count
 
     def extra_repr(self) -> str:
         state = "frozen" if self.frozen else "training"
-        return f"shape={self.shape}, kept={self.kept}/{self.numel}, source={self.source}, {state}"
+        kept = "global" if self.kept is None else self.kept
+        return f"shape={self.shape}, kept={kept}/{self.numel}, source={self.source}, {state}"
 
 
 def _masked_param(name: str) -> property:
@@ -199,7 +232,7 @@ def to_dense_(module: nn.Module) -> nn.Module:
     return module
 
 
-def make_masked_weight(bank: PrototypeBank, source: str, shape: tuple[int, ...], scale: float, kept: int,
+def make_masked_weight(bank: PrototypeBank, source: str, shape: tuple[int, ...], scale: float, kept: int | None,
                        seed: int, index: int, device: torch.device | None = None) -> MaskedWeight:
     """A training-mode :class:`MaskedWeight` with edge-popup's score init (seeded, private generator)."""
     scores = init_scores(shape, fan_in(shape), seed, index)

@@ -46,6 +46,40 @@ def ste_mask(scores: torch.Tensor, kept: int) -> torch.Tensor:
     return _TopKSTE.apply(scores.abs(), kept)
 
 
+class _GivenMaskSTE(torch.autograd.Function):
+    """Forward: a precomputed boolean mask as 0/1. Backward: the gradient passes unchanged."""
+
+    @staticmethod
+    def forward(ctx, magnitudes: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return mask.to(magnitudes.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad, None
+
+
+def ste_given_mask(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Like :func:`ste_mask` for a mask chosen elsewhere (a global top-k over many layers)."""
+    return _GivenMaskSTE.apply(scores.abs(), mask)
+
+
+def global_topk_masks(magnitudes: list[torch.Tensor], total_kept: int) -> list[torch.Tensor]:
+    """Boolean masks keeping the ``total_kept`` largest entries over all tensors together (ties to the lowest
+    index in the concatenation), then, for any tensor left empty, its largest entry as well: every layer
+    keeps at least one weight, so the total is ``total_kept`` plus the number of such layers."""
+    flat = torch.cat([m.detach().reshape(-1) for m in magnitudes])
+    chosen = topk_mask(flat, min(total_kept, flat.numel()))
+    masks = []
+    start = 0
+    for m in magnitudes:
+        mask = chosen[start:start + m.numel()].view_as(m).clone()
+        start += m.numel()
+        if not mask.any():
+            mask.view(-1)[torch.argmax(m.detach().reshape(-1))] = True
+        masks.append(mask)
+    return masks
+
+
 def init_scores(shape: tuple[int, ...], fan_in: int, seed: int, index: int) -> torch.Tensor:
     """Edge-popup's score init, U(±1/sqrt(fan_in)) (kaiming_uniform with a=sqrt(5)), from a private
     CPU generator so that converting a model never touches (or depends on) torch's global RNG."""

@@ -236,6 +236,7 @@ class PrototypeBank(nn.Module):
         super().__init__()
         self.config = config
         self.sources = dict(sources)
+        self.global_topk = None  # a pemn.layers.GlobalTopK when config.scope == "global"
         if prototypes is None:
             prototypes = {n: prototype_values(config, s) for n, s in sources.items()}
         self._install(prototypes)

@@ -117,13 +117,14 @@ def summarize(art: Artifact) -> PEMNSummary:
 
 
 def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = "packed",
-            prototype: str = "values", verbose: bool = True) -> PEMNSummary:
+            prototype: str = "values", extras_dtype: str | None = None, verbose: bool = True) -> PEMNSummary:
     """Summarise a converted model (as the artifact it would save to) or an artifact file.
 
     Prints the table unless ``verbose=False``; returns the :class:`PEMNSummary` either way.
     """
     if isinstance(model_or_path, nn.Module):
-        result = summarize(parse(to_bytes(model_or_path, coding=coding, prototype=prototype)))
+        result = summarize(parse(to_bytes(model_or_path, coding=coding, prototype=prototype,
+                                         extras_dtype=extras_dtype)))
     else:
         result = summarize(read(model_or_path))
         result.source = str(Path(model_or_path))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import shlex
@@ -31,8 +32,10 @@ __all__ = [
     "SweepPoint",
     "SweepReport",
     "build_grid",
+    "check_settings",
     "plot_sweep",
     "read_rows",
+    "resolve_points",
     "run_sweep",
     "train_command",
 ]
@@ -52,6 +55,10 @@ GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "out
 #: Settings that may change between a sweep and its re-run in the same folder (they do not change results).
 FREE_KEYS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
 SETTINGS_NAME = "sweep.json"
+#: Common options given to the PEMN points only (pemn.train.PEMN_FIELDS without the grid's ratio / keep).
+PEMN_ONLY_KEYS = frozenset({"fill", "init", "rescale", "targets", "exclude"})
+#: Common options given to the pruning baselines only.
+PRUNE_ONLY_KEYS = frozenset({"prune_scope"})
 CHECKPOINT_NAME = "checkpoint.safetensors"  # pemn.train's per-run checkpoint
 
 Log = Callable[[str], None]
@@ -286,19 +293,25 @@ def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, 
     bad = sorted(GRID_KEYS & set(base))
     if bad:
         raise ValueError(f"{bad} are set by the sweep grid for every run; give them as grid options instead")
-    d = {**base, **point.overrides(), "out": str(out_dir / point.name)}
+    # options that only mean something for some points apply to those (e.g. --set init=signed_constant is
+    # not passed to the dense baselines, fill=rand only to mp / rp)
+    common = {k: v for k, v in base.items()
+              if not (point.kind != "pemn" and k in PEMN_ONLY_KEYS)
+              and not (k == "fill" and point.strategy not in ("mp", "rp"))
+              and not (point.kind != "prune" and k in PRUNE_ONLY_KEYS)}
+    d = {**common, **point.overrides(), "out": str(out_dir / point.name)}
     if resume and (out_dir / point.name / CHECKPOINT_NAME).exists():
         d["resume"] = True  # a run killed with the sweep continues from its checkpoint
     return d
 
 
-def _check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
+def check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
                     config_file: str | os.PathLike[str] | None) -> None:
-    """Record the sweep's common settings in ``sweep.json``; refuse to mix other settings into its CSV."""
-    import json
-
+    """Record the sweep's common settings in ``out/sweep.json`` (creating ``out``); ValueError if the folder
+    already holds a sweep with other ones (their rows would not be comparable)."""
     settings = {"overrides": {k: v for k, v in sorted(base.items()) if k not in FREE_KEYS},
                 "recipe": recipe, "config_file": None if config_file is None else str(config_file)}
+    out.mkdir(parents=True, exist_ok=True)
     path = out / SETTINGS_NAME
     if path.exists():
         try:
@@ -342,7 +355,9 @@ def run_sweep(
 ) -> SweepReport:
     """Train every point not already in ``out_dir/sweep.csv`` and append its row when it ends.
 
-    ``base_overrides`` (TrainConfig fields such as model, dataset, epochs) apply to every run; each run
+    ``base_overrides`` (TrainConfig fields such as model, dataset, epochs) apply to every run they mean
+    something for (PEMN-only options such as ``init`` are not given to the dense / pruned runs, ``fill`` only
+    to mp / rp, ``prune_scope`` only to the pruning baselines); each run
     writes to ``out_dir/<point.name>``, with ``resume=True`` where that folder holds a checkpoint (a run
     killed with the sweep continues from it). The common settings are recorded in ``out_dir/sweep.json``;
     re-running the folder with other ones is a ValueError, since the CSV's rows are keyed by grid point
@@ -358,7 +373,7 @@ def run_sweep(
     if train_fn is None:
         from pemn.train import train as train_fn
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, base, recipe, config_file)
+    check_settings(out, base, recipe, config_file)
     csv_path = out / CSV_NAME
     done = {_row_key(r) for r in read_rows(csv_path)}
     report = SweepReport(csv=csv_path, png=None)
