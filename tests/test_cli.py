@@ -264,3 +264,25 @@ def test_python_dash_m_help() -> None:
     assert proc.returncode == 0, proc.stderr
     for command in ("train", "eval", "inspect", "export", "models", "datasets", "sweep"):
         assert command in proc.stdout
+
+
+def test_torchrun_module_entry_point(tmp_path: Path) -> None:
+    """What the README promises: `torchrun --nproc_per_node=2 -m pemn train ...` trains with DDP on CPU."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", "-m", "pemn", "train", "--epochs", "1", "--train-subset", "512",
+         "--device", "cpu", "--no-progress", "--out", str(out)],
+        capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2
+    assert (out / "model.pemn").exists()
+    assert proc.stdout.count("trained mlp on digits") == 1  # only rank 0 reports

@@ -270,7 +270,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     cfg = _resolve(overrides, recipe=args.recipe, config_file=args.config)
     result = tm.train(cfg)
-    _report_train(cfg, result)
+    if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
+        _report_train(cfg, result)
     return 0
 
 

@@ -454,6 +454,7 @@ class TrainResult:
     sparse_bytes: int | None = None
     artifact_acc: float | None = None
     world_size: int = 1
+    rank: int = 0
     state_sha256: str = ""
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
@@ -1215,7 +1216,8 @@ class _Run:
             out_dir=self.out, artifact=artifact, artifact_bytes=artifact_bytes, best_acc=self.best_acc,
             best_epoch=self.best_epoch, final_acc=final_acc, epochs_run=len(self.history), seconds=self.elapsed(),
             summary=summary, weights=weights, weights_bytes=weights_bytes, sparse_bytes=sparse_bytes,
-            artifact_acc=artifact_acc, world_size=self.dist.world, state_sha256=digest.hex(), model=self.module)
+            artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
+            model=self.module)
         if self.dist.main:
             _write_json(self.out / "result.json", result.to_dict())
             self.log(f"done in {_fmt_time(result.seconds)}: best test accuracy {self.best_acc:.2f}% at epoch "
