@@ -55,7 +55,16 @@ def alternate(variants: dict[str, Callable[[], Any]], *, repeats: int, warmup: i
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (MiB)."""
+    """This process's peak resident set size so far (MiB).
+
+    Linux's VmHWM belongs to the process image, so a child started by fork+exec starts afresh; getrusage's
+    ru_maxrss would carry over the parent's peak at the time of the fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
