@@ -360,6 +360,7 @@ def test_convmixer_256_8_summary_matches_paper() -> None:
     d = s.to_dict()
     json.dumps(d)
     assert d["paper_ratio"] == s.paper_ratio and len(d["layers"]) == 18
+    assert {lay.unique_values for lay in s.layers} == {66}  # every layer tiles the same 66 values
 
 
 def test_entropy_coding_below_one_bit() -> None:

@@ -22,6 +22,7 @@ class LayerSummary:
     name: str
     shape: tuple[int, ...]
     masked_weights: int
+    unique_values: int
     kept: int
     kept_fraction: float
     mask_bytes: int
@@ -64,13 +65,13 @@ class PEMNSummary:
 
     def table(self) -> str:
         """A readable per-layer and total table."""
-        rows = [f"{'layer':<40} {'shape':<20} {'N':>10} {'kept':>7} {'mask B':>9}"]
+        rows = [f"{'layer':<40} {'shape':<20} {'N':>10} {'P':>8} {'kept':>7} {'mask B':>9}"]
         for lay in self.layers:
             rows.append(f"{lay.name[-40:]:<40} {'x'.join(map(str, lay.shape)):<20} {lay.masked_weights:>10,} "
-                        f"{lay.kept_fraction:>7.3f} {lay.mask_bytes:>9,}")
+                        f"{lay.unique_values:>8,} {lay.kept_fraction:>7.3f} {lay.mask_bytes:>9,}")
         rows.append("-" * len(rows[0]))
-        rows.append(f"{'total':<40} {'':<20} {self.masked_weights:>10,} {self.kept_fraction:>7.3f} "
-                    f"{self.bytes['masks']:>9,}")
+        rows.append(f"{'total':<40} {'':<20} {self.masked_weights:>10,} {self.unique_values:>8,} "
+                    f"{self.kept_fraction:>7.3f} {self.bytes['masks']:>9,}")
         rows.append("")
         rows.append(f"strategy {self.strategy}, coding {self.coding}, prototype stored as "
                     f"{self.prototype_storage}; unique values P = {self.unique_values:,}")
@@ -99,12 +100,15 @@ def summarize(art: Artifact) -> PEMNSummary:
         if component:
             by_component[component] += t.numel() * t.element_size()
     by_component["header"] = art.file_bytes - sum(by_component.values())
+    shapes = [tuple(e["shape"]) for e in art.manifest]
+    sources, assignments = plan(art.config, shapes)
     layers = []
-    for e in art.manifest:
-        n = math.prod(e["shape"])
-        layers.append(LayerSummary(e["name"], tuple(e["shape"]), n, e["kept"], e["kept"] / n, e["bytes"]))
+    for e, shape, assign in zip(art.manifest, shapes, assignments, strict=True):
+        n = math.prod(shape)
+        # a layer reads the first n values of its source: all distinct up to the source's stored length
+        unique = min(n, sources[assign.source].length)
+        layers.append(LayerSummary(e["name"], shape, n, unique, e["kept"], e["kept"] / n, e["bytes"]))
     n_total = sum(lay.masked_weights for lay in layers)
-    sources, _ = plan(art.config, [lay.shape for lay in layers])
     p_total = sum(s.length for s in sources.values())
     dense_numel = sum(math.prod(shape) for _, _, dtype, shape in art.dense if dtype.startswith(("float", "bfloat")))
     dense_bytes = 4 * (n_total + dense_numel)
