@@ -32,8 +32,9 @@ def main() -> None:
         cases.train_steps(model, x)
         pemn.save(model, HERE / "data" / f"{name}.pemn", coding=coding, prototype=storage)
         model.eval()
+        masks = {f"mask.{n}": mw.current_mask().to(torch.uint8) for n, mw in pemn.masked_weights(model).items()}
         with torch.no_grad():
-            save_file({"input": x, "output": model(x)}, HERE / "data" / f"{name}.expected.safetensors")
+            save_file({"input": x, "output": model(x), **masks}, HERE / "data" / f"{name}.expected.safetensors")
         print(name, (HERE / "data" / f"{name}.pemn").stat().st_size, "bytes")
 
 

@@ -358,6 +358,16 @@ def test_checkpoint_is_safetensors_not_pickle(tmp_path, monkeypatch):
     bad.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ValueError, match="never unpickles"):
         read_checkpoint(bad)
+    # a checkpoint whose metadata lost its config: one clear ValueError, not a KeyError from deep inside
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    for broken in ({k: v for k, v in meta.items() if k != "config"}, {**meta, "state": "{not json"}):
+        save_file(tensors, str(bad), metadata=broken)
+        with pytest.raises(ValueError, match="corrupt pemn training checkpoint"):
+            read_checkpoint(bad)
 
 
 def state_equal(a: torch.nn.Module, b: torch.nn.Module) -> None:

@@ -54,7 +54,7 @@ CODINGS = ("packed", "entropy")
 PROTOTYPE_STORAGE = ("values", "seed")
 EXTRAS_DTYPES = (None, "float32", "float16", "bfloat16")
 _MAX_HEADER = 64 << 20
-_MAX_INDEX = 256 << 20
+_MAX_INDEX = 16 << 20  # a real index is a few KB (ResNet-50: 19 KB): this caps what a zlib bomb can cost
 _PICKLE_HINT = ("this looks like a pickle / torch.save file, not a pemn artifact; pemn never unpickles "
                 "(write artifacts with pemn.save)")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -29,9 +30,11 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # name the file in the message
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
     with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened or fsynced
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -40,6 +43,18 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes | bytearray | m
         finally:
             os.close(dir_fd)
     return path
+
+
+def remove_stale_temp_files(directory: str | os.PathLike[str], names: list[str]) -> int:
+    """Delete the temporary files :func:`atomic_write_bytes` left in ``directory`` for ``names`` when its
+    process was killed mid-write (SIGKILL, power loss); only call it where nothing else writes them now."""
+    removed = 0
+    for name in names:
+        for tmp in Path(directory).glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def _load_malloc_trim():  # glibc only; elsewhere the allocator already returns large blocks

@@ -64,6 +64,7 @@ from pemn.convert import convert_, masked_weights, unwrap
 from pemn.data import dataset_info, load_dataset
 from pemn.errors import DatasetError
 from pemn.fileio import atomic_write_bytes as _atomic_write
+from pemn.fileio import remove_stale_temp_files
 from pemn.models import create_model, get_model_spec
 from pemn.prune import PRUNE_METHODS, PRUNE_SCOPES, load_sparse, prune_, pruning_masks, save_sparse
 from pemn.summary import summary as pemn_summary
@@ -156,7 +157,7 @@ class TrainConfig:
     seed: int = _f(0, "seed of the model init, prototype, scores, data order and augmentation")
     device: str = _f("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     progress: bool = _f(True, "show a progress bar (tqdm on a terminal) and progress lines")
-    eval_batch_size: int = _f(1000, "batch size for test evaluation")
+    eval_batch_size: int = _f(256, "batch size for test evaluation (CPU caches favour a few hundred)")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -572,8 +573,12 @@ def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     if metadata.get("format_version") != str(CHECKPOINT_VERSION):
         raise ValueError(f"{str(path)!r}: unsupported checkpoint version {metadata.get('format_version')!r}")
     meta = {k: v for k, v in metadata.items() if k not in ("config", "state")}
-    meta["config"] = json.loads(metadata["config"])
-    meta["state"] = json.loads(metadata["state"])
+    try:
+        meta["config"] = json.loads(metadata["config"])
+        meta["state"] = json.loads(metadata["state"])
+    except (KeyError, ValueError, RecursionError) as e:
+        raise ValueError(f"{str(path)!r} is a corrupt pemn training checkpoint (bad or missing {e}); "
+                         "start the run again without --resume") from None
     return tensors, meta
 
 
@@ -865,6 +870,8 @@ class _Run:
                            "to continue it, or choose another out folder")
             else:
                 out.mkdir(parents=True, exist_ok=True)
+                remove_stale_temp_files(out, [CHECKPOINT_NAME, "config.json", "metrics.jsonl", "result.json",
+                                              "model.pemn", "model.safetensors", "model.sparse.safetensors"])
         problem = self.dist.broadcast_str(problem)
         if problem:
             raise FileExistsError(problem)
@@ -931,6 +938,9 @@ class _Run:
         if not self.dist.main:  # rank 0 holds the global sums of an interrupted epoch
             self.accum.update(loss_sum=0.0, correct=0.0, seen=0.0)
 
+    def _write_metrics(self) -> None:
+        _atomic_write(self.out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in self.history).encode())
+
     def elapsed(self) -> float:
         return self.prior_elapsed + time.perf_counter() - self.t0
 
@@ -977,6 +987,8 @@ class _Run:
                 self.log(f"resume: no checkpoint in {str(self.out)!r}; starting from scratch")
         if self.dist.main:
             _write_json(self.out / "config.json", cfg.to_dict())
+            if self.history:  # a kill between the last checkpoint and its metrics write left them an epoch behind
+                self._write_metrics()
         if self.dist.enabled:
             ignore = [f"{m}.{b}" if m else b for m, mod in model.named_modules()
                       for b in mod._non_persistent_buffers_set]  # the shared prototype: identical, never synced
@@ -1128,8 +1140,7 @@ class _Run:
         self.accum = {"loss_sum": 0.0, "correct": 0.0, "seen": 0.0, "train_seconds": 0.0}
         self._save_checkpoint(epoch + 1, 0)
         if self.dist.main:
-            lines = "".join(json.dumps(m) + "\n" for m in self.history)
-            _atomic_write(self.out / "metrics.jsonl", lines.encode())
+            self._write_metrics()
         self.session_epochs.append(epoch_seconds)
         eta = (cfg.epochs - epoch - 1) * sum(self.session_epochs) / len(self.session_epochs)
         self.log(f"epoch {epoch + 1}/{cfg.epochs}  lr {metrics['lr']:.4g}  loss {metrics['train_loss']:.4f}  "

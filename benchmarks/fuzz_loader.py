@@ -1,0 +1,1258 @@
+"""Fuzz the ``.pemn`` loader: mutate valid artifacts and check that every input either loads exactly what it
+says or raises :class:`pemn.FormatError` -- never another exception, never a wrong model, never a model
+half-changed by a failed load, never gigabytes of memory for a size the file merely declares.
+
+    python benchmarks/fuzz_loader.py [--inputs 10000] [--seed 0] [--save-failures DIR] [--replay I]
+
+Prints one JSON document. The inputs come from eight base artifacts (packed / entropy coding x values /
+seed prototype storage; strategies rp, mask, mp, one_layer; layer and global scope; Conv/BatchNorm/Linear,
+MultiheadAttention (packed and separate q/k/v projections) and the registry's ``tiny-cnn``; float32,
+float16 and bfloat16 extras), each input one to three mutations drawn from six families:
+
+- ``raw``: truncation, bit flips, byte overwrites, insertions, deletions, appended garbage, an edited
+  8-byte header length, a block spliced from another artifact. Never integrity-refreshed.
+- ``container``: the safetensors JSON header (tensor entries' ``data_offsets`` / ``dtype`` / ``shape``,
+  deleted / aliased / renamed / swapped entries, unknown keys, duplicate keys, a non-object header or
+  ``__metadata__``, padding), the body left as it is.
+- ``metadata``: every ``__metadata__`` field (format, format_version, coding, prototype_storage,
+  prototype_sha256, the config JSON field by field), unknown and missing keys.
+- ``index``: the zlib-compressed JSON index: manifest and dense entries field by field (shapes, huge
+  counts, negative sizes, wrong dtypes and kinds, unknown keys), reordered / dropped / duplicated entries,
+  not JSON, not zlib, trailing data, truncated streams, deep nesting, rare zlib bombs.
+- ``tensor``: swapped tensors, dropped and unknown tensors, dtypes changed (reinterpreted or cast),
+  truncated / extended / reshaped / emptied tensors, random bytes inside the masks.
+- ``foreign``: pickles (protocols 0-5), ``torch.save`` files (zip and legacy), a zip or gzip of the
+  artifact, ``.npy``, JSON, text, random bytes, plain safetensors files -- all "renamed to .pemn".
+
+Structural mutations (container, metadata, index, tensor) are integrity-refreshed with probability 0.8
+(the SHA-256 recomputed as a writer would), so the checks behind the hash are what must fire.
+
+Oracle. A ``FormatError`` (or subclass) is a pass if the model it was loading into is unchanged. A
+successful load is a pass if (a) the input's content is identical to a valid artifact (its base, or another
+base of the same architecture that a splice rebuilt) and the model gives that artifact's outputs bit for
+bit, or (b) the loaded model's outputs equal the base's bit for bit, or -- for integrity-refreshed inputs
+only, which a writer could legitimately produce (say, dense entries of equal shape swapped) -- (c) the
+model holds exactly what the file says (every mask, dense tensor, the prototype and the config re-read from
+the file and compared). Anything else -- another exception type, a wrong model, a changed model after an
+error, a load over ``--timeout`` seconds, an unpickled marker -- is a failure and is listed
+(``--save-failures DIR`` writes the inputs; ``--replay I`` rebuilds input I alone: every input has its own
+generator, and safetensors' hash-ordered headers are canonicalised, so replays are byte-identical except
+for ``torch.save`` inputs, which carry a random serialization id).
+
+Memory: the process's VmHWM (/proc/self/status) before and after the run and, where Linux lets the peak be
+reset (``/proc/self/clear_refs``), each load's own peak above the RSS it started from. An 8 GiB
+address-space limit (``--memory-limit-gib``) turns a runaway allocation into a MemoryError (a failure)
+instead of exhausting the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+import random
+import resource
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import zipfile
+import zlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+
+import pemn
+from pemn import artifact
+from pemn import coding as mask_coding
+from pemn.convert import find_bank, is_converted
+from pemn.errors import FormatError
+from pemn.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = "benchmarks/fuzz_loader.py"
+REFRESH_PROBABILITY = 0.8
+#: Of the index mutations; rare, since each bomb costs ~0.7 s and ~512 MiB (0 turns them off).
+ZLIB_BOMB_PROBABILITY = 0.015
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def _conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+
+class AttnNet(nn.Module):
+    """Linear embedding, MultiheadAttention (packed in-projection, or separate q/k/v when ``kdim`` is set),
+    LayerNorm, Linear head."""
+
+    def __init__(self, kdim: int | None = None) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.key = nn.Linear(4, kdim) if kdim else None
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True, kdim=kdim, vdim=kdim)
+        self.norm = nn.LayerNorm(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        k = self.key(x) if self.key is not None else h
+        a, _ = self.attn(h, k, k, need_weights=False)
+        return self.head(self.norm(h + a).mean(1))
+
+
+def _tiny_cnn() -> nn.Module:
+    return create_model("tiny-cnn", num_classes=10, in_channels=1, image_size=8)
+
+
+MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "conv_bn_linear": (_conv_net, (5, 3, 4, 4)),
+    "mha_packed": (AttnNet, (3, 5, 4)),
+    "mha_separate_qkv": (lambda: AttnNet(kdim=6), (3, 5, 4)),
+    "tiny_cnn": (_tiny_cnn, (4, 1, 8, 8)),
+}
+
+# (name, model, PEMNConfig kwargs, coding, prototype storage, extras dtype)
+BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
+    ("conv-rp-packed-values", "conv_bn_linear", {"strategy": "rp", "ratio": 0.1}, "packed", "values", None),
+    ("conv-mask-entropy-seed", "conv_bn_linear", {"strategy": "mask", "keep": 0.3, "seed": 3}, "entropy", "seed",
+     None),
+    ("conv-mp-rand-global-packed-seed", "conv_bn_linear",
+     {"strategy": "mp", "fill": "rand", "scope": "global", "seed": 7}, "packed", "seed", None),
+    ("conv-one_layer-entropy-values-fp16", "conv_bn_linear", {"strategy": "one_layer", "keep": 0.6}, "entropy",
+     "values", "float16"),
+    ("mha-rp-entropy-values", "mha_packed", {"strategy": "rp", "ratio": 0.2, "rescale": True}, "entropy", "values",
+     None),
+    ("mha_qkv-mask-global-packed-seed", "mha_separate_qkv", {"strategy": "mask", "scope": "global", "keep": 0.4},
+     "packed", "seed", None),
+    ("tinycnn-rp-global-entropy-seed", "tiny_cnn", {"strategy": "rp", "ratio": 0.05, "scope": "global"}, "entropy",
+     "seed", None),
+    ("tinycnn-one_layer-packed-values-bf16", "tiny_cnn", {"strategy": "one_layer", "init": "signed_constant"},
+     "packed", "values", "bfloat16"),
+]
+
+
+def fresh_model(kind: str) -> nn.Module:
+    torch.manual_seed(0)
+    return MODELS[kind][0]()
+
+
+def run_model(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(x)
+
+
+@dataclass
+class Base:
+    name: str
+    model: str
+    data: bytes
+    x: torch.Tensor
+    expected: torch.Tensor  # the outputs of a model loaded from the unmutated artifact
+    pristine: dict[str, torch.Tensor]  # a fresh model's state, to check a failed load changed nothing
+    content: artifact.Artifact = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: str, extras: str | None) -> Base:
+    """Convert a fresh model, train it one step (masks and BatchNorm statistics move off their init), save it."""
+    model = pemn.convert_(fresh_model(kind), pemn.PEMNConfig(**cfg))
+    shape = MODELS[kind][1]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g)
+    out = model(x)
+    y = torch.randint(0, out.shape[1], (out.shape[0],), generator=g)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    nn.functional.cross_entropy(out, y).backward()
+    opt.step()
+    data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=extras))
+    x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    loaded = artifact.apply(artifact.parse(data), fresh_model(kind))
+    return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict(),
+                artifact.parse(data))
+
+
+def build_bases() -> list[Base]:
+    return [build_base(*spec) for spec in BASE_SPECS]
+
+
+# ------------------------------------------------------------------------------------- byte plumbing
+
+
+def split(data: bytes) -> tuple[Any, bytes]:
+    """(header JSON, body) of a safetensors-shaped file; ValueError if it is not one."""
+    n = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or n > len(data) - 8:
+        raise ValueError("not a container")
+    try:
+        return json.loads(data[8:8 + n]), data[8 + n:]
+    except (ValueError, RecursionError):
+        raise ValueError("not a container") from None
+
+
+def join(header: Any, body: bytes, *, raw: bytes | None = None, pad: bytes = b" ") -> bytes:
+    h = raw if raw is not None else json.dumps(header, separators=(",", ":")).encode()
+    h += pad * (-len(h) % 8)
+    return len(h).to_bytes(8, "little") + h + body
+
+
+def refresh_integrity(data: bytes) -> bytes | None:
+    """``data`` with its integrity hash recomputed as a writer would, or None if it has no parsable
+    container / string metadata to hash."""
+    try:
+        header, body = split(data)
+        tensors = st_load(data)
+    except Exception:
+        return None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        return None
+    meta = header["__metadata__"]
+    if not all(isinstance(v, str) for v in meta.values()):
+        return None
+    header = dict(header)
+    header["__metadata__"] = {**meta, "integrity": artifact._integrity(meta, tensors)}
+    return join(header, body)
+
+
+def uint8(raw: bytes) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy())
+
+
+# ------------------------------------------------------------------------------------ interesting values
+
+
+def interesting_int(rng: random.Random, near: int = 0) -> Any:
+    pool = [0, 1, -1, 2, 7, 8, near, near - 1, near + 1, near * 2, near // 2, -near, 255, 256, 2**31 - 1, 2**31,
+            2**32, 2**32 + 1, 2**40, 2**53, 2**62, 2**63 - 1, 2**63, 2**64, 2**64 + 7, -(2**63), 10**18, 10**30,
+            10**400]
+    r = rng.random()
+    if r < 0.75:
+        return rng.choice(pool)
+    if r < 0.85:
+        return rng.choice([1.5, float(near), 1e308, -0.0, float("inf") if rng.random() < 0.5 else float("nan")])
+    return rng.choice(["1", "", None, True, False, [near], {"n": near}])
+
+
+def interesting_shape(rng: random.Random, shape: list[int]) -> Any:
+    n = math.prod(shape) if shape and all(isinstance(s, int) for s in shape) else 1
+    choices: list[Any] = [
+        [], [0], [-1], [n], [n, 1], [1, n], [n + 1], [max(n - 1, 0)], [2**62], [2**32, 2**32], [2**40, 1],
+        [10**30], [n, 0], [0, 2**62], list(reversed(shape)), [*shape, 1], shape[:-1], [str(n)], [float(n)],
+        [True] * max(len(shape), 1), None, n, [[n]], [2**63 - 1, 2**63 - 1, 2**63 - 1], [-n, -1],
+    ]
+    if len(shape) > 1:
+        choices += [[shape[0] * 2, *shape[1:]], [shape[0], math.prod(shape[1:])]]
+    choice = rng.choice(choices)
+    if rng.random() < 0.3 and isinstance(choice, list) and choice:  # one element replaced by an odd value
+        choice = list(choice)
+        choice[rng.randrange(len(choice))] = interesting_int(rng, n)
+    return choice
+
+
+DTYPES = ["U8", "I8", "U16", "I16", "F16", "BF16", "F32", "F64", "I32", "U32", "I64", "U64", "BOOL", "F8_E4M3",
+          "F8_E5M2", "C64", "Q8", "", "u8", "F32 ", 5, None, ["U8"]]
+META_KEYS = ["format", "format_version", "pemn_version", "torch_version", "config", "coding", "prototype_storage",
+             "prototype_sha256", "integrity"]
+CONFIG_VALUES: dict[str, list[Any]] = {
+    "strategy": ["rp", "mask", "mp", "one_layer", "dense", "", None, 1],
+    "ratio": [None, 0.1, 0.2, 0.05, 0.5, 0.999, 1.0, 0.0, -0.1, 1e-300, 2.0, "0.1", float("nan")],
+    "fill": ["copy", "rand", "RAND", None, 0],
+    "keep": [0.5, 0.3, 0.4, 0.6, 1.0, 0.0, -0.5, 1.5, 1e-300, "0.5", None, float("nan"), 0.49999999999999994],
+    "seed": [0, 1, 3, 7, -1, 2**63 - 1, 2**63, 2**64, 1.5, "0", None],
+    "init": ["kaiming_normal", "kaiming_uniform", "signed_constant", "xavier", None],
+    "rescale": [False, True, 0, 1, "true", None],
+    "scope": ["layer", "global", "all", None],
+    "targets": [None, ["Linear"], ["Conv2d"], [".*"], ["("], "Linear", [], [1], ["MultiheadAttention"]],
+    "exclude": [None, ["Linear"], ["0"], ["("], [], "x"],
+}
+
+
+# --------------------------------------------------------------------------------------------- mutations
+
+
+@dataclass
+class Input:
+    data: bytes
+    base: Base
+    steps: list[str]
+    refreshed: bool = False
+
+
+Mutator = Callable[[random.Random, bytes, "list[Base]"], tuple[bytes, str]]
+
+
+def _pos(rng: random.Random, data: bytes) -> int:
+    """A position biased towards the header (the first ~10 % of these small files)."""
+    if not data:
+        return 0
+    try:
+        n = 8 + int.from_bytes(data[:8], "little")
+    except ValueError:
+        n = len(data)
+    if rng.random() < 0.4 and 0 < n <= len(data):
+        return rng.randrange(min(n, len(data)))
+    return rng.randrange(len(data))
+
+
+# raw --------------------------------------------------------------------------------------------
+
+
+def m_truncate(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    cut = rng.choice([_pos(rng, data), len(data) - rng.randint(1, 16), rng.randint(0, 16)])
+    cut = max(0, min(cut, len(data) - 1))
+    return data[:cut], f"truncate to {cut} of {len(data)} bytes"
+
+
+def m_bitflip(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    b = bytearray(data)
+    flips = []
+    for _ in range(rng.choice([1, 1, 1, 2, 3, 8])):
+        if not b:
+            break
+        pos, bit = _pos(rng, b), rng.randrange(8)
+        b[pos] ^= 1 << bit
+        flips.append((pos, bit))
+    return bytes(b), f"bit flips {flips}"
+
+
+def m_byteset(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    b = bytearray(data)
+    if not b:
+        return data, "byteset on empty"
+    pos = _pos(rng, b)
+    value = rng.choice([0, 0xFF, 0x7F, 0x80, 0x20, 0x22, 0x7B, 0x7D, 0x2C, 0x5B, 0x39, rng.randrange(256)])
+    count = rng.choice([1, 1, 2, 4, 16])
+    b[pos:pos + count] = bytes([value]) * len(b[pos:pos + count])
+    return bytes(b), f"set {count} byte(s) at {pos} to 0x{value:02x}"
+
+
+def m_insert_delete(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    pos, n = _pos(rng, data), rng.choice([1, 2, 3, 7, 8, 16])
+    if rng.random() < 0.5:
+        return data[:pos] + rng.randbytes(n) + data[pos:], f"insert {n} random bytes at {pos}"
+    return data[:pos] + data[pos + n:], f"delete {n} bytes at {pos}"
+
+
+def m_append(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    tail = rng.choice([b"\0", b"\0" * 8, rng.randbytes(rng.randint(1, 4096)), data[:64], b" " * 8])
+    return data + tail, f"append {len(tail)} bytes"
+
+
+def m_header_length(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    value = rng.choice([0, 1, 2, n - 1, n + 1, n - 8, n + 8, n * 2, len(data), len(data) - 8, len(data) - 7,
+                        2**31, 2**32, 64 << 20, (64 << 20) + 1, 2**63, 2**64 - 1, rng.randrange(2**64)]) % 2**64
+    return value.to_bytes(8, "little") + data[8:], f"header length {n} -> {value}"
+
+
+def m_splice(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    other = rng.choice(bases)
+    if not data:
+        return other.data[:16], "splice into empty"
+    start = _pos(rng, data)
+    n = rng.choice([4, 16, 64, 256, len(other.data)])
+    chunk = other.data[start:start + n]
+    return data[:start] + chunk + data[start + len(chunk):], f"splice {len(chunk)} bytes of {other.name} at {start}"
+
+
+def m_copy_block(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    if len(data) < 2:
+        return data, "copy block on tiny input"
+    a, b = rng.randrange(len(data)), rng.randrange(len(data))
+    n = rng.choice([1, 4, 8, 32])
+    chunk = data[a:a + n]
+    return data[:b] + chunk + data[b + len(chunk):], f"copy {len(chunk)} bytes from {a} to {b}"
+
+
+# container --------------------------------------------------------------------------------------
+
+
+def _tensor_names(header: dict[str, Any]) -> list[str]:
+    return [k for k in header if k != "__metadata__"]
+
+
+def m_container(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    try:
+        header, body = split(data)
+    except ValueError:
+        return m_bitflip(rng, data, bases)
+    if not isinstance(header, dict):
+        return join([header], body), "header wrapped in a list"
+    names = _tensor_names(header)
+    header = copy.deepcopy(header)
+    op = rng.choice(["offsets", "offsets", "dtype", "dtype", "shape", "shape", "delete", "alias", "rename", "swap",
+                     "unknown_key", "extra_entry", "entry_not_object", "duplicate_key", "header_not_object",
+                     "metadata_not_object", "metadata_value_type", "padding"])
+    name = rng.choice(names) if names else "masks"
+    entry = header.get(name) if isinstance(header.get(name), dict) else {}
+    if op == "offsets" and entry:
+        begin, end = entry.get("data_offsets", [0, 0])
+        which = rng.choice(["begin", "end", "both", "swap", "other", "len"])
+        if which == "begin":
+            entry["data_offsets"] = [interesting_int(rng, begin), end]
+        elif which == "end":
+            entry["data_offsets"] = [begin, interesting_int(rng, end)]
+        elif which == "both":
+            entry["data_offsets"] = [interesting_int(rng, begin), interesting_int(rng, end)]
+        elif which == "swap":
+            entry["data_offsets"] = [end, begin]
+        elif which == "other":
+            entry["data_offsets"] = copy.deepcopy(header[rng.choice(names)]["data_offsets"])
+        else:
+            entry["data_offsets"] = rng.choice([[begin], [begin, end, end], [], None, "0,1", {"0": 1}])
+        return join(header, body), f"container: {name}.data_offsets {which} -> {entry['data_offsets']}"
+    if op == "dtype" and entry:
+        entry["dtype"] = rng.choice(DTYPES)
+        return join(header, body), f"container: {name}.dtype -> {entry['dtype']!r}"
+    if op == "shape" and entry:
+        entry["shape"] = interesting_shape(rng, list(entry.get("shape", [1])))
+        return join(header, body), f"container: {name}.shape -> {str(entry['shape'])[:80]}"
+    if op == "delete" and names:
+        del header[name]
+        return join(header, body), f"container: entry {name} deleted"
+    if op == "alias" and entry:
+        alias = rng.choice(["masks", "prototype", "index", "params.float32", "buffers.int64", "zzz", "prototype/0"])
+        header[alias] = copy.deepcopy(entry)
+        return join(header, body), f"container: {alias} aliases {name}'s bytes"
+    if op == "rename" and names:
+        new = rng.choice(["Masks", "mask", "index ", "", "__metadata__", "params.float64", "buffers.float16",
+                          "params.", "\u00e9", "x" * 300])
+        header[new] = header.pop(name)
+        return join(header, body), f"container: {name} renamed {new[:20]!r}"
+    if op == "swap" and len(names) > 1:
+        a, b = rng.sample(names, 2)
+        header[a], header[b] = header[b], header[a]
+        return join(header, body), f"container: entries {a} and {b} swapped"
+    if op == "unknown_key" and entry:
+        entry[rng.choice(["extra", "dtype2", "offsets", ""])] = rng.choice([1, "x", None, [1, 2]])
+        return join(header, body), f"container: unknown key in {name}"
+    if op == "extra_entry":
+        header[rng.choice(["zzz", "masks2", "params.float32", "a" * 64])] = {
+            "dtype": rng.choice(DTYPES[:12]), "shape": interesting_shape(rng, [4]),
+            "data_offsets": [interesting_int(rng, 0), interesting_int(rng, 4)]}
+        return join(header, body), "container: extra tensor entry"
+    if op == "entry_not_object":
+        header[name] = rng.choice([3, "x", None, [], [1, 2, 3], True])
+        return join(header, body), f"container: {name} is {header[name]!r}"
+    if op == "duplicate_key" and names:
+        text = json.dumps(header, separators=(",", ":"))
+        dup = rng.choice([name, "__metadata__"])
+        value = rng.choice([json.dumps(header.get(dup)), "{}", "1", json.dumps({"format": "pemn"})])
+        raw = (text[:-1] + f',"{dup}":{value}' + "}").encode()
+        return join(None, body, raw=raw), f"container: duplicate key {dup}"
+    if op == "header_not_object":
+        value = rng.choice([[], "x", 1, None, [header]])
+        return join(value, body), f"container: header is {type(value).__name__}"
+    if op == "metadata_not_object":
+        header["__metadata__"] = rng.choice([[], "pemn", 1, None, [header.get("__metadata__")]])
+        return join(header, body), "container: __metadata__ not an object"
+    if op == "metadata_value_type" and isinstance(header.get("__metadata__"), dict):
+        key = rng.choice(META_KEYS)
+        header["__metadata__"][key] = rng.choice([1, None, [], {}, 1.5, True, ["pemn"]])
+        return join(header, body), f"container: __metadata__.{key} -> non-string"
+    if op == "padding":
+        text = json.dumps(header, separators=(",", ":")).encode()
+        pad = rng.choice([b" ", b"\0", b"\n", b"x", b"\t"])
+        return join(None, body, raw=text + pad * rng.randint(1, 16), pad=pad), f"container: padding {pad!r}"
+    return m_bitflip(rng, data, bases)
+
+
+# parts: metadata, index, tensors ----------------------------------------------------------------
+
+
+@dataclass
+class Parts:
+    meta: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    index_raw: bytes | None
+
+
+def take_apart(data: bytes) -> Parts | None:
+    try:
+        header, _ = split(data)
+        tensors = {k: v.clone() for k, v in sorted(st_load(data).items())}
+    except Exception:
+        return None
+    if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
+        return None
+    index = tensors.get("index")
+    raw = index.numpy().tobytes() if index is not None and index.dtype == torch.uint8 else None
+    return Parts(dict(header["__metadata__"]), tensors, raw)
+
+
+def canonical(data: bytes) -> bytes:
+    """``data`` (written by safetensors) with its header keys sorted: safetensors writes the metadata in
+    hash-map order, which differs between processes, and an input must be rebuilt identically by ``--replay``."""
+    header, body = split(data)
+    meta = header.pop("__metadata__", None)
+    ordered = {} if meta is None else {"__metadata__": dict(sorted(meta.items()))}
+    ordered.update(sorted(header.items()))
+    return join(ordered, body)
+
+
+def put_together(p: Parts) -> bytes:
+    meta = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in p.meta.items()}
+    return canonical(st_save(p.tensors, metadata=meta))
+
+
+def m_metadata(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    p = take_apart(data)
+    if p is None:
+        return m_container(rng, data, bases)
+    op = rng.choice(["config", "config", "config", "config", "field", "field", "delete", "add"])
+    if op == "config":
+        try:
+            cfg = json.loads(p.meta.get("config", "{}"))
+        except (ValueError, TypeError, RecursionError):
+            cfg = {}
+        which = rng.choice([*CONFIG_VALUES, "unknown", "drop", "not_object", "text", "deep", "huge"])
+        if which in CONFIG_VALUES and isinstance(cfg, dict):
+            cfg[which] = rng.choice(CONFIG_VALUES[which])
+            text = json.dumps(cfg)
+        elif which == "unknown" and isinstance(cfg, dict):
+            cfg[rng.choice(["extra", "Strategy", "version"])] = 1
+            text = json.dumps(cfg)
+        elif which == "drop" and isinstance(cfg, dict) and cfg:
+            cfg.pop(rng.choice(list(cfg)))
+            text = json.dumps(cfg)
+        elif which == "not_object":
+            text = json.dumps(rng.choice([[cfg], 1, "rp", None]))
+        elif which == "deep":
+            text = "[" * 100_000
+        elif which == "huge":
+            text = json.dumps({**cfg, "seed": 0})[:-1] + ', "ratio": ' + "9" * 5000 + "}" if isinstance(cfg, dict) \
+                else "1" * 5000
+        else:
+            text = rng.choice(["", "{", "not json", "{\"strategy\": \"rp\",}", "NaN"])
+        p.meta["config"] = text
+        return put_together(p), f"metadata: config {which} -> {text[:80]!r}"
+    if op == "field":
+        key = rng.choice(["format", "format_version", "coding", "prototype_storage", "prototype_sha256",
+                          "pemn_version", "torch_version", "integrity"])
+        values = {
+            "format": ["pemn", "PEMN", "pemn2", "", "pt"],
+            "format_version": ["1", "2", "0", "01", "-1", "1.0", "", "9" * 10, "\u0661", "99999999999"],
+            "coding": ["packed", "entropy", "zip", "", "PACKED"],
+            "prototype_storage": ["values", "seed", "none", ""],
+            "prototype_sha256": ["0" * 64, "", "f" * 63, p.meta.get("prototype_sha256", "")[::-1]],
+            "pemn_version": ["0.0.1", "99.0", ""], "torch_version": ["1.0", ""],
+            "integrity": ["", "0" * 64, "x"],
+        }[key]
+        p.meta[key] = rng.choice(values)
+        return put_together(p), f"metadata: {key} -> {p.meta[key]!r}"
+    if op == "delete" and p.meta:
+        key = rng.choice(list(p.meta))
+        del p.meta[key]
+        return put_together(p), f"metadata: {key} deleted"
+    key = rng.choice(["note", "manifest", "integrity2", "x" * 200, ""])
+    p.meta[key] = rng.choice(["1", "[]", "x" * 1000, ""])
+    return put_together(p), f"metadata: unknown key {key[:20]!r} added"
+
+
+def _index_json(p: Parts) -> Any:
+    """The decoded index, or None (never inflates more than 1 MiB: the input may already be a zlib bomb)."""
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(p.index_raw or b"", 1 << 20)
+        return None if inflater.unconsumed_tail else json.loads(text)
+    except Exception:
+        return None
+
+
+def _set_index(p: Parts, index: Any, *, text: bytes | None = None) -> None:
+    raw = text if text is not None else json.dumps(index, separators=(",", ":")).encode()
+    p.tensors["index"] = uint8(zlib.compress(raw, 9))
+
+
+def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    p = take_apart(data)
+    index = _index_json(p) if p is not None else None
+    if p is None or not isinstance(index, dict):
+        return m_container(rng, data, bases)
+    manifest, dense = index.get("manifest"), index.get("dense")
+    op = rng.choice(["manifest_field"] * 4 + ["dense_field"] * 3 + ["manifest_list", "dense_list", "top", "raw", "raw"])
+    if rng.random() < ZLIB_BOMB_PROBABILITY:
+        op = "bomb"
+    i = rng.randrange(len(manifest)) if isinstance(manifest, list) and manifest else 0
+    if op == "manifest_field" and isinstance(manifest, list) and manifest and isinstance(manifest[i], dict):
+        e = manifest[i]
+        key = rng.choice(["name", "shape", "kept", "bytes", "kept", "bytes", "extra", "drop"])
+        if key == "name":
+            e["name"] = rng.choice([m.get("name") for m in manifest if isinstance(m, dict)]
+                                   + ["", "nope.weight", "0", 5, None, "attn"])
+        elif key == "shape":
+            e["shape"] = interesting_shape(rng, list(e.get("shape", [1])))
+        elif key in ("kept", "bytes"):
+            e[key] = interesting_int(rng, int(e.get(key, 0)) if isinstance(e.get(key), int) else 0)
+            if key == "kept" and rng.random() < 0.3:
+                e[key] = int(e[key]) + rng.choice([-1, 1]) if isinstance(e[key], int) and e[key] < 2**70 else e[key]
+        elif key == "extra":
+            e["extra"] = 1
+        else:
+            e.pop(rng.choice(list(e)), None)
+        _set_index(p, index)
+        return put_together(p), f"index: manifest[{i}].{key} -> {str(e.get(key))[:60]}"
+    j = rng.randrange(len(dense)) if isinstance(dense, list) and dense else 0
+    if op == "dense_field" and isinstance(dense, list) and dense and isinstance(dense[j], list) and len(dense[j]) > 3:
+        i, e = j, dense[j]
+        pos = rng.randrange(5)
+        if pos == 0:
+            e[0] = rng.choice([d[0] for d in dense if isinstance(d, list) and d] + ["", "nope", 1, None])
+        elif pos == 1:
+            e[1] = rng.choice(["param", "buffer", "params", "", None])
+        elif pos == 2:
+            e[2] = rng.choice(["float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool", "bogus", None])
+        elif pos == 3:
+            e[3] = interesting_shape(rng, list(e[3]) if isinstance(e[3], list) else [1])
+        elif rng.random() < 0.5:
+            e.append(rng.choice([1, "x"]))
+        else:
+            e.pop()
+        _set_index(p, index)
+        return put_together(p), f"index: dense[{i}] field {pos} edited -> {str(e)[:80]}"
+    if op in ("manifest_list", "dense_list"):
+        key = "manifest" if op == "manifest_list" else "dense"
+        lst = index.get(key)
+        how = rng.choice(["reverse", "drop", "duplicate", "empty", "not_list", "shuffle", "swap_equal_shapes"])
+        if isinstance(lst, list) and lst:
+            if how == "reverse":
+                lst.reverse()
+            elif how == "drop":
+                lst.pop(rng.randrange(len(lst)))
+            elif how == "duplicate":
+                lst.append(copy.deepcopy(rng.choice(lst)))
+            elif how == "empty":
+                lst.clear()
+            elif how == "shuffle":
+                rng.shuffle(lst)
+            elif how == "swap_equal_shapes":
+                _swap_equal_shapes(rng, lst)
+            else:
+                index[key] = rng.choice([{}, "x", None, 1])
+        _set_index(p, index)
+        return put_together(p), f"index: {key} {how}"
+    if op == "top":
+        how = rng.choice(["extra_key", "drop_manifest", "drop_dense", "list", "string", "deep", "bigint", "nan"])
+        text = None
+        if how == "extra_key":
+            index["extra"] = []
+        elif how == "drop_manifest":
+            index.pop("manifest", None)
+        elif how == "drop_dense":
+            index.pop("dense", None)
+        elif how == "list":
+            index = [index]
+        elif how == "string":
+            index = "manifest"
+        elif how == "deep":
+            text = b"[" * 200_000
+        elif how == "bigint":
+            text = b'{"manifest":[{"name":"x","shape":[' + b"9" * 5000 + b'],"kept":1,"bytes":1}],"dense":[]}'
+        else:
+            text = b'{"manifest":[{"name":"0.weight","shape":[NaN],"kept":Infinity,"bytes":-Infinity}],"dense":[]}'
+        _set_index(p, index, text=text)
+        return put_together(p), f"index: top-level {how}"
+    if op == "raw":
+        raw = p.index_raw or b""
+        how = rng.choice(["not_zlib", "truncated", "trailing", "flip", "raw_deflate", "gzip", "empty", "not_json"])
+        if how == "not_zlib":
+            new = json.dumps(index).encode()
+        elif how == "truncated":
+            new = raw[:rng.randrange(max(len(raw), 1))]
+        elif how == "trailing":
+            new = raw + rng.choice([b"\0", raw, b"garbage"])
+        elif how == "flip":
+            b = bytearray(raw)
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            new = bytes(b)
+        elif how == "raw_deflate":
+            c = zlib.compressobj(9, zlib.DEFLATED, -15)
+            new = c.compress(json.dumps(index).encode()) + c.flush()
+        elif how == "gzip":
+            new = gzip.compress(json.dumps(index).encode(), mtime=0)
+        elif how == "empty":
+            new = b""
+        else:
+            new = zlib.compress(rng.choice([b"", b"not json", b"\xff\xfe", b"{}", b"[]", b"null"]))
+        p.tensors["index"] = uint8(new)
+        return put_together(p), f"index: raw {how}"
+    # a zlib bomb: a small stream inflating past the loader's cap
+    size = rng.choice([artifact._MAX_INDEX + 1, 1 << 30])
+    p.tensors["index"] = uint8(zlib_stream(b"", b"\0", size))
+    return put_together(p), f"index: zlib bomb inflating to {size} bytes"
+
+
+def _swap_equal_shapes(rng: random.Random, lst: list[Any]) -> None:
+    """Swap two entries with the same shape (a reinterpretation a writer could legitimately produce)."""
+    def shape(e: Any) -> Any:
+        return json.dumps(e.get("shape") if isinstance(e, dict) else e[3] if isinstance(e, list) and len(e) > 3 else 0)
+    groups: dict[str, list[int]] = {}
+    for i, e in enumerate(lst):
+        groups.setdefault(shape(e), []).append(i)
+    pairs = [g for g in groups.values() if len(g) > 1]
+    if pairs:
+        i, j = rng.sample(rng.choice(pairs), 2)
+        lst[i], lst[j] = lst[j], lst[i]
+    elif len(lst) > 1:
+        lst[0], lst[-1] = lst[-1], lst[0]
+
+
+def zlib_stream(head: bytes, fill: bytes, size: int) -> bytes:
+    """A valid zlib stream of ``head`` then ``fill`` up to ``size`` bytes, built without holding them."""
+    block = fill * (1 << 20)
+    count, rest = divmod(size - len(head), len(block))
+    c = zlib.compressobj(9)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    segment = c.compress(block) + c.flush(zlib.Z_FULL_FLUSH)
+    adler = zlib.adler32(head)
+    for _ in range(count):
+        adler = zlib.adler32(block, adler)
+    adler = zlib.adler32(block[:rest], adler)
+    return first + segment * count + (c.compress(block[:rest]) + c.flush())[:-4] + adler.to_bytes(4, "big")
+
+
+TENSOR_NAMES = ["masks", "prototype", "index", "params.float32", "buffers.int64", "buffers.float32",
+                "params.float16", "params.bfloat16", "buffers.float16", "buffers.bfloat16"]
+CAST_DTYPES = [torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64,
+               torch.int32, torch.bool, torch.int16]
+
+
+def m_tensor(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    p = take_apart(data)
+    if p is None or not p.tensors:
+        return m_container(rng, data, bases)
+    names = list(p.tensors)
+    name = rng.choice(names)
+    t = p.tensors[name]
+    op = rng.choice(["swap", "swap", "drop", "unknown", "view", "cast", "truncate", "extend", "reshape", "empty",
+                     "mask_bytes", "mask_bytes", "replace_from_other"])
+    if op == "swap" and len(names) > 1:
+        a, b = rng.sample(names, 2)
+        p.tensors[a], p.tensors[b] = p.tensors[b], p.tensors[a]
+        return put_together(p), f"tensor: {a} <-> {b}"
+    if op == "drop":
+        del p.tensors[name]
+        return put_together(p), f"tensor: {name} dropped"
+    if op == "unknown":
+        new = rng.choice([*TENSOR_NAMES, "zzz", "params.int8", "buffers.float64", "params.bool", "prototype/0"])
+        p.tensors[new] = rng.choice([torch.zeros(3), torch.arange(6, dtype=torch.uint8), torch.ones(2, 2),
+                                     torch.zeros(0), torch.tensor([True]), torch.arange(4, dtype=torch.int64)])
+        return put_together(p), f"tensor: {new} added/replaced"
+    if op == "view":
+        dtype = rng.choice(CAST_DTYPES)
+        flat = t.reshape(-1).contiguous()
+        try:
+            p.tensors[name] = flat.view(torch.uint8).view(dtype)
+        except RuntimeError:
+            return put_together(p), f"tensor: {name} view as {dtype} impossible (no change)"
+        return put_together(p), f"tensor: {name} reinterpreted as {dtype}"
+    if op == "cast":
+        dtype = rng.choice(CAST_DTYPES)
+        p.tensors[name] = t.to(dtype)
+        return put_together(p), f"tensor: {name} cast to {dtype}"
+    if op == "truncate" and t.numel():
+        n = rng.choice([t.numel() - 1, t.numel() // 2, 1, 0])
+        p.tensors[name] = t.reshape(-1)[:n].clone()
+        return put_together(p), f"tensor: {name} truncated to {n}"
+    if op == "extend":
+        n = rng.choice([1, 2, 8, 1000])
+        p.tensors[name] = torch.cat([t.reshape(-1), torch.zeros(n, dtype=t.dtype)])
+        return put_together(p), f"tensor: {name} extended by {n}"
+    if op == "reshape" and t.numel() > 1:
+        n = t.numel()
+        shape = rng.choice([(n, 1), (1, n), (1, 1, n)] + ([(2, n // 2)] if n % 2 == 0 else []))
+        p.tensors[name] = t.reshape(shape)
+        return put_together(p), f"tensor: {name} reshaped to {shape}"
+    if op == "empty":
+        p.tensors[name] = torch.zeros(0, dtype=t.dtype)
+        return put_together(p), f"tensor: {name} emptied"
+    if op == "mask_bytes" and "masks" in p.tensors and p.tensors["masks"].numel():
+        m = p.tensors["masks"].clone()
+        i = rng.randrange(m.numel())
+        n = rng.choice([1, 1, 4, m.numel()])
+        m[i:i + n] = uint8(rng.randbytes(len(m[i:i + n])))
+        p.tensors["masks"] = m
+        return put_together(p), f"tensor: masks[{i}:{i + n}] randomised"
+    if op == "replace_from_other":
+        other = take_apart(rng.choice(bases).data)
+        if other is not None and name in other.tensors:
+            p.tensors[name] = other.tensors[name]
+            return put_together(p), f"tensor: {name} taken from another artifact"
+    return put_together(p), "tensor: no change"
+
+
+# foreign ----------------------------------------------------------------------------------------
+
+
+class _Marker:
+    """Unpickling it would create a file (it must never happen)."""
+
+    path = os.path.join(tempfile.gettempdir(), "pemn-fuzz-UNPICKLED-marker")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def m_foreign(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    kind = rng.choice(["pickle", "pickle", "torch_zip", "torch_legacy", "zip", "gzip", "npy", "json", "text", "random",
+                       "empty", "safetensors", "safetensors_meta", "pickle_prefix", "zip_suffix"])
+    state = {"w": [1.0, 2.0], "evil": _Marker()}
+    if kind == "pickle":
+        proto = rng.randrange(6)
+        return pickle.dumps(state, protocol=proto), f"foreign: pickle protocol {proto}"
+    if kind in ("torch_zip", "torch_legacy"):  # (torch.save writes a random serialization id: not replayable)
+        buf = io.BytesIO()
+        torch.save({**state, "t": torch.ones(2)}, buf, _use_new_zipfile_serialization=kind == "torch_zip")
+        return buf.getvalue(), f"foreign: torch.save ({kind})"
+    if kind == "zip":
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr(zipfile.ZipInfo("model.pemn", date_time=(2024, 1, 1, 0, 0, 0)), data)
+        return buf.getvalue(), "foreign: zip of the artifact"
+    if kind == "gzip":
+        return gzip.compress(data, mtime=0), "foreign: gzip of the artifact"
+    if kind == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.arange(rng.randint(0, 100)))
+        return buf.getvalue(), "foreign: npy"
+    if kind == "json":
+        return json.dumps({"format": "pemn", "format_version": "1"}).encode(), "foreign: json"
+    if kind == "text":
+        return b"this is not a model\n" * rng.randint(1, 50), "foreign: text"
+    if kind == "random":
+        return rng.randbytes(rng.choice([1, 9, 10, 64, 4096])), "foreign: random bytes"
+    if kind == "empty":
+        return b"", "foreign: empty"
+    if kind == "safetensors":
+        return st_save({"weight": torch.ones(3, 2), "bias": torch.zeros(3)}), "foreign: safetensors, no metadata"
+    if kind == "safetensors_meta":
+        return st_save({"weight": torch.ones(3)}, metadata={"format": rng.choice(["pt", "pemn"])}), \
+            "foreign: safetensors with foreign metadata"
+    if kind == "pickle_prefix":
+        return pickle.dumps(state, protocol=2) + data, "foreign: a pickle followed by the artifact"
+    return data + pickle.dumps(state, protocol=2), "foreign: the artifact followed by a pickle"
+
+
+FAMILIES: dict[str, tuple[float, Mutator, bool]] = {
+    # name: (weight, mutator, may be integrity-refreshed)
+    "raw": (0.30, lambda r, d, b: r.choice([m_truncate, m_bitflip, m_bitflip, m_byteset, m_insert_delete, m_append,
+                                            m_header_length, m_splice, m_copy_block])(r, d, b), False),
+    "container": (0.17, m_container, True),
+    "metadata": (0.15, m_metadata, True),
+    "index": (0.15, m_index, True),
+    "tensor": (0.17, m_tensor, True),
+    "foreign": (0.06, m_foreign, False),
+}
+
+
+def make_input(seed: int, i: int, bases: list[Base]) -> tuple[Input, str]:
+    """Input ``i`` of the run with ``seed`` (each input has its own generator, so any one can be replayed)."""
+    return mutate(random.Random(hashlib.sha256(f"{seed}:{i}".encode()).digest()), bases)
+
+
+def mutate(rng: random.Random, bases: list[Base]) -> tuple[Input, str]:
+    """A base artifact drawn by ``rng`` with one to three mutations; returns it and its first family."""
+    base = rng.choice(bases)
+    data = base.data
+    steps: list[str] = []
+    families = list(FAMILIES)
+    weights = [FAMILIES[f][0] for f in families]
+    first = rng.choices(families, weights)[0]
+    family = first
+    refreshable = True
+    for k in range(rng.choice([1, 1, 1, 1, 2, 2, 3])):
+        if k:
+            family = rng.choices(families, weights)[0]
+        _, mutator, refreshable_family = FAMILIES[family]
+        try:
+            data, what = mutator(rng, data, bases)
+        except Exception as e:  # a bug of this script, not of pemn: keep going, but say so
+            data, what = m_bitflip(rng, data, bases)
+            what = f"MUTATOR ERROR {e!r}; fell back to {what}"
+        refreshable = refreshable and refreshable_family
+        steps.append(what if what.split(":")[0] in FAMILIES else f"{family}: {what}")
+    refreshed = False
+    if refreshable and rng.random() < REFRESH_PROBABILITY:
+        fixed = refresh_integrity(data)
+        if fixed is not None:
+            data, refreshed = fixed, True
+            steps.append("integrity refreshed")
+    return Input(data, base, steps, refreshed), first
+
+
+# ------------------------------------------------------------------------------------------- the oracle
+
+
+def same_content(a: artifact.Artifact, b: artifact.Artifact) -> bool:
+    return a.metadata == b.metadata and a.tensors.keys() == b.tensors.keys() and all(
+        a.tensors[k].dtype == b.tensors[k].dtype and torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
+
+
+def holds_what_the_file_says(data: bytes, model: nn.Module) -> str:
+    """Empty if ``model`` (just loaded from ``data``) holds exactly the file's masks, dense tensors, prototype
+    and config; else what differs."""
+    art = artifact.parse(data)
+    bank = find_bank(model)
+    if bank.config != art.config:
+        return "config"
+    masks = artifact._masks(art, "")
+    mws = pemn.masked_weights(model)
+    if list(mws) != [e["name"] for e in art.manifest]:
+        return "masked layer names"
+    for e in art.manifest:
+        want = mask_coding.unpack_bits(masks[e["name"]], math.prod(e["shape"])).reshape(e["shape"])
+        if not np.array_equal(mws[e["name"]].current_mask().cpu().numpy(), want):
+            return f"mask {e['name']}"
+    theirs = artifact._dense_tensors(art, "")
+    params, buffers = artifact._split_state(model)
+    for kind, mine in (("param", params), ("buffer", buffers)):
+        if set(mine) != set(theirs[kind]):
+            return f"dense {kind} names"
+        for k, t in theirs[kind].items():
+            if not torch.equal(mine[k].detach(), t.to(mine[k].dtype)):
+                return f"dense {kind} {k}"
+    protos = bank.prototypes()
+    if art.prototype_storage == "values":
+        flat = np.concatenate([protos[n] for n in sorted(protos)])
+        if not np.array_equal(flat, art.tensors["prototype"].numpy()):
+            return "prototype"
+    return ""
+
+
+def state_unchanged(model: nn.Module, pristine: dict[str, torch.Tensor]) -> bool:
+    if is_converted(model):
+        return False
+    state = model.state_dict()
+    return state.keys() == pristine.keys() and all(
+        state[k].dtype == v.dtype and torch.equal(state[k], v) for k, v in pristine.items())
+
+
+class LoadTimeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise LoadTimeout
+
+
+def _status_kib(key: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def vm_hwm_kib() -> int:
+    """This process's peak resident set size (VmHWM, KiB) from /proc/self/status (0 where there is none)."""
+    return _status_kib("VmHWM:")
+
+
+def vm_rss_kib() -> int:
+    return _status_kib("VmRSS:")
+
+
+def reset_peak() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs), so one load's own peak can
+    be read; False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Stats:
+    inputs: int = 0
+    format_errors: int = 0
+    loaded: int = 0
+    loaded_identical_content: int = 0
+    loaded_same_outputs: int = 0
+    loaded_refreshed_edit_exact: int = 0
+    other_exceptions: int = 0
+    wrong_loads: int = 0
+    model_changed_by_failed_load: int = 0
+    timeouts: int = 0
+    refreshed_inputs: int = 0
+    mutator_errors: int = 0
+    mutator_error_examples: list[dict[str, Any]] = field(default_factory=list)
+    error_types: Counter = field(default_factory=Counter)
+    families: dict[str, Counter] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    longest: dict[str, Any] = field(default_factory=lambda: {"seconds": 0.0})
+    total_load_seconds: float = 0.0
+    memory_steps: list[dict[str, Any]] = field(default_factory=list)
+    process_peak_kib: int = 0
+    largest_load_kib: int = 0
+    largest_non_bomb_kib: int = 0
+    largest_load: dict[str, Any] = field(default_factory=dict)
+
+    def bad(self) -> int:
+        return self.other_exceptions + self.wrong_loads + self.model_changed_by_failed_load + self.timeouts
+
+
+class Fuzzer:
+    """Loads inputs the way ``pemn.load`` does (from a file) and keeps the figures."""
+
+    def __init__(self, bases: list[Base], workdir: Path, *, timeout: float = 30.0, save_failures: Path | None = None,
+                 keep_failures: int = 50) -> None:
+        self.bases = bases
+        self.path = workdir / "input.pemn"
+        self.timeout = timeout
+        self.save_failures = save_failures
+        self.keep_failures = keep_failures
+        self.stats = Stats()
+        self.models: dict[str, nn.Module] = {}  # a fresh model per kind, reused while failed loads leave it alone
+        self.per_load_peak = reset_peak()
+
+    def _model(self, kind: str) -> nn.Module:
+        if kind not in self.models:
+            self.models[kind] = fresh_model(kind)
+        return self.models[kind]
+
+    def _fail(self, i: int, inp: Input, what: str, detail: str) -> None:
+        s = self.stats
+        if len(s.failures) < self.keep_failures:
+            s.failures.append({"input": i, "base": inp.base.name, "what": what, "detail": detail[-2000:],
+                               "mutations": inp.steps})
+        if self.save_failures is not None:
+            self.save_failures.mkdir(parents=True, exist_ok=True)
+            (self.save_failures / f"input-{i}.pemn").write_bytes(inp.data)
+
+    def check(self, i: int, inp: Input, family: str) -> str:
+        """Load one input; returns its outcome's name."""
+        s = self.stats
+        s.inputs += 1
+        s.refreshed_inputs += inp.refreshed
+        if any("MUTATOR ERROR" in step for step in inp.steps):
+            s.mutator_errors += 1
+            if len(s.mutator_error_examples) < 5:
+                s.mutator_error_examples.append({"input": i, "mutations": inp.steps})
+        self.path.write_bytes(inp.data)
+        model = self._model(inp.base.model)
+        use_alarm = self.timeout > 0 and hasattr(signal, "SIGALRM")
+        if use_alarm:
+            previous = signal.signal(signal.SIGALRM, _alarm)
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        if self.per_load_peak:
+            reset_peak()
+        base_kib = vm_rss_kib() if self.per_load_peak else vm_hwm_kib()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            pemn.load(self.path, model)
+        except LoadTimeout as e:
+            error = e
+        except FormatError as e:
+            error = e
+        except Exception as e:
+            error = e
+        finally:
+            elapsed = time.perf_counter() - start
+            if use_alarm:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.signal(signal.SIGALRM, previous)
+        s.total_load_seconds += elapsed
+        peak = vm_hwm_kib()
+        s.process_peak_kib = max(s.process_peak_kib, peak)
+        extra = peak - base_kib  # with per-load peaks: above the RSS the load started from
+        if extra > s.largest_load_kib:
+            s.largest_load_kib = extra
+            s.largest_load = {"input": i, "base": inp.base.name, "mutations": inp.steps}
+        if extra > s.largest_non_bomb_kib and not any("zlib bomb" in step for step in inp.steps):
+            s.largest_non_bomb_kib = extra
+        if extra > 8 * 1024:
+            s.memory_steps.append({"input": i, "mib": round(extra / 1024, 1), "mutations": inp.steps})
+        if elapsed > s.longest["seconds"]:
+            s.longest = {"seconds": elapsed, "input": i, "base": inp.base.name, "mutations": inp.steps}
+        fam = s.families.setdefault(family, Counter())
+        fam["inputs"] += 1
+        if isinstance(error, LoadTimeout):
+            s.timeouts += 1
+            outcome = "timeout"
+            self._fail(i, inp, "timeout", f"load took over {self.timeout} s")
+            self.models.pop(inp.base.model, None)
+        elif isinstance(error, FormatError):
+            s.format_errors += 1
+            s.error_types[type(error).__name__] += 1
+            outcome = "format_error"
+            if not state_unchanged(model, inp.base.pristine):
+                s.model_changed_by_failed_load += 1
+                outcome = "model_changed"
+                self._fail(i, inp, "a failed load changed the model", repr(error))
+                self.models.pop(inp.base.model, None)
+        elif error is not None:
+            s.other_exceptions += 1
+            s.error_types[type(error).__name__] += 1
+            outcome = "other_exception"
+            self._fail(i, inp, f"{type(error).__name__} (not a FormatError)",
+                       "".join(traceback.format_exception(error)))
+            self.models.pop(inp.base.model, None)
+        else:
+            self.models.pop(inp.base.model, None)  # converted now: the next input gets a fresh model
+            outcome = self._judge_success(i, inp, model)
+        fam[outcome] += 1
+        return outcome
+
+    def _judge_success(self, i: int, inp: Input, model: nn.Module) -> str:
+        s = self.stats
+        s.loaded += 1
+        try:
+            parsed = artifact.parse(inp.data)
+        except FormatError:
+            parsed = None
+
+        def same_outputs(base: Base) -> bool:
+            try:
+                out = run_model(model, base.x)
+            except Exception:
+                return False
+            return out.dtype == base.expected.dtype and torch.equal(out, base.expected)
+
+        # the content of one of the valid artifacts (a splice can rebuild another base exactly)
+        twin = next((b for b in self.bases if b.model == inp.base.model and parsed is not None
+                     and same_content(parsed, b.content)), None)
+        if twin is not None and same_outputs(twin):
+            s.loaded_identical_content += 1
+            return "loaded_identical_content"
+        if same_outputs(inp.base):
+            s.loaded_same_outputs += 1
+            return "loaded_same_outputs"
+        if inp.refreshed:
+            try:
+                diff = holds_what_the_file_says(inp.data, model)
+            except Exception as e:
+                diff = f"could not re-read the file: {e!r}"
+            if not diff:
+                s.loaded_refreshed_edit_exact += 1
+                return "loaded_refreshed_edit_exact"
+            detail = f"the loaded model differs from the file in: {diff}"
+        else:
+            detail = "loaded without a valid integrity hash to different outputs"
+        s.wrong_loads += 1
+        self._fail(i, inp, "wrong load", detail)
+        return "wrong_load"
+
+
+def run(inputs: int, seed: int, *, timeout: float = 30.0, save_failures: Path | None = None,
+        bases: list[Base] | None = None, progress: bool = False) -> dict[str, Any]:
+    """Fuzz ``inputs`` inputs; returns the figures (see the module doc)."""
+    t0 = time.perf_counter()
+    bases = bases if bases is not None else build_bases()
+    build_seconds = time.perf_counter() - t0
+    hwm_before = vm_hwm_kib()
+    marker = Path(_Marker.path)
+    marker.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pemn-fuzz-") as tmp:
+        fuzzer = Fuzzer(bases, Path(tmp), timeout=timeout, save_failures=save_failures)
+        s = fuzzer.stats
+        for i in range(inputs):
+            inp, family = make_input(seed, i, bases)
+            fuzzer.check(i, inp, family)
+            if progress and (i + 1) % 1000 == 0:
+                print(f"{i + 1} inputs, {s.bad()} failures, {time.perf_counter() - t0:.0f} s", file=sys.stderr,
+                      flush=True)
+    hwm_after = vm_hwm_kib()
+    unpickled = marker.exists()
+    seconds = time.perf_counter() - t0
+    return {
+        "inputs": s.inputs,
+        "seed": seed,
+        "format_errors": s.format_errors,
+        "loaded": s.loaded,
+        "loaded_breakdown": {"identical_content": s.loaded_identical_content, "same_outputs": s.loaded_same_outputs,
+                             "refreshed_edit_loaded_exactly": s.loaded_refreshed_edit_exact},
+        "other_exceptions": s.other_exceptions,
+        "wrong_loads": s.wrong_loads,
+        "model_changed_by_failed_load": s.model_changed_by_failed_load,
+        "timeouts": s.timeouts,
+        "unpickled_anything": unpickled,
+        "failures_total": s.bad() + int(unpickled),
+        "integrity_refreshed_inputs": s.refreshed_inputs,
+        "mutator_errors": s.mutator_errors,
+        "mutator_error_examples": s.mutator_error_examples,
+        "error_types": dict(s.error_types.most_common()),
+        "by_family": {k: dict(v) for k, v in sorted(s.families.items())},
+        "peak_memory": {
+            "vm_hwm_before_mib": round(hwm_before / 1024, 1),
+            "vm_hwm_after_mib": round(max(hwm_after, s.process_peak_kib) / 1024, 1),
+            "increase_mib": round((max(hwm_after, s.process_peak_kib) - hwm_before) / 1024, 1),
+            "per_load_peaks_measured": fuzzer.per_load_peak,
+            "largest_single_load_mib": round(s.largest_load_kib / 1024, 1),
+            "largest_single_load": s.largest_load,
+            "largest_load_except_zlib_bombs_mib": round(s.largest_non_bomb_kib / 1024, 1),
+            "loads_over_8_mib": len(s.memory_steps),
+            "loads_over_8_mib_first": s.memory_steps[:5]},
+        "longest_load": {**s.longest, "seconds": round(s.longest["seconds"], 4)},
+        "mean_load_ms": round(1000 * s.total_load_seconds / max(s.inputs, 1), 3),
+        "bases": [{"name": b.name, "bytes": len(b.data)} for b in bases],
+        "build_seconds": round(build_seconds, 2),
+        "seconds": round(seconds, 1),
+        "failures": s.failures,
+    }
+
+
+def _machine() -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        from _common import machine
+    except ImportError:
+        return {}
+    return machine()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", type=int, default=10_000, help="number of mutated inputs (default 10000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the run (input i is replayable alone)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds one load may take (default 30)")
+    parser.add_argument("--save-failures", type=Path, default=None, help="write failing inputs to this folder")
+    parser.add_argument("--replay", type=int, default=None, help="rebuild input I of --seed and load it alone")
+    parser.add_argument("--memory-limit-gib", type=float, default=8.0,
+                        help="address-space limit, so a runaway allocation fails instead of exhausting the machine")
+    parser.add_argument("--progress", action="store_true", help="a line on stderr every 1000 inputs")
+    args = parser.parse_args(argv)
+    if args.memory_limit_gib > 0:
+        limit = int(args.memory_limit_gib * (1 << 30))
+        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    torch.set_num_threads(1)
+    if args.replay is not None:
+        bases = build_bases()
+        inp, family = make_input(args.seed, args.replay, bases)
+        with tempfile.TemporaryDirectory(prefix="pemn-fuzz-") as tmp:
+            fuzzer = Fuzzer(bases, Path(tmp), timeout=args.timeout, save_failures=args.save_failures)
+            outcome = fuzzer.check(args.replay, inp, family)
+        print(json.dumps({"input": args.replay, "base": inp.base.name, "family": family, "mutations": inp.steps,
+                          "outcome": outcome, "failures": fuzzer.stats.failures}, indent=2))
+        return 0 if not fuzzer.stats.bad() else 1
+    result = run(args.inputs, args.seed, timeout=args.timeout, save_failures=args.save_failures,
+                 progress=args.progress)
+    doc = {"benchmark": "fuzz_loader", "command": f"python {SCRIPT} --inputs {args.inputs} --seed {args.seed}",
+           "machine": _machine(), "memory_limit_gib": args.memory_limit_gib, **result}
+    print(json.dumps(doc, indent=2, default=str))
+    return 0 if result["failures_total"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
