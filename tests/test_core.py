@@ -230,6 +230,16 @@ def test_global_scope_one_threshold() -> None:
     assert a.scores.grad is not None and b.scores.grad is not None
 
 
+def test_global_scope_does_not_starve_wide_layers_at_init() -> None:
+    """Raw |scores| start at U(±1/sqrt(fan_in)): a raw global top-k kept 0 of 4096 pointwise weights in a
+    ConvMixer (a dead network). Normalised by that scale, every layer starts near the global fraction."""
+    from pemn.models import create_model
+
+    model = pemn.convert_(create_model("convmixer-64-4"), PEMNConfig(keep=0.1, scope="global"))
+    fractions = [float(mw.current_mask().float().mean()) for mw in masked_weights(model).values()]
+    assert min(fractions) > 0.05 and max(fractions) < 0.2, fractions
+
+
 def test_eval_and_train_modes_both_run() -> None:
     model = converted("mha", "rp")
     x = cases.make_input("mha")

@@ -68,8 +68,8 @@ class PEMNConfig:
             ``"signed_constant"`` (±sqrt(2/fan_in)).
         rescale: scale each layer's slice of the prototype to that layer's own fan-in (False = the paper).
         scope: ``"layer"``: every layer keeps its own top ``keep`` fraction (the paper); ``"global"``: one
-            top-k over all masked weights together, so layers keep different fractions (every layer keeps at
-            least one weight).
+            top-k over all masked weights together, on scores measured in units of their initial scale
+            (``|score| * sqrt(fan_in)``), so layers keep different fractions (every layer keeps at least one).
         targets: which modules are masked: layer type names (``"Linear"``, ``"Conv2d"``...) or regexes
             fully matching a module's qualified name. ``None``: every supported type.
         exclude: same syntax; matching modules are left dense.

@@ -37,7 +37,10 @@ class GlobalTopK:
         if key != self._key:
             # members frozen on their own keep their masks, and their share of the budget
             budget = self.total_kept - sum(m.kept or 0 for m in self.members if m.frozen)
-            masks = global_topk_masks([m.scores.detach().abs() for m in live], max(budget, 0))
+            # Scores start at U(±1/sqrt(fan_in)): comparing them raw would starve wide-fan-in layers (a 1x1
+            # conv over 64 channels against a 5x5 depthwise one), so they are compared in units of that scale.
+            masks = global_topk_masks([m.scores.detach().abs() * math.sqrt(fan_in(m.shape)) for m in live],
+                                      max(budget, 0))
             self._masks = {id(m): mask for m, mask in zip(live, masks, strict=True)}
             self._key = key
         return self._masks[id(member)]
