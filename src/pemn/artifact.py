@@ -185,10 +185,6 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
     return path
 
 
-def _fail(msg: str) -> FormatError:
-    return FormatError(msg)
-
-
 def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     """Parse and integrity-check artifact bytes; :class:`FormatError` on anything wrong."""
     where = f"{source}: " if source else ""
@@ -196,35 +192,36 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     # may start with those bytes too, so the hint is given only once the container fails to parse.
     foreign = where + (_PICKLE_HINT if data[:1] == b"\x80" or data[:2] == b"PK" else "not a pemn artifact")
     if len(data) < 10:
-        raise _fail(f"{foreign} (file is too short: {len(data)} bytes)")
+        raise FormatError(f"{foreign} (file is too short: {len(data)} bytes)")
     header_len = int.from_bytes(data[:8], "little")
     if header_len > len(data) - 8 or header_len > _MAX_HEADER:
-        raise _fail(f"{foreign}, or truncated: its header length ({header_len}) exceeds the file ({len(data)} bytes)")
+        raise FormatError(f"{foreign}, or truncated: its header length ({header_len}) exceeds the file "
+                          f"({len(data)} bytes)")
     try:
         header = json.loads(data[8:8 + header_len])
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise _fail(f"{foreign}: its header is not valid JSON (corrupt or foreign file)") from None
+        raise FormatError(f"{foreign}: its header is not valid JSON (corrupt or foreign file)") from None
     if not isinstance(header, dict) or not isinstance(header.get("__metadata__"), dict):
-        raise _fail(where + "not a pemn artifact: no metadata")
+        raise FormatError(where + "not a pemn artifact: no metadata")
     meta = header["__metadata__"]
     if meta.get("format") != FORMAT:
-        raise _fail(where + f"not a pemn artifact (format={meta.get('format')!r})")
+        raise FormatError(where + f"not a pemn artifact (format={meta.get('format')!r})")
     version = meta.get("format_version")
     if not isinstance(version, str) or not (version.isascii() and version.isdigit()) or len(version) > 9:
-        raise _fail(where + f"invalid format_version {version!r}")
+        raise FormatError(where + f"invalid format_version {version!r}")
     if int(version) > FORMAT_VERSION:
-        raise _fail(where + f"written by a newer pemn (format version {version}; this pemn "
+        raise FormatError(where + f"written by a newer pemn (format version {version}; this pemn "
                     f"{_version()} reads up to {FORMAT_VERSION}); upgrade pemn")
     if int(version) < 1:
-        raise _fail(where + f"unknown format version {version}")
+        raise FormatError(where + f"unknown format version {version}")
     try:
         tensors = st_load(bytes(data))
     except Exception as e:  # safetensors raises its own error types for every malformed container
-        raise _fail(where + f"corrupt artifact: the tensor container is invalid ({e})") from None
+        raise FormatError(where + f"corrupt artifact: the tensor container is invalid ({e})") from None
     if not all(isinstance(v, str) for v in meta.values()):
-        raise _fail(where + "corrupt artifact: metadata values must be strings")
+        raise FormatError(where + "corrupt artifact: metadata values must be strings")
     if meta.get("integrity") != _integrity(meta, tensors):
-        raise _fail(where + "corrupt artifact: integrity check failed (the file was modified or damaged)")
+        raise FormatError(where + "corrupt artifact: integrity check failed (the file was modified or damaged)")
     try:
         config = PEMNConfig.from_json(meta["config"])
         coding = meta["coding"]
@@ -232,11 +229,11 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         sha = meta["prototype_sha256"]
         index = _read_index(tensors)
     except (KeyError, ValueError, TypeError, RecursionError, zlib.error) as e:
-        raise _fail(where + f"corrupt artifact: bad header field ({e})") from None
+        raise FormatError(where + f"corrupt artifact: bad header field ({e})") from None
     if coding not in CODINGS or storage not in PROTOTYPE_STORAGE:
-        raise _fail(where + f"unknown coding {coding!r} or prototype storage {storage!r}")
+        raise FormatError(where + f"unknown coding {coding!r} or prototype storage {storage!r}")
     if not isinstance(index, dict) or set(index) != {"manifest", "dense"}:
-        raise _fail(where + "corrupt artifact: the index must hold exactly a manifest and a dense list")
+        raise FormatError(where + "corrupt artifact: the index must hold exactly a manifest and a dense list")
     _check_manifest(index["manifest"], config, where)
     _check_dense_index(index["dense"], where)
     return Artifact(meta, tensors, config, index["manifest"], index["dense"], coding, storage, sha, len(data))
@@ -257,7 +254,7 @@ def _read_index(tensors: dict[str, torch.Tensor]) -> Any:
 
 def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
     if not isinstance(manifest, list) or not manifest:
-        raise _fail(where + "corrupt artifact: the manifest must be a non-empty list")
+        raise FormatError(where + "corrupt artifact: the manifest must be a non-empty list")
     for entry in manifest:
         ok = (isinstance(entry, dict) and set(entry) == {"name", "shape", "kept", "bytes"}
               and isinstance(entry["name"], str)
@@ -265,11 +262,11 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
               and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 2**40 for s in entry["shape"])
               and isinstance(entry["kept"], int) and isinstance(entry["bytes"], int) and entry["bytes"] >= 0)
         if not ok or not _kept_ok(entry["kept"], math.prod(entry["shape"]), config):
-            raise _fail(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}")
+            raise FormatError(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}")
     if config.scope == "global":
         total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest))
         if not total <= sum(e["kept"] for e in manifest) <= total + len(manifest):
-            raise _fail(where + "corrupt artifact: the kept counts do not add up to the global budget")
+            raise FormatError(where + "corrupt artifact: the kept counts do not add up to the global budget")
 
 
 def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
@@ -285,7 +282,7 @@ def _check_dense_index(dense: Any, where: str) -> None:
         and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in e[3])
         for e in dense)
     if not ok:
-        raise _fail(where + "corrupt artifact: bad dense index")
+        raise FormatError(where + "corrupt artifact: bad dense index")
 
 
 def read(path: str | os.PathLike[str]) -> Artifact:
@@ -349,14 +346,14 @@ def _dense_tensors(art: Artifact, where: str) -> dict[str, dict[str, torch.Tenso
         n = math.prod(shape)
         start = offsets.get(key, 0)
         if flat is None or _dtype_name(flat.dtype) != dtype or flat.dim() != 1 or start + n > flat.numel():
-            raise _fail(f"{where}corrupt artifact: dense tensor {name} does not fit {key}")
+            raise FormatError(f"{where}corrupt artifact: dense tensor {name} does not fit {key}")
         if name in out[kind]:
-            raise _fail(f"{where}corrupt artifact: dense tensor {name} listed twice")
+            raise FormatError(f"{where}corrupt artifact: dense tensor {name} listed twice")
         out[kind][name] = flat[start:start + n].view(shape)
         offsets[key] = start + n
     groups = {k for k in art.tensors if k.startswith(("params.", "buffers."))}
     if groups != set(offsets) or any(art.tensors[k].numel() != offsets[k] for k in groups):
-        raise _fail(f"{where}corrupt artifact: dense tensors do not match the dense index")
+        raise FormatError(f"{where}corrupt artifact: dense tensors do not match the dense index")
     return out
 
 
@@ -382,7 +379,7 @@ def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str) 
         total = sum(src.length for src in sources.values())
         if stored is None or stored.dtype != torch.float32 or tuple(stored.shape) != (total,):
             what = "missing" if stored is None else f"{stored.dtype} {tuple(stored.shape)}"
-            raise _fail(f"{where}corrupt artifact: the prototype is {what}, expected float32 ({total},)")
+            raise FormatError(f"{where}corrupt artifact: the prototype is {what}, expected float32 ({total},)")
         values = stored.numpy()
         protos, start = {}, 0
         for name in sorted(sources):
@@ -392,7 +389,7 @@ def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str) 
             raise PrototypeMismatchError(f"{where}the stored prototype does not match its SHA-256")
         return protos
     if "prototype" in art.tensors:
-        raise _fail(f"{where}corrupt artifact: prototype values in a seed-only artifact")
+        raise FormatError(f"{where}corrupt artifact: prototype values in a seed-only artifact")
     protos = {name: prototype_values(art.config, src) for name, src in sources.items()}
     if fingerprint(protos) != art.prototype_sha256:
         raise PrototypeMismatchError(
@@ -404,9 +401,9 @@ def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str) 
 def _masks(art: Artifact, where: str) -> dict[str, np.ndarray]:
     stored = art.tensors.get("masks")
     if stored is None or stored.dtype != torch.uint8 or stored.dim() != 1:
-        raise _fail(f"{where}corrupt artifact: the masks tensor is missing or not 1-D uint8")
+        raise FormatError(f"{where}corrupt artifact: the masks tensor is missing or not 1-D uint8")
     if stored.numel() != sum(e["bytes"] for e in art.manifest):
-        raise _fail(f"{where}corrupt artifact: the masks tensor does not match the manifest's sizes")
+        raise FormatError(f"{where}corrupt artifact: the masks tensor does not match the manifest's sizes")
     data = stored.numpy()
     out, start = {}, 0
     for e in art.manifest:
@@ -419,9 +416,9 @@ def _masks(art: Artifact, where: str) -> dict[str, np.ndarray]:
             else:
                 mask = mask_coding.decode_entropy(chunk, count, e["kept"])
         except FormatError as err:
-            raise _fail(f"{where}corrupt mask for {e['name']}: {err}") from None
+            raise FormatError(f"{where}corrupt mask for {e['name']}: {err}") from None
         if int(mask.sum()) != e["kept"]:
-            raise _fail(f"{where}corrupt mask for {e['name']}: {int(mask.sum())} kept, header says {e['kept']}")
+            raise FormatError(f"{where}corrupt mask for {e['name']}: {int(mask.sum())} kept, header says {e['kept']}")
         # Held bit-packed until its layer is converted: 1/8 of the memory of all masks decoded at once.
         out[e["name"]] = mask_coding.pack_bits(mask)
     return out
@@ -457,9 +454,8 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
         if [(n, mw.shape) for n, mw in masked_weights(root).items()] != list(zip(names, shapes, strict=True)):
             raise ArchitectureMismatchError(
                 f"{where}architecture mismatch: the converted model's masked layers differ from the artifact's")
-        prefixes = tuple(n + "." for n, m in root.named_modules() if isinstance(m, MaskedWeight))
         selected = None
-        params, buffers = _dense_state(root, lambda k: k.startswith(prefixes))
+        params, buffers = _split_state(root)
     else:
         selected = _selection_from_manifest(root, art, where)
         masked = set(names)
