@@ -6,11 +6,11 @@ STAMP  := $(VENV)/.pemn-installed
 
 .PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU wheel first, pinned, so no multi-GB CUDA build of torch is ever pulled in here.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[cli,test]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cli,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -11,7 +11,7 @@ import torch
 
 import pemn
 from _common import alternate, emit, machine, quick_flag
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 
 def bench(model_name: str, batch: int, repeats: int) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 import pemn
 from _common import alternate, emit, machine, quick_flag
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -14,7 +14,7 @@ from torch import nn
 import pemn
 from _common import emit, isolated, machine, peak_rss_mb, quick_flag
 from pemn.convert import find_bank, masked_weights
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 
 def train_peak(model_name: str, strategy: str, batch: int, steps: int) -> dict:

@@ -15,7 +15,7 @@ import torch
 
 import pemn
 from _common import emit, isolated, machine, peak_rss_mb, quick_flag
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 
 def run(model_name: str, coding: str) -> dict:

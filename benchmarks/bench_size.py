@@ -16,7 +16,7 @@ import torch
 import pemn
 from _common import emit, machine, quick_flag
 from pemn.coding import entropy_bits
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 
 def measure(model_name: str, keep: float, coding: str, prototype: str) -> dict:

@@ -16,7 +16,7 @@ from torch import nn
 import pemn
 import pemn.masking
 from _common import alternate, emit, machine, quick_flag
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 
 def reference_topk(magnitudes: torch.Tensor, kept: int) -> torch.Tensor:

@@ -82,7 +82,7 @@ from pemn import artifact
 from pemn import coding as mask_coding
 from pemn.convert import find_bank, is_converted
 from pemn.errors import FormatError
-from pemn.models import create_model
+from pemn.training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = "benchmarks/fuzz_loader.py"

@@ -13,10 +13,10 @@ import tempfile
 from pathlib import Path
 
 import pemn
-from pemn.augment import build_eval_transform
-from pemn.data import dataset_info, load_dataset
-from pemn.models import create_model
-from pemn.train import evaluate
+from pemn.training.augment import build_eval_transform
+from pemn.training.data import dataset_info, load_dataset
+from pemn.training.engine import evaluate
+from pemn.training.models import create_model
 
 
 def measure(run: Path) -> dict:

@@ -1,13 +1,13 @@
-"""Tests for pemn.augment: shapes/dtypes, seeded reproducibility, the recipes' semantics."""
+"""Tests for pemn.training.augment: shapes/dtypes, seeded reproducibility, the recipes' semantics."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pemn.augment import AugmentParams, build_eval_transform, build_train_transform, list_recipes
-from pemn.data import dataset_info
 from pemn.errors import DatasetError
+from pemn.training.augment import AugmentParams, build_eval_transform, build_train_transform, list_recipes
+from pemn.training.data import dataset_info
 
 CIFAR = dataset_info("cifar10")
 MNIST = dataset_info("mnist")

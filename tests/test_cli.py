@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 import pemn
-from pemn.augment import build_eval_transform
 from pemn.cli import main
-from pemn.data import dataset_info, list_datasets, load_dataset
-from pemn.models import create_model, list_models
+from pemn.training.augment import build_eval_transform
+from pemn.training.data import dataset_info, list_datasets, load_dataset
+from pemn.training.models import create_model, list_models
 
 TRAIN_ARGS = ["--epochs", "1", "--train-subset", "200", "--no-progress", "--device", "cpu"]
 
@@ -206,7 +206,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: list[str],
 
 
 def test_unknown_recipe_lists_the_valid_ones() -> None:
-    from pemn.train import RECIPES
+    from pemn.training.engine import RECIPES
 
     code, _, err = run(["train", "--recipe", "no-such-recipe"])
     assert code == 2 and err.startswith("pemn: error: ")
@@ -249,7 +249,7 @@ def test_argparse_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_flags_come_from_the_dataclass(capsys: pytest.CaptureFixture[str]) -> None:
     import dataclasses
 
-    from pemn.train import TrainConfig
+    from pemn.training.engine import TrainConfig
 
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out

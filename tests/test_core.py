@@ -233,7 +233,7 @@ def test_global_scope_one_threshold() -> None:
 def test_global_scope_does_not_starve_wide_layers_at_init() -> None:
     """Raw |scores| start at U(±1/sqrt(fan_in)): a raw global top-k kept 0 of 4096 pointwise weights in a
     ConvMixer (a dead network). Normalised by that scale, every layer starts near the global fraction."""
-    from pemn.models import create_model
+    from pemn.training.models import create_model
 
     model = pemn.convert_(create_model("convmixer-64-4"), PEMNConfig(keep=0.1, scope="global"))
     fractions = [float(mw.current_mask().float().mean()) for mw in masked_weights(model).values()]
@@ -313,7 +313,7 @@ GOLDEN_BANKS = [
 
 @pytest.mark.parametrize(("model_name", "kwargs", "unique", "sha"), GOLDEN_BANKS)
 def test_golden_banks(model_name: str, kwargs: dict, unique: int, sha: str) -> None:
-    from pemn.models import create_model
+    from pemn.training.models import create_model
 
     bank = find_bank(pemn.convert_(create_model(model_name), PEMNConfig(**kwargs)))
     assert bank.unique_values == unique
@@ -322,7 +322,7 @@ def test_golden_banks(model_name: str, kwargs: dict, unique: int, sha: str) -> N
 
 def test_golden_rand_fill_layout() -> None:
     """The seeded shuffle of fill='rand' is part of the format too."""
-    from pemn.models import create_model
+    from pemn.training.models import create_model
 
     bank = find_bank(pemn.convert_(create_model("convmixer-256-8"), PEMNConfig(ratio=1e-2, fill="rand")))
     (buf,) = list(bank.buffers())
@@ -332,7 +332,7 @@ def test_golden_rand_fill_layout() -> None:
 def test_paper_strategies_structure() -> None:
     """The paper's constructions: rp tiles a prefix of mp's vector, mp's vector is the mask strategy's
     largest layer, one_layer shares by shape, and every layer reads the prefix of its source."""
-    from pemn.models import create_model
+    from pemn.training.models import create_model
 
     def bank_of(strategy: str, **kw):
         m = pemn.convert_(create_model("convmixer-64-2"), PEMNConfig(strategy=strategy, **kw))
@@ -358,7 +358,7 @@ def test_paper_strategies_structure() -> None:
 
 
 def test_convmixer_256_8_summary_matches_paper() -> None:
-    from pemn.models import create_model
+    from pemn.training.models import create_model
 
     model = pemn.convert_(create_model("convmixer-256-8"), PEMNConfig(strategy="rp", ratio=1e-3))
     s = pemn.summary(model, verbose=False)

@@ -1,4 +1,4 @@
-"""Tests for pemn.data: real files (when present), hostile/corrupt inputs, downloads from a local server."""
+"""Tests for pemn.training.data: real files (when present), hostile/corrupt inputs, downloads from a local server."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-from pemn import data
-from pemn.data import DatasetInfo, dataset_info, list_datasets, load_dataset
 from pemn.errors import DatasetError
+from pemn.training import data
+from pemn.training.data import DatasetInfo, dataset_info, list_datasets, load_dataset
 
 SHARED = Path(os.environ.get("PEMN_SHARED_DATA", "/work/shared/data"))
 MNIST_FILES = data.CHECKSUMS["mnist"].keys()

@@ -8,7 +8,8 @@ import sys
 
 def test_import_is_lean() -> None:
     code = ("import sys, pemn, torch; "
-            "heavy = [m for m in ('kornia', 'sklearn', 'matplotlib', 'onnx', 'pemn.cli', 'pemn.train', 'pemn.data') "
+            "heavy = [m for m in ('kornia', 'sklearn', 'matplotlib', 'onnx', 'pemn.cli', 'pemn.training', "
+            "'transformers') "
             "if m in sys.modules]; "
             "print(heavy, torch.cuda.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)

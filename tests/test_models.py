@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pemn.errors import PEMNError
-from pemn.models import ModelError, ViT, create_model, get_model_spec, list_models, register_model
+from pemn.training.models import ModelError, ViT, create_model, get_model_spec, list_models, register_model
 
 LISTED = [
     "convmixer-256-6",

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 import pemn
-from pemn.models import create_model
-from pemn.prune import (
+from pemn.training.models import create_model
+from pemn.training.prune import (
     load_sparse,
     prunable_weights,
     prune_,

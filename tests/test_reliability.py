@@ -37,9 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pemn
-from pemn import artifact, data, fileio
+from pemn import artifact, fileio
 from pemn.errors import DatasetError
-from pemn.train import TrainingInterrupted, read_checkpoint, resolve_config, train
+from pemn.training import data
+from pemn.training.engine import TrainingInterrupted, read_checkpoint, resolve_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

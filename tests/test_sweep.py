@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from pemn.cli import main
-from pemn.sweep import CSV_COLUMNS, SweepPoint, build_grid, plot_sweep, read_rows, run_sweep, train_command
+from pemn.training.sweep import CSV_COLUMNS, SweepPoint, build_grid, plot_sweep, read_rows, run_sweep, train_command
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -126,7 +126,7 @@ def test_sweep_cli_end_to_end(tmp_path: Path) -> None:
 
 
 def test_killed_run_resumes_and_other_settings_are_refused(tmp_path: Path) -> None:
-    from pemn.train import TrainingInterrupted, train
+    from pemn.training.engine import TrainingInterrupted, train
 
     grid = build_grid(strategies=["rp"], ratios=[0.1], dense=False, prune=[])
     base = {"epochs": 2, "train_subset": 200, "progress": False, "device": "cpu"}

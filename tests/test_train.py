@@ -23,11 +23,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import pemn
-from pemn.augment import build_eval_transform
-from pemn.data import dataset_info, load_dataset
-from pemn.models import create_model
-from pemn.prune import load_sparse
-from pemn.train import (
+from pemn.training.augment import build_eval_transform
+from pemn.training.data import dataset_info, load_dataset
+from pemn.training.engine import (
     PEMN_FIELDS,
     RECIPE_FIELDS,
     RECIPES,
@@ -40,6 +38,8 @@ from pemn.train import (
     schedule_lr,
     train,
 )
+from pemn.training.models import create_model
+from pemn.training.prune import load_sparse
 
 SRC = str(Path(pemn.__file__).resolve().parents[1])
 TIMING = ("seconds", "images_per_s")
@@ -307,7 +307,7 @@ def test_prune_run(tmp_path, method):
 
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    monkeypatch.setattr("pemn.train.PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr("pemn.training.engine.PLAIN_PROGRESS_EVERY", 0.0)
     result = train(quick(tmp_path, progress=True, epochs=1), log=quiet)
     assert result.epochs_run == 1
     monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm: plain progress lines
@@ -452,7 +452,7 @@ def test_signal_in_process_saves_and_restores_handlers(tmp_path):
 
 SIGTERM_CHILD = """
 import sys
-from pemn.train import TrainingInterrupted, resolve_config, train
+from pemn.training.engine import TrainingInterrupted, resolve_config, train
 cfg = resolve_config({"model": "tiny-cnn", "dataset": "digits", "strategy": "mask", "epochs": 500,
                       "batch_size": 32, "device": "cpu", "progress": True, "out": sys.argv[1]})
 try:
@@ -497,7 +497,7 @@ import hashlib, json, os, sys
 import torch
 import torch.distributed as dist
 import pemn
-from pemn.train import resolve_config, train
+from pemn.training.engine import resolve_config, train
 
 own_group = sys.argv[3] == "caller"  # else train() initialises (and destroys) the process group itself
 if own_group:
@@ -582,7 +582,7 @@ def test_mnist_rp_reaches_97(tmp_path):
 
 
 def test_module_namespace_is_clean():
-    import pemn.train as t
+    import pemn.training.engine as t
 
     assert isinstance(t, types.ModuleType)
     for name in t.__all__:

@@ -51,11 +51,12 @@ def _one_line(e: BaseException) -> str:
 
 
 def _train_module() -> Any:
-    """``pemn.train`` (imported on demand, so the other commands work without it)."""
+    """``pemn.training.engine`` (imported on demand, so the other commands work without it)."""
     try:
-        import pemn.train as train_module
+        import pemn.training.engine as train_module
     except ImportError as e:
-        raise UsageError(f"pemn.train is not available ({e}); the train, eval and sweep commands need it") from e
+        raise UsageError(f"the training stack is not available ({e}); the train, eval and sweep commands need "
+                         "pemn[cli]") from e
     return train_module
 
 
@@ -136,7 +137,7 @@ def _coerce(name: str, hint: Any, raw: str) -> Any:
 
 
 def _check_dataset_name(name: str) -> None:
-    from pemn.data import list_datasets
+    from pemn.training.data import list_datasets
 
     def norm(s: str) -> str:
         return re.sub(r"[-_\s]", "", str(s).strip().lower())
@@ -146,7 +147,7 @@ def _check_dataset_name(name: str) -> None:
 
 
 def _check_model_name(name: str) -> None:
-    from pemn.models import get_model_spec
+    from pemn.training.models import get_model_spec
 
     try:
         get_model_spec(name)
@@ -187,7 +188,7 @@ def _fmt_pct(x: Any) -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from pemn.models import list_models
+    from pemn.training.models import list_models
 
     names = list_models(args.pattern)
     if args.json:
@@ -199,8 +200,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _dataset_rows() -> list[tuple[str, str]]:
-    from pemn.data import dataset_info, list_datasets
     from pemn.errors import DatasetError
+    from pemn.training.data import dataset_info, list_datasets
 
     rows = []
     for name in list_datasets():
@@ -351,7 +352,7 @@ def _shape_args(args: argparse.Namespace) -> tuple[dict[str, int], Any]:
     explicit = {k: getattr(args, k, None) for k in ("num_classes", "in_channels", "image_size")}
     info = None
     if args.dataset is not None:
-        from pemn.data import dataset_info
+        from pemn.training.data import dataset_info
 
         _check_dataset_name(args.dataset)
         info = dataset_info(args.dataset, getattr(args, "data_dir", None), image_size=explicit["image_size"])
@@ -391,13 +392,13 @@ def _load_model(path: Path, model_name: str, shape: dict[str, int]) -> tuple[Any
     """A fresh registry model with the artifact installed; returns (model, kind)."""
     import pemn
     from pemn.errors import FormatError
-    from pemn.models import create_model
+    from pemn.training.models import create_model
 
     kind = _sniff(path)
     _check_model_name(model_name)
     model = create_model(model_name, **shape)
     if kind == "sparse":
-        from pemn.prune import load_sparse
+        from pemn.training.prune import load_sparse
 
         try:
             load_sparse(path, model)
@@ -432,8 +433,8 @@ def _load_model(path: Path, model_name: str, shape: dict[str, int]) -> tuple[Any
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pemn.augment import build_eval_transform
-    from pemn.data import load_dataset
+    from pemn.training.augment import build_eval_transform
+    from pemn.training.data import load_dataset
 
     _sniff(Path(args.artifact))
     _fill_from_run_config(args)
@@ -532,7 +533,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     import pemn
     from pemn.convert import is_converted
-    from pemn.export import export_onnx, export_pt
+    from pemn.training.export import export_onnx, export_pt
 
     path = Path(args.artifact)
     _sniff(path)
@@ -554,7 +555,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.format == "pt":
         meta = {"model": args.model, **shape, "source": str(path), "source_kind": kind,
                 "pemn_version": pemn.__version__,
-                "rebuild": f"pemn.models.create_model({args.model!r}, num_classes={shape['num_classes']}, "
+                "rebuild": f"pemn.training.models.create_model({args.model!r}, num_classes={shape['num_classes']}, "
                            f"in_channels={shape['in_channels']}, image_size={shape['image_size']})"
                            ".load_state_dict(safetensors.torch.load_file(path))"}
         if info is not None:
@@ -583,8 +584,8 @@ def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any,
     import torch
     from safetensors.torch import load_file
 
-    from pemn.export import ExportError
-    from pemn.models import create_model
+    from pemn.training.export import ExportError
+    from pemn.training.models import create_model
 
     fresh = create_model(model_name, **shape)
     fresh.load_state_dict(load_file(str(out)), strict=True)
@@ -618,7 +619,7 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pemn.sweep import GRID_KEYS, build_grid, check_settings, resolve_points, run_sweep
+    from pemn.training.sweep import GRID_KEYS, build_grid, check_settings, resolve_points, run_sweep
 
     base = _parse_sets(args.set or [])
     clash = sorted(GRID_KEYS & set(base))
@@ -778,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     except (PEMNError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
         _err(f"{PROG}: error: {_one_line(e)}")
         return 1
-    except KeyboardInterrupt as e:  # Ctrl-C, or pemn.train's TrainingInterrupted (checkpoint saved)
+    except KeyboardInterrupt as e:  # Ctrl-C, or pemn.training.engine's TrainingInterrupted (checkpoint saved)
         _err(f"{PROG}: {_one_line(e) if str(e) else 'interrupted'}")
         code = getattr(e, "exit_code", 130)
         return code if isinstance(code, int) else 130

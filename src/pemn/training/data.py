@@ -2,7 +2,7 @@
 
 Every loader returns ``(images, labels)``: ``images`` is a ``uint8`` tensor of shape ``N×C×H×W``
 and ``labels`` an ``int64`` tensor of shape ``N``. No torch ``DataLoader`` is involved; batching and
-augmentation (see :mod:`pemn.augment`) work on these tensors directly.
+augmentation (see :mod:`pemn.training.augment`) work on these tensors directly.
 
 Supported datasets (see :func:`list_datasets`):
 

@@ -3,7 +3,7 @@
 A sweep is a list of :class:`SweepPoint` (see :func:`build_grid`): dense training, the PEMN strategies
 (``mask``, ``one_layer``, ``mp``, ``rp`` at several ratios, at several kept fractions) and the pruning
 baselines (``random`` / ``magnitude`` at several compressions). :func:`run_sweep` trains each point in this
-process with :func:`pemn.train.train`, in its own sub folder of the sweep folder, and appends one row to
+process with :func:`pemn.training.engine.train`, in its own sub folder of the sweep folder, and appends one row to
 ``sweep.csv`` as soon as the run ends, so a killed sweep keeps its finished rows and a re-run skips them.
 :func:`plot_sweep` draws the paper's figure: test accuracy (best epoch) against the size compression ratio
 (%): PEMN points at their paper ratio, pruning baselines at their compression, dense as a horizontal line.
@@ -55,11 +55,11 @@ GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "out
 #: Settings that may change between a sweep and its re-run in the same folder (they do not change results).
 FREE_KEYS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
 SETTINGS_NAME = "sweep.json"
-#: Common options given to the PEMN points only (pemn.train.PEMN_FIELDS without the grid's ratio / keep).
+#: Common options given to the PEMN points only (pemn.training.engine.PEMN_FIELDS without the grid's ratio / keep).
 PEMN_ONLY_KEYS = frozenset({"fill", "init", "rescale", "targets", "exclude"})
 #: Common options given to the pruning baselines only.
 PRUNE_ONLY_KEYS = frozenset({"prune_scope"})
-CHECKPOINT_NAME = "checkpoint.safetensors"  # pemn.train's per-run checkpoint
+CHECKPOINT_NAME = "checkpoint.safetensors"  # pemn.training.engine's per-run checkpoint
 
 Log = Callable[[str], None]
 
@@ -329,7 +329,7 @@ def resolve_points(points: Sequence[SweepPoint], base_overrides: Mapping[str, An
                    *, recipe: str | None = None, config_file: str | os.PathLike[str] | None = None) -> list[Any]:
     """Resolve every point's TrainConfig up front (ValueError for the first contradictory one), so a bad
     grid fails before any training starts."""
-    from pemn.train import resolve_config
+    from pemn.training.engine import resolve_config
 
     configs = []
     for p in points:
@@ -365,13 +365,13 @@ def run_sweep(
     training anything. A run that raises stops the sweep (the exception propagates) unless ``keep_going``,
     which records it in the report and goes on. Finally the figure is drawn to ``out_dir/sweep.png`` from
     every row of the CSV (skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
-    :func:`pemn.train.train` (for tests).
+    :func:`pemn.training.engine.train` (for tests).
     """
     out = Path(out_dir)
     base = dict(base_overrides or {})
     configs = resolve_points(points, base, out, recipe=recipe, config_file=config_file)
     if train_fn is None:
-        from pemn.train import train as train_fn
+        from pemn.training.engine import train as train_fn
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, base, recipe, config_file)
     csv_path = out / CSV_NAME

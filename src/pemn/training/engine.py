@@ -1,10 +1,10 @@
 """The training engine behind ``pemn train``: one function, :func:`train`, driven by a :class:`TrainConfig`.
 
-It trains a model from :mod:`pemn.models` on a dataset from :mod:`pemn.data` (in-memory tensors, batched
-augmentation from :mod:`pemn.augment`) with one of the paper's methods:
+It trains a model from :mod:`pemn.training.models` on a dataset from :mod:`pemn.training.data` (in-memory
+tensors, batched augmentation from :mod:`pemn.training.augment`) with one of the paper's methods:
 
 - ``strategy="dense"``: the ordinary model (optionally pruned at init with ``prune="random"|"magnitude"``,
-  the paper's "Random"/"Minimum" baselines, see :mod:`pemn.prune`);
+  the paper's "Random"/"Minimum" baselines, see :mod:`pemn.training.prune`);
 - ``"mask"``, ``"one_layer"``, ``"mp"``, ``"rp"``: the model is converted by :func:`pemn.convert_` and only
   its scores (plus biases / norms) are trained, as in the paper (weight decay applies to the scores too).
 
@@ -58,16 +58,16 @@ from torch import nn
 from pemn.artifact import CODINGS, PROTOTYPE_STORAGE
 from pemn.artifact import load as pemn_load
 from pemn.artifact import save as pemn_save
-from pemn.augment import BatchTransform, build_eval_transform, build_train_transform, list_recipes
 from pemn.config import FILLS, INITS, SCOPES, STRATEGIES, PEMNConfig
 from pemn.convert import convert_, masked_weights, unwrap
-from pemn.data import dataset_info, load_dataset
 from pemn.errors import DatasetError
 from pemn.fileio import atomic_write_bytes as _atomic_write
 from pemn.fileio import remove_stale_temp_files
-from pemn.models import create_model, get_model_spec
-from pemn.prune import PRUNE_METHODS, PRUNE_SCOPES, load_sparse, prune_, pruning_masks, save_sparse
 from pemn.summary import summary as pemn_summary
+from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform, list_recipes
+from pemn.training.data import dataset_info, load_dataset
+from pemn.training.models import create_model, get_model_spec
+from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES, load_sparse, prune_, pruning_masks, save_sparse
 
 __all__ = [
     "RECIPES",
@@ -114,7 +114,7 @@ class TrainConfig:
     """
 
     # what
-    model: str = _f("mlp", "model name from pemn.models (e.g. tiny-cnn, mlp, lenet5, resnet20, convmixer-256-8)")
+    model: str = _f("mlp", "model name from the registry (pemn models), e.g. mlp, lenet5, resnet20, convmixer-256-8")
     dataset: str = _f("digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or imagefolder")
     data_dir: str | None = _f(None, "folder with the dataset files (default: $PEMN_DATA_DIR or ./data)")
     download: bool = _f(False, "download missing official dataset files into data_dir")
@@ -504,7 +504,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
              batch_size: int = 1000, device: str | torch.device | None = None, amp: bool = False) -> float:
     """Top-1 accuracy (%) of ``model`` on ``images``/``labels``, in ``eval()`` mode under ``no_grad``.
 
-    ``transform`` maps a raw batch (e.g. uint8) to the model's input (:func:`pemn.augment.build_eval_transform`);
+    ``transform`` maps a raw batch (e.g. uint8) to the model's input
+    (:func:`pemn.training.augment.build_eval_transform`);
     ``device`` defaults to the model's. The model's train/eval mode is restored afterwards.
     """
     if device is None:

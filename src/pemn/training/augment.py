@@ -45,8 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemn.data import DatasetInfo
 from pemn.errors import DatasetError
+from pemn.training.data import DatasetInfo
 
 __all__ = [
     "RECIPES",
