@@ -17,7 +17,9 @@ Layout (format version 1). Tensors, all 1-D:
 
 Metadata (safetensors ``__metadata__``, str → str): ``format`` = ``"pemn"``, ``format_version``,
 ``pemn_version``, ``torch_version``, ``config`` (PEMNConfig JSON), ``coding``, ``prototype_storage``
-(``"values"`` | ``"seed"``), ``prototype_sha256`` and ``integrity``: SHA-256 over the other metadata and every
+(``"values"`` | ``"seed"``), ``prototype_sha256``, optionally ``app`` (a JSON object the application stores
+with the model: :mod:`pemn.training` records the registry model name, its constructor arguments and the
+data preprocessing there, so a file needs nothing beside it) and ``integrity``: SHA-256 over the other metadata and every
 tensor's name, dtype, shape and bytes, so any corruption is caught before a model is touched. Loading never
 unpickles anything.
 """
@@ -25,11 +27,12 @@ unpickles anything.
 from __future__ import annotations
 
 import hashlib
+import dataclasses
 import json
 import math
 import os
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +81,7 @@ class Artifact:
     prototype_storage: str
     prototype_sha256: str
     file_bytes: int
+    app: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -114,8 +118,19 @@ def _pack_dense(kind: str, state: dict[str, torch.Tensor], tensors: dict[str, to
         tensors[f"{kind}s.{dtype}"] = torch.cat(parts)
 
 
+def _app_json(app: Mapping[str, Any] | None) -> str | None:
+    if app is None:
+        return None
+    if not isinstance(app, Mapping):
+        raise TypeError(f"app must be a JSON-serializable mapping, got {type(app).__name__}")
+    try:
+        return json.dumps(dict(app), sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"app metadata must be JSON-serializable ({e})") from None
+
+
 def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values",
-             extras_dtype: str | None = None) -> bytes:
+             extras_dtype: str | None = None, app: Mapping[str, Any] | None = None) -> bytes:
     """Serialise a converted model (training or frozen) to artifact bytes; see :func:`save`."""
     if extras_dtype not in EXTRAS_DTYPES:
         raise ValueError(f"extras_dtype must be one of {EXTRAS_DTYPES}, got {extras_dtype!r}")
@@ -155,12 +170,16 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
         "prototype_storage": prototype,
         "prototype_sha256": bank.sha256,
     }
+    app_json = _app_json(app)
+    if app_json is not None:
+        metadata["app"] = app_json
     metadata["integrity"] = _integrity(metadata, tensors)
     return st_save(tensors, metadata=metadata)
 
 
 def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packed",
-         prototype: str = "values", extras_dtype: str | None = None) -> Path:
+         prototype: str = "values", extras_dtype: str | None = None,
+         app: Mapping[str, Any] | None = None) -> Path:
     """Write a converted model to one ``.pemn`` file, atomically (temporary file, fsync, rename).
 
     Args:
@@ -173,11 +192,13 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
         extras_dtype: store the floating-point dense extras (norm parameters and statistics, biases) in
             this dtype (``"float16"`` or ``"bfloat16"``) to halve their bytes; ``None`` (default) keeps them
             as they are, which is what makes a loaded model bit-identical. They are cast back on load.
+        app: a JSON-serializable mapping stored with the model (``Artifact.app`` on reading); applications
+            record what rebuilds the architecture and its inputs there. Covered by the integrity hash.
 
     Returns the path written. On any error the previous file at ``path`` (if any) is left intact.
     """
     path = Path(path)
-    data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype)
+    data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype, app=app)
     try:
         atomic_write_bytes(path, data)
     except OSError as e:
@@ -228,6 +249,9 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         storage = meta["prototype_storage"]
         sha = meta["prototype_sha256"]
         index = _read_index(tensors)
+        app = json.loads(meta["app"]) if "app" in meta else {}
+        if not isinstance(app, dict):
+            raise ValueError("app metadata must be a JSON object")
     except (KeyError, ValueError, TypeError, RecursionError, zlib.error) as e:
         raise FormatError(where + f"corrupt artifact: bad header field ({e})") from None
     if coding not in CODINGS or storage not in PROTOTYPE_STORAGE:
@@ -236,7 +260,7 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         raise FormatError(where + "corrupt artifact: the index must hold exactly a manifest and a dense list")
     _check_manifest(index["manifest"], config, where)
     _check_dense_index(index["dense"], where)
-    return Artifact(meta, tensors, config, index["manifest"], index["dense"], coding, storage, sha, len(data))
+    return Artifact(meta, tensors, config, index["manifest"], index["dense"], coding, storage, sha, len(data), app)
 
 
 def _read_index(tensors: dict[str, torch.Tensor]) -> Any:
