@@ -19,15 +19,15 @@ Metadata (safetensors ``__metadata__``, str → str): ``format`` = ``"pemn"``, `
 ``pemn_version``, ``torch_version``, ``config`` (PEMNConfig JSON), ``coding``, ``prototype_storage``
 (``"values"`` | ``"seed"``), ``prototype_sha256``, optionally ``app`` (a JSON object the application stores
 with the model: :mod:`pemn.training` records the registry model name, its constructor arguments and the
-data preprocessing there, so a file needs nothing beside it) and ``integrity``: SHA-256 over the other metadata and every
-tensor's name, dtype, shape and bytes, so any corruption is caught before a model is touched. Loading never
-unpickles anything.
+data preprocessing there, so a file needs nothing beside it) and ``integrity``: SHA-256 over the other
+metadata and every tensor's name, dtype, shape and bytes, so any corruption is caught before a model is
+touched. Loading never unpickles anything.
 """
 
 from __future__ import annotations
 
-import hashlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
