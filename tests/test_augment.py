@@ -26,10 +26,10 @@ def _unnormalize(x: torch.Tensor, info) -> torch.Tensor:
 
 
 def test_list_recipes() -> None:
-    assert list_recipes() == ["none", "flip-crop", "convmixer"]
+    assert list_recipes() == ["none", "flip-crop", "flip-crop8", "convmixer", "convmixer-kornia"]
 
 
-@pytest.mark.parametrize("recipe", ["none", "flip-crop", "convmixer"])
+@pytest.mark.parametrize("recipe", ["none", "flip-crop", "flip-crop8", "convmixer", "convmixer-kornia"])
 @pytest.mark.parametrize("info", [CIFAR, MNIST], ids=["cifar10", "mnist"])
 def test_shapes_and_dtypes(recipe: str, info) -> None:
     tf = build_train_transform(recipe, info)
@@ -43,7 +43,7 @@ def test_shapes_and_dtypes(recipe: str, info) -> None:
         assert tf(_batch(info, n=n), generator=2).shape == (n, *x.shape[1:])
 
 
-@pytest.mark.parametrize("recipe", ["flip-crop", "convmixer"])
+@pytest.mark.parametrize("recipe", ["flip-crop", "convmixer", "convmixer-kornia"])
 def test_seeded_reproducibility(recipe: str) -> None:
     tf = build_train_transform(recipe, CIFAR)
     x = _batch(CIFAR, n=32)
@@ -144,6 +144,39 @@ def test_convmixer_recipe_contents() -> None:
     x = _batch(MNIST, n=8)
     for seed in range(30):  # many op draws; none may need 3 channels
         assert gray(x, generator=seed).shape == x.shape
+
+
+def test_convmixer_randaugment_implementations() -> None:
+    """``convmixer`` runs torchvision's RandAugment per image (pemn.training.randaugment); ``convmixer-kornia``
+    keeps kornia's, in 8 groups; everything else in the two recipes is the same."""
+    from kornia.augmentation.auto import RandAugment as KorniaRandAugment
+
+    from pemn.training.randaugment import RandAugment
+
+    new, old = build_train_transform("convmixer", CIFAR), build_train_transform("convmixer-kornia", CIFAR)
+    assert new.params.randaugment_impl == "torchvision" and old.params.randaugment_impl == "kornia"
+    ours = [m for m in new._pre.modules() if isinstance(m, RandAugment)]
+    assert len(ours) == 1 and (ours[0].num_ops, ours[0].magnitude, ours[0].num_magnitude_bins) == (2, 12, 31)
+    assert not any(isinstance(m, KorniaRandAugment) for m in new._pre.modules())
+    assert any(isinstance(m, KorniaRandAugment) for m in old._pre.modules())
+    assert {f: getattr(new.params, f) for f in ("hflip", "jitter", "erasing", "randaugment")} == \
+        {f: getattr(old.params, f) for f in ("hflip", "jitter", "erasing", "randaugment")}
+    with pytest.raises(ValueError, match="randaugment_impl"):
+        build_train_transform({"recipe": "convmixer", "randaugment_impl": "pil"}, CIFAR)
+
+
+def test_flip_crop8_is_the_tiny_imagenet_recipe() -> None:
+    from pemn.training.data import DatasetInfo
+
+    tiny = DatasetInfo("tiny", 200, 3, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (), "64x64")
+    tf = build_train_transform("flip-crop8", tiny)
+    assert (tf.params.crop_padding, tf.params.hflip, tf.params.randaugment) == (8, 0.5, None)
+    x = _batch(tiny, n=6)
+    out = _unnormalize(tf(x, generator=0), tiny)
+    padded = torch.nn.functional.pad(x.float() / 255, (8, 8, 8, 8))
+    for i in range(len(x)):
+        assert any(torch.allclose(cand, padded[i, :, dy:dy + 64, dx:dx + 64], atol=1e-4)
+                   for cand in (out[i], out[i].flip(-1)) for dy in range(17) for dx in range(17))
 
 
 def test_params_dict_and_errors() -> None:

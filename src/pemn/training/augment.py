@@ -1,4 +1,4 @@
-"""Batched, seedable augmentation of image tensors on the training device (kornia).
+"""Batched, seedable augmentation of image tensors on the training device (pemn's RandAugment, kornia).
 
 A transform takes a batch ``N×C×H×W`` (``uint8`` 0..255, or float in [0, 1]) and returns a normalized
 ``float32`` batch of the same shape on the same device::
@@ -17,22 +17,31 @@ Recipes (:func:`list_recipes`):
 ``flip-crop``
     random 32×32 crop of the image padded by 4 zero pixels, horizontal flip (p=0.5): the classic CIFAR
     ResNet recipe.
+``flip-crop8``
+    random crop of the image padded by 8 zero pixels, horizontal flip (p=0.5): the official PEMN code's
+    Tiny-ImageNet recipe (``RandomCrop(64, padding=8)``, ``RandomHorizontalFlip()``).
 ``convmixer``
-    the recipe PEMN uses for ConvMixer: horizontal flip, RandAugment(n=2, m=12), ColorJitter(0.2, 0.2,
-    0.2), normalize, RandomErasing(p=0.2).
+    the recipe PEMN uses for ConvMixer: horizontal flip, RandAugment(n=2, m=12) as torchvision defines it,
+    drawn per image (:mod:`pemn.training.randaugment`), ColorJitter(0.2, 0.2, 0.2), normalize,
+    RandomErasing(p=0.2).
+``convmixer-kornia``
+    the same with kornia's RandAugment instead (pemn's recipe before 2026-12: another operation set, with
+    Invert and SolarizeAdd and no Identity, other strengths at m=12, and one draw per group of the batch).
 
 A dict of parameters may be passed instead of a name; ``{"recipe": "convmixer", "erasing": 0.0}``
 starts from a named recipe and overrides fields. Keys: ``crop_padding`` (int, 0 = off),
 ``rrc_scale`` (lower bound of a square RandomResizedCrop scale, None = off), ``hflip`` (probability),
-``randaugment`` ((n, m) or None), ``randaugment_groups`` (int), ``jitter`` (brightness = contrast =
-saturation strength), ``erasing`` (probability).
+``randaugment`` ((n, m) or None), ``randaugment_impl`` (``"torchvision"``: pemn's per-image implementation
+of torchvision's definition; ``"kornia"``: kornia's), ``randaugment_groups`` (int, kornia only), ``jitter``
+(brightness = contrast = saturation strength), ``erasing`` (probability).
 
-For 1-channel data the colour operations are skipped: no ColorJitter, and RandAugment draws from its
-default policy without the saturation ("color") op (kornia's needs 3 channels).
+For 1-channel data there is no ColorJitter; torchvision's RandAugment keeps its 14 operations (its Color is a
+no-op on one channel), kornia's draws from its default policy without the saturation ("color") op (kornia's
+needs 3 channels).
 
 Note: kornia's RandAugment picks the same ``n`` operations for the whole batch it is called on (the
 magnitude signs vary per image). ``randaugment_groups`` splits the batch into that many groups, each
-with its own draw, to get closer to torchvision's per-image RandAugment.
+with its own draw. The torchvision implementation draws every image's operations independently.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ from pemn.errors import DatasetError
 from pemn.training.data import DatasetInfo
 
 __all__ = [
+    "RANDAUGMENT_IMPLS",
     "RECIPES",
     "AugmentParams",
     "BatchTransform",
@@ -56,6 +66,10 @@ __all__ = [
     "build_train_transform",
     "list_recipes",
 ]
+
+
+#: RandAugment implementations: pemn's per-image one of torchvision's definition, or kornia's.
+RANDAUGMENT_IMPLS = ("torchvision", "kornia")
 
 
 @dataclass(frozen=True)
@@ -66,15 +80,23 @@ class AugmentParams:
     rrc_scale: float | None = None
     hflip: float = 0.0
     randaugment: tuple[int, int] | None = None
+    randaugment_impl: str = "torchvision"
     randaugment_groups: int = 1
     jitter: float = 0.0
     erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.randaugment_impl not in RANDAUGMENT_IMPLS:
+            raise ValueError(f"randaugment_impl must be one of {RANDAUGMENT_IMPLS}, got {self.randaugment_impl!r}")
 
 
 RECIPES: dict[str, AugmentParams] = {
     "none": AugmentParams(),
     "flip-crop": AugmentParams(crop_padding=4, hflip=0.5),
-    "convmixer": AugmentParams(hflip=0.5, randaugment=(2, 12), randaugment_groups=8, jitter=0.2, erasing=0.2),
+    "flip-crop8": AugmentParams(crop_padding=8, hflip=0.5),
+    "convmixer": AugmentParams(hflip=0.5, randaugment=(2, 12), jitter=0.2, erasing=0.2),
+    "convmixer-kornia": AugmentParams(hflip=0.5, randaugment=(2, 12), randaugment_impl="kornia", randaugment_groups=8,
+                                      jitter=0.2, erasing=0.2),
 }
 
 
@@ -110,7 +132,11 @@ def _resolve_params(recipe: str | Mapping[str, Any] | AugmentParams | None) -> t
 _GRAY_RANDAUGMENT_DROP = {"color"}
 
 
-def _randaugment(n: int, m: int, channels: int) -> nn.Module:
+def _randaugment(n: int, m: int, channels: int, impl: str = "torchvision") -> nn.Module:
+    if impl == "torchvision":
+        from pemn.training.randaugment import RandAugment as TorchvisionRandAugment
+
+        return TorchvisionRandAugment(num_ops=n, magnitude=m)
     from kornia.augmentation.auto import RandAugment
 
     if channels == 3:
@@ -153,7 +179,8 @@ def _build_ops(params: AugmentParams, info: DatasetInfo) -> tuple[nn.Module | No
         pre.append(K.RandomHorizontalFlip(p=float(params.hflip)))
     if params.randaugment is not None:
         n, m = params.randaugment
-        pre.append(_Grouped(_randaugment(int(n), int(m), info.in_channels), int(params.randaugment_groups)))
+        ra = _randaugment(int(n), int(m), info.in_channels, params.randaugment_impl)
+        pre.append(_Grouped(ra, int(params.randaugment_groups)) if params.randaugment_impl == "kornia" else ra)
     if params.jitter and colour:
         j = float(params.jitter)
         pre.append(K.ColorJitter(j, j, j, 0.0, p=1.0))
