@@ -601,3 +601,30 @@ def _tiny_mlp(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modu
         nn.ReLU(),
         nn.Linear(16, num_classes),
     )
+
+
+# --------------------------------------------------------------------------------------------------- GPT
+
+
+@register_model("gpt-<dim>-<depth>", listed=("gpt-128-4",))
+def _gpt(
+    *,
+    dim: int,
+    depth: int,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    block_size: int = 64,
+    heads: int | None = None,
+) -> nn.Module:
+    """Decoder-only GPT (:mod:`pemn.training.gpt`) over ``num_classes`` tokens (the vocabulary size) with a
+    context of ``block_size``; heads of 32 dims (:func:`pemn.training.gpt.gpt_heads`) unless ``heads`` is given.
+    ``in_channels`` and ``image_size`` do not apply (text input)."""
+    from pemn.training.gpt import GPT
+
+    _check_positive("block_size", block_size)
+    if heads is not None:
+        _check_positive("heads", heads)
+        if dim % heads:
+            raise ModelError(f"GPT dim {dim} must be divisible by heads {heads}")
+    return GPT(num_classes, dim, depth, block_size=block_size, heads=heads)

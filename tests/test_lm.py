@@ -1,0 +1,249 @@
+"""Character-level language models: the text dataset, the GPT, sampling, and the artifact round trip."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pemn
+from pemn.errors import DatasetError
+from pemn.training.gpt import GPT, gpt_heads
+from pemn.training.models import ModelError, create_model, list_models
+from pemn.training.sample import build_lm, generate, lm_app, read_app, sample_text
+from pemn.training.text import (
+    VocabularyError,
+    decode,
+    encode,
+    evaluate_lm,
+    lm_window_losses,
+    load_text,
+    random_windows,
+)
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 4
+
+
+def _write(tmp_path, data: bytes | str):
+    path = tmp_path / "input.txt"
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return tmp_path
+
+
+def _tiny_gpt(vocab: int = 11, block: int = 8, seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return create_model("gpt-16-2", num_classes=vocab, block_size=block)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_split_and_vocab(tmp_path):
+    corpus = load_text(_write(tmp_path, TEXT), block_size=8)
+    n_train = int(0.9 * len(TEXT))
+    assert corpus.vocab == "".join(sorted(set(TEXT)))
+    assert decode(corpus.train, corpus.vocab) == TEXT[:n_train]
+    assert decode(corpus.val, corpus.vocab) == TEXT[n_train:]
+    assert corpus.train.dtype == torch.int64
+
+
+def test_data_dir_may_be_the_file_and_bom_is_dropped(tmp_path):
+    _write(tmp_path, "\ufeff" + TEXT)
+    corpus = load_text(tmp_path / "input.txt", block_size=8)
+    assert "\ufeff" not in corpus.vocab
+
+
+def test_utf8_beyond_ascii(tmp_path):
+    text = "Grüße, ÉCOLE — 東京 ✓\n" * 20
+    corpus = load_text(_write(tmp_path, text), block_size=8)
+    assert set(corpus.vocab) == set(text)
+    assert decode(torch.cat([corpus.train, corpus.val]), corpus.vocab) == text
+
+
+@pytest.mark.parametrize(("content", "block", "message"), [
+    (None, 8, "no input.txt"),
+    (b"", 8, "is empty"),
+    (b"\xff\xfeabc" * 100, 8, "not UTF-8"),
+    ("abc" * 10, 8, "needs more than one context"),  # 27 train / 3 val characters
+    ("x" * 80, 8, "the file needs at least 81 characters"),  # 72 train / 8 validation: no full window
+])
+def test_bad_text_is_a_clear_error(tmp_path, content, block, message):
+    if content is not None:
+        _write(tmp_path, content)
+    with pytest.raises(DatasetError, match=message):
+        load_text(tmp_path, block_size=block)
+
+
+def test_shortest_text_that_fits(tmp_path):
+    # validation needs block_size + 1 characters: 90 characters give 81 train / 9 validation
+    corpus = load_text(_write(tmp_path, "ab" * 45), block_size=8)
+    assert (corpus.train.numel(), corpus.val.numel()) == (81, 9)
+
+
+def test_random_windows_are_shifted_targets_and_seeded(tmp_path):
+    data = torch.arange(100)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x, y = random_windows(data, 8, 5, g1)
+    x2, y2 = random_windows(data, 8, 5, g2)
+    assert x.shape == y.shape == (5, 8)
+    assert torch.equal(y, x + 1) and torch.equal(x, x2) and torch.equal(y, y2)
+    assert int(x.max()) <= 98
+
+
+def test_unknown_character_is_a_vocabulary_error():
+    with pytest.raises(VocabularyError, match=r"'Z' \(U\+005A\) at position 2"):
+        encode("abZ", "ab")
+    assert isinstance(VocabularyError("x"), ValueError)
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+def test_registry_and_heads():
+    assert "gpt-128-4" in list_models()
+    assert [gpt_heads(d) for d in (16, 32, 100, 128, 384)] == [1, 1, 2, 4, 12]
+    m = create_model("gpt-128-4", num_classes=65)
+    assert m.heads == 4 and m.block_size == 64 and len(m.blocks) == 4
+    with pytest.raises(ModelError, match="block_size"):
+        create_model("gpt-16-1", num_classes=5, block_size=0)
+    with pytest.raises(ModelError, match="divisible"):
+        create_model("gpt-16-1", num_classes=5, heads=3)
+
+
+def test_weight_count_and_layer_types():
+    m = create_model("gpt-128-4", num_classes=65)
+    # nanoGPT's count for this setting (bias=False, tied head): 0.80M without the position embedding
+    n = sum(p.numel() for p in m.parameters())
+    assert n == 65 * 128 + 64 * 128 + 4 * (12 * 128 * 128 + 2 * 128) + 128
+    assert not any(isinstance(mod, nn.MultiheadAttention) for mod in m.modules())
+    assert sum(isinstance(mod, nn.Linear) for mod in m.modules()) == 16
+
+
+def test_head_is_tied_to_the_token_embedding():
+    m = _tiny_gpt()
+    x = torch.randint(0, 11, (2, 8))
+    m(x).sum().backward()
+    assert m.wte.weight.grad is not None
+    with torch.no_grad():
+        m.wte.weight.zero_()
+    # no separate head matrix: zeroing the embedding zeroes every logit
+    assert torch.count_nonzero(m(x)) == 0
+    assert not any(p.shape == (11, 16) for n, p in m.named_parameters() if n != "wte.weight")
+
+
+def test_attention_is_causal():
+    m = _tiny_gpt().eval()
+    x = torch.randint(0, 11, (1, 8))
+    y = x.clone()
+    y[0, 5:] = (y[0, 5:] + 1) % 11
+    with torch.no_grad():
+        a, b = m(x), m(y)
+    assert torch.allclose(a[:, :5], b[:, :5], atol=0, rtol=0)
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+
+
+def test_longer_than_block_size_is_an_error():
+    with pytest.raises(ValueError, match="block_size 8"):
+        _tiny_gpt()(torch.zeros(1, 9, dtype=torch.int64))
+
+
+def test_one_layer_shares_one_random_block_across_blocks():
+    m = pemn.convert_(_tiny_gpt(), pemn.PEMNConfig(strategy="one_layer"))
+    mws = pemn.masked_weights(m)
+    names = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    for n in names:
+        assert mws[f"blocks.0.{n}.weight"].source == mws[f"blocks.1.{n}.weight"].source
+    # the four projections of a block are four different random tensors
+    assert len({mws[f"blocks.0.{n}.weight"].source for n in names}) == 4
+    # and each block learns its own mask
+    assert mws["blocks.0.attn.c_attn.weight"].scores is not mws["blocks.1.attn.c_attn.weight"].scores
+    assert not torch.equal(mws["blocks.0.attn.c_attn.weight"].scores, mws["blocks.1.attn.c_attn.weight"].scores)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def test_eval_covers_every_character_once(tmp_path):
+    corpus = load_text(_write(tmp_path, TEXT), block_size=8)
+    m = _tiny_gpt(vocab=corpus.vocab_size)
+    nats, correct, count = lm_window_losses(m, corpus.val, 8, batch_size=3, device=torch.device("cpu"))
+    assert count == corpus.val.numel() - 1
+    # two ranks' shares add up to the whole
+    parts = [lm_window_losses(m, corpus.val, 8, batch_size=2, device=torch.device("cpu"), rank=r, world=2)
+             for r in range(2)]
+    assert sum(p[2] for p in parts) == count and sum(p[1] for p in parts) == correct
+    assert math.isclose(sum(p[0] for p in parts), nats, rel_tol=1e-6)
+    metrics = evaluate_lm(m, corpus.val, 8)
+    assert math.isclose(metrics["val_loss"], nats / count, rel_tol=1e-6)
+    assert math.isclose(metrics["bits_per_char"], metrics["val_loss"] / math.log(2))
+    # an untrained model is near uniform over the vocabulary
+    assert abs(metrics["val_loss"] - math.log(corpus.vocab_size)) < 0.5
+    assert evaluate_lm(m, corpus.val, 8) == metrics  # deterministic
+
+
+# ----------------------------------------------------------------------------------- save / load / sample
+
+
+@pytest.mark.parametrize("strategy", ["mask", "one_layer", "rp"])
+def test_save_load_identical_logits(tmp_path, strategy):
+    vocab = "abcdefghijk"
+    m = pemn.convert_(_tiny_gpt(), pemn.PEMNConfig(strategy=strategy, seed=1))
+    x = torch.randint(0, 11, (2, 8))
+    m.eval()
+    with torch.no_grad():
+        ref = m(x)
+    path = pemn.save(m, tmp_path / "m.pemn", app=lm_app("gpt-16-2", vocab, 8))
+    torch.manual_seed(123)  # a different global seed before loading
+    loaded, app = build_lm(path)
+    assert app == read_app(path) == {"kind": "char-lm", "model": "gpt-16-2", "vocab": vocab, "block_size": 8}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), ref)
+
+
+def test_artifact_without_lm_metadata_is_a_clear_error(tmp_path):
+    m = pemn.convert_(_tiny_gpt(), pemn.PEMNConfig())
+    path = pemn.save(m, tmp_path / "m.pemn")
+    with pytest.raises(pemn.FormatError, match="no language model"):
+        read_app(path)
+
+
+def test_sampling_is_deterministic_under_a_seed():
+    vocab = "abcdefghijk"
+    m = _tiny_gpt()
+    app = lm_app("gpt-16-2", vocab, 8)
+    a = sample_text(m, app, "abc", 40, temperature=0.8, top_k=5, seed=7)
+    state = torch.get_rng_state()
+    b = sample_text(m, app, "abc", 40, temperature=0.8, top_k=5, seed=7)
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is untouched
+    c = sample_text(m, app, "abc", 40, temperature=0.8, top_k=5, seed=8)
+    assert a == b and a != c
+    assert len(a) == 43 and a.startswith("abc") and set(a) <= set(vocab)
+    # longer than the context: the context is cropped, not an error
+    assert len(sample_text(m, app, "abcdefghijk", 3, seed=0)) == 14
+
+
+def test_top_k_one_and_temperature_zero_are_greedy():
+    m = _tiny_gpt()
+    p = torch.tensor([1, 2, 3])
+    greedy = generate(m, p, 20, block_size=8, temperature=0)
+    assert torch.equal(generate(m, p, 20, block_size=8, top_k=1, seed=5), greedy)
+    assert torch.equal(generate(m, p, 20, block_size=8, top_k=1, seed=6), greedy)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"tokens": -1}, "tokens"),
+    ({"temperature": -1.0}, "temperature"),
+    ({"temperature": float("nan")}, "temperature"),
+    ({"top_k": 0}, "top_k"),
+])
+def test_bad_sampling_settings(kwargs, message):
+    args = {"tokens": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        generate(_tiny_gpt(), torch.tensor([1]), args.pop("tokens"), block_size=8, **args)
+
+
+def test_unknown_prompt_character_is_a_clear_error():
+    with pytest.raises(VocabularyError, match="'z'"):
+        sample_text(_tiny_gpt(), lm_app("gpt-16-2", "abcdefghijk", 8), "abz", 5)
