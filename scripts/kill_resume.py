@@ -24,7 +24,7 @@ kill is sent at once. A kill "landed in a write" when the writer's temporary fil
 still there after the process died: it was killed between creating it and renaming it into place.
 
 After every kill every file in the folder except those temporary files must parse (the checkpoint with
-``pemn.training.engine.read_checkpoint``, ``model.pemn`` with ``pemn.artifact.read``, the JSON files); after a
+``pemn.training.checkpoint.read_checkpoint``, ``model.pemn`` with ``pemn.artifact.read``, the JSON files); after a
 resume that completes, no temporary file may be left. At the end of each cycle, compared with the
 reference: every tensor of the final checkpoint (``torch.equal``), the model.pemn content (parsed: its
 metadata and every tensor; safetensors writes the metadata in hash order, so bytes may differ), the
@@ -146,7 +146,7 @@ def temp_files(directory: Path) -> list[str]:
 def check_files(directory: Path) -> list[str]:
     """The files of ``directory`` (temporary files excepted) that do not parse, each with why."""
     import pemn.artifact
-    from pemn.training.engine import read_checkpoint
+    from pemn.training.checkpoint import read_checkpoint
 
     bad = []
     for name in sorted(os.listdir(directory)):
@@ -187,7 +187,7 @@ def compare_runs(ref: Path, run: Path) -> list[str]:
     import torch
 
     import pemn.artifact
-    from pemn.training.engine import read_checkpoint
+    from pemn.training.checkpoint import read_checkpoint
 
     diffs = []
     names_ref = sorted(n for n in os.listdir(ref) if not TEMP.match(n))
@@ -301,7 +301,7 @@ def writes_per_run(epochs_left: int) -> int:
 
 def epochs_done(out: Path) -> int:
     try:
-        from pemn.training.engine import read_checkpoint
+        from pemn.training.checkpoint import read_checkpoint
 
         return int(read_checkpoint(out / "checkpoint.safetensors")[1]["state"]["epoch"])
     except Exception:  # no checkpoint yet

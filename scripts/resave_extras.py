@@ -15,7 +15,7 @@ from pathlib import Path
 import pemn
 from pemn.training.augment import build_eval_transform
 from pemn.training.data import dataset_info, load_dataset
-from pemn.training.engine import evaluate
+from pemn.training.evaluation import evaluate
 from pemn.training.models import create_model
 
 

@@ -206,7 +206,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: list[str],
 
 
 def test_unknown_recipe_lists_the_valid_ones() -> None:
-    from pemn.training.engine import RECIPES
+    from pemn.training.config import RECIPES
 
     code, _, err = run(["train", "--recipe", "no-such-recipe"])
     assert code == 2 and err.startswith("pemn: error: ")
@@ -249,7 +249,7 @@ def test_argparse_errors_return_2(capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_flags_come_from_the_dataclass(capsys: pytest.CaptureFixture[str]) -> None:
     import dataclasses
 
-    from pemn.training.engine import TrainConfig
+    from pemn.training.config import TrainConfig
 
     assert main(["train", "--help"]) == 0
     text = capsys.readouterr().out

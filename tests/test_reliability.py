@@ -40,7 +40,9 @@ import pemn
 from pemn import artifact, fileio
 from pemn.errors import DatasetError
 from pemn.training import data
-from pemn.training.engine import TrainingInterrupted, read_checkpoint, resolve_config, train
+from pemn.training.checkpoint import read_checkpoint
+from pemn.training.config import resolve_config
+from pemn.training.engine import TrainingInterrupted, train
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

@@ -24,20 +24,11 @@ from safetensors.torch import load_file
 
 import pemn
 from pemn.training.augment import build_eval_transform
+from pemn.training.checkpoint import read_checkpoint
+from pemn.training.config import PEMN_FIELDS, RECIPE_FIELDS, RECIPES, TrainConfig, resolve_config
 from pemn.training.data import dataset_info, load_dataset
-from pemn.training.engine import (
-    PEMN_FIELDS,
-    RECIPE_FIELDS,
-    RECIPES,
-    NonFiniteLossError,
-    TrainConfig,
-    TrainingInterrupted,
-    evaluate,
-    read_checkpoint,
-    resolve_config,
-    schedule_lr,
-    train,
-)
+from pemn.training.engine import NonFiniteLossError, TrainingInterrupted, schedule_lr, train
+from pemn.training.evaluation import evaluate
 from pemn.training.models import create_model
 from pemn.training.prune import load_sparse
 
@@ -307,7 +298,7 @@ def test_prune_run(tmp_path, method):
 
 def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    monkeypatch.setattr("pemn.training.engine.PLAIN_PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr("pemn.training.progress.PLAIN_PROGRESS_EVERY", 0.0)
     result = train(quick(tmp_path, progress=True, epochs=1), log=quiet)
     assert result.epochs_run == 1
     monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm: plain progress lines
@@ -452,7 +443,8 @@ def test_signal_in_process_saves_and_restores_handlers(tmp_path):
 
 SIGTERM_CHILD = """
 import sys
-from pemn.training.engine import TrainingInterrupted, resolve_config, train
+from pemn.training.config import resolve_config
+from pemn.training.engine import TrainingInterrupted, train
 cfg = resolve_config({"model": "tiny-cnn", "dataset": "digits", "strategy": "mask", "epochs": 500,
                       "batch_size": 32, "device": "cpu", "progress": True, "out": sys.argv[1]})
 try:
@@ -497,7 +489,8 @@ import hashlib, json, os, sys
 import torch
 import torch.distributed as dist
 import pemn
-from pemn.training.engine import resolve_config, train
+from pemn.training.config import resolve_config
+from pemn.training.engine import train
 
 own_group = sys.argv[3] == "caller"  # else train() initialises (and destroys) the process group itself
 if own_group:

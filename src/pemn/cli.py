@@ -50,14 +50,15 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _train_module() -> Any:
-    """``pemn.training.engine`` (imported on demand, so the other commands work without it)."""
+def _training(module: str) -> Any:
+    """``pemn.training.<module>`` (imported on demand, so the other commands work without it)."""
+    import importlib
+
     try:
-        import pemn.training.engine as train_module
+        return importlib.import_module(f"pemn.training.{module}")
     except ImportError as e:
         raise UsageError(f"the training stack is not available ({e}); the train, eval and sweep commands need "
                          "pemn[cli]") from e
-    return train_module
 
 
 def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
@@ -156,7 +157,7 @@ def _check_model_name(name: str) -> None:
 
 
 def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str | None) -> Any:
-    tm = _train_module()
+    tm = _training("config")
     if config_file is not None and not Path(config_file).is_file():
         raise UsageError(f"no config file at {config_file!r}")
     try:
@@ -230,7 +231,7 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (except ``recipe``, which is ``--recipe``), defaults suppressed."""
     try:
-        tm = _train_module()
+        tm = _training("config")
     except UsageError as e:
         parser.description = (parser.description or "") + f" [unavailable: {e}]"
         return
@@ -254,23 +255,22 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    tm = _train_module()
+    tm = _training("config")
     names = {f.name for f in dataclasses.fields(tm.TrainConfig)} - {"recipe"}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _recipe_names() -> str:
     try:
-        return ", ".join(_train_module().RECIPES)
+        return ", ".join(_training("config").RECIPES)
     except UsageError:
         return "?"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    tm = _train_module()
     overrides = _train_overrides(args)
     cfg = _resolve(overrides, recipe=args.recipe, config_file=args.config)
-    result = tm.train(cfg)
+    result = _training("engine").train(cfg)
     if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
         _report_train(cfg, result)
     return 0
@@ -440,14 +440,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _fill_from_run_config(args)
     if args.dataset is None:
         raise UsageError("give --dataset NAME (no config.json next to the artifact to take it from)")
-    tm = _train_module()
+    evaluation = _training("evaluation")
     device = _device(args.device)
     shape, info = _shape_args(args)
     model, kind = _load_model(Path(args.artifact), args.model, shape)
     images, labels = load_dataset(args.dataset, args.data_dir, split="test", download=args.download)
     model.to(device)
-    acc = tm.evaluate(model, images, labels, transform=build_eval_transform(info), batch_size=args.batch_size,
-                      device=device)
+    acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
+                              batch_size=args.batch_size, device=device)
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "kind": kind, "model": args.model,
                          "dataset": info.name, "split": "test", "examples": int(labels.numel()),
@@ -603,7 +603,7 @@ def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any,
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    tm = _train_module()
+    tm = _training("config")
     fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
     hints = _field_hints(tm.TrainConfig)
     out: dict[str, Any] = {}

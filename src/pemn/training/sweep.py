@@ -329,7 +329,7 @@ def resolve_points(points: Sequence[SweepPoint], base_overrides: Mapping[str, An
                    *, recipe: str | None = None, config_file: str | os.PathLike[str] | None = None) -> list[Any]:
     """Resolve every point's TrainConfig up front (ValueError for the first contradictory one), so a bad
     grid fails before any training starts."""
-    from pemn.training.engine import resolve_config
+    from pemn.training.config import resolve_config
 
     configs = []
     for p in points:

@@ -1,0 +1,137 @@
+"""Training checkpoints: one safetensors file (``checkpoint.safetensors``) holding the model's state, the
+optimizer state flattened to tensors, the RNG states and, as JSON metadata, the run's config and
+bookkeeping. Written atomically; read without ever unpickling."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as st_save
+from torch import nn
+
+import pemn
+from pemn.errors import FormatError
+from pemn.fileio import atomic_write_bytes
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "cpu_copy", "load_checkpoint",
+           "read_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "pemn-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def cpu_copy(t: torch.Tensor) -> torch.Tensor:
+    """A detached, contiguous CPU copy of ``t``."""
+    return t.detach().to("cpu", copy=True).contiguous()
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``optimizer.state_dict()`` as tensors ``optim/<param index>/<key>`` plus a JSON-ready rest."""
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, state in sd["state"].items():
+        scalars[str(index)] = {}
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{index}/{key}"] = cpu_copy(value)
+            else:
+                json.dumps(value)  # TypeError for anything that is not plain JSON
+                scalars[str(index)][key] = value
+    return tensors, {"param_groups": sd["param_groups"], "state": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                         optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in meta["state"].items()}
+    for name, t in tensors.items():
+        if name.startswith("optim/"):
+            _, index, key = name.split("/", 2)
+            state.setdefault(int(index), {})[key] = t
+    fresh = optimizer.state_dict()["param_groups"]
+    if len(fresh) != len(meta["param_groups"]):
+        raise ValueError("the checkpoint's optimizer has a different number of parameter groups")
+    groups = []
+    for saved, now in zip(meta["param_groups"], fresh, strict=True):
+        g = dict(saved)
+        for k, v in now.items():  # JSON turned tuples (Adam's betas) into lists
+            if isinstance(v, tuple) and isinstance(g.get(k), list):
+                g[k] = tuple(g[k])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Parse a training checkpoint: ``(tensors, {"config": dict, "state": dict, ...})``. Never unpickles."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    except (SafetensorError, OSError) as e:
+        raise FormatError(f"{str(path)!r} is not a readable safetensors checkpoint ({e}); pemn never unpickles "
+                         "(torch.save checkpoints are not supported)") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise FormatError(f"{str(path)!r} is not a pemn training checkpoint (format {metadata.get('format')!r})")
+    if metadata.get("format_version") != str(CHECKPOINT_VERSION):
+        raise FormatError(f"{str(path)!r}: unsupported checkpoint version {metadata.get('format_version')!r}")
+    meta = {k: v for k, v in metadata.items() if k not in ("config", "state")}
+    try:
+        meta["config"] = json.loads(metadata["config"])
+        meta["state"] = json.loads(metadata["state"])
+    except (KeyError, ValueError, RecursionError) as e:
+        raise FormatError(f"{str(path)!r} is a corrupt pemn training checkpoint (bad or missing {e}); "
+                         "start the run again without --resume") from None
+    return tensors, meta
+
+
+
+def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, device: torch.device, config: dict[str, Any],
+                    state: dict[str, Any]) -> Path:
+    """Write ``path`` atomically: ``model``'s state_dict, the optimizer, the RNG states (CPU, and CUDA on
+    ``device``), the scaler and the JSON-ready ``config`` and ``state`` (the caller's bookkeeping)."""
+    tensors = {f"model/{k}": cpu_copy(v) for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+    tensors.update(opt_tensors)
+    tensors["rng/cpu"] = torch.get_rng_state()
+    if device.type == "cuda":
+        tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
+    state = {**state, "optimizer": opt_meta, "scaler": scaler.state_dict() if scaler is not None else None}
+    metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION),
+                "pemn_version": pemn.__version__, "torch_version": torch.__version__,
+                "config": json.dumps(config), "state": json.dumps(state)}
+    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+    return path
+
+
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler | None, device: torch.device, config: dict[str, Any],
+                    free_fields: tuple[str, ...]) -> dict[str, Any]:
+    """Restore ``path`` into ``model``, ``optimizer``, the RNGs and ``scaler``; returns the saved state.
+
+    ValueError if the saved config differs from ``config`` in a field outside ``free_fields``.
+    """
+    tensors, meta = read_checkpoint(path)
+    saved = meta["config"]
+    differ = sorted(k for k in config if k not in free_fields and saved.get(k) != config[k])
+    if differ:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in differ)
+        raise ValueError(f"cannot resume {str(path)!r} with different settings ({detail}); resume with the "
+                         "settings of the interrupted run (its config.json)")
+    state = meta["state"]
+    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"], optimizer))
+    torch.set_rng_state(tensors["rng/cpu"])
+    if "rng/cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    return state

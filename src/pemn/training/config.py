@@ -1,0 +1,328 @@
+"""What a training run is: :class:`TrainConfig`, the named :data:`RECIPES` and :func:`resolve_config`.
+
+Settings resolve as dataclass defaults < named recipe < JSON file < explicit values. Every field is a plain
+JSON value; :meth:`TrainConfig.validate` coerces and checks them all and raises ValueError naming the problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin, get_type_hints
+
+import torch
+
+from pemn.artifact import CODINGS, PROTOTYPE_STORAGE
+from pemn.config import FILLS, INITS, SCOPES, STRATEGIES, PEMNConfig
+from pemn.errors import DatasetError
+from pemn.training.augment import list_recipes
+from pemn.training.data import dataset_info
+from pemn.training.models import get_model_spec
+from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
+
+__all__ = [
+    "DEFAULT_COMPRESSION",
+    "OPTIMIZERS",
+    "PEMN_FIELDS",
+    "RECIPES",
+    "RECIPE_FIELDS",
+    "RESUME_FREE_FIELDS",
+    "SCHEDULES",
+    "TRAIN_STRATEGIES",
+    "TrainConfig",
+    "resolve_config",
+]
+
+TRAIN_STRATEGIES = ("dense", *STRATEGIES)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("paper", "cosine", "constant")
+DEFAULT_COMPRESSION = 0.96
+#: Fields a named recipe sets.
+RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "augment",
+                 "amp", "clip_norm", "label_smoothing")
+#: Fields that only mean something for the PEMN strategies (checked against strategy "dense").
+PEMN_FIELDS = ("ratio", "keep", "fill", "init", "rescale", "scope", "targets", "exclude", "extras_dtype")
+#: Fields that may differ between an interrupted run and its resumption.
+RESUME_FREE_FIELDS = ("resume", "progress", "device", "data_dir", "download", "out", "eval_batch_size")
+#: Seconds between plain progress lines inside an epoch (when there is no tqdm bar).
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; every field is a plain JSON value with a default.
+
+    Build it with :func:`resolve_config` to get recipe defaults; constructing it directly validates too.
+    """
+
+    # what
+    model: str = _f("mlp", "model name from the registry (pemn models), e.g. mlp, lenet5, resnet20, convmixer-256-8")
+    dataset: str = _f("digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or imagefolder")
+    data_dir: str | None = _f(None, "folder with the dataset files (default: $PEMN_DATA_DIR or ./data)")
+    download: bool = _f(False, "download missing official dataset files into data_dir")
+    train_subset: int | None = _f(None, "train on the first N training images only (quick runs)")
+    # method
+    strategy: str = _f("rp", "dense, or a PEMN strategy: mask, one_layer, mp, rp")
+    ratio: float | None = _f(None, "rp only: prototype length as a fraction of the largest layer (default 1e-3)")
+    keep: float = _f(0.5, "fraction of each masked layer's weights that its mask keeps")
+    fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
+    init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
+    rescale: bool = _f(False, "scale each layer's prototype slice to its own fan-in")
+    scope: str = _f("layer", "mask top-k per layer (the paper) or global (one threshold over all masked layers)")
+    targets: list[str] | None = field(
+        default=None, metadata={"help": "layer types or name regexes to mask (default: every Conv/Linear/MHA)"})
+    exclude: list[str] | None = field(default=None, metadata={"help": "layer types or name regexes to leave dense"})
+    prune: str | None = _f(None, "prune the dense model at init: random or magnitude (needs strategy dense)")
+    compression: float | None = _f(None, "fraction of Conv/Linear weights pruned (default 0.96; needs prune)")
+    prune_scope: str = _f("layer", "pruning scope: layer (same fraction per layer) or global (needs prune)")
+    # recipe
+    recipe: str = _f("adamw", "named recipe for the training fields you leave unset: adamw, convmixer, "
+                              "resnet-sgd, mnist")
+    epochs: int = _f(10, "number of training epochs")
+    batch_size: int = _f(128, "global batch size (split across ranks under torchrun)")
+    optimizer: str = _f("adamw", "adamw or sgd (momentum, no nesterov)")
+    lr: float = _f(0.01, "peak learning rate")
+    weight_decay: float = _f(0.0, "weight decay (applies to the scores too, as in the paper)")
+    momentum: float = _f(0.9, "SGD momentum")
+    schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E), cosine, constant")
+    augment: str = _f("none", "training augmentation: none, flip-crop or convmixer")
+    amp: bool | None = _f(None, "mixed precision (CUDA only; default: on for CUDA)")
+    clip_norm: float | None = _f(None, "clip the gradient norm to this value (default: off)")
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
+    # output
+    coding: str = _f("packed", "mask coding in model.pemn: packed (1 bit/weight) or entropy")
+    prototype: str = _f("values", "prototype storage in model.pemn: values or seed")
+    extras_dtype: str | None = _f(None, "store norm/bias extras in model.pemn as float16 or bfloat16 "
+                                  "(default: as trained)")
+    out: str | None = _f(None, "output folder (default: runs/<timestamp>-<model>-<dataset>-<strategy>)")
+    resume: bool = _f(False, "continue from <out>/checkpoint.safetensors (same settings)")
+    seed: int = _f(0, "seed of the model init, prototype, scores, data order and augmentation")
+    device: str = _f("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    progress: bool = _f(True, "show a progress bar (tqdm on a terminal) and progress lines")
+    eval_batch_size: int = _f(256, "batch size for test evaluation (CPU caches favour a few hundred)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check (and normalise: int -> float, tuple -> list) every field; ValueError naming the problem."""
+        hints = _type_hints()
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+        _choice("strategy", self.strategy, TRAIN_STRATEGIES)
+        _choice("recipe", self.recipe, tuple(RECIPES))
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("augment", self.augment, tuple(list_recipes()))
+        _choice("coding", self.coding, CODINGS)
+        _choice("prototype", self.prototype, PROTOTYPE_STORAGE)
+        _choice("fill", self.fill, FILLS)
+        _choice("init", self.init, INITS)
+        _choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
+        _choice("scope", self.scope, SCOPES)
+        if self.extras_dtype is not None:
+            _choice("extras_dtype", self.extras_dtype, ("float32", "float16", "bfloat16"))
+        if self.prune is not None:
+            _choice("prune", self.prune, PRUNE_METHODS)
+        get_model_spec(self.model)  # ModelError (a ValueError) listing the valid names
+        try:
+            dataset_info(self.dataset, self.data_dir)
+        except DatasetError as e:
+            if str(e).startswith("unknown dataset"):
+                raise
+        # contradictions
+        if self.ratio is not None and self.strategy != "rp":
+            raise ValueError(f"ratio applies only to strategy 'rp' (got strategy {self.strategy!r}); leave it unset")
+        if self.prune is not None and self.strategy != "dense":
+            raise ValueError(f"prune is a baseline for dense models: it needs strategy 'dense', got {self.strategy!r}")
+        if self.compression is not None and self.prune is None:
+            raise ValueError("compression is the pruned fraction: it needs prune ('random' or 'magnitude')")
+        if self.prune_scope != "layer" and self.prune is None:
+            raise ValueError("prune_scope needs prune ('random' or 'magnitude')")
+        if self.strategy == "dense":
+            defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+            set_ = [n for n in PEMN_FIELDS if getattr(self, n) != defaults[n]]
+            if set_:
+                raise ValueError(f"strategy 'dense' trains the model's own weights; the PEMN option(s) {set_} do not "
+                                 f"apply (choose a PEMN strategy: {', '.join(STRATEGIES)})")
+        else:
+            self.pemn_config()  # PEMNConfig's own checks (keep range, fill 'rand' strategies, target regexes)
+        # ranges
+        _positive("epochs", self.epochs)
+        _positive("batch_size", self.batch_size)
+        _positive("eval_batch_size", self.eval_batch_size)
+        if self.train_subset is not None:
+            _positive("train_subset", self.train_subset)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"clip_norm must be > 0 (or unset), got {self.clip_norm!r}")
+        if self.compression is not None and not 0 < self.compression < 1:
+            raise ValueError(f"compression must be in (0, 1), got {self.compression!r}")
+        if not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be in [0, 2**63), got {self.seed!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        if self.resume and not self.out:
+            raise ValueError("resume needs out: the folder holding checkpoint.safetensors")
+
+    def pemn_config(self) -> PEMNConfig:
+        """The :class:`~pemn.PEMNConfig` of a PEMN strategy (ValueError for strategy 'dense')."""
+        if self.strategy == "dense":
+            raise ValueError("strategy 'dense' has no PEMN config")
+        return PEMNConfig(strategy=self.strategy, ratio=self.ratio, fill=self.fill, keep=self.keep, seed=self.seed,
+                          init=self.init, rescale=self.rescale, scope=self.scope, targets=self.targets,
+                          exclude=tuple(self.exclude or ()))
+
+    @property
+    def effective_compression(self) -> float | None:
+        """The pruned fraction used (``compression`` or 0.96), or None without pruning."""
+        if self.prune is None:
+            return None
+        return DEFAULT_COMPRESSION if self.compression is None else self.compression
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field."""
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), list) else v)
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from a dict of fields (``-`` in keys is read as ``_``); unknown keys are a ValueError."""
+        return cls(**_normalise_keys(data, "TrainConfig.from_dict"))
+
+
+def _field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+_HINTS: dict[str, Any] = {}
+
+
+def _type_hints() -> dict[str, Any]:
+    if not _HINTS:
+        _HINTS.update(get_type_hints(TrainConfig))
+    return _HINTS
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    origin = get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return list(value)
+    else:  # pragma: no cover - every field has one of the types above
+        raise TypeError(f"unsupported field type {hint!r}")
+    want = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{name} must be {want}{' or null' if value is None else ''}, got {value!r}")
+
+
+def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value!r}")
+
+
+def _normalise_keys(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a dict of settings, got {type(data).__name__}")
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(out) - set(_field_names()))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; valid: {', '.join(_field_names())}")
+    return out
+
+
+_COMMON = {"amp": None, "clip_norm": None, "label_smoothing": 0.0}
+#: Named recipes: each sets every field of :data:`RECIPE_FIELDS`.
+RECIPES: dict[str, dict[str, Any]] = {
+    # The quick default (the dataclass defaults equal it): fine for digits-sized runs.
+    "adamw": {"epochs": 10, "batch_size": 128, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0,
+              "momentum": 0.9, "schedule": "paper", "augment": "none", **_COMMON},
+    # The official PEMN ConvMixer command (README): AdamW, lr-max 0.05, wd 0.005, batch 512, 100 epochs,
+    # RandAugment(2, 12) + jitter 0.2 + erasing 0.2, mixed precision on CUDA, no clipping.
+    "convmixer": {"epochs": 100, "batch_size": 512, "optimizer": "adamw", "lr": 0.05, "weight_decay": 0.005,
+                  "momentum": 0.9, "schedule": "paper", "augment": "convmixer", **_COMMON},
+    # The usual CIFAR ResNet recipe (the supplement's momentum 0.9 / wd 5e-4 / 200 epochs).
+    "resnet-sgd": {"epochs": 200, "batch_size": 128, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+                   "momentum": 0.9, "schedule": "cosine", "augment": "flip-crop", **_COMMON},
+    # MNIST in under a minute on 2 CPU cores: lenet5 (or mlp) with RP 1e-3 *and rescale=True* reaches 98.8 %
+    # (97.2 %) test accuracy. Without rescale these BatchNorm-free nets plateau near 95-96 %: every layer then
+    # draws the largest layer's N(0, 2/fan_in) values, so the logits stay too small for a confident softmax.
+    "mnist": {"epochs": 8, "batch_size": 128, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0,
+              "momentum": 0.9, "schedule": "paper", "augment": "none", **_COMMON},
+}
+
+
+def resolve_config(overrides: dict[str, Any] | None = None, *, recipe: str | None = None,
+                   config_file: str | os.PathLike[str] | None = None) -> TrainConfig:
+    """The :class:`TrainConfig` for a run: dataclass defaults < recipe < JSON ``config_file`` < ``overrides``.
+
+    The recipe is ``overrides["recipe"]`` or ``recipe`` (they must agree), else the file's, else ``"adamw"``;
+    it fills the training fields (:data:`RECIPE_FIELDS`) that neither the file nor ``overrides`` set.
+    Unknown keys or names and contradictory settings raise ValueError naming the valid choices.
+    """
+    explicit = _normalise_keys(dict(overrides or {}), "overrides")
+    from_file: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            text = Path(config_file).read_text()
+        except OSError as e:
+            raise ValueError(f"cannot read config file {str(config_file)!r}: {e.strerror or e}") from None
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config file {str(config_file)!r} is not valid JSON: {e}") from None
+        from_file = _normalise_keys(loaded, f"config file {str(config_file)!r}")
+    name = explicit.get("recipe")
+    if recipe is not None:
+        if name is not None and name != recipe:
+            raise ValueError(f"two recipes given: {recipe!r} and {name!r}")
+        name = recipe
+    if name is None:
+        name = from_file.get("recipe", TrainConfig.recipe)
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
+    return TrainConfig(**{**RECIPES[name], **from_file, **explicit, "recipe": name})
+
+

@@ -1,0 +1,104 @@
+"""The process-group view of a run: world size and rank under ``torchrun``, collectives that are no-ops
+when not distributed, and the one device resolver (``auto``/``cpu``/``cuda``/``cuda:N``) of training and the CLI."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["Dist", "parse_device", "resolve_device"]
+
+
+def parse_device(spec: str) -> torch.device | None:
+    """``None`` for ``"auto"``, else the ``torch.device``; ValueError naming the valid forms."""
+    if spec in ("auto", "", None):
+        return None
+    try:
+        return torch.device(spec)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {spec!r}") from None
+
+
+def resolve_device(spec: str, local_rank: int = 0, world: int = 1) -> torch.device:
+    """The device ``spec`` names (``auto``: CUDA when available, else the CPU); under ``torchrun`` a bare
+    ``cuda`` means this rank's GPU. ValueError for a malformed spec or CUDA that is not available."""
+    device = parse_device(spec)
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r} requested but CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
+    return device
+
+
+class Dist:
+    """The process group view of this run (world 1 when not distributed)."""
+
+    def __init__(self) -> None:
+        self.world, self.rank, self.local_rank, self.owns_group = 1, 0, 0, False
+        self.device = torch.device("cpu")
+
+    def setup(self, device_spec: str) -> torch.device:
+        if dist.is_available() and dist.is_initialized():
+            self.world, self.rank = dist.get_world_size(), dist.get_rank()
+            self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
+        else:
+            world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+            if world > 1:
+                self.world, self.rank = world, int(os.environ.get("RANK", "0"))
+                self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device_spec, self.local_rank, self.world)
+        if self.world > 1 and not dist.is_initialized():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
+            self.owns_group = True
+        elif self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        return self.device
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        if self.enabled:
+            dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.enabled:
+            self.all_reduce_(torch.zeros(1, device=self.device))
+
+    def broadcast_str(self, text: str) -> str:
+        if not self.enabled:
+            return text
+        data = torch.tensor(list(text.encode()), dtype=torch.uint8, device=self.device)
+        size = torch.tensor([data.numel()], dtype=torch.int64, device=self.device)
+        dist.broadcast(size, 0)
+        if not self.main:
+            data = torch.empty(int(size), dtype=torch.uint8, device=self.device)
+        dist.broadcast(data, 0)
+        return bytes(data.cpu().tolist()).decode()
+
+    def all_equal(self, digest: bytes) -> bool:
+        if not self.enabled:
+            return True
+        mine = torch.tensor(list(digest), dtype=torch.uint8, device=self.device)
+        gathered = [torch.empty_like(mine) for _ in range(self.world)]
+        dist.all_gather(gathered, mine)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
+

@@ -1,0 +1,60 @@
+"""Top-1 accuracy of a model on in-memory tensors (used by training, ``pemn eval`` and the scripts)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pemn.training.augment import BatchTransform
+
+__all__ = ["autocast", "count_correct", "evaluate"]
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """float16 autocast on CUDA when ``amp``; a no-op context otherwise."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def count_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                  transform: BatchTransform | Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int,
+                  device: torch.device, amp: bool = False) -> tuple[int, int]:
+    """``(correct, total)`` top-1 counts in ``eval()`` mode under ``no_grad`` (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    try:
+        with torch.no_grad():
+            for i in range(0, images.shape[0], batch_size):
+                xb = images[i:i + batch_size].to(device, non_blocking=True)
+                yb = labels[i:i + batch_size].to(device, non_blocking=True)
+                x = transform(xb) if transform is not None else xb
+                with autocast(device, amp):
+                    out = model(x)
+                correct += (out.argmax(1) == yb).sum()
+    finally:
+        model.train(was_training)
+    return int(correct), int(images.shape[0])
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+             transform: BatchTransform | Callable[[torch.Tensor], torch.Tensor] | None = None,
+             batch_size: int = 1000, device: str | torch.device | None = None, amp: bool = False) -> float:
+    """Top-1 accuracy (%) of ``model`` on ``images``/``labels``, in ``eval()`` mode under ``no_grad``.
+
+    ``transform`` maps a raw batch (e.g. uint8) to the model's input
+    (:func:`pemn.training.augment.build_eval_transform`);
+    ``device`` defaults to the model's. The model's train/eval mode is restored afterwards.
+    """
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        device = p.device if p is not None else torch.device("cpu")
+    correct, total = count_correct(model, images, labels, transform=transform, batch_size=batch_size,
+                                   device=torch.device(device), amp=amp)
+    return 100.0 * correct / total if total else 0.0
+

@@ -1,0 +1,216 @@
+"""What a training run writes besides its checkpoint: the output folder, ``config.json``, ``metrics.jsonl``,
+``result.json`` (:class:`TrainResult`) and the trained model in the file of its kind (:data:`KINDS`).
+
+Every file is written atomically (:func:`pemn.fileio.atomic_write_bytes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as st_save
+from torch import nn
+
+from pemn.artifact import load as pemn_load
+from pemn.artifact import save as pemn_save
+from pemn.convert import masked_weights, unwrap
+from pemn.fileio import atomic_write_bytes, remove_stale_temp_files
+from pemn.summary import summary as pemn_summary
+from pemn.training.checkpoint import CHECKPOINT_NAME, cpu_copy
+from pemn.training.config import TrainConfig
+from pemn.training.dist import Dist
+from pemn.training.prune import load_sparse, pruning_masks, save_sparse
+
+__all__ = ["KINDS", "ArtifactKind", "TrainResult", "kind_of", "prepare_out_dir", "state_digest", "write_json",
+           "write_metrics"]
+
+CONFIG_NAME = "config.json"
+METRICS_NAME = "metrics.jsonl"
+RESULT_NAME = "result.json"
+METRIC_NOTE = ("best_acc is the highest per-epoch test accuracy (the paper's reported metric; it selects on the "
+               "test set); final_acc is the last epoch's test accuracy, the accuracy of the saved model")
+
+
+# ----------------------------------------------------------------------------------------- model files
+
+
+def _save_pemn(module: nn.Module, path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    pemn_save(module, path, coding=cfg.coding, prototype=cfg.prototype, extras_dtype=cfg.extras_dtype)
+    return pemn_summary(path, verbose=False).to_dict()
+
+
+def _dense_summary(module: nn.Module, path: Path, **extra: Any) -> dict[str, Any]:
+    """A plain (dense or pruned) file's summary: its honest ratio is dense float32 bytes / file bytes."""
+    dense_bytes = 4 * sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
+    file_bytes = path.stat().st_size
+    return {"strategy": "dense", "parameters": sum(p.numel() for p in module.parameters()),
+            "dense_bytes": dense_bytes, **extra, "file_bytes": file_bytes, "honest_ratio": dense_bytes / file_bytes}
+
+
+def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    state = {k: (cpu_copy(v).float() if v.is_floating_point() else cpu_copy(v)) for k, v in module.state_dict().items()}
+    atomic_write_bytes(path, st_save(state, metadata={"format": "pt", "model": cfg.model}))
+    return _dense_summary(module, path)
+
+
+def _load_dense(path: Path, model: nn.Module) -> nn.Module:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(path)), strict=True)
+    return model
+
+
+def _save_pruned(module: nn.Module, path: Path, cfg: TrainConfig) -> dict[str, Any]:
+    masks = pruning_masks(module)
+    save_sparse(module, masks, path)
+    prunable = sum(m.numel() for m in masks.values())
+    kept = sum(int(m.sum()) for m in masks.values())
+    return _dense_summary(module, path, prune=cfg.prune, prune_scope=cfg.prune_scope,
+                          compression=cfg.effective_compression, prunable_weights=prunable, kept_weights=kept,
+                          paper_ratio=1.0 - kept / prunable)
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of trained-model file: its name, file name, the ``format`` its safetensors metadata records,
+    how training writes it (returning the summary) and how a fresh model loads it, and the
+    :class:`TrainResult` fields that hold its path and its size."""
+
+    name: str
+    filename: str
+    format: str
+    save: Callable[[nn.Module, Path, TrainConfig], dict[str, Any]]
+    load: Callable[[Path, nn.Module], nn.Module]
+    path_field: str
+    bytes_fields: tuple[str, ...]
+    description: str
+
+
+#: The trained-model files, by kind.
+KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
+    ArtifactKind("pemn", "model.pemn", "pemn", _save_pemn, pemn_load, "artifact", ("artifact_bytes",),
+                 "a pemn artifact (seed, prototype, 1-bit masks)"),
+    ArtifactKind("pruned", "model.sparse.safetensors", "pemn-sparse", _save_pruned, load_sparse,
+                 "weights", ("weights_bytes", "sparse_bytes"), "a pruned model (pemn-sparse)"),
+    ArtifactKind("dense", "model.safetensors", "pt", _save_dense, _load_dense, "weights", ("weights_bytes",),
+                 "a dense state_dict"),
+)}
+
+
+def kind_of(cfg: TrainConfig) -> ArtifactKind:
+    """The kind of file a run of ``cfg`` writes."""
+    if cfg.strategy != "dense":
+        return KINDS["pemn"]
+    return KINDS["dense" if cfg.prune is None else "pruned"]
+
+
+# ----------------------------------------------------------------------------------------- run folder
+
+
+def prepare_out_dir(cfg: TrainConfig, group: Dist) -> Path:
+    """The run's output folder (``cfg.out`` or a new ``runs/<timestamp>-...``), the same on every rank.
+
+    FileExistsError (on every rank) if it holds a run and ``cfg.resume`` is off; stale temporary files of a
+    killed write are removed.
+    """
+    if cfg.out:
+        out = Path(cfg.out)
+    else:
+        base = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.model}-{cfg.dataset}-{cfg.strategy}"
+        out, n = base, 1
+        while out.exists():
+            n += 1
+            out = base.with_name(f"{base.name}-{n}")
+    out = Path(group.broadcast_str(str(out)))
+    problem = ""
+    if group.main:  # rank 0 decides, so every rank raises (or none does)
+        existing = [p.name for p in (out / CHECKPOINT_NAME, out / RESULT_NAME) if p.exists()]
+        if existing and not cfg.resume:
+            problem = (f"{str(out)!r} already holds a run ({', '.join(existing)}); pass resume=True (--resume) "
+                       "to continue it, or choose another out folder")
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temp_files(out, [CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RESULT_NAME,
+                                          *(k.filename for k in KINDS.values())])
+    problem = group.broadcast_str(problem)
+    if problem:
+        raise FileExistsError(problem)
+    return out
+
+
+def write_json(path: Path, data: Any) -> None:
+    """``data`` as indented JSON, atomically."""
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+
+def write_metrics(out: Path, history: list[dict[str, Any]]) -> None:
+    """``out/metrics.jsonl``: one JSON line per epoch."""
+    atomic_write_bytes(out / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in history).encode())
+
+
+def state_digest(model: nn.Module) -> bytes:
+    """SHA-256 of the masks (PEMN) or of every state tensor (dense)."""
+    h = hashlib.sha256()
+    mws = masked_weights(model)
+    if mws:
+        for name in sorted(mws):
+            h.update(name.encode() + b"\0")
+            h.update(mws[name].current_mask().detach().cpu().numpy().tobytes())
+    else:
+        for name, t in sorted(unwrap(model).state_dict().items()):
+            h.update(name.encode() + b"\0")
+            h.update(cpu_copy(t).reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.digest()
+
+
+# ----------------------------------------------------------------------------------------- result
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced. Accuracies are top-1 % on the test split; epochs are 1-based.
+
+    ``best_acc``/``best_epoch``: the highest per-epoch test accuracy (the paper's metric).
+    ``final_acc``: the last epoch's, i.e. the saved model's (``artifact_acc`` re-measures it from the file).
+    ``artifact``: ``model.pemn`` (None for dense runs); ``weights``: ``model.safetensors`` (dense) or
+    ``model.sparse.safetensors`` (pruned); ``sparse_bytes``: the pruned file's honest size.
+    ``state_sha256``: a hash of the final masks (PEMN) or weights (dense), equal on every rank.
+    """
+
+    out_dir: Path
+    artifact: Path | None
+    artifact_bytes: int | None
+    best_acc: float
+    best_epoch: int
+    final_acc: float
+    epochs_run: int
+    seconds: float
+    summary: dict[str, Any]
+    weights: Path | None = None
+    weights_bytes: int | None = None
+    sparse_bytes: int | None = None
+    artifact_acc: float | None = None
+    world_size: int = 1
+    rank: int = 0
+    state_sha256: str = ""
+    model: nn.Module | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "model":
+                continue
+            v = getattr(self, f.name)
+            d[f.name] = str(v) if isinstance(v, Path) else v
+        d["note"] = METRIC_NOTE
+        return d
+
+

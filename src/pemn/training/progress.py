@@ -1,0 +1,60 @@
+"""Progress display inside an epoch: a tqdm bar on a terminal, else a plain line every minute."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+__all__ = ["PLAIN_PROGRESS_EVERY", "Progress", "fmt_time"]
+
+#: Seconds between plain progress lines inside an epoch (when there is no tqdm bar).
+PLAIN_PROGRESS_EVERY = 60.0
+
+
+def fmt_time(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``."""
+    seconds = round(max(seconds, 0.0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """A tqdm bar (on a terminal, when tqdm is installed) or a plain line every minute."""
+
+    def __init__(self, enabled: bool, total: int, desc: str, log: Callable[[str], None]) -> None:
+        self.bar = None
+        self.enabled = enabled
+        self.log = log
+        self.desc = desc
+        self.total = total
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
+
+    def update(self, images: int, loss: float) -> None:
+        self.done += images
+        if self.bar is not None:
+            self.bar.update(images)
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        elif self.enabled:
+            now = time.perf_counter()
+            if now - self.last >= PLAIN_PROGRESS_EVERY:
+                self.last = now
+                rate = self.done / max(now - self.start, 1e-9)
+                eta = (self.total - self.done) / max(rate, 1e-9)
+                self.log(f"  {self.desc}: {self.done:,}/{self.total:,} images  loss {loss:.4f}  "
+                         f"{rate:,.0f} img/s  epoch ETA {fmt_time(eta)}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
