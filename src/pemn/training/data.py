@@ -19,6 +19,13 @@ Supported datasets (see :func:`list_datasets`):
     The official "python version" pickles (``cifar-10-batches-py/``, ``cifar-100-python/``); ``data_dir``
     may be the parent folder or the folder itself. They are read with a restricted unpickler that
     only admits numpy array reconstruction and plain containers.
+``tiny-imagenet``
+    Tiny-ImageNet (200 classes, 64×64 RGB, 100,000 train / 10,000 val images) in its official
+    ``tiny-imagenet-200`` layout: ``wnids.txt``, ``train/<wnid>/images/*.JPEG`` and ``val/images/*.JPEG`` with
+    ``val/val_annotations.txt`` (``file<TAB>wnid<TAB>box...``); ``data_dir`` may be the parent folder or the
+    folder itself. Class ``i`` is the ``i``-th wnid in sorted order (torchvision ``ImageFolder``'s order of
+    ``train/``). The ``test`` split is the labelled ``val/`` set (the official test images have no labels), as
+    in the PEMN paper. Decoding all JPEGs takes a while (Pillow); the arrays are cached in-process.
 ``imagefolder``
     ``data_dir/train/<class>/*.png|jpg|jpeg`` and ``data_dir/test/`` (or ``data_dir/val/``); classes are
     the sorted sub folder names of ``train/``. Images are converted to RGB and resized to
@@ -29,7 +36,8 @@ Supported datasets (see :func:`list_datasets`):
 ``download=True`` fetches missing files from the official mirrors (or ``base_url``), checks their MD5
 against :data:`CHECKSUMS`, writes them atomically and extracts tar archives safely. Decoded arrays are
 cached in this process only (keyed by the files' path, size and mtime); nothing but downloads is ever
-written to disk. Every problem raises :class:`pemn.errors.DatasetError`.
+written to disk. Every problem raises :class:`pemn.errors.DatasetError`. Zip archives (Tiny-ImageNet) are
+extracted with the same refusals (absolute paths, ``..``, links).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -90,7 +99,7 @@ class DatasetInfo:
     url: str = ""
 
 
-_DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "imagefolder")
+_DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "imagefolder")
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",
@@ -98,6 +107,10 @@ _ALIASES = {
     "cifar_10": "cifar10",
     "cifar-100": "cifar100",
     "cifar_100": "cifar100",
+    "tinyimagenet": "tiny-imagenet",
+    "tiny_imagenet": "tiny-imagenet",
+    "tiny-imagenet-200": "tiny-imagenet",
+    "tiny": "tiny-imagenet",
     "image-folder": "imagefolder",
     "image_folder": "imagefolder",
 }
@@ -134,6 +147,7 @@ DOWNLOAD_URLS: dict[str, str] = {
     "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
     "cifar10": "https://www.cs.toronto.edu/~kriz/",
     "cifar100": "https://www.cs.toronto.edu/~kriz/",
+    "tiny-imagenet": "http://cs231n.stanford.edu/",
 }
 
 #: MD5 of every downloadable file (the values torchvision hard-codes), per dataset.
@@ -152,7 +166,10 @@ CHECKSUMS: dict[str, dict[str, str]] = {
     },
     "cifar10": {"cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a"},
     "cifar100": {"cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85"},
+    "tiny-imagenet": {"tiny-imagenet-200.zip": "90528d7ca1a48142e341f4ef8d21d0de"},
 }
+
+_TINY = {"folder": "tiny-imagenet-200", "zip": "tiny-imagenet-200.zip", "classes": 200, "size": 64}
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -198,8 +215,8 @@ _STATIC_INFO: dict[str, DatasetInfo] = {
         num_classes=10,
         in_channels=3,
         image_size=32,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        mean=(0.4914, 0.4822, 0.4465),  # the official PEMN (and ConvMixer) code's constants
+        std=(0.2471, 0.2435, 0.2616),
         files=tuple(f"cifar-10-batches-py/{f}" for f in (*_CIFAR["cifar10"]["train"], "test_batch")),
         description="CIFAR-10, 32x32 RGB, 10 classes, 50000 train / 10000 test (python version)",
         url=DOWNLOAD_URLS["cifar10"] + "cifar-10-python.tar.gz",
@@ -209,11 +226,24 @@ _STATIC_INFO: dict[str, DatasetInfo] = {
         num_classes=100,
         in_channels=3,
         image_size=32,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
+        mean=(0.5071, 0.4867, 0.4408),  # the official PEMN code's constants
+        std=(0.2675, 0.2565, 0.2761),
         files=("cifar-100-python/train", "cifar-100-python/test"),
         description="CIFAR-100, 32x32 RGB, 100 fine classes, 50000 train / 10000 test (python version)",
         url=DOWNLOAD_URLS["cifar100"] + "cifar-100-python.tar.gz",
+    ),
+    "tiny-imagenet": DatasetInfo(
+        name="tiny-imagenet",
+        num_classes=200,
+        in_channels=3,
+        image_size=64,
+        mean=_IMAGENET_MEAN,  # as the official PEMN code normalizes Tiny-ImageNet
+        std=_IMAGENET_STD,
+        files=("tiny-imagenet-200/wnids.txt", "tiny-imagenet-200/train/<wnid>/images/*.JPEG",
+               "tiny-imagenet-200/val/images/*.JPEG", "tiny-imagenet-200/val/val_annotations.txt"),
+        description="Tiny-ImageNet, 64x64 RGB, 200 classes, 100000 train / 10000 val (the test split; official "
+        "tiny-imagenet-200 layout)",
+        url=DOWNLOAD_URLS["tiny-imagenet"] + "tiny-imagenet-200.zip",
     ),
 }
 
@@ -298,6 +328,12 @@ def load_dataset(
         root = _resolve_root(data_dir)
         paths = _locate_cifar(key, root, split, download=download, base_url=base_url)
         images, labels = _cached((key, split, *_fingerprint(paths)), lambda: _load_cifar(key, paths))
+    elif key == "tiny-imagenet":
+        _check_native_size(_STATIC_INFO[key], image_size)
+        folder = _locate_tiny(_resolve_root(data_dir), download=download, base_url=base_url)
+        tiny_files = _tiny_files(folder, split)
+        images, labels = _cached(("tiny-imagenet", split, *_fingerprint([p for p, _ in tiny_files])),
+                                 lambda: _load_imagefolder(tiny_files, _TINY["size"]))
     else:  # imagefolder
         size = _imagefolder_size(image_size)
         if download:
@@ -691,6 +727,80 @@ def _load_cifar(name: str, paths: list[Path]) -> tuple[torch.Tensor, torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------------
+# Tiny-ImageNet (official tiny-imagenet-200 layout)
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_tiny_folder(folder: Path) -> bool:
+    return (folder / "wnids.txt").is_file() and (folder / "train").is_dir() and (folder / "val").is_dir()
+
+
+def _locate_tiny(root: Path, *, download: bool, base_url: str | None) -> Path:
+    folders = [root / _TINY["folder"], root]
+    for folder in folders:
+        if _is_tiny_folder(folder):
+            return folder
+    if download:
+        base = base_url if base_url is not None else DOWNLOAD_URLS["tiny-imagenet"]
+        zip_path = root / _TINY["zip"]
+        md5 = CHECKSUMS["tiny-imagenet"][_TINY["zip"]]
+        if not (zip_path.is_file() and _md5(zip_path) == md5):
+            _download(_join_url(base, _TINY["zip"]), zip_path, md5)
+        _safe_extract_zip(zip_path, root, _TINY["folder"])
+        if _is_tiny_folder(folders[0]):
+            return folders[0]
+        folders = folders[:1]
+    expected = ["wnids.txt", "train/<wnid>/images/*.JPEG", "val/images/*.JPEG", "val/val_annotations.txt"]
+    missing = [f for f in ("wnids.txt", "train", "val") if not (folders[0] / f).exists()]
+    raise _missing_error("tiny-imagenet", [f"{_TINY['folder']}/{f}" for f in expected], folders, missing)
+
+
+def _tiny_wnids(folder: Path) -> list[str]:
+    try:
+        lines = (folder / "wnids.txt").read_text(encoding="utf-8").split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{folder / 'wnids.txt'}: unreadable ({exc})") from exc
+    if not lines or len(set(lines)) != len(lines) or len(lines) > _TINY["classes"]:
+        raise DatasetError(f"{folder / 'wnids.txt'}: expected up to {_TINY['classes']} distinct class ids (wnids), "
+                           f"one a line; found {len(lines)} ({len(set(lines))} distinct)")
+    return sorted(lines)
+
+
+def _tiny_files(folder: Path, split: str) -> list[tuple[Path, int]]:
+    """``(image path, label)`` of a split: ``train/<wnid>/images/*`` or ``val/images/*`` as annotated."""
+    index = {w: i for i, w in enumerate(_tiny_wnids(folder))}
+    files: list[tuple[Path, int]] = []
+    if split == "train":
+        for wnid, label in index.items():
+            images = folder / "train" / wnid / "images"
+            if not images.is_dir():
+                raise DatasetError(f"tiny-imagenet: {images} not found (wnids.txt lists {wnid}); the layout is "
+                                   "train/<wnid>/images/*.JPEG")
+            files += [(f, label) for f in sorted(images.iterdir())
+                      if f.is_file() and f.suffix.lower() in _IMAGE_EXTENSIONS]
+    else:
+        annotations = folder / "val" / "val_annotations.txt"
+        try:
+            rows = annotations.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DatasetError(f"tiny-imagenet: cannot read {annotations} ({exc})") from exc
+        for number, row in enumerate(rows, 1):
+            if not row.strip():
+                continue
+            fields = row.split("\t") if "\t" in row else row.split()
+            if len(fields) < 2 or fields[1] not in index or Path(fields[0]).name != fields[0]:
+                raise DatasetError(f"{annotations}:{number}: expected 'file<TAB>wnid<TAB>...' with a wnid of "
+                                   f"wnids.txt, got {row[:120]!r}")
+            path = folder / "val" / "images" / fields[0]
+            if not path.is_file():
+                raise DatasetError(f"{annotations}:{number}: {path} does not exist")
+            files.append((path, index[fields[1]]))
+    if not files:
+        raise DatasetError(f"tiny-imagenet: no images for split {split!r} under {folder}")
+    return files
+
+
+# --------------------------------------------------------------------------------------------------
 # image folders
 # --------------------------------------------------------------------------------------------------
 
@@ -805,6 +915,42 @@ def _download(url: str, dest: Path, md5: str, *, timeout: float = 60.0) -> None:
         raise
 
 
+def _unsafe_member_name(name: str) -> bool:
+    """An archive member that would land outside the extraction folder (absolute, ``..``, drive, backslash)."""
+    parts = Path(name).parts
+    return (name.startswith(("/", "\\")) or os.path.isabs(name) or (bool(parts) and ":" in parts[0])
+            or ".." in parts or "\\" in name)
+
+
+def _safe_extract_zip(zip_path: Path, root: Path, folder: str) -> None:
+    """Extract the zip ``zip_path`` into ``root``; refuse unsafe member paths and links; ``folder/`` must be in
+    it. Files are moved into ``root/folder`` (an existing folder is completed, not replaced)."""
+    tmp_dir = Path(tempfile.mkdtemp(dir=root, prefix=".pemn-extract-"))
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                for m in zf.infolist():
+                    if _unsafe_member_name(m.filename):
+                        raise DatasetError(f"{zip_path}: refused unsafe member path {m.filename!r}")
+                    if (m.external_attr >> 16) & 0o170000 not in (0, 0o100000, 0o040000):
+                        raise DatasetError(f"{zip_path}: refused member {m.filename!r} (links and devices not allowed)")
+                zf.extractall(tmp_dir)
+        except DatasetError:
+            raise
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, ValueError) as exc:
+            raise DatasetError(f"{zip_path}: corrupt archive ({exc})") from exc
+        extracted = tmp_dir / folder
+        if not extracted.is_dir():
+            raise DatasetError(f"{zip_path}: the archive has no {folder}/ folder")
+        for item in sorted(extracted.rglob("*")):
+            if item.is_file():
+                target = root / folder / item.relative_to(extracted)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(item, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
 def _safe_extract(tar_path: Path, root: Path, folder: str) -> None:
     """Extract ``tar_path`` into ``root``; refuse absolute paths, ``..``, links and special files."""
     tmp_dir = Path(tempfile.mkdtemp(dir=root, prefix=".pemn-extract-"))
@@ -813,14 +959,7 @@ def _safe_extract(tar_path: Path, root: Path, folder: str) -> None:
             with tarfile.open(tar_path, "r:*") as tar:
                 members = tar.getmembers()
                 for m in members:
-                    parts = Path(m.name).parts
-                    if (
-                        m.name.startswith(("/", "\\"))
-                        or os.path.isabs(m.name)
-                        or (parts and ":" in parts[0])
-                        or ".." in parts
-                        or "\\" in m.name
-                    ):
+                    if _unsafe_member_name(m.name):
                         raise DatasetError(f"{tar_path}: refused unsafe member path {m.name!r}")
                     if not (m.isfile() or m.isdir()):
                         raise DatasetError(f"{tar_path}: refused member {m.name!r} (links and devices not allowed)")
