@@ -288,7 +288,7 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
         if not ok or not _kept_ok(entry["kept"], math.prod(entry["shape"]), config):
             raise FormatError(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}")
     if config.scope == "global":
-        total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest))
+        total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest), config.keep_rounding)
         if not total <= sum(e["kept"] for e in manifest) <= total + len(manifest):
             raise FormatError(where + "corrupt artifact: the kept counts do not add up to the global budget")
 
@@ -296,7 +296,7 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
 def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
     if config.scope == "global":
         return 0 < kept <= numel
-    return kept == kept_count(config.keep, numel)
+    return kept == kept_count(config.keep, numel, config.keep_rounding)
 
 
 def _check_dense_index(dense: Any, where: str) -> None:

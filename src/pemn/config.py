@@ -14,6 +14,8 @@ STRATEGIES = ("mask", "one_layer", "mp", "rp")
 FILLS = ("copy", "rand")
 INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
 SCOPES = ("layer", "global")
+#: How a kept fraction becomes a kept count (:func:`kept_count`).
+KEEP_ROUNDINGS = ("exact", "paper")
 #: Layer types masked by default, by class name. Their subclasses are masked too when they keep the
 #: parent's forward (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection).
 SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention")
@@ -21,14 +23,21 @@ DEFAULT_RP_RATIO = 1e-3
 _SEED_LIMIT = 2**63
 
 
-def kept_count(keep: float, numel: int) -> int:
-    """Number of weights a mask keeps: ``max(1, ceil(keep * numel))``.
+def kept_count(keep: float, numel: int, rounding: str = "exact") -> int:
+    """Number of weights a mask keeps.
 
-    The product is taken exactly on ``keep``'s shortest decimal form, so 0.1 × 70 keeps 7, not 8.
-    This equals the paper's ``numel - int((1 - keep) * numel)`` without its float rounding.
+    ``rounding="exact"`` (the default): ``max(1, ceil(keep * numel))``, the product taken exactly on ``keep``'s
+    shortest decimal form, so 0.1 × 70 keeps 7, not 8. This is the paper's rule without its float rounding.
+    ``rounding="paper"``: the official PEMN code's ``numel - int((1 - keep) * numel)`` in float arithmetic
+    (at least 1), which keeps one more at some keeps (k = 0.8, n = 6,400: 5,121 instead of 5,120), so runs
+    are bit-comparable with the official code at every keep. The two agree at keep 0.5.
     """
     if numel <= 0:
         return 0
+    if rounding == "paper":
+        return min(numel, max(1, numel - int((1.0 - float(keep)) * numel)))
+    if rounding != "exact":
+        raise ValueError(f"rounding must be one of {KEEP_ROUNDINGS}, got {rounding!r}")
     return min(numel, max(1, math.ceil(Fraction(repr(float(keep))) * numel)))
 
 
@@ -61,7 +70,9 @@ class PEMNConfig:
         fill: mp/rp only. ``"copy"``: plain tiling (the paper's default); ``"rand"``: tiled, then shuffled
             by a seeded permutation.
         keep: fraction of each layer's weights its mask keeps (0 < keep <= 1; paper: 0.5). The kept count
-            is :func:`kept_count`.
+            is :func:`kept_count` with ``keep_rounding``.
+        keep_rounding: ``"exact"`` (default): ``ceil(keep * n)`` computed exactly; ``"paper"``: the official
+            code's ``n - int((1 - keep) * n)`` in float arithmetic (one more kept at some keeps; equal at 0.5).
         seed: seeds the prototype (portable, see :mod:`pemn.prototype`) and the score initialisation.
         init: distribution of the prototype: ``"kaiming_normal"`` (N(0, 2/fan_in) of the layer the
             prototype comes from; the paper's), ``"kaiming_uniform"`` (U(±sqrt(6/fan_in))) or
@@ -85,6 +96,7 @@ class PEMNConfig:
     scope: str = "layer"
     targets: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    keep_rounding: str = "exact"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -106,6 +118,10 @@ class PEMNConfig:
         if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
             raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")
         set_(self, "keep", float(keep))
+        if self.keep_rounding not in KEEP_ROUNDINGS:
+            raise ValueError(f"keep_rounding must be one of {KEEP_ROUNDINGS} ('exact': ceil(keep * n) computed "
+                             f"exactly; 'paper': the official code's n - int((1 - keep) * n)), got "
+                             f"{self.keep_rounding!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < _SEED_LIMIT:
             raise ValueError(f"seed must be an int with 0 <= seed < 2**63, got {self.seed!r}")
         if self.init not in INITS:
@@ -118,11 +134,14 @@ class PEMNConfig:
         set_(self, "exclude", _check_pattern_list("exclude", self.exclude) or ())
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (tuples become lists)."""
+        """A JSON-ready dict of every field (tuples become lists); ``keep_rounding`` only when it is not the
+        default ``"exact"``, so default configs (and the artifacts holding them) serialize as before."""
         d = dataclasses.asdict(self)
         for k in ("targets", "exclude"):
             if d[k] is not None:
                 d[k] = list(d[k])
+        if d["keep_rounding"] == "exact":
+            del d["keep_rounding"]
         return d
 
     def to_json(self) -> str:

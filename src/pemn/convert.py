@@ -168,7 +168,8 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
     del first
     group = None
     if config.scope == "global" and masks is None:
-        group = bank.global_topk = GlobalTopK(kept_count(config.keep, sum(math.prod(s) for s in shapes)))
+        group = bank.global_topk = GlobalTopK(kept_count(config.keep, sum(math.prod(s) for s in shapes),
+                                                                  config.keep_rounding))
     index = 0
     for name, module in selected:
         weights: dict[str, MaskedWeight] = {}
@@ -176,7 +177,7 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
             weight = module._parameters[param]
             shape, device = tuple(weight.shape), weight.device
             assign = assignments[index]
-            kept = kept_count(config.keep, weight.numel()) if group is None else None
+            kept = kept_count(config.keep, weight.numel(), config.keep_rounding) if group is None else None
             if masks is None:
                 mw = make_masked_weight(bank, assign.source, shape, assign.scale, kept, config.seed, index,
                                         device=device)

@@ -90,6 +90,22 @@ def paper_ratio(masked_weights: int, unique_values: int) -> float:
     return 1.0 - (masked_weights + 32 * unique_values) / (32 * masked_weights)
 
 
+def _unique_in_prefix(config: Any, name: str, source: Any, n: int, cache: dict[str, Any]) -> int:
+    """How many of ``source``'s stored values the first ``n`` values a layer reads hold. A layer reads the prefix
+    of its source: with plain tiling (``fill="copy"``) or an untiled source, all distinct up to the stored
+    length; with ``fill="rand"`` of a tiled (rp) source, position ``k`` holds stored entry ``perm[k] % length``,
+    and only the entries the shuffled prefix reaches count (fewer than ``min(n, length)``)."""
+    if config.fill != "rand" or source.expanded == source.length:
+        return min(n, source.length)
+    import numpy as np
+
+    from pemn.prototype import permutation
+
+    if name not in cache:
+        cache[name] = permutation(config.seed, source.expanded) % source.length
+    return int(np.unique(cache[name][:n]).size)
+
+
 def summarize(art: Artifact) -> PEMNSummary:
     """The summary of a parsed artifact."""
     from pemn.prototype import plan
@@ -102,11 +118,11 @@ def summarize(art: Artifact) -> PEMNSummary:
     by_component["header"] = art.file_bytes - sum(by_component.values())
     shapes = [tuple(e["shape"]) for e in art.manifest]
     sources, assignments = plan(art.config, shapes)
+    permutations: dict[str, Any] = {}
     layers = []
     for e, shape, assign in zip(art.manifest, shapes, assignments, strict=True):
         n = math.prod(shape)
-        # a layer reads the first n values of its source: all distinct up to the source's stored length
-        unique = min(n, sources[assign.source].length)
+        unique = _unique_in_prefix(art.config, assign.source, sources[assign.source], n, permutations)
         layers.append(LayerSummary(e["name"], shape, n, unique, e["kept"], e["kept"] / n, e["bytes"]))
     n_total = sum(lay.masked_weights for lay in layers)
     p_total = sum(s.length for s in sources.values())

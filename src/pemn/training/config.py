@@ -46,7 +46,8 @@ DEFAULT_COMPRESSION = 0.96
 RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "augment",
                  "amp", "clip_norm", "label_smoothing")
 #: Fields that only mean something for the PEMN strategies (checked against strategy "dense").
-PEMN_FIELDS = ("ratio", "keep", "fill", "init", "rescale", "scope", "targets", "exclude", "extras_dtype")
+PEMN_FIELDS = ("ratio", "keep", "keep_rounding", "fill", "init", "rescale", "scope", "targets", "exclude",
+               "extras_dtype")
 #: Fields that may differ between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("resume", "progress", "device", "data_dir", "download", "out", "eval_batch_size")
 #: Seconds between plain progress lines inside an epoch (when there is no tqdm bar).
@@ -73,6 +74,8 @@ class TrainConfig:
     strategy: str = _f("rp", "dense, or a PEMN strategy: mask, one_layer, mp, rp")
     ratio: float | None = _f(None, "rp only: prototype length as a fraction of the largest layer (default 1e-3)")
     keep: float = _f(0.5, "fraction of each masked layer's weights that its mask keeps")
+    keep_rounding: str = _f("exact", "kept count of a layer of n weights: exact (ceil(keep * n)) or paper (the "
+                            "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
     rescale: bool = _f(False, "scale each layer's prototype slice to its own fan-in")
@@ -189,7 +192,7 @@ class TrainConfig:
             raise ValueError("strategy 'dense' has no PEMN config")
         return PEMNConfig(strategy=self.strategy, ratio=self.ratio, fill=self.fill, keep=self.keep, seed=self.seed,
                           init=self.init, rescale=self.rescale, scope=self.scope, targets=self.targets,
-                          exclude=tuple(self.exclude or ()))
+                          exclude=tuple(self.exclude or ()), keep_rounding=self.keep_rounding)
 
     @property
     def effective_compression(self) -> float | None:

@@ -56,7 +56,7 @@ GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "out
 FREE_KEYS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
 SETTINGS_NAME = "sweep.json"
 #: Common options given to the PEMN points only (pemn.training.engine.PEMN_FIELDS without the grid's ratio / keep).
-PEMN_ONLY_KEYS = frozenset({"fill", "init", "rescale", "targets", "exclude"})
+PEMN_ONLY_KEYS = frozenset({"fill", "init", "rescale", "targets", "exclude", "keep_rounding"})
 #: Common options given to the pruning baselines only.
 PRUNE_ONLY_KEYS = frozenset({"prune_scope"})
 CHECKPOINT_NAME = "checkpoint.safetensors"  # pemn.training.engine's per-run checkpoint
