@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 
 from pemn.cli import main
-from pemn.training.sweep import CSV_COLUMNS, SweepPoint, build_grid, plot_sweep, read_rows, run_sweep, train_command
+from pemn.training.config import TrainConfig
+from pemn.training.sweep import (
+    CSV_COLUMNS,
+    SweepPoint,
+    build_grid,
+    plot_sweep,
+    read_rows,
+    resolve_points,
+    run_sweep,
+    train_command,
+)
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -162,3 +172,18 @@ def test_common_options_go_to_the_points_they_apply_to(tmp_path: Path) -> None:
     assert by["mask"].fill == "copy" and by["mask"].init == "signed_constant"
     assert by["rp"].fill == "rand" and by["rp"].init == "signed_constant" and by["rp"].ratio == 0.1
     assert all(c.epochs == 1 for c in calls)
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("scope", "global"), ("extras_dtype", "float16"), ("rescale", True), ("exclude", ["Conv2d"]),
+])
+def test_every_pemn_option_skips_the_dense_baselines(tmp_path: Path, key: str, value: Any) -> None:
+    """`pemn sweep --set scope=global` (or extras_dtype=...) once failed before training with the dense
+    baseline in the grid: the sweep's list of PEMN-only options lacked them."""
+    grid = build_grid(strategies=["rp"], ratios=[0.1], prune=["random"], compressions=[0.9])
+    configs = resolve_points(grid, {key: value, "epochs": 1}, tmp_path)
+    by = {c.strategy + (c.prune or ""): c for c in configs}
+    assert set(by) == {"dense", "rp", "denserandom"}
+    assert getattr(by["rp"], key) == value
+    default = getattr(TrainConfig(), key)
+    assert getattr(by["dense"], key) == default and getattr(by["denserandom"], key) == default

@@ -25,7 +25,18 @@ from safetensors.torch import load_file
 import pemn
 from pemn.training.augment import build_eval_transform
 from pemn.training.checkpoint import read_checkpoint
-from pemn.training.config import PEMN_FIELDS, RECIPE_FIELDS, RECIPES, TrainConfig, resolve_config
+from pemn.training.config import (
+    ARTIFACT_FIELDS,
+    PEMN_CONFIG_FIELDS,
+    PEMN_FIELDS,
+    PEMN_STRATEGIES,
+    RECIPE_FIELDS,
+    RECIPES,
+    STRATEGY_TABLE,
+    TRAIN_STRATEGIES,
+    TrainConfig,
+    resolve_config,
+)
 from pemn.training.data import dataset_info, load_dataset
 from pemn.training.engine import NonFiniteLossError, TrainingInterrupted, schedule_lr, train
 from pemn.training.evaluation import evaluate
@@ -124,7 +135,7 @@ def test_precedence_defaults_recipe_file_overrides(tmp_path):
     ({"strategy": "lora"}, r"unknown strategy 'lora'; valid: dense, mask, one_layer, mp, rp"),
     ({"optimizer": "adam"}, r"valid: adamw, sgd"),
     ({"schedule": "step"}, r"valid: paper, cosine, constant"),
-    ({"augment": "autoaugment"}, r"valid: none, flip-crop, convmixer"),
+    ({"augment": "autoaugment"}, r"valid: none, flip-crop, .*convmixer"),
     ({"coding": "zip"}, r"valid: packed, entropy"),
     ({"prune": "minimum", "strategy": "dense"}, r"valid: random, magnitude"),
     ({"strategy": "mp", "ratio": 0.1}, r"ratio applies only to strategy 'rp'"),
@@ -178,6 +189,54 @@ def test_to_dict_from_dict_round_trip():
     assert TrainConfig.from_dict(d) == cfg
     assert TrainConfig.from_dict({"batch-size": 7}).batch_size == 7
     assert set(PEMN_FIELDS) <= set(d)
+
+
+def test_strategy_table_agrees_with_the_core():
+    """The training strategies' table says what PEMNConfig enforces: which strategies take a ratio or a fill."""
+    assert pemn.config.STRATEGIES == PEMN_STRATEGIES
+    assert ("dense", *PEMN_STRATEGIES) == TRAIN_STRATEGIES
+    for name in PEMN_STRATEGIES:
+        row = STRATEGY_TABLE[name]
+        for setting, takes in (({"ratio": 0.1}, row.takes_ratio), ({"fill": "rand"}, row.takes_fill)):
+            if takes:
+                pemn.PEMNConfig(strategy=name, **setting)
+            else:
+                with pytest.raises(ValueError, match="applies only"):
+                    pemn.PEMNConfig(strategy=name, **setting)
+    assert not STRATEGY_TABLE["dense"].pemn and len({r.label for r in STRATEGY_TABLE.values()}) == len(STRATEGY_TABLE)
+
+
+# a value other than the default for every field of PEMNConfig that TrainConfig carries
+_PEMN_VALUES = {"ratio": 0.05, "fill": "rand", "keep": 0.3, "init": "signed_constant", "rescale": True,
+                "scope": "global", "targets": ["Linear"], "exclude": ["0"], "keep_rounding": "paper",
+                "keep_scale": True}
+
+
+def test_pemn_fields_are_the_pemnconfig_fields():
+    """TrainConfig builds its PEMNConfig from PEMNConfig's own field list, so a field added to the core reaches
+    training (and is refused for dense runs) without being restated."""
+    core = {f.name: f for f in dataclasses.fields(pemn.PEMNConfig)}
+    assert set(PEMN_CONFIG_FIELDS) == set(core) - {"strategy", "seed"}
+    assert set(PEMN_FIELDS) >= set(PEMN_CONFIG_FIELDS) | set(ARTIFACT_FIELDS)
+    defaults = TrainConfig()
+    for name in PEMN_CONFIG_FIELDS:  # the same defaults (exclude: None and () both mean nothing excluded)
+        f = core[name]
+        core_default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert (getattr(defaults, name) or None) == (core_default or None), name
+    assert set(_PEMN_VALUES) >= set(PEMN_CONFIG_FIELDS), "give the new field a non-default value above"
+    values = {k: v for k, v in _PEMN_VALUES.items() if k in PEMN_CONFIG_FIELDS}
+    built = TrainConfig(strategy="rp", seed=7, **values).pemn_config()
+    for name, value in values.items():
+        got = getattr(built, name)
+        assert (list(got) if isinstance(got, tuple) else got) == value, name
+    assert (built.strategy, built.seed) == ("rp", 7)
+
+
+@pytest.mark.parametrize("name", PEMN_CONFIG_FIELDS + ARTIFACT_FIELDS)
+def test_every_pemn_field_is_refused_for_dense(name):
+    value = {**_PEMN_VALUES, "coding": "entropy", "prototype": "seed", "extras_dtype": "float16"}[name]
+    with pytest.raises(ValueError, match=rf"(PEMN option\(s\) \['{name}'\] do not apply|ratio applies only)"):
+        TrainConfig(strategy="dense", **{name: value})
 
 
 # -------------------------------------------------------------------------------------------- schedule

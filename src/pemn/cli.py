@@ -15,8 +15,6 @@ import json
 import os
 import re
 import sys
-import types
-import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,22 +59,6 @@ def _training(module: str) -> Any:
                          "pemn[cli]") from e
 
 
-def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(hint))
-        return (args[0] if len(args) == 1 else str), optional
-    return hint, False
-
-
-def _field_hints(cls: type) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(cls)
-    except Exception:  # unresolvable annotation: fall back to the raw ones
-        return {f.name: f.type for f in dataclasses.fields(cls)}
-
-
 def _field_default(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -85,56 +67,14 @@ def _field_default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def _flag_kwargs(name: str, hint: Any) -> dict[str, Any]:
-    """argparse keywords for one dataclass field type: bool → --x/--no-x, list → nargs="+", X | None → X."""
-    hint, _ = _unwrap_optional(hint)
-    origin = typing.get_origin(hint)
-    metavar = name.upper()
-    if hint is bool:
+def _flag_kwargs(name: str, base: type) -> dict[str, Any]:
+    """argparse keywords for a field of type ``base`` (:func:`pemn.training.config.field_type`): bool → --x/--no-x,
+    list → nargs="+", else that type."""
+    if base is bool:
         return {"action": argparse.BooleanOptionalAction}
-    if origin in (list, tuple) or hint in (list, tuple):
-        args = typing.get_args(hint)
-        elem = args[0] if args and isinstance(args[0], type) else str
-        return {"nargs": "+", "type": elem, "metavar": metavar}
-    if origin is typing.Literal:
-        choices = typing.get_args(hint)
-        return {"type": type(choices[0]), "choices": choices, "metavar": metavar}
-    if hint in (int, float, str):
-        return {"type": hint, "metavar": metavar}
-    return {"type": str, "metavar": metavar}
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _coerce(name: str, hint: Any, raw: str) -> Any:
-    """Convert a ``--set key=value`` text to the field's type (JSON is accepted for lists)."""
-    inner, optional = _unwrap_optional(hint)
-    text = raw.strip()
-    if optional and text.lower() in ("none", "null"):
-        return None
-    try:
-        if inner is bool:
-            if text.lower() in _TRUE:
-                return True
-            if text.lower() in _FALSE:
-                return False
-            raise ValueError("expected true or false")
-        if inner is int:
-            return int(text)
-        if inner is float:
-            return float(text)
-        if typing.get_origin(inner) in (list, tuple) or inner in (list, tuple):
-            if text.startswith("["):
-                value = json.loads(text)
-                if not isinstance(value, list):
-                    raise ValueError("expected a JSON list")
-                return value
-            return [p for p in re.split(r"[,\s]+", text) if p]
-        return raw
-    except ValueError as e:
-        raise UsageError(f"--set {name}={raw!r}: {e}") from None
+    if base is list:
+        return {"nargs": "+", "type": str, "metavar": name.upper()}
+    return {"type": base, "metavar": name.upper()}
 
 
 def _check_dataset_name(name: str) -> None:
@@ -168,17 +108,10 @@ def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str 
 
 
 def _device(name: str) -> Any:
-    import torch
-
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
-        raise UsageError(f"invalid --device {name!r}: {_one_line(e)}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: CUDA is not available on this machine")
-    return device
+        return _training("dist").resolve_device(name)
+    except ValueError as e:
+        raise UsageError(f"--device: {_one_line(e)}") from None
 
 
 def _fmt_pct(x: Any) -> str:
@@ -236,14 +169,13 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
         parser.description = (parser.description or "") + f" [unavailable: {e}]"
         return
     cls = tm.TrainConfig
-    hints = _field_hints(cls)
     group = parser.add_argument_group("training options (defaults < --recipe < --config < these flags)")
     recipe_fields = set(getattr(tm, "RECIPE_FIELDS", ()))
     default_recipe = next((_field_default(f) for f in dataclasses.fields(cls) if f.name == "recipe"), None)
     for f in dataclasses.fields(cls):
         if f.name == "recipe":
             continue
-        kwargs = _flag_kwargs(f.name, hints.get(f.name, str))
+        kwargs = _flag_kwargs(f.name, tm.field_type(f.name)[0])
         help_text = f.metadata.get("help", "")
         default = _field_default(f)
         if f.name in recipe_fields and "default" not in help_text.lower():
@@ -279,10 +211,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _report_train(cfg: Any, result: Any) -> None:
     g = getattr
     what = f"strategy {cfg.strategy}"
-    if cfg.strategy == "rp":
-        what += f" (ratio {cfg.ratio if cfg.ratio is not None else 1e-3:g}, keep {cfg.keep:g})"
-    elif cfg.strategy in ("mask", "one_layer", "mp"):
-        what += f" (keep {cfg.keep:g})"
+    if cfg.strategy != "dense":
+        pemn_cfg = cfg.pemn_config()
+        ratio = "" if pemn_cfg.ratio is None else f"ratio {pemn_cfg.ratio:g}, "
+        what += f" ({ratio}keep {pemn_cfg.keep:g})"
     if g(cfg, "prune", None):
         what += f", {cfg.prune} pruning of {100 * float(g(cfg, 'effective_compression', 0) or 0):g} % of the weights"
     summary = g(result, "summary", None) or {}
@@ -605,7 +537,6 @@ def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any,
 def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     tm = _training("config")
     fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
-    hints = _field_hints(tm.TrainConfig)
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -614,7 +545,10 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
             raise UsageError(f"--set expects key=value, got {pair!r}")
         if key not in fields:
             raise UsageError(f"--set {key}: not a training option; valid: {', '.join(sorted(fields))}")
-        out[key] = _coerce(key, hints.get(key, str), raw)
+        try:
+            out[key] = tm.parse_setting(key, raw)
+        except ValueError as e:
+            raise UsageError(f"--set {_one_line(e)}") from None
     return out
 
 
@@ -671,6 +605,31 @@ def _add_artifact_model_args(p: argparse.ArgumentParser, *, shape_flags: bool) -
         p.add_argument("--num-classes", type=int, default=None, help="classes (instead of or overriding --dataset)")
         p.add_argument("--in-channels", type=int, default=None, help="input channels")
         p.add_argument("--image-size", type=int, default=None, help="side of the square input images")
+
+
+def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
+    """``pemn sweep``'s grid options, with the defaults of :func:`pemn.training.sweep.build_grid`."""
+    try:
+        grid = _training("sweep")
+    except UsageError as e:
+        parser.description = (parser.description or "") + f" [unavailable: {e}]"
+        return
+
+    def listed(values: Sequence[Any]) -> str:
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+    parser.add_argument("--strategies", nargs="*", default=list(grid.PEMN_STRATEGIES), metavar="S",
+                        help=f"PEMN strategies (default: {listed(grid.PEMN_STRATEGIES)}); none: no PEMN runs")
+    parser.add_argument("--ratios", nargs="*", type=float, default=list(grid.DEFAULT_RATIOS), metavar="R",
+                        help=f"rp ratios (default: {listed(grid.DEFAULT_RATIOS)})")
+    parser.add_argument("--keeps", nargs="*", type=float, default=list(grid.DEFAULT_KEEPS), metavar="K",
+                        help=f"kept fractions of the PEMN masks (default: {listed(grid.DEFAULT_KEEPS)})")
+    parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train the dense baseline (default: yes)")
+    parser.add_argument("--prune", nargs="*", default=list(grid.PRUNE_METHODS), metavar="METHOD",
+                        help=f"pruning baselines (default: {listed(grid.PRUNE_METHODS)}); give no value for none")
+    parser.add_argument("--compressions", nargs="*", type=float, default=list(grid.DEFAULT_COMPRESSIONS), metavar="C",
+                        help=f"pruning compressions (default: {listed(grid.DEFAULT_COMPRESSIONS)})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -732,18 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/sweep.png: accuracy vs size compression ratio, as in the paper.")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
-    p.add_argument("--strategies", nargs="*", default=["mask", "one_layer", "mp", "rp"], metavar="S",
-                   help="PEMN strategies (default: mask one_layer mp rp); none: no PEMN runs")
-    p.add_argument("--ratios", nargs="*", type=float, default=[1e-1, 1e-2, 1e-3], metavar="R",
-                   help="rp ratios (default: 1e-1 1e-2 1e-3)")
-    p.add_argument("--keeps", nargs="*", type=float, default=[0.5], metavar="K",
-                   help="kept fractions of the PEMN masks (default: 0.5)")
-    p.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the dense baseline (default: yes)")
-    p.add_argument("--prune", nargs="*", default=["random", "magnitude"], metavar="METHOD",
-                   help="pruning baselines (default: random magnitude); give no value for none")
-    p.add_argument("--compressions", nargs="*", type=float, default=[0.9, 0.92, 0.94, 0.96], metavar="C",
-                   help="pruning compressions (default: 0.9 0.92 0.94 0.96)")
+    _add_grid_flags(p)
     p.add_argument("--epochs", type=int, default=None, help="epochs of every run")
     p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
     p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")

@@ -10,47 +10,86 @@ import dataclasses
 import json
 import math
 import os
+import re
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
-import torch
-
-from pemn.artifact import CODINGS, PROTOTYPE_STORAGE
-from pemn.config import FILLS, INITS, SCOPES, STRATEGIES, PEMNConfig
+from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
+from pemn.config import PEMNConfig
 from pemn.errors import DatasetError
 from pemn.training.augment import list_recipes
 from pemn.training.data import dataset_info
+from pemn.training.dist import parse_device
 from pemn.training.models import get_model_spec
 from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
 
 __all__ = [
+    "ARTIFACT_FIELDS",
     "DEFAULT_COMPRESSION",
+    "GRID_FREE_FIELDS",
     "OPTIMIZERS",
     "PEMN_FIELDS",
+    "PEMN_STRATEGIES",
+    "PRUNE_FIELDS",
     "RECIPES",
     "RECIPE_FIELDS",
     "RESUME_FREE_FIELDS",
     "SCHEDULES",
+    "STRATEGY_TABLE",
     "TRAIN_STRATEGIES",
+    "Strategy",
     "TrainConfig",
+    "field_type",
+    "parse_setting",
     "resolve_config",
 ]
 
-TRAIN_STRATEGIES = ("dense", *STRATEGIES)
+
+@dataclass(frozen=True)
+class Strategy:
+    """A value of :attr:`TrainConfig.strategy`: its name, its label in figures and tables, whether it is a PEMN
+    strategy (the model is converted by :func:`pemn.convert_`; else its own weights are trained), whether it
+    takes ``ratio`` (the prototype's length) and whether it tiles a prototype (``fill`` applies)."""
+
+    name: str
+    label: str
+    pemn: bool
+    takes_ratio: bool = False
+    takes_fill: bool = False
+
+
+#: Every training strategy. The PEMN ones are :data:`pemn.config.STRATEGIES` (tests check that this table
+#: agrees with :class:`~pemn.PEMNConfig` on which take a ratio or a fill).
+STRATEGY_TABLE: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("dense", "Dense", pemn=False),
+    Strategy("mask", "Mask", pemn=True),
+    Strategy("one_layer", "One-layer", pemn=True),
+    Strategy("mp", "MP", pemn=True, takes_fill=True),
+    Strategy("rp", "RP", pemn=True, takes_ratio=True, takes_fill=True),
+)}
+TRAIN_STRATEGIES = tuple(STRATEGY_TABLE)
+PEMN_STRATEGIES = tuple(name for name, s in STRATEGY_TABLE.items() if s.pemn)
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("paper", "cosine", "constant")
 DEFAULT_COMPRESSION = 0.96
 #: Fields a named recipe sets.
 RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "momentum", "schedule", "augment",
                  "amp", "clip_norm", "label_smoothing")
-#: Fields that only mean something for the PEMN strategies (checked against strategy "dense").
-PEMN_FIELDS = ("ratio", "keep", "keep_rounding", "fill", "init", "rescale", "scope", "targets", "exclude",
-               "extras_dtype")
+#: Fields that configure the conversion: :class:`~pemn.PEMNConfig`'s own (strategy and seed also mean something
+#: to dense runs).
+PEMN_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(PEMNConfig) if f.name not in ("strategy", "seed"))
+#: Fields that say how ``model.pemn`` is encoded (the arguments of :func:`pemn.save`).
+ARTIFACT_FIELDS = ("coding", "prototype", "extras_dtype")
+#: Fields that only mean something for the PEMN strategies (an error with strategy "dense").
+PEMN_FIELDS = PEMN_CONFIG_FIELDS + ARTIFACT_FIELDS
+#: Fields that only mean something for the pruning baselines (an error without ``prune``).
+PRUNE_FIELDS = ("compression", "prune_scope")
+#: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
+GRID_FREE_FIELDS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
 #: Fields that may differ between an interrupted run and its resumption.
 RESUME_FREE_FIELDS = ("resume", "progress", "device", "data_dir", "download", "out", "eval_batch_size")
-#: Seconds between plain progress lines inside an epoch (when there is no tqdm bar).
 
 
 def _f(default: Any, help: str) -> Any:
@@ -71,7 +110,7 @@ class TrainConfig:
     download: bool = _f(False, "download missing official dataset files into data_dir")
     train_subset: int | None = _f(None, "train on the first N training images only (quick runs)")
     # method
-    strategy: str = _f("rp", "dense, or a PEMN strategy: mask, one_layer, mp, rp")
+    strategy: str = _f("rp", f"dense, or a PEMN strategy: {', '.join(PEMN_STRATEGIES)}")
     ratio: float | None = _f(None, "rp only: prototype length as a fraction of the largest layer (default 1e-3)")
     keep: float = _f(0.5, "fraction of each masked layer's weights that its mask keeps")
     keep_rounding: str = _f("exact", "kept count of a layer of n weights: exact (ceil(keep * n)) or paper (the "
@@ -117,9 +156,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Check (and normalise: int -> float, tuple -> list) every field; ValueError naming the problem."""
-        hints = _type_hints()
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name]))
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
         _choice("strategy", self.strategy, TRAIN_STRATEGIES)
         _choice("recipe", self.recipe, tuple(RECIPES))
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -127,12 +165,9 @@ class TrainConfig:
         _choice("augment", self.augment, tuple(list_recipes()))
         _choice("coding", self.coding, CODINGS)
         _choice("prototype", self.prototype, PROTOTYPE_STORAGE)
-        _choice("fill", self.fill, FILLS)
-        _choice("init", self.init, INITS)
         _choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
-        _choice("scope", self.scope, SCOPES)
         if self.extras_dtype is not None:
-            _choice("extras_dtype", self.extras_dtype, ("float32", "float16", "bfloat16"))
+            _choice("extras_dtype", self.extras_dtype, tuple(d for d in EXTRAS_DTYPES if d is not None))
         if self.prune is not None:
             _choice("prune", self.prune, PRUNE_METHODS)
         get_model_spec(self.model)  # ModelError (a ValueError) listing the valid names
@@ -142,8 +177,10 @@ class TrainConfig:
             if str(e).startswith("unknown dataset"):
                 raise
         # contradictions
-        if self.ratio is not None and self.strategy != "rp":
-            raise ValueError(f"ratio applies only to strategy 'rp' (got strategy {self.strategy!r}); leave it unset")
+        if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
+            takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
+            raise ValueError(f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy "
+                             f"{self.strategy!r}); leave it unset")
         if self.prune is not None and self.strategy != "dense":
             raise ValueError(f"prune is a baseline for dense models: it needs strategy 'dense', got {self.strategy!r}")
         if self.compression is not None and self.prune is None:
@@ -155,9 +192,9 @@ class TrainConfig:
             set_ = [n for n in PEMN_FIELDS if getattr(self, n) != defaults[n]]
             if set_:
                 raise ValueError(f"strategy 'dense' trains the model's own weights; the PEMN option(s) {set_} do not "
-                                 f"apply (choose a PEMN strategy: {', '.join(STRATEGIES)})")
+                                 f"apply (choose a PEMN strategy: {', '.join(PEMN_STRATEGIES)})")
         else:
-            self.pemn_config()  # PEMNConfig's own checks (keep range, fill 'rand' strategies, target regexes)
+            self.pemn_config()  # PEMNConfig checks its own fields (names, keep range, fill 'rand', target regexes)
         # ranges
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
@@ -178,21 +215,16 @@ class TrainConfig:
             raise ValueError(f"compression must be in (0, 1), got {self.compression!r}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from None
+        parse_device(self.device)
         if self.resume and not self.out:
             raise ValueError("resume needs out: the folder holding checkpoint.safetensors")
 
     def pemn_config(self) -> PEMNConfig:
         """The :class:`~pemn.PEMNConfig` of a PEMN strategy (ValueError for strategy 'dense')."""
-        if self.strategy == "dense":
-            raise ValueError("strategy 'dense' has no PEMN config")
-        return PEMNConfig(strategy=self.strategy, ratio=self.ratio, fill=self.fill, keep=self.keep, seed=self.seed,
-                          init=self.init, rescale=self.rescale, scope=self.scope, targets=self.targets,
-                          exclude=tuple(self.exclude or ()), keep_rounding=self.keep_rounding)
+        if not STRATEGY_TABLE[self.strategy].pemn:
+            raise ValueError(f"strategy {self.strategy!r} has no PEMN config")
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PEMNConfig)}
+        return PEMNConfig(**{**fields, "exclude": tuple(self.exclude or ())})
 
     @property
     def effective_compression(self) -> float | None:
@@ -216,44 +248,79 @@ def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
-_HINTS: dict[str, Any] = {}
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
-def _type_hints() -> dict[str, Any]:
-    if not _HINTS:
-        _HINTS.update(get_type_hints(TrainConfig))
-    return _HINTS
+def field_type(name: str) -> tuple[type, bool]:
+    """``(type, optional)`` of a :class:`TrainConfig` field: type is bool, int, float, str or list (of str);
+    optional says whether None is allowed."""
+    if not _FIELD_TYPES:
+        for key, hint in get_type_hints(TrainConfig).items():
+            args = get_args(hint)
+            optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
+            if optional:
+                (hint,) = [a for a in args if a is not type(None)]
+            base = list if get_origin(hint) is list else hint
+            if base not in (bool, int, float, str, list):  # pragma: no cover - every field has one of these
+                raise TypeError(f"unsupported field type {hint!r} of {key}")
+            _FIELD_TYPES[key] = (base, optional)
+    return _FIELD_TYPES[name]
 
 
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    origin = get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(name, value, inner)
-    if hint is bool:
+def _coerce(name: str, value: Any) -> Any:
+    """``value`` as field ``name``'s type (int -> float, a str or tuple -> list of str); ValueError if it is not."""
+    base, optional = field_type(name)
+    if value is None and optional:
+        return None
+    if base is bool:
         if isinstance(value, bool):
             return value
-    elif hint is int:
+    elif base is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-    elif hint is float:
+    elif base is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-    elif hint is str:
+    elif base is str:
         if isinstance(value, str):
             return value
-    elif origin is list:
+    else:
         if isinstance(value, str):
             value = [value]
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
             return list(value)
-    else:  # pragma: no cover - every field has one of the types above
-        raise TypeError(f"unsupported field type {hint!r}")
-    want = getattr(hint, "__name__", str(hint))
-    raise ValueError(f"{name} must be {want}{' or null' if value is None else ''}, got {value!r}")
+    raise ValueError(f"{name} must be {base.__name__}{' or null' if value is None else ''}, got {value!r}")
+
+
+def parse_setting(name: str, text: str) -> Any:
+    """A ``key=value`` text (``pemn sweep --set``) as field ``name``'s value: ``none``/``null`` for an optional
+    field, true/false/yes/no/on/off/1/0 for a bool, a JSON list or comma/space separated words for a list.
+    ValueError naming the field if the text does not parse."""
+    base, optional = field_type(name)
+    word = text.strip()
+    if optional and word.lower() in ("none", "null"):
+        return None
+    try:
+        if base is bool:
+            if word.lower() in _TRUE:
+                return True
+            if word.lower() in _FALSE:
+                return False
+            raise ValueError("expected true or false")
+        if base in (int, float):
+            return base(word)
+        if base is list:
+            if word.startswith("["):
+                value = json.loads(word)
+                if not isinstance(value, list):
+                    raise ValueError("expected a JSON list")
+                return value
+            return [p for p in re.split(r"[,\s]+", word) if p]
+    except ValueError as e:
+        raise ValueError(f"{name}={text!r}: {e}") from None
+    return text
 
 
 def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:

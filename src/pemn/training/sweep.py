@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pemn.training.checkpoint import CHECKPOINT_NAME
+from pemn.training.config import GRID_FREE_FIELDS, PEMN_FIELDS, PEMN_STRATEGIES, PRUNE_FIELDS, STRATEGY_TABLE
+from pemn.training.prune import PRUNE_METHODS
+
 __all__ = [
     "CSV_COLUMNS",
     "CSV_NAME",
@@ -46,20 +50,21 @@ CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "best_acc", 
                "paper_ratio", "honest_ratio", "seconds", "command")
 #: The columns that identify a run (a re-run skips points whose key is already in the CSV).
 KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression")
-PEMN_STRATEGIES = ("mask", "one_layer", "mp", "rp")
-PRUNE_METHODS = ("random", "magnitude")
+#: The grid's defaults (:func:`build_grid`, ``pemn sweep``).
+DEFAULT_RATIOS = (1e-1, 1e-2, 1e-3)
+DEFAULT_KEEPS = (0.5,)
+DEFAULT_COMPRESSIONS = (0.9, 0.92, 0.94, 0.96)
 #: The strategy a pruning baseline trains with (weights are trained, a fraction of them is removed).
 PRUNE_STRATEGY = "dense"
 #: Keys a sweep sets itself for every point; they cannot also be given as common overrides.
 GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "out", "resume"})
 #: Settings that may change between a sweep and its re-run in the same folder (they do not change results).
-FREE_KEYS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
+FREE_KEYS = GRID_FREE_FIELDS
 SETTINGS_NAME = "sweep.json"
-#: Common options given to the PEMN points only (pemn.training.engine.PEMN_FIELDS without the grid's ratio / keep).
-PEMN_ONLY_KEYS = frozenset({"fill", "init", "rescale", "targets", "exclude", "keep_rounding"})
+#: Common options given to the PEMN points only.
+PEMN_ONLY_KEYS = frozenset(PEMN_FIELDS) - GRID_KEYS
 #: Common options given to the pruning baselines only.
-PRUNE_ONLY_KEYS = frozenset({"prune_scope"})
-CHECKPOINT_NAME = "checkpoint.safetensors"  # pemn.training.engine's per-run checkpoint
+PRUNE_ONLY_KEYS = frozenset(PRUNE_FIELDS) - GRID_KEYS
 
 Log = Callable[[str], None]
 
@@ -114,8 +119,7 @@ class SweepPoint:
         """A short figure label: ``Mask``, ``One-layer``, ``MP``, ``RP 1e-2``, ``Random 90%``, ``Dense``."""
         if self.kind == "prune":
             return f"{self.prune} {_num(100 * (self.compression or 0))}%"
-        names = {"dense": "Dense", "mask": "Mask", "one_layer": "One-layer", "mp": "MP", "rp": "RP"}
-        text = names.get(self.strategy, self.strategy)
+        text = STRATEGY_TABLE[self.strategy].label if self.strategy in STRATEGY_TABLE else self.strategy
         if self.ratio is not None:
             text += f" {_ratio_label(self.ratio)}"
         return text
@@ -144,13 +148,13 @@ def _norm(v: Any) -> str:
 def build_grid(
     *,
     strategies: Iterable[str] = PEMN_STRATEGIES,
-    ratios: Iterable[float] = (1e-1, 1e-2, 1e-3),
-    keeps: Iterable[float] = (0.5,),
+    ratios: Iterable[float] = DEFAULT_RATIOS,
+    keeps: Iterable[float] = DEFAULT_KEEPS,
     dense: bool = True,
     prune: Iterable[str] = PRUNE_METHODS,
-    compressions: Iterable[float] = (0.9, 0.92, 0.94, 0.96),
+    compressions: Iterable[float] = DEFAULT_COMPRESSIONS,
 ) -> list[SweepPoint]:
-    """Every combination: dense (optional), each PEMN strategy × keep (× ratio for ``rp`` only), and each
+    """Every combination: dense (optional), each PEMN strategy × keep (× ratio for those that take one), and each
     pruning method × compression. Duplicates are dropped; the order is dense, PEMN, pruning."""
     strategies, ratios, keeps = list(strategies), [float(r) for r in ratios], [float(k) for k in keeps]
     prune, compressions = list(prune), [float(c) for c in compressions]
@@ -163,8 +167,9 @@ def build_grid(
             raise ValueError(f"unknown pruning method {p!r}; valid: {', '.join(PRUNE_METHODS)}")
     if strategies and not keeps:
         raise ValueError("give at least one kept fraction (--keeps) for the PEMN strategies")
-    if "rp" in strategies and not ratios:
-        raise ValueError("strategy rp needs at least one ratio (--ratios)")
+    for s in strategies:
+        if STRATEGY_TABLE[s].takes_ratio and not ratios:
+            raise ValueError(f"strategy {s} needs at least one ratio (--ratios)")
     if prune and not compressions:
         raise ValueError("pruning baselines need at least one compression (--compressions)")
     points: list[SweepPoint] = []
@@ -172,7 +177,7 @@ def build_grid(
         points.append(SweepPoint("dense"))
     for s in strategies:
         for keep in keeps:
-            for r in ratios if s == "rp" else [None]:
+            for r in ratios if STRATEGY_TABLE[s].takes_ratio else [None]:
                 points.append(SweepPoint(s, ratio=r, keep=keep))
     for p in prune:
         for c in compressions:
@@ -297,7 +302,7 @@ def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, 
     # not passed to the dense baselines, fill=rand only to mp / rp)
     common = {k: v for k, v in base.items()
               if not (point.kind != "pemn" and k in PEMN_ONLY_KEYS)
-              and not (k == "fill" and point.strategy not in ("mp", "rp"))
+              and not (k == "fill" and not STRATEGY_TABLE[point.strategy].takes_fill)
               and not (point.kind != "prune" and k in PRUNE_ONLY_KEYS)}
     d = {**common, **point.overrides(), "out": str(out_dir / point.name)}
     if resume and (out_dir / point.name / CHECKPOINT_NAME).exists():
