@@ -6,7 +6,16 @@ only a binary mask. Convert any model with :func:`convert_`, train its scores, a
 
 from pemn.artifact import load, save
 from pemn.config import PEMNConfig, kept_count
-from pemn.convert import convert_, freeze_masks, masked_weights, materialize, unwrap
+from pemn.convert import (
+    DenseReport,
+    convert_,
+    dense_report,
+    freeze_masks,
+    masked_weights,
+    materialize,
+    tied_weights,
+    unwrap,
+)
 from pemn.errors import (
     ArchitectureMismatchError,
     ConversionError,
@@ -19,11 +28,13 @@ from pemn.layers import (
     MaskedConv1d,
     MaskedConv2d,
     MaskedConv3d,
+    MaskedEmbedding,
     MaskedLinear,
     MaskedMultiheadAttention,
     MaskedWeight,
 )
 from pemn.prototype import PrototypeBank
+from pemn.registry import register_layer, unregister_layer
 from pemn.summary import PEMNSummary, summary
 
 __version__ = "0.1.0"
@@ -32,10 +43,12 @@ __all__ = [
     "ArchitectureMismatchError",
     "ConversionError",
     "DatasetError",
+    "DenseReport",
     "FormatError",
     "MaskedConv1d",
     "MaskedConv2d",
     "MaskedConv3d",
+    "MaskedEmbedding",
     "MaskedLinear",
     "MaskedMultiheadAttention",
     "MaskedWeight",
@@ -46,12 +59,16 @@ __all__ = [
     "PrototypeMismatchError",
     "__version__",
     "convert_",
+    "dense_report",
     "freeze_masks",
     "kept_count",
     "load",
     "masked_weights",
     "materialize",
+    "register_layer",
     "save",
     "summary",
+    "tied_weights",
+    "unregister_layer",
     "unwrap",
 ]

@@ -45,10 +45,18 @@ from torch import nn
 
 from pemn import coding as mask_coding
 from pemn.config import PEMNConfig, kept_count
-from pemn.convert import convert_selected_, find_bank, is_converted, masked_weights, unwrap
+from pemn.convert import (
+    convert_selected_,
+    find_bank,
+    finish_conversion_,
+    is_converted,
+    masked_weights,
+    param_slots,
+    unwrap,
+)
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
 from pemn.fileio import atomic_write_bytes
-from pemn.layers import MaskedWeight, masked_class_for, weight_params
+from pemn.layers import MaskedWeight, layer_fan_in, masked_class_for, weight_params
 from pemn.prototype import fingerprint, plan, prototype_values
 
 FORMAT = "pemn"
@@ -96,8 +104,9 @@ def _integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> st
 
 
 def _split_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """A converted model's dense parameters and persistent buffers (masked-weight state excluded)."""
-    prefixes = tuple(n + "." for n, m in model.named_modules() if isinstance(m, MaskedWeight))
+    """A converted model's dense parameters and persistent buffers (masked-weight state excluded, under
+    every path a masked weight is reachable by), each tensor once."""
+    prefixes = tuple(n + "." for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, MaskedWeight))
     return _dense_state(model, lambda k: k.startswith(prefixes))
 
 
@@ -321,10 +330,16 @@ def read(path: str | os.PathLike[str]) -> Artifact:
     return parse(data, source=str(p))
 
 
-def _selection_from_manifest(model: nn.Module, art: Artifact, where: str) -> list[tuple[str, nn.Module]]:
-    """The modules of a fresh model that own the artifact's masked weights, checked against the manifest."""
+def _selection_from_manifest(model: nn.Module, art: Artifact, where: str
+                             ) -> tuple[list[tuple[str, nn.Module]], set[str]]:
+    """The modules of a fresh model that own the artifact's masked weights, checked against the manifest,
+    and every name those weights have in the model's state dict (a tied weight is masked in all its users,
+    and stored once, under its first user's name)."""
     modules = dict(model.named_modules())
+    name_of = {id(m): n for n, m in modules.items()}
+    slots = param_slots(model)
     selected: dict[str, nn.Module] = {}
+    masked_names: set[str] = set()
     problems = []
     for e in art.manifest:
         mod_name, _, param = e["name"].rpartition(".")
@@ -332,30 +347,57 @@ def _selection_from_manifest(model: nn.Module, art: Artifact, where: str) -> lis
         if module is None or masked_class_for(module) is None or param not in weight_params(module):
             problems.append(f"{e['name']} is not a maskable weight of the model")
             continue
-        shape = tuple(module._parameters[param].shape)
+        weight = module._parameters[param]
+        shape = tuple(weight.shape)
         if shape != tuple(e["shape"]):
             problems.append(f"{e['name']} is {shape} in the model but {tuple(e['shape'])} in the artifact")
-        selected[mod_name] = module
+        for user, user_param, qualified in slots[id(weight)]:
+            if masked_class_for(user) is None or user_param not in weight_params(user):
+                problems.append(f"{e['name']} is shared with {qualified}, which pemn cannot mask")
+            else:
+                selected[name_of[id(user)]] = user
+                masked_names.add(qualified)
     if problems:
         raise ArchitectureMismatchError(f"{where}architecture mismatch: " + "; ".join(problems[:5]))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     ordered = sorted(selected.items(), key=lambda nm: order[nm[0]])
-    expected = [f"{n}.{p}" if n else p for n, m in ordered for p in weight_params(m)]
+    expected, seen = [], set()
+    for n, m in ordered:
+        for p in weight_params(m):
+            if id(m._parameters[p]) not in seen:
+                seen.add(id(m._parameters[p]))
+                expected.append(f"{n}.{p}" if n else p)
     if expected != [e["name"] for e in art.manifest]:
         raise ArchitectureMismatchError(
             f"{where}architecture mismatch: the model's masked weights would be {expected[:6]}..., "
-            f"the artifact's are {[e['name'] for e in art.manifest][:6]}...")
-    return ordered
+            f"the artifact's are {[e['name'] for e in art.manifest][:6]}... (a weight tied in one but not the "
+            "other?)")
+    return ordered, masked_names
+
+
+def _fan_ins(selected: list[tuple[str, nn.Module]]) -> list[int]:
+    """Each distinct weight's fan-in, by its first user's layer rule (as conversion computes them)."""
+    out, seen = [], set()
+    for _, module in selected:
+        for p in weight_params(module):
+            w = module._parameters[p]
+            if id(w) not in seen:
+                seen.add(id(w))
+                out.append(layer_fan_in(module, tuple(w.shape)))
+    return out
 
 
 def _dense_state(model: nn.Module, skip: Callable[[str], bool]
                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """The model's parameters and persistent buffers whose names ``skip`` does not reject."""
+    """The model's parameters and persistent buffers whose names ``skip`` does not reject, each tensor once
+    (a tensor held by several modules, like a tied bias, under its first name in the state dict)."""
     param_names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
     params: dict[str, torch.Tensor] = {}
     buffers: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
     for name, t in model.state_dict(keep_vars=True).items():
-        if not skip(name):
+        if not skip(name) and id(t) not in seen:
+            seen.add(id(t))
             (params if name in param_names else buffers)[name] = t
     return params, buffers
 
@@ -396,8 +438,9 @@ def _check_dense(mine: dict[str, dict[str, torch.Tensor]], theirs: dict[str, dic
                 f"{missing[:5]}, in the artifact but not the model {extra[:5]}, mismatched {bad[:5]}")
 
 
-def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str) -> dict[str, np.ndarray]:
-    sources, _ = plan(art.config, model_shapes)
+def _prototypes(art: Artifact, model_shapes: list[tuple[int, ...]], where: str,
+                fan_ins: list[int] | None = None) -> dict[str, np.ndarray]:
+    sources, _ = plan(art.config, model_shapes, fan_ins)
     if art.prototype_storage == "values":
         stored = art.tensors.get("prototype")
         total = sum(src.length for src in sources.values())
@@ -479,15 +522,16 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
             raise ArchitectureMismatchError(
                 f"{where}architecture mismatch: the converted model's masked layers differ from the artifact's")
         selected = None
+        fan_ins = [mw.fan_in for mw in masked_weights(root).values()]
         params, buffers = _split_state(root)
     else:
-        selected = _selection_from_manifest(root, art, where)
-        masked = set(names)
+        selected, masked = _selection_from_manifest(root, art, where)
+        fan_ins = _fan_ins(selected)
         params, buffers = _dense_state(root, lambda k: k in masked)
     mine = {"param": params, "buffer": buffers}
     theirs = _dense_tensors(art, where)
     _check_dense(mine, theirs, where)
-    protos = _prototypes(art, shapes, where)
+    protos = _prototypes(art, shapes, where, fan_ins)
     masks = _masks(art, where)
     # Nothing below can fail on the artifact's account: the model changes only now.
     unpacked = _LazyMasks(masks, dict(zip(names, shapes, strict=True)))
@@ -498,6 +542,7 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
             mw.freeze(unpacked[name].to(device), copy=False)
     else:
         convert_selected_(selected, art.config, protos, unpacked)
+        finish_conversion_(root, {}, warn=False)
     with torch.no_grad():
         for kind in ("param", "buffer"):
             for k, t in theirs[kind].items():

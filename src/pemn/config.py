@@ -16,9 +16,11 @@ INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
 SCOPES = ("layer", "global")
 #: How a kept fraction becomes a kept count (:func:`kept_count`).
 KEEP_ROUNDINGS = ("exact", "paper")
-#: Layer types masked by default, by class name. Their subclasses are masked too when they keep the
-#: parent's forward (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection).
-SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention")
+#: The built-in layer types masked by default, by class name (the entries of :mod:`pemn.registry`, where
+#: ``pemn.register_layer`` adds more). Their subclasses are masked too when they keep the parent's forward
+#: (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection). ``Conv1D`` is
+#: ``transformers.pytorch_utils.Conv1D`` (GPT-2).
+SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention", "Embedding", "Conv1D")
 DEFAULT_RP_RATIO = 1e-3
 _SEED_LIMIT = 2**63
 
@@ -48,12 +50,11 @@ def _check_pattern_list(name: str, value: Any) -> tuple[str, ...] | None:
         value = (value,)
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"{name} must be a list of non-empty strings (layer type names or name patterns)")
-    for v in value:
-        if v not in SUPPORTED_TYPES:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"{name}: {v!r} is neither a layer type nor a valid regex ({e})") from None
+    for v in value:  # a type name is a valid regex too: which one it is, is decided at conversion time
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"{name}: {v!r} is neither a layer type nor a valid regex ({e})") from None
     return tuple(value)
 
 
@@ -81,9 +82,12 @@ class PEMNConfig:
         scope: ``"layer"``: every layer keeps its own top ``keep`` fraction (the paper); ``"global"``: one
             top-k over all masked weights together, on scores measured in units of their initial scale
             (``|score| * sqrt(fan_in)``), so layers keep different fractions (every layer keeps at least one).
-        targets: which modules are masked: layer type names (``"Linear"``, ``"Conv2d"``...) or regexes
-            fully matching a module's qualified name. ``None``: every supported type.
-        exclude: same syntax; matching modules are left dense.
+        targets: which modules are masked: layer type names (``"Linear"``, ``"Conv2d"``, ``"Embedding"``...,
+            any name in :func:`pemn.registry.type_names`, including layers added by ``pemn.register_layer``)
+            or regexes fully matching a module's qualified name. ``None``: every registered type (embeddings
+            included).
+        exclude: same syntax; matching modules are left dense (``exclude=["Embedding"]`` keeps embeddings
+            dense).
     """
 
     strategy: str = "rp"

@@ -1,33 +1,48 @@
-"""Convert any model in place to a PEMN model, freeze its masks, or bake it back into a plain model."""
+"""Convert any model in place to a PEMN model, freeze its masks, or bake it back into a plain model.
+
+Which layers are masked is the table of :mod:`pemn.registry`. A parameter several layers hold (tied input
+and output embeddings, T5's shared embedding, any ``a.weight is b.weight``) becomes one masked weight that all
+of them reference, masked only if every one of its users is; everything is checked before the model changes.
+``convert_`` leaves a :class:`DenseReport` of what stayed dense on the model (``model.pemn_dense_report``).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 import re
+import types
+import warnings
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
-from pemn.config import SUPPORTED_TYPES, PEMNConfig, kept_count
+from pemn.config import PEMNConfig, kept_count
 from pemn.errors import ConversionError
 from pemn.fileio import release_freed_memory
 from pemn.layers import (
     GlobalTopK,
     MaskedLayer,
     MaskedWeight,
+    layer_fan_in,
     make_masked_weight,
     masked_class_for,
     to_dense_,
     to_masked_,
     weight_params,
 )
-from pemn.prototype import PrototypeBank, plan
+from pemn.prototype import Assignment, PrototypeBank, plan
+from pemn.registry import lookup, type_names
 
 FilterFn = Callable[[str, nn.Module], bool]
 _TRIM_AFTER = 1 << 20  # weights; below this, a layer's freed memory is not worth a trim
+#: a dense tensor at least this share of the model, left dense without being asked to, is warned about
+DENSE_WARN_SHARE = 0.01
+REPORT_ATTR = "pemn_dense_report"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -41,15 +56,19 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
+def _qualified(module_name: str, param: str) -> str:
+    return f"{module_name}.{param}" if module_name else param
+
+
 def _type_names(module: nn.Module) -> set[str]:
     return {c.__name__ for c in type(module).__mro__}
 
 
-def _matches(name: str, module: nn.Module, patterns: tuple[str, ...]) -> bool:
-    types = _type_names(module)
+def _matches(name: str, module: nn.Module, patterns: tuple[str, ...], known: tuple[str, ...]) -> bool:
+    types_ = _type_names(module)
     for p in patterns:
-        if p in SUPPORTED_TYPES:
-            if p in types:
+        if p in known:
+            if p in types_:
                 return True
         elif re.fullmatch(p, name):
             return True
@@ -60,60 +79,169 @@ def _owns_params(module: nn.Module) -> bool:
     return any(p is not None for p in module._parameters.values())
 
 
-def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None) -> list[tuple[str, nn.Module]]:
+def _check_type_patterns(model: nn.Module, config: PEMNConfig, known: tuple[str, ...]) -> None:
+    """A ``targets`` entry naming a layer type of the model that the registry does not know is an error
+    (it would otherwise be read as a module-name regex and silently match nothing)."""
+    if not config.targets:
+        return
+    names = [n for n, _ in model.named_modules()]
+    classes = {c.__name__ for m in model.modules() for c in type(m).__mro__}
+    for p in config.targets:
+        if p in known or not re.fullmatch(r"[A-Z]\w*", p) or p not in classes:
+            continue
+        if not any(re.fullmatch(p, n) for n in names):
+            raise ConversionError(
+                f"targets: {p!r} is a layer type of this model that pemn has no entry for (it masks "
+                f"{', '.join(known)}); add it with pemn.register_layer({p}, weights=('weight',)) if its "
+                "forward reads self.weight")
+
+
+def _refusal(name: str, module: nn.Module) -> str | None:
+    """Why ``module`` (of a registered type) cannot be masked faithfully, or None."""
+    spec = lookup(module)
+    assert spec is not None  # only registered modules are asked about
+    where = f"module {name or '<root>'!r} ({type(module).__name__})"
+    way_out = f"leave it dense with exclude=[{re.escape(name)!r}]" if name else "leave it dense"
+    if parametrize.is_parametrized(module):
+        params = ", ".join(sorted(module.parametrizations.keys()))
+        return (f"cannot mask {where}: its {params} is computed by a torch.nn.utils.parametrize "
+                f"parametrization (weight_norm, spectral_norm, ...), which pemn cannot mask. {way_out.capitalize()}, "
+                f"or remove it first with torch.nn.utils.parametrize.remove_parametrizations(module, "
+                f"{sorted(module.parametrizations.keys())[0]!r}) (bakes the current weight)")
+    computed = [w for w in spec[0].weights
+                if module._parameters.get(w) is None and isinstance(getattr(module, w, None), torch.Tensor)]
+    if computed:
+        return (f"cannot mask {where}: its {', '.join(computed)} is not a parameter but computed by a hook "
+                f"(torch.nn.utils.weight_norm?). {way_out.capitalize()}, or remove the hook first "
+                "(torch.nn.utils.remove_weight_norm)")
+    if masked_class_for(module) is None:
+        return (f"cannot mask {where}: it overrides its parent's forward ({spec[1].__name__}), which pemn cannot "
+                f"reproduce. If that forward reads self.weight, register the class with "
+                f"pemn.register_layer({type(module).__name__}); otherwise {way_out}")
+    if spec[0].check is not None:
+        reason = spec[0].check(module)
+        if reason:
+            return f"cannot mask {where}: {reason} ({way_out})"
+    if not weight_params(module):
+        return f"module {name!r} has no weight"
+    for w in weight_params(module):
+        if isinstance(module._parameters[w], nn.parameter.UninitializedParameter):
+            return f"module {name!r} is lazy and not initialised yet; run one forward first"
+    return None
+
+
+def param_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]:
+    """Every (module, parameter name, qualified name) holding each parameter, by the parameter's id."""
+    slots: dict[int, list[tuple[nn.Module, str, str]]] = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, p in module._parameters.items():
+            if p is not None:
+                slots.setdefault(id(p), []).append((module, pname, _qualified(mname, pname)))
+    return slots
+
+
+def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
+            ) -> tuple[list[tuple[str, nn.Module]], dict[int, str]]:
+    """The modules to mask, in ``named_modules`` order, and why each registered module left dense is.
+
+    Raises :class:`ConversionError` for anything asked for that cannot be masked, before any change.
+    """
+    known = type_names()
+    _check_type_patterns(model, config, known)
     selected: list[tuple[str, nn.Module]] = []
     chosen: set[int] = set()
+    dense_reason: dict[int, str] = {}
     for name, module in model.named_modules():
         if id(module) in chosen:
             continue
-        supported = any(isinstance(module, _base_type(t)) for t in SUPPORTED_TYPES)
+        registered = lookup(module) is not None
+        # exclude also takes any class name of the module (exclude=["LayerNorm"] only silences the report)
+        excluded = _matches(name, module, config.exclude, known) or bool(_type_names(module) & set(config.exclude))
         if config.targets is None:
-            wanted = supported
+            wanted = registered
         else:
-            wanted = _matches(name, module, config.targets)
-        if not wanted or _matches(name, module, config.exclude):
+            wanted = _matches(name, module, config.targets, known)
+        if not wanted or excluded:
+            if registered or excluded:
+                dense_reason[id(module)] = "excluded" if excluded else "not in targets"
             continue
         if filter_fn is not None and not filter_fn(name, module):
+            if registered:
+                dense_reason[id(module)] = "vetoed by filter_fn"
             continue
-        if masked_class_for(module) is None:
-            if not supported and not _owns_params(module):
+        if not registered:
+            if not _owns_params(module):
                 continue  # a container matched by a name pattern: its children decide
-            what = f"{type(module).__name__}"
-            if supported:
-                what += " (it overrides its parent's forward, which pemn cannot reproduce)"
             raise ConversionError(
-                f"cannot mask module {name or '<root>'!r} of type {what}; pemn masks "
-                f"{', '.join(SUPPORTED_TYPES)}. Leave it out with exclude=[{re.escape(name)!r}] or narrow targets.")
-        if isinstance(module, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d) and module.weight is None:
-            raise ConversionError(f"module {name!r} has no weight")
-        if isinstance(module.__dict__.get("_parameters", {}).get("weight"), nn.parameter.UninitializedParameter):
-            raise ConversionError(f"module {name!r} is lazy and not initialised yet; run one forward first")
+                f"cannot mask module {name or '<root>'!r} of type {type(module).__name__}; pemn masks "
+                f"{', '.join(known)} (add a layer type with pemn.register_layer). Leave it out with "
+                f"exclude=[{re.escape(name)!r}] or narrow targets.")
+        refusal = _refusal(name, module)
+        if refusal:
+            raise ConversionError(refusal)
         selected.append((name, module))
         chosen.add(id(module))
+        dense_reason.pop(id(module), None)
         if isinstance(module, nn.MultiheadAttention):  # its out-projection belongs to it
             prefix = f"{name}.out_proj" if name else "out_proj"
             out = module.out_proj
-            if id(out) not in chosen and not _matches(prefix, out, config.exclude):
+            if id(out) not in chosen and not _matches(prefix, out, config.exclude, known):
                 selected.append((prefix, out))
                 chosen.add(id(out))
+                dense_reason.pop(id(out), None)
+    _drop_partial_ties(model, selected, chosen, dense_reason)
     # keep named_modules order (the out-projection may have been appended early)
     order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
     selected.sort(key=lambda nm: order[id(nm[1])])
-    return selected
+    return selected, dense_reason
 
 
-def _base_type(name: str) -> type[nn.Module]:
-    return getattr(nn, name)
+def _drop_partial_ties(model: nn.Module, selected: list[tuple[str, nn.Module]], chosen: set[int],
+                       dense_reason: dict[int, str]) -> None:
+    """A weight is masked only if every module holding it masks it: otherwise masking would untie it.
+    Modules holding such a weight stay dense (with the reason recorded), until nothing changes."""
+    slots = param_slots(model)
+    changed = True
+    while changed:
+        changed = False
+        for name, module in list(selected):
+            for p in weight_params(module):
+                others = [q for m, pn, q in slots[id(module._parameters[p])]
+                          if id(m) not in chosen or pn not in weight_params(m)]
+                if others:
+                    selected.remove((name, module))
+                    chosen.discard(id(module))
+                    dense_reason[id(module)] = f"its {p} is shared with {others[0]}, which stays dense"
+                    changed = True
+                    break
 
 
 def masked_weights(model: nn.Module) -> dict[str, MaskedWeight]:
-    """Every masked weight of a converted model, keyed by the weight's qualified name (``"fc.weight"``)."""
+    """Every masked weight of a converted model, once each, keyed by the weight's qualified name
+    (``"fc.weight"``; a weight shared by several layers under its first user's name)."""
     out: dict[str, MaskedWeight] = {}
+    seen: set[int] = set()
     for name, module in unwrap(model).named_modules():
         if isinstance(module, MaskedLayer):
             for param, mw in module.masked_weights().items():
-                out[f"{name}.{param}" if name else param] = mw
+                if id(mw) not in seen:
+                    seen.add(id(mw))
+                    out[_qualified(name, param)] = mw
     return out
+
+
+def tied_weights(model: nn.Module) -> dict[str, list[str]]:
+    """Every masked weight held by more than one layer: its name (as in :func:`masked_weights`) -> the
+    qualified names of all its users, the first one included."""
+    users: dict[int, list[str]] = {}
+    for name, module in unwrap(model).named_modules(remove_duplicate=False):
+        if isinstance(module, MaskedLayer):
+            for param, mw in module.masked_weights().items():
+                users.setdefault(id(mw), [])
+                q = _qualified(name, param)
+                if q not in users[id(mw)]:
+                    users[id(mw)].append(q)
+    return {names[0]: names for names in users.values() if len(names) > 1}
 
 
 def find_bank(model: nn.Module) -> PrototypeBank:
@@ -130,22 +258,31 @@ def is_converted(model: nn.Module) -> bool:
 def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None = None) -> nn.Module:
     """Convert ``model`` in place to a PEMN model and return the same object.
 
-    Every targeted Linear/Conv/MultiheadAttention weight is replaced by a masked view of one shared
-    random prototype (:class:`~pemn.prototype.PrototypeBank`) plus trainable scores; all other parameters
-    (biases, norms, embeddings) are left as they are, trainable unless the user freezes them.
-    ``filter_fn(name, module)`` can veto individual modules. Torch's global RNG is neither used nor changed.
+    Every weight of a layer type in :mod:`pemn.registry` (Linear, Conv, MultiheadAttention, Embedding,
+    transformers' Conv1D and whatever :func:`~pemn.registry.register_layer` added) that ``config.targets`` /
+    ``exclude`` select is replaced by a masked view of one shared random prototype
+    (:class:`~pemn.prototype.PrototypeBank`) plus trainable scores; all other parameters (biases, norms,
+    position tensors) are left as they are, trainable unless the user freezes them. A weight shared by
+    several layers becomes one masked weight they all hold (its fan-in by its first user's rule).
+    ``filter_fn(name, module)`` can veto individual modules. Everything is checked first: on any
+    :class:`ConversionError` the model is unchanged. Torch's global RNG is neither used nor changed.
+
+    The model gets a :class:`DenseReport` of what stayed dense (``model.pemn_dense_report``, printed by
+    :func:`pemn.summary`), and a warning names every tensor of 2+ dimensions and at least 1 % of the model
+    that stayed dense without being excluded (a position table, an unregistered layer's weight...).
     """
     if not isinstance(config, PEMNConfig):
         raise TypeError(f"config must be a PEMNConfig, got {type(config).__name__}")
     root = unwrap(model)
     if is_converted(root):
         raise ConversionError("this model is already converted by pemn; build a fresh model to convert again")
-    selected = _select(root, config, filter_fn)
+    selected, dense_reason = _select(root, config, filter_fn)
     if not selected:
         raise ConversionError(
             f"no module matched targets={list(config.targets) if config.targets else 'all supported types'} "
-            f"(exclude={list(config.exclude)}); pemn masks {', '.join(SUPPORTED_TYPES)}")
+            f"(exclude={list(config.exclude)}); pemn masks {', '.join(type_names())}")
     convert_selected_(selected, config)
+    finish_conversion_(root, dense_reason, warn=True)
     return model
 
 
@@ -154,13 +291,27 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
                       masks: Mapping[str, torch.Tensor] | None = None) -> None:
     """Convert exactly these modules (in this order) with one shared bank.
 
-    ``prototypes`` gives stored values instead of regenerating them from the seed, and ``masks`` (keyed by
-    weight name) gives frozen masks instead of initialising scores: both are used when loading an artifact.
-    Modules are converted one at a time, so each dense weight is released before the next layer's scores
-    exist and peak memory stays near one copy of the weights.
+    A parameter held by several of them (a tie) becomes one :class:`MaskedWeight`, named by its first
+    holder. ``prototypes`` gives stored values instead of regenerating them from the seed, and ``masks``
+    (keyed by weight name) gives frozen masks instead of initialising scores: both are used when loading an
+    artifact. Modules are converted one at a time, so each dense weight is released before the next layer's
+    scores exist and peak memory stays near one copy of the weights.
     """
-    shapes = [tuple(module._parameters[p].shape) for _, module in selected for p in weight_params(module)]
-    sources, assignments = plan(config, shapes)
+    unique: list[tuple[str, tuple[int, ...], int]] = []  # (name, shape, fan-in) of each distinct weight
+    index_of: dict[int, int] = {}
+    layout: list[tuple[nn.Module, list[tuple[str, int]]]] = []
+    for name, module in selected:
+        slots = []
+        for param in weight_params(module):
+            weight = module._parameters[param]
+            if id(weight) not in index_of:
+                index_of[id(weight)] = len(unique)
+                shape = tuple(weight.shape)
+                unique.append((_qualified(name, param), shape, layer_fan_in(module, shape)))
+            slots.append((param, index_of[id(weight)]))
+        layout.append((module, slots))
+    shapes = [shape for _, shape, _ in unique]
+    sources, assignments = plan(config, shapes, [f for _, _, f in unique])
     first = selected[0][1]._parameters[weight_params(selected[0][1])[0]]
     bank = PrototypeBank(config, sources, prototypes)
     dtype = first.dtype if first.dtype.is_floating_point else torch.float32
@@ -170,30 +321,37 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
     if config.scope == "global" and masks is None:
         group = bank.global_topk = GlobalTopK(kept_count(config.keep, sum(math.prod(s) for s in shapes),
                                                                   config.keep_rounding))
-    index = 0
-    for name, module in selected:
+    made: dict[int, MaskedWeight] = {}
+    for module, slots in layout:
         weights: dict[str, MaskedWeight] = {}
-        for param in weight_params(module):
-            weight = module._parameters[param]
-            shape, device = tuple(weight.shape), weight.device
-            assign = assignments[index]
-            kept = kept_count(config.keep, weight.numel(), config.keep_rounding) if group is None else None
-            if masks is None:
-                mw = make_masked_weight(bank, assign.source, shape, assign.scale, kept, config.seed, index,
-                                        device=device)
-                if weight.dtype.is_floating_point:
-                    mw.scores.data = mw.scores.data.to(weight.dtype)
-                if group is not None:
-                    group.members.append(mw)
-            else:
-                mw = MaskedWeight(bank, assign.source, shape, assign.scale, None)
-                mw.freeze(masks[f"{name}.{param}" if name else param].to(device), copy=False)
-            weights[param] = mw
-            index += 1
-        del weight
+        for param, index in slots:
+            if index not in made:
+                made[index] = _masked_weight(module._parameters[param], unique[index], assignments[index], bank,
+                                             config, index, group, masks)
+            weights[param] = made[index]
         to_masked_(module, weights)
         if sum(mw.numel for mw in weights.values()) >= _TRIM_AFTER:
             release_freed_memory()
+
+
+def _masked_weight(weight: torch.Tensor, entry: tuple[str, tuple[int, ...], int], assign: Assignment,
+                   bank: PrototypeBank,
+                   config: PEMNConfig, index: int, group: GlobalTopK | None,
+                   masks: Mapping[str, torch.Tensor] | None) -> MaskedWeight:
+    name, shape, fan_in = entry
+    device = weight.device
+    kept = kept_count(config.keep, weight.numel(), config.keep_rounding) if group is None else None
+    if masks is not None:
+        mw = MaskedWeight(bank, assign.source, shape, assign.scale, None, fan_in=fan_in)
+        mw.freeze(masks[name].to(device), copy=False)
+        return mw
+    mw = make_masked_weight(bank, assign.source, shape, assign.scale, kept, config.seed, index, device=device,
+                            fan_in=fan_in)
+    if weight.dtype.is_floating_point:
+        mw.scores.data = mw.scores.data.to(weight.dtype)
+    if group is not None:
+        group.members.append(mw)
+    return mw
 
 
 def freeze_masks(model: nn.Module) -> nn.Module:
@@ -214,13 +372,214 @@ def materialize(model: nn.Module) -> nn.Module:
     """A plain PyTorch copy of a converted model: standard layers with ``weight = prototype * mask``.
 
     The result has no pemn classes, gives the same outputs, and exports like any model (ONNX, TorchScript).
-    Its baked weights do not require grad (everything else keeps its flag). The input model is not changed.
+    A masked weight shared by several layers becomes one Parameter they all hold. Its baked weights do not
+    require grad (everything else keeps its flag). The input model is not changed.
     """
     root = unwrap(model)
     if not is_converted(root):
         raise ConversionError("this model has no pemn masked layers to materialize")
     dense = copy.deepcopy(root)
+    baked: dict[int, nn.Parameter] = {}
     for module in list(dense.modules()):
         if isinstance(module, MaskedLayer):
-            to_dense_(module)
+            to_dense_(module, baked)
+    for module in dense.modules():
+        for attr in _GUARDED:
+            if isinstance(module.__dict__.get(attr), types.MethodType) and \
+                    getattr(module.__dict__[attr].__func__, "_pemn_guard", False):
+                del module.__dict__[attr]
+    dense.__dict__.pop(REPORT_ATTR, None)
     return dense
+
+
+# --- what stayed dense --------------------------------------------------------------------------------------
+
+@dataclass
+class DenseType:
+    """The dense tensors (parameters and float buffers) held by modules of one type."""
+
+    module_type: str
+    tensors: int
+    elements: int
+    share: float
+
+
+@dataclass
+class DenseTensor:
+    name: str
+    module_type: str
+    elements: int
+    share: float
+    reason: str
+    shape: tuple[int, ...] = ()
+
+    @property
+    def warned(self) -> bool:
+        """Worth a warning: a matrix or larger (not a bias or norm vector, which PEMN keeps dense by design)
+        that the user did not ask to keep dense."""
+        return len(self.shape) >= 2 and self.reason not in _USER_CHOICES
+
+
+@dataclass
+class DenseReport:
+    """What a converted model keeps dense, each tensor counted once.
+
+    ``total_elements`` is the model's size in elements (masked weights + dense parameters + float buffers);
+    ``by_type`` groups the dense tensors by the type of the module holding them (largest first); ``large``
+    lists every dense tensor of at least 1 % of the model with why it stayed dense.
+    """
+
+    total_elements: int
+    masked_elements: int
+    by_type: list[DenseType] = field(default_factory=list)
+    large: list[DenseTensor] = field(default_factory=list)
+
+    @property
+    def dense_elements(self) -> int:
+        return self.total_elements - self.masked_elements
+
+    def table(self) -> str:
+        total = max(1, self.total_elements)
+        rows = [f"dense (not masked): {self.dense_elements:,} of {self.total_elements:,} elements "
+                f"({self.dense_elements / total:.1%})"]
+        for t in self.by_type:
+            rows.append(f"  {t.module_type:<38} {t.tensors:>5} tensors {t.elements:>12,} {t.share:>7.2%}")
+        for t in self.large:
+            rows.append(f"  >= 1%: {t.name} ({t.module_type}, {t.elements:,}, {t.share:.1%}): {t.reason}")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _reason(module: nn.Module, dense_reason: dict[int, str]) -> str:
+    if id(module) in dense_reason:
+        return dense_reason[id(module)]
+    if isinstance(module, MaskedLayer):
+        return "an extra of a masked layer (bias...)"
+    if lookup(module) is None:
+        return f"a parameter of a {type(module).__name__}, not a layer type pemn masks (pemn.register_layer adds one)"
+    return "not selected"
+
+
+_USER_CHOICES = ("excluded", "not in targets", "vetoed by filter_fn")
+
+
+def dense_report(model: nn.Module, dense_reason: dict[int, str] | None = None) -> DenseReport:
+    """What ``model`` (converted) keeps dense; see :class:`DenseReport`."""
+    root = unwrap(model)
+    dense_reason = dense_reason or {}
+    masked = sum(mw.numel for mw in masked_weights(root).values())
+    seen: set[int] = set()
+    held: list[tuple[str, nn.Module, torch.Tensor]] = []
+    for mname, module in root.named_modules():
+        if isinstance(module, MaskedWeight | PrototypeBank):
+            continue
+        tensors = [(n, p) for n, p in module._parameters.items() if p is not None]
+        tensors += [(n, b) for n, b in module._buffers.items() if b is not None and b.is_floating_point()
+                    and n not in module._non_persistent_buffers_set]
+        for n, t in tensors:
+            if id(t) not in seen:
+                seen.add(id(t))
+                held.append((_qualified(mname, n), module, t))
+    total = masked + sum(t.numel() for _, _, t in held)
+    by_type: dict[str, list[int]] = {}
+    large = []
+    for qname, module, t in held:
+        kind = module.__dict__.get("_pemn_original_class", type(module)).__name__
+        entry = by_type.setdefault(kind, [0, 0])
+        entry[0] += 1
+        entry[1] += t.numel()
+        if total and t.numel() >= DENSE_WARN_SHARE * total:
+            large.append(DenseTensor(qname, kind, t.numel(), t.numel() / total, _reason(module, dense_reason),
+                                     tuple(t.shape)))
+    types_ = [DenseType(k, n, e, e / max(1, total)) for k, (n, e) in by_type.items()]
+    types_.sort(key=lambda d: -d.elements)
+    large.sort(key=lambda d: -d.elements)
+    return DenseReport(total, masked, types_, large)
+
+
+def finish_conversion_(root: nn.Module, dense_reason: dict[int, str], *, warn: bool) -> DenseReport:
+    """After a conversion: leave the dense report on the model, warn about large dense tensors (when
+    ``warn``), and guard transformers' weight-tying methods."""
+    report = dense_report(root, dense_reason)
+    root.__dict__[REPORT_ATTR] = report
+    if warn:
+        for t in report.large:
+            if t.warned:
+                warnings.warn(f"pemn: {t.name} ({t.module_type}, {t.elements:,} elements, {t.share:.1%} of the "
+                              f"model) stays dense: {t.reason}", stacklevel=3)
+    _guard_transformers_(root)
+    return report
+
+
+# --- transformers' weight tying ---------------------------------------------------------------------------
+
+_GUARDED = ("tie_weights", "resize_token_embeddings")
+
+
+def _resolve(owner: nn.Module, name: str) -> tuple[str, object]:
+    """What a parameter name of ``owner`` points at: ("masked", MaskedWeight), ("dense", tensor) or
+    ("missing", None). Names inside pemn's internals resolve to their MaskedWeight."""
+    parts = name.split(".")
+    module: nn.Module = owner
+    for part in parts[:-1]:
+        child = module._modules.get(part)
+        if child is None:
+            return "missing", None
+        if isinstance(child, MaskedWeight):
+            return "masked", child
+        module = child
+    attr = parts[-1]
+    if isinstance(module, MaskedLayer) and attr in module.masked_weights():
+        return "masked", module.masked_weights()[attr]
+    t = module._parameters.get(attr, module._buffers.get(attr))
+    return ("dense", (module, attr, t)) if t is not None else ("missing", None)
+
+
+def _pemn_tie_weights(self: nn.Module, *args, **kwargs) -> None:
+    """transformers' ``tie_weights`` on a pemn model: ties pemn already holds are kept (one masked weight
+    for all users), dense ties are made as transformers makes them, and a tie that would replace a masked
+    weight raises :class:`ConversionError` (nothing is changed then)."""
+    expand = getattr(self, "get_expanded_tied_weights_keys", None)
+    if expand is None:
+        raise ConversionError("tie_weights() on a pemn model needs transformers >= 5 (get_expanded_tied_weights_"
+                              "keys); tie the weights before pemn.convert_ instead (the tie then holds)")
+    todo = []
+    for target, source in expand(all_submodels=True).items():
+        (tk, tv), (sk, sv) = _resolve(self, target), _resolve(self, source)
+        if tk == sk == "masked" and tv is sv:
+            continue
+        if tk == sk == "dense":
+            if tv[2] is not sv[2]:
+                todo.append((tv[0], tv[1], sv[2]))
+            continue
+        raise ConversionError(
+            f"transformers asks to tie {target} to {source}, but pemn masks {target if tk == 'masked' else source} "
+            "and they are not one masked weight: tie the weights before pemn.convert_ (the tie then holds through "
+            "conversion, training and saving), or bake the model with pemn.materialize first")
+    for module, attr, t in todo:
+        setattr(module, attr, t)
+
+
+def _pemn_resize_token_embeddings(self: nn.Module, new_num_tokens: int | None = None,
+                                  pad_to_multiple_of: int | None = None, *args, **kwargs):
+    """transformers' ``resize_token_embeddings`` on a pemn model: only the no-op form is allowed."""
+    if new_num_tokens is None and pad_to_multiple_of is None:
+        return self.get_input_embeddings()
+    raise ConversionError("resize_token_embeddings() would replace pemn's masked embeddings by dense ones: resize "
+                          "before pemn.convert_ (then convert the resized model)")
+
+
+_pemn_tie_weights._pemn_guard = True  # type: ignore[attr-defined]
+_pemn_resize_token_embeddings._pemn_guard = True  # type: ignore[attr-defined]
+
+
+def _guard_transformers_(root: nn.Module) -> None:
+    """Give every transformers model inside ``root`` (duck-typed: it has ``tie_weights`` and
+    ``resize_token_embeddings``) pemn-aware versions of both, on the instance."""
+    for module in root.modules():
+        if callable(getattr(type(module), "tie_weights", None)) and \
+                callable(getattr(type(module), "resize_token_embeddings", None)):
+            module.__dict__["tie_weights"] = types.MethodType(_pemn_tie_weights, module)
+            module.__dict__["resize_token_embeddings"] = types.MethodType(_pemn_resize_token_embeddings, module)

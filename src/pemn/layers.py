@@ -1,8 +1,12 @@
 """Masked layers: standard torch layers whose weight is a masked view of the shared prototype.
 
-Each masked weight is a :class:`MaskedWeight` child named ``<param>_masked``; the layer classes are
-subclasses of the torch layers they replace, with the weight attribute turned into a property, so torch's
-own forward (padding modes, attention fast paths...) runs unchanged. Biases and everything else stay
+Each masked weight is a :class:`MaskedWeight` child named ``pemn_<param>`` (``pemn_weight``: no prefix of the
+original name ``weight``, so libraries that match parameters by name prefix, like transformers'
+``tie_weights``, never reach pemn's internals). The layer classes are subclasses of the layers they replace,
+with the weight attribute turned into a property, so the layer's own forward (torch's padding modes,
+attention fast paths, ``F.embedding``, transformers' ``Conv1D``...) runs unchanged. Which layers qualify,
+and with which weights, is the table in :mod:`pemn.registry`. A weight shared by several layers (tied
+embeddings) is one :class:`MaskedWeight`, the child of each of them. Biases and everything else stay
 ordinary parameters.
 """
 
@@ -14,8 +18,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from pemn.errors import ConversionError
 from pemn.masking import global_topk_masks, init_scores, ste_given_mask, ste_mask, topk_mask
-from pemn.prototype import PrototypeBank, fan_in
+from pemn.prototype import PrototypeBank
+from pemn.registry import fan_in_torch, lookup
+
+#: A masked weight ``w`` of a layer is its child module ``CHILD_PREFIX + "w"``.
+CHILD_PREFIX = "pemn_"
 
 
 class GlobalTopK:
@@ -39,7 +48,7 @@ class GlobalTopK:
             budget = self.total_kept - sum(m.kept or 0 for m in self.members if m.frozen)
             # Scores start at U(±1/sqrt(fan_in)): comparing them raw would starve wide-fan-in layers (a 1x1
             # conv over 64 channels against a 5x5 depthwise one), so they are compared in units of that scale.
-            masks = global_topk_masks([m.scores.detach().abs() * math.sqrt(fan_in(m.shape)) for m in live],
+            masks = global_topk_masks([m.scores.detach().abs() * math.sqrt(m.fan_in) for m in live],
                                       max(budget, 0))
             self._masks = {id(m): mask for m, mask in zip(live, masks, strict=True)}
             self._key = key
@@ -56,12 +65,14 @@ class MaskedWeight(nn.Module):
     """
 
     def __init__(self, bank: PrototypeBank, source: str, shape: tuple[int, ...], scale: float, kept: int | None,
-                 scores: torch.Tensor | None = None) -> None:
+                 scores: torch.Tensor | None = None, *, fan_in: int | None = None) -> None:
         super().__init__()
         self.bank = bank
         self.source = source
         self.shape = tuple(int(s) for s in shape)
         self.numel = math.prod(self.shape)
+        #: the fan-in by its (first) layer's rule (pemn.registry); sets the scores' init and global scale
+        self.fan_in = fan_in_torch(self.shape) if fan_in is None else int(fan_in)
         self.scale = float(scale)
         self.kept = None if kept is None else int(kept)
         if scores is not None:
@@ -117,7 +128,7 @@ class MaskedWeight(nn.Module):
 
 
 def _masked_param(name: str) -> property:
-    child = name + "_masked"
+    child = CHILD_PREFIX + name
 
     def fget(self: nn.Module) -> torch.Tensor | None:
         mw = self._modules.get(child)
@@ -129,14 +140,27 @@ def _masked_param(name: str) -> property:
 
 
 class MaskedLayer:
-    """Mixin marking a layer converted by pemn; ``masked_params`` names its masked weights."""
+    """Mixin marking a layer converted by pemn; ``masked_params`` names its masked weights.
+
+    Assigning to a masked weight (``layer.weight = ...``, as transformers' ``tie_weights`` and
+    ``resize_token_embeddings`` do) raises :class:`~pemn.errors.ConversionError` instead of silently putting
+    a dense weight back.
+    """
 
     masked_params: ClassVar[tuple[str, ...]] = ("weight",)
     base_class: ClassVar[type[nn.Module]]
 
     def masked_weights(self) -> dict[str, MaskedWeight]:
         mods = self._modules  # type: ignore[attr-defined]
-        return {p: mods[p + "_masked"] for p in self.masked_params if p + "_masked" in mods}
+        return {p: mods[CHILD_PREFIX + p] for p in self.masked_params if CHILD_PREFIX + p in mods}
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in type(self).masked_params and CHILD_PREFIX + name in self.__dict__.get("_modules", {}):
+            raise ConversionError(
+                f"{name} of this {type(self).__name__} is a pemn masked weight (prototype x mask) and cannot be "
+                "replaced: tie, resize or swap weights before pemn.convert_, or bake the model with "
+                "pemn.materialize first")
+        super().__setattr__(name, value)
 
 
 class MaskedLinear(MaskedLayer, nn.Linear):
@@ -159,6 +183,18 @@ class MaskedConv3d(MaskedLayer, nn.Conv3d):
     weight = _masked_param("weight")  # type: ignore[assignment]
 
 
+class MaskedEmbedding(MaskedLayer, nn.Embedding):
+    """Embedding through torch's own ``F.embedding`` on the masked weight.
+
+    ``padding_idx``: as in torch, the padding row gets no gradient from the lookup, so its mask does not
+    move (unless the weight is tied to a layer that does give it one); its value is the masked prototype
+    row, not zero (torch zeroes it only at init). ``sparse=True`` and ``max_norm`` are refused at conversion.
+    """
+
+    base_class = nn.Embedding
+    weight = _masked_param("weight")  # type: ignore[assignment]
+
+
 class MaskedMultiheadAttention(MaskedLayer, nn.MultiheadAttention):
     """MultiheadAttention with masked input projections (packed ``in_proj_weight`` or separate
     ``q/k/v_proj_weight``); its ``out_proj`` is converted to a :class:`MaskedLinear` alongside."""
@@ -171,33 +207,58 @@ class MaskedMultiheadAttention(MaskedLayer, nn.MultiheadAttention):
     v_proj_weight = _masked_param("v_proj_weight")  # type: ignore[assignment]
 
 
-#: Masked class for each supported torch layer type.
+#: The named masked class of each built-in torch layer type; other registered types (transformers'
+#: ``Conv1D``, users' layers) get a class made on first use, ``Masked<Name>``, a subclass of their own.
 MASKED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
     nn.Linear: MaskedLinear,
     nn.Conv1d: MaskedConv1d,
     nn.Conv2d: MaskedConv2d,
     nn.Conv3d: MaskedConv3d,
     nn.MultiheadAttention: MaskedMultiheadAttention,
+    nn.Embedding: MaskedEmbedding,
 }
+_MADE: dict[tuple[type, tuple[str, ...]], type[nn.Module]] = {}
+
+
+def _made_class(cls: type[nn.Module], weights: tuple[str, ...]) -> type[nn.Module]:
+    made = _MADE.get((cls, weights))
+    if made is None:
+        attrs: dict[str, object] = {p: _masked_param(p) for p in weights}
+        attrs.update(base_class=cls, masked_params=weights, __module__=__name__,
+                     __doc__=f"{cls.__qualname__} with its {', '.join(weights)} masked by pemn.")
+        made = _MADE[(cls, weights)] = type(f"Masked{cls.__name__}", (MaskedLayer, cls), attrs)
+    return made
 
 
 def masked_class_for(module: nn.Module) -> type[nn.Module] | None:
-    """The masked class that can stand in for ``module``, or None if its type is not supported.
+    """The masked class that can stand in for ``module``, or None if its type is not registered.
 
-    A subclass of a supported type qualifies only if it keeps the parent's ``forward`` (otherwise its
-    own forward might read the weight in ways the masked class does not reproduce).
+    A subclass of a registered type qualifies only if it keeps the parent's ``forward`` (otherwise its
+    own forward might read the weight in ways pemn does not know; register the subclass to allow it).
     """
-    for base, masked in MASKED_CLASSES.items():
-        if isinstance(module, base) and type(module).forward is base.forward:
-            return masked
-    return None
+    found = lookup(module)
+    if found is None:
+        return None
+    spec, cls = found
+    if type(module).forward is not cls.forward:
+        return None
+    if cls in MASKED_CLASSES:
+        return MASKED_CLASSES[cls]
+    return _made_class(type(module), spec.weights)
 
 
 def weight_params(module: nn.Module) -> list[str]:
-    """Names of the weight parameters of a supported module that masking replaces."""
-    if isinstance(module, nn.MultiheadAttention):
-        return [p for p in MaskedMultiheadAttention.masked_params if module._parameters.get(p) is not None]
-    return ["weight"]
+    """Names of the weight parameters of a registered module that masking replaces (present ones)."""
+    found = lookup(module)
+    if found is None:
+        return []
+    return [p for p in found[0].weights if module._parameters.get(p) is not None]
+
+
+def layer_fan_in(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """The fan-in of a weight of ``module`` by its type's rule in the registry."""
+    found = lookup(module)
+    return found[0].fan_in(shape) if found is not None else fan_in_torch(shape)
 
 
 def to_masked_(module: nn.Module, weights: dict[str, MaskedWeight]) -> nn.Module:
@@ -210,35 +271,45 @@ def to_masked_(module: nn.Module, weights: dict[str, MaskedWeight]) -> nn.Module
         param = module._parameters.pop(name)
         if param is not None and tuple(param.shape) != mw.shape:
             raise ValueError(f"{name}: masked shape {mw.shape} != weight shape {tuple(param.shape)}")
-        module.add_module(name + "_masked", mw)
+        module.add_module(CHILD_PREFIX + name, mw)
     module.__class__ = cls
     module._pemn_original_class = original  # restored by to_dense_
     return module
 
 
-def to_dense_(module: nn.Module) -> nn.Module:
-    """Turn a masked layer back into its original torch class in place, baking ``prototype * mask``
-    into ordinary weight Parameters.
+def to_dense_(module: nn.Module, baked: dict[int, nn.Parameter] | None = None) -> nn.Module:
+    """Turn a masked layer back into its original class in place, baking ``prototype * mask`` into
+    ordinary weight Parameters.
 
+    ``baked`` (id of a MaskedWeight -> its baked Parameter) is shared across the layers of one model, so
+    a weight shared by several layers becomes one Parameter they all hold: ties survive.
     The new weights have ``requires_grad=False``, like the masked weights they replace: besides being
     right for inference, this keeps outputs bit-identical, since torch picks different (equally valid)
     matmul decompositions for weights that require grad. Call ``requires_grad_()`` to fine-tune them.
     """
     if not isinstance(module, MaskedLayer):
         raise TypeError(f"{type(module).__name__} is not a pemn masked layer")
-    weights = {name: mw().detach().clone() for name, mw in module.masked_weights().items()}
+    baked = {} if baked is None else baked
+    weights = {}
+    for name, mw in module.masked_weights().items():
+        if id(mw) not in baked:
+            baked[id(mw)] = nn.Parameter(mw().detach().clone(), requires_grad=False)
+        weights[name] = baked[id(mw)]
     for name in weights:
-        del module._modules[name + "_masked"]
+        del module._modules[CHILD_PREFIX + name]
     module.__class__ = module.__dict__.pop("_pemn_original_class", module.base_class)
     for name, w in weights.items():
-        module.register_parameter(name, nn.Parameter(w, requires_grad=False))
+        module.register_parameter(name, w)
     return module
 
 
 def make_masked_weight(bank: PrototypeBank, source: str, shape: tuple[int, ...], scale: float, kept: int | None,
-                       seed: int, index: int, device: torch.device | None = None) -> MaskedWeight:
+                       seed: int, index: int, device: torch.device | None = None,
+                       fan_in: int | None = None) -> MaskedWeight:
     """A training-mode :class:`MaskedWeight` with edge-popup's score init (seeded, private generator)."""
-    scores = init_scores(shape, fan_in(shape), seed, index)
+    mw = MaskedWeight(bank, source, shape, scale, kept, fan_in=fan_in)
+    scores = init_scores(shape, mw.fan_in, seed, index)
     if device is not None:
         scores = scores.to(device)
-    return MaskedWeight(bank, source, shape, scale, kept, scores)
+    mw.scores = nn.Parameter(scores)
+    return mw

@@ -20,7 +20,9 @@ from torch's or numpy's generators. The algorithm, complete enough to reimplemen
    - ``kaiming_uniform``: ``(2u - 1) * sqrt(3) * std``.
    - ``signed_constant``: ``+std`` if ``u >= 0.5`` else ``-std``.
 4. **Streams.** The strategy decides which streams exist (layers are numbered in
-   ``model.named_modules()`` order, and ``fan_in`` is that of the layer named):
+   ``model.named_modules()`` order, a weight shared by several layers counting once, at its first user;
+   ``fan_in`` is that of the layer named, by its type's rule in :mod:`pemn.registry`: ``prod(shape[1:])``
+   for torch's layers, ``shape[0]`` for transformers' ``Conv1D``; a shared weight takes its first user's):
 
    - ``mask``: layer ``i`` uses stream ``i``, its own fan-in and length ``numel_i``.
    - ``one_layer``: every layer uses the stream of the first layer with the same weight shape.
@@ -46,6 +48,7 @@ import torch
 from torch import nn
 
 from pemn.config import PEMNConfig
+from pemn.registry import fan_in_torch as fan_in  # torch's convention, prod(shape[1:])
 
 _G = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -145,11 +148,6 @@ def permutation(seed: int, count: int) -> np.ndarray:
     return np.argsort(stream_words(seed, _PERM_STREAM, 0, count), kind="stable")
 
 
-def fan_in(shape: tuple[int, ...]) -> int:
-    """Fan-in of a weight of this shape (torch's convention: ``prod(shape[1:])``)."""
-    return max(1, math.prod(shape[1:])) if len(shape) > 1 else max(1, shape[0])
-
-
 @dataclass(frozen=True)
 class Source:
     """One random vector of the bank: its stream, how many values are stored (``length``), how many
@@ -169,12 +167,19 @@ class Assignment:
     scale: float
 
 
-def plan(config: PEMNConfig, shapes: list[tuple[int, ...]]) -> tuple[dict[str, Source], list[Assignment]]:
-    """Decide the bank's sources and each weight's assignment for a strategy (see the module doc)."""
+def plan(config: PEMNConfig, shapes: list[tuple[int, ...]], fan_ins: list[int] | None = None
+         ) -> tuple[dict[str, Source], list[Assignment]]:
+    """Decide the bank's sources and each weight's assignment for a strategy (see the module doc).
+
+    ``fan_ins`` gives each weight's fan-in by its layer type's rule (:mod:`pemn.registry`: ``shape[0]`` for
+    transformers' ``Conv1D``); by default, torch's convention :func:`fan_in` of each shape.
+    """
     if not shapes:
         raise ValueError("no weights to plan a prototype for")
     numels = [math.prod(s) for s in shapes]
-    fans = [fan_in(s) for s in shapes]
+    fans = [fan_in(s) for s in shapes] if fan_ins is None else [max(1, int(f)) for f in fan_ins]
+    if len(fans) != len(shapes):
+        raise ValueError(f"{len(fan_ins or [])} fan-ins for {len(shapes)} weights")
     sources: dict[str, Source] = {}
     owners: list[int] = []
     if config.strategy == "mask":

@@ -12,6 +12,7 @@ from typing import Any
 from torch import nn
 
 from pemn.artifact import Artifact, parse, read, to_bytes
+from pemn.convert import DENSE_WARN_SHARE, DenseReport, DenseTensor, DenseType, dense_report
 
 COMPONENTS = ("masks", "prototype", "extras", "norm_stats", "header")
 _COMPONENT_OF = {"masks": "masks", "prototype": "prototype", "params": "extras", "buffers": "norm_stats"}
@@ -36,7 +37,12 @@ class PEMNSummary:
     prototype at 32 bits, everything else uncounted). ``honest_ratio`` is the dense fp32 size of the whole
     model (every masked weight, parameter and float buffer at 4 bytes) divided by the artifact's size in
     bytes. For a model (not a file), the bytes are those of the artifact :func:`pemn.save` would write with
-    the given ``coding`` and ``prototype`` storage (it is built in memory).
+    the given ``coding`` and ``prototype`` storage (it is built in memory). Every tensor counts once: a
+    weight tied between layers is one masked weight, stored once, and counted once in both sizes.
+
+    ``dense`` says what stayed dense: for a model, by the type of the module holding each tensor (see
+    :func:`pemn.dense_report`); for a file, by kind (parameters / buffers), with every tensor of at least
+    1 % of the model by name.
     """
 
     strategy: str
@@ -53,6 +59,7 @@ class PEMNSummary:
     honest_ratio: float
     source: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    dense: DenseReport | None = None
 
     @property
     def kept_fraction(self) -> float:
@@ -79,6 +86,8 @@ class PEMNSummary:
         rows.append(f"bytes: {parts}; file {self.file_bytes:,}")
         rows.append(f"paper ratio {self.paper_ratio:.5f}  |  honest ratio {self.honest_ratio:.2f}x "
                     f"(dense fp32 {self.dense_bytes:,} B / file {self.file_bytes:,} B)")
+        if self.dense is not None:
+            rows.append(self.dense.table())
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -106,6 +115,10 @@ def _unique_in_prefix(config: Any, name: str, source: Any, n: int, cache: dict[s
     return int(np.unique(cache[name][:n]).size)
 
 
+def _dense_fp32_values(entry: list) -> int:
+    return math.prod(entry[3]) if entry[2].startswith(("float", "bfloat")) else 0
+
+
 def summarize(art: Artifact) -> PEMNSummary:
     """The summary of a parsed artifact."""
     from pemn.prototype import plan
@@ -128,12 +141,25 @@ def summarize(art: Artifact) -> PEMNSummary:
     p_total = sum(s.length for s in sources.values())
     dense_numel = sum(math.prod(shape) for _, _, dtype, shape in art.dense if dtype.startswith(("float", "bfloat")))
     dense_bytes = 4 * (n_total + dense_numel)
+    by_kind: dict[str, list[int]] = {}
+    large = []
+    for e in art.dense:
+        values = _dense_fp32_values(e)
+        if values:
+            entry = by_kind.setdefault({"param": "parameters", "buffer": "buffers"}.get(e[1], "folded norms"), [0, 0])
+            entry[0] += 1
+            entry[1] += values
+            if values >= DENSE_WARN_SHARE * (n_total + dense_numel):
+                large.append(DenseTensor(e[0], e[1], values, values / (n_total + dense_numel), "stored dense",
+                                         tuple(e[3])))
+    total = n_total + dense_numel
+    kinds = sorted((DenseType(k, n, v, v / total) for k, (n, v) in by_kind.items()), key=lambda d: -d.elements)
     return PEMNSummary(
         strategy=art.config.strategy, coding=art.coding, prototype_storage=art.prototype_storage,
         masked_weights=n_total, unique_values=p_total, kept=sum(lay.kept for lay in layers), layers=layers,
         bytes=by_component, file_bytes=art.file_bytes, dense_bytes=dense_bytes,
         paper_ratio=paper_ratio(n_total, p_total), honest_ratio=dense_bytes / art.file_bytes,
-        config=art.config.to_dict())
+        config=art.config.to_dict(), dense=DenseReport(total, n_total, kinds, sorted(large, key=lambda d: -d.elements)))
 
 
 def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = "packed",
@@ -145,6 +171,7 @@ def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = 
     if isinstance(model_or_path, nn.Module):
         result = summarize(parse(to_bytes(model_or_path, coding=coding, prototype=prototype,
                                          extras_dtype=extras_dtype)))
+        result.dense = dense_report(model_or_path)
     else:
         result = summarize(read(model_or_path))
         result.source = str(Path(model_or_path))
