@@ -105,7 +105,8 @@ class TrainConfig:
 
     # what
     model: str = _f("mlp", "model name from the registry (pemn models), e.g. mlp, lenet5, resnet20, convmixer-256-8")
-    dataset: str = _f("digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100 or imagefolder")
+    dataset: str = _f("digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100, tiny-imagenet "
+                              "or imagefolder")
     data_dir: str | None = _f(None, "folder with the dataset files (default: $PEMN_DATA_DIR or ./data)")
     download: bool = _f(False, "download missing official dataset files into data_dir")
     train_subset: int | None = _f(None, "train on the first N training images only (quick runs)")
@@ -135,7 +136,8 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "weight decay (applies to the scores too, as in the paper)")
     momentum: float = _f(0.9, "SGD momentum")
     schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E), cosine, constant")
-    augment: str = _f("none", "training augmentation: none, flip-crop or convmixer")
+    augment: str = _f("none", "training augmentation: none, flip-crop (pad 4), flip-crop8 (pad 8: Tiny-ImageNet), "
+                              "convmixer (torchvision's RandAugment per image) or convmixer-kornia (kornia's)")
     amp: bool | None = _f(None, "mixed precision (CUDA only; default: on for CUDA)")
     clip_norm: float | None = _f(None, "clip the gradient norm to this value (default: off)")
     label_smoothing: float = _f(0.0, "cross-entropy label smoothing")
