@@ -26,6 +26,11 @@ trains ConvMixer with is ``RandAugment(num_ops=2, magnitude=12)``):
   Equalize is torchvision's per-channel histogram LUT (``step = (count - count of the last non-empty bin) //
   255``; unchanged when ``step == 0``).
 
+The official PEMN code applies torchvision's RandAugment to PIL images, whose operations round to 8 bits after
+each step (and PIL's Contrast uses the rounded grayscale mean); here images stay float between the operations,
+as in torchvision's tensor path, so a pixel may differ from the PIL pipeline by the rounding of each operation
+(about 1/255 per operation applied); the operations, magnitudes, signs and geometry are the same.
+
 Images are float ``N×C×H×W`` in [0, 1] (C = 1 or 3). The draws come from torch's global CPU generator (run
 under :func:`torch.random.fork_rng` to seed them; :mod:`pemn.training.augment` does), so the same seed picks the
 same operations on every device. The batch is sorted by operation once per slot, so each operation runs once
@@ -186,8 +191,8 @@ def posterize(x: torch.Tensor, bits: int) -> torch.Tensor:
 
 def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """Invert the pixels at or above ``threshold`` (on the 8-bit scale, as torchvision's on ``uint8``)."""
-    limit = torch.tensor(threshold, dtype=x.dtype) / 255.0  # the same rounding as a uint8 image's v / 255
-    return torch.where(x >= limit.to(x.device), 1.0 - x, x)
+    limit = float(torch.tensor(threshold, dtype=x.dtype) / 255.0)  # rounded as a uint8 image's v / 255 is
+    return torch.where(x >= limit, 1.0 - x, x)
 
 
 def autocontrast(x: torch.Tensor) -> torch.Tensor:
@@ -270,6 +275,7 @@ class RandAugment(nn.Module):
             perm = order if perm is None else perm[order]
             src = x[order.to(x.device)]
             out = torch.empty_like(src)
+            signs = (1.0 - 2.0 * negative.to(torch.float32)).to(x.device)  # one copy per slot, sliced per op
             # the geometric operations are one contiguous block of the sorted batch: one gather for all
             geo_start, geo_end = sum(counts[:_GEO_FIRST]), sum(counts[:_GEO_END])
             if geo_end > geo_start:
@@ -280,7 +286,7 @@ class RandAugment(nn.Module):
                 end = start + count
                 if count and not _GEO_FIRST <= k < _GEO_END:
                     spec = table[OPS[k]]
-                    sign = 1.0 - 2.0 * negative[start:end].to(torch.float32) if spec.signed else None
+                    sign = signs[start:end] if spec.signed else None
                     out[start:end] = self._apply(OPS[k], src[start:end], spec.magnitude, sign)
                 start = end
             x = out
