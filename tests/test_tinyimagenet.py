@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import io
-import threading
 import zipfile
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import test_data
 from pemn.errors import DatasetError
 from pemn.training import data
 from pemn.training.data import dataset_info, load_dataset
 
 Image = pytest.importorskip("PIL.Image")
+http_server = test_data.http_server  # the local HTTP server fixture
+_md5 = test_data._md5
 
 WNIDS = ["n09999999", "n01443537", "n02085620"]  # deliberately unsorted in wnids.txt
 
@@ -131,36 +130,12 @@ def test_missing_class_folder(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- download
 
 
-@pytest.fixture
-def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "srv"
-    root.mkdir()
-
-    class QuietHandler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", root
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
 def _zip_folder(src: Path, dest: Path, extra: dict[str, bytes] | None = None) -> None:
     with zipfile.ZipFile(dest, "w") as zf:
         for p in sorted(src.rglob("*")):
             zf.write(p, p.relative_to(src.parent).as_posix())
         for name, blob in (extra or {}).items():
             zf.writestr(name, blob)
-
-
-def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_download_zip_with_checksum(tmp_path: Path, http_server: tuple[str, Path],
