@@ -13,6 +13,7 @@ from pemn.convert import (
     freeze_masks,
     masked_weights,
     materialize,
+    set_keep_,
     tied_weights,
     unwrap,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "materialize",
     "register_layer",
     "save",
+    "set_keep_",
     "summary",
     "tied_weights",
     "unregister_layer",

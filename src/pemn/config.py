@@ -79,6 +79,9 @@ class PEMNConfig:
             prototype comes from; the paper's), ``"kaiming_uniform"`` (U(±sqrt(6/fan_in))) or
             ``"signed_constant"`` (±sqrt(2/fan_in)).
         rescale: scale each layer's slice of the prototype to that layer's own fan-in (False = the paper).
+        keep_scale: also divide each layer's slice by ``sqrt(keep)``, so the kept weights carry the variance
+            of a dense layer (edge-popup's ``--scale-fan``; False = the paper). With ``rescale`` this is the
+            full variance correction ``sqrt(fan_in_source / fan_in_layer) / sqrt(keep)``.
         scope: ``"layer"``: every layer keeps its own top ``keep`` fraction (the paper); ``"global"``: one
             top-k over all masked weights together, on scores measured in units of their initial scale
             (``|score| * sqrt(fan_in)``), so layers keep different fractions (every layer keeps at least one).
@@ -97,6 +100,7 @@ class PEMNConfig:
     seed: int = 0
     init: str = "kaiming_normal"
     rescale: bool = False
+    keep_scale: bool = False
     scope: str = "layer"
     targets: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
@@ -132,6 +136,8 @@ class PEMNConfig:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if not isinstance(self.rescale, bool):
             raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
+        if not isinstance(self.keep_scale, bool):
+            raise ValueError(f"keep_scale must be a bool, got {self.keep_scale!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
         set_(self, "targets", _check_pattern_list("targets", self.targets))

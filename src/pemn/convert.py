@@ -35,7 +35,7 @@ from pemn.layers import (
     to_masked_,
     weight_params,
 )
-from pemn.prototype import Assignment, PrototypeBank, plan
+from pemn.prototype import Assignment, PrototypeBank, plan, slice_scale
 from pemn.registry import lookup, type_names
 
 FilterFn = Callable[[str, nn.Module], bool]
@@ -249,6 +249,31 @@ def find_bank(model: nn.Module) -> PrototypeBank:
     for mw in masked_weights(model).values():
         return mw.bank
     raise ConversionError("this model has no pemn masked layers; call pemn.convert_(model, config) first")
+
+
+def set_keep_(model: nn.Module, keep: float) -> nn.Module:
+    """Change a converted, training model's kept fraction to ``keep`` in place (keep annealing).
+
+    Each layer then keeps :func:`~pemn.kept_count` ``(keep, numel)`` weights (``scope="global"``: the model-wide
+    budget), and with ``keep_scale`` its slice is scaled by ``1 / sqrt(keep)``. The config (what
+    :func:`pemn.save` records) keeps its own ``keep``: set it back to ``config.keep`` before saving, which
+    restores exactly the counts and scales of :func:`convert_`. Frozen masks cannot change (ValueError).
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
+        raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")
+    mws = masked_weights(model)
+    bank = find_bank(model)
+    if any(mw.frozen for mw in mws.values()):
+        raise ValueError("set_keep_ needs trainable scores: this model's masks are frozen")
+    config = bank.config
+    if bank.global_topk is not None:
+        bank.global_topk.total_kept = kept_count(keep, sum(mw.numel for mw in mws.values()), config.keep_rounding)
+        bank.global_topk._key = None
+    for mw in mws.values():
+        if mw.kept is not None:
+            mw.kept = kept_count(keep, mw.numel, config.keep_rounding)
+        mw.scale = slice_scale(config, bank.sources[mw.source].fan_in, mw.fan_in, keep)
+    return model
 
 
 def is_converted(model: nn.Module) -> bool:
