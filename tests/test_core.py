@@ -400,7 +400,7 @@ def test_extras_in_half_precision(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.allclose(fresh(x), model(x), atol=1e-2)
     with pytest.raises(ValueError, match="extras_dtype"):
-        pemn.save(model, tmp_path / "bad.pemn", extras_dtype="int8")
+        pemn.save(model, tmp_path / "bad.pemn", extras_dtype="int4")
 
 
 def test_summary_of_file_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

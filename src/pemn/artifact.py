@@ -22,6 +22,22 @@ with the model: :mod:`pemn.training` records the registry model name, its constr
 data preprocessing there, so a file needs nothing beside it) and ``integrity``: SHA-256 over the other
 metadata and every tensor's name, dtype, shape and bytes, so any corruption is caught before a model is
 touched. Loading never unpickles anything.
+
+Format version 2 adds two kinds of dense entry; a file is written as version 2 only when it holds one (all
+other files stay version 1, readable by every pemn). Its container metadata holds only ``format``,
+``format_version`` and ``integrity``; every other field (same names, same string values) moves into the
+compressed index as ``{"meta": {...}, "manifest": [...], "dense": [...]}``, which keeps the header of a slim
+file (44 KB) within 2 % of it. The dense entries may be:
+
+- ``[name, kind, "int8", shape, groups]`` (``extras_dtype="int8"``): int8 values in ``<kind>s.int8``, dequantised
+  with ``groups`` (lo, step) float32 pairs taken, in index order, from the 1-D float32 ``qparams`` tensor.
+- ``[module, "fold", dtype, [2, C]]`` (``fold_norms=True``; int8 ones carry ``groups`` = 2): a folded
+  BatchNorm's per-channel scale and shift, in ``folds.<dtype>``; its weight, bias, running statistics and
+  ``num_batches_tracked`` are not stored. :mod:`pemn.extras` describes both codecs and the per-tensor int8 rule.
+
+The codec is symmetric: :func:`build` makes an :class:`Artifact` from a model, :func:`encode` serialises one
+(rebuilding the index from its ``manifest`` and ``dense`` lists and sealing it with its integrity hash) and
+:func:`parse` reads one back, checked. Tools that edit artifacts go through these three.
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn import coding as mask_coding
+from pemn import extras
 from pemn.config import PEMNConfig, kept_count
 from pemn.convert import (
     convert_selected_,
@@ -60,10 +77,10 @@ from pemn.layers import MaskedWeight, layer_fan_in, masked_class_for, weight_par
 from pemn.prototype import fingerprint, plan, prototype_values
 
 FORMAT = "pemn"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this pemn reads and writes; files without its features are written as 1
 CODINGS = ("packed", "entropy")
 PROTOTYPE_STORAGE = ("values", "seed")
-EXTRAS_DTYPES = (None, "float32", "float16", "bfloat16")
+EXTRAS_DTYPES = (None, "float32", "float16", "bfloat16", "int8")
 _MAX_HEADER = 64 << 20
 _MAX_INDEX = 16 << 20  # a real index is a few KB (ResNet-50: 19 KB): this caps what a zlib bomb can cost
 _PICKLE_HINT = ("this looks like a pickle / torch.save file, not a pemn artifact; pemn never unpickles "
@@ -91,8 +108,19 @@ class Artifact:
     file_bytes: int
     app: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    @property
+    def format_version(self) -> int:
+        version = self.metadata.get("format_version", "")
+        return int(version) if isinstance(version, str) and version.isascii() and version.isdigit() \
+            and len(version) <= 9 else 0
 
-def _integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
+    @property
+    def folded(self) -> list[str]:
+        """The BatchNorm modules stored folded (scale and shift only): such a file is for inference."""
+        return [e[0] for e in self.dense if e[1] == "fold"]
+
+
+def integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     meta = {k: v for k, v in metadata.items() if k != "integrity"}
     h.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
@@ -114,17 +142,43 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _pack_dense(kind: str, state: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor],
-                index: list[list[Any]], float_dtype: torch.dtype | None) -> None:
+def _pack_dense(entries: list[tuple[str, str, torch.Tensor]], tensors: dict[str, torch.Tensor],
+                index: list[list[Any]], float_dtype: torch.dtype | None, int8_exempt: set[str] | None) -> None:
+    """Pack ``(name, kind, tensor)`` entries into one flat tensor per kind and stored dtype, appending each
+    entry to ``index``. ``float_dtype`` casts every floating tensor; ``int8_exempt`` (a set of names, or None
+    for no int8) turns on the int8 rule of :mod:`pemn.extras` for every other tensor."""
     groups: dict[str, list[torch.Tensor]] = {}
-    for name, t in state.items():
-        if float_dtype is not None and t.dtype.is_floating_point:
+    qparams: list[torch.Tensor] = []
+    for name, kind, t in entries:
+        t = t.detach().cpu()
+        n_groups = extras.int8_groups(t) if int8_exempt is not None and name not in int8_exempt else 0
+        if n_groups:
+            t, qp = extras.quantize(t, n_groups)
+            qparams.append(qp.reshape(-1))
+        elif float_dtype is not None and t.dtype.is_floating_point:
             t = t.to(float_dtype)
         dtype = _dtype_name(t.dtype)
-        index.append([name, kind, dtype, list(t.shape)])
-        groups.setdefault(dtype, []).append(t.detach().reshape(-1).cpu())
-    for dtype, parts in groups.items():
-        tensors[f"{kind}s.{dtype}"] = torch.cat(parts)
+        index.append([name, kind, dtype, list(t.shape), n_groups] if n_groups else [name, kind, dtype, list(t.shape)])
+        groups.setdefault(f"{kind}s.{dtype}", []).append(t.reshape(-1))
+    for key, parts in groups.items():
+        tensors[key] = torch.cat(parts)
+    if qparams:
+        tensors["qparams"] = torch.cat(qparams)
+
+
+def _fold_norms(model: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+                ) -> list[tuple[str, str, torch.Tensor]]:
+    """Fold every foldable BatchNorm: its state leaves ``params`` / ``buffers``, its scale and shift come back
+    as ``fold`` entries."""
+    folds = []
+    for name, module in model.named_modules():
+        if extras.foldable(module):
+            prefix = f"{name}." if name else ""
+            for key in extras.FOLDED_STATE:
+                params.pop(prefix + key, None)
+                buffers.pop(prefix + key, None)
+            folds.append((name, "fold", extras.fold(module)))
+    return folds
 
 
 def _app_json(app: Mapping[str, Any] | None) -> str | None:
@@ -138,15 +192,19 @@ def _app_json(app: Mapping[str, Any] | None) -> str | None:
         raise ValueError(f"app metadata must be JSON-serializable ({e})") from None
 
 
-def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values",
-             extras_dtype: str | None = None, app: Mapping[str, Any] | None = None) -> bytes:
-    """Serialise a converted model (training or frozen) to artifact bytes; see :func:`save`."""
+def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values",
+          extras_dtype: str | None = None, fold_norms: bool = False,
+          app: Mapping[str, Any] | None = None) -> Artifact:
+    """The artifact of a converted model (training or frozen), not yet serialised (see :func:`save` for the
+    options; :func:`encode` writes it, adding the index tensor and the integrity hash)."""
     if extras_dtype not in EXTRAS_DTYPES:
         raise ValueError(f"extras_dtype must be one of {EXTRAS_DTYPES}, got {extras_dtype!r}")
     if coding not in CODINGS:
         raise ValueError(f"coding must be one of {CODINGS}, got {coding!r}")
     if prototype not in PROTOTYPE_STORAGE:
         raise ValueError(f"prototype must be one of {PROTOTYPE_STORAGE}, got {prototype!r}")
+    if not isinstance(fold_norms, bool):
+        raise TypeError(f"fold_norms must be True or False, got {fold_norms!r}")
     model = unwrap(model)
     bank = find_bank(model)
     tensors: dict[str, torch.Tensor] = {}
@@ -163,15 +221,16 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
         protos = bank.prototypes()
         tensors["prototype"] = torch.from_numpy(np.concatenate([protos[n] for n in sorted(protos)]).astype("<f4"))
     params, buffers = _split_state(model)
+    folds = _fold_norms(model, params, buffers) if fold_norms else []
+    entries = [(n, "param", t) for n, t in params.items()] + [(n, "buffer", t) for n, t in buffers.items()] + folds
     dense: list[list[Any]] = []
-    float_dtype = None if extras_dtype is None else getattr(torch, extras_dtype)
-    _pack_dense("param", params, tensors, dense, float_dtype)
-    _pack_dense("buffer", buffers, tensors, dense, float_dtype)
-    index = json.dumps({"manifest": manifest, "dense": dense}, separators=(",", ":")).encode()
-    tensors["index"] = torch.frombuffer(bytearray(zlib.compress(index, 9)), dtype=torch.uint8)
+    int8 = extras_dtype == "int8"
+    float_dtype = None if extras_dtype is None or int8 else getattr(torch, extras_dtype)
+    _pack_dense(entries, tensors, dense, float_dtype, extras.int8_exempt(model) if int8 else None)
+    version = 2 if any(len(e) == 5 or e[1] == "fold" for e in dense) else 1
     metadata = {
         "format": FORMAT,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(version),
         "pemn_version": _version(),
         "torch_version": torch.__version__,
         "config": bank.config.to_json(),
@@ -182,12 +241,47 @@ def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "valu
     app_json = _app_json(app)
     if app_json is not None:
         metadata["app"] = app_json
-    metadata["integrity"] = _integrity(metadata, tensors)
+    return Artifact(metadata, tensors, bank.config, manifest, dense, coding, prototype, bank.sha256, 0,
+                    json.loads(app_json) if app_json is not None else {})
+
+
+_CONTAINER_KEYS = ("format", "format_version", "integrity")  # the container metadata of format version 2
+
+
+def encode(art: Artifact, *, seal: bool = True, index: bytes | torch.Tensor | bool = True) -> bytes:
+    """Serialise ``art``: its metadata and tensors, the ``index`` tensor rebuilt from ``art.manifest`` and
+    ``art.dense`` (and, for format version 2, the metadata fields other than format, version and
+    integrity), and, with ``seal``, a fresh integrity hash. No check is made: :func:`parse` is the checker.
+
+    For tools that write deliberately malformed files, ``index`` may instead be the compressed index bytes, a
+    tensor written as the index verbatim, or False (no index tensor)."""
+    tensors = {k: v for k, v in art.tensors.items() if k != "index"}
+    metadata = {k: v for k, v in art.metadata.items() if k != "integrity" or not seal}
+    content: dict[str, Any] = {"manifest": art.manifest, "dense": art.dense}
+    if art.format_version >= 2:
+        content = {"meta": {k: v for k, v in metadata.items() if k not in _CONTAINER_KEYS}, **content}
+        metadata = {k: v for k, v in metadata.items() if k in _CONTAINER_KEYS}
+    if index is True:
+        index = zlib.compress(json.dumps(content, separators=(",", ":")).encode(), 9)
+    if isinstance(index, bytes | bytearray):
+        index = torch.from_numpy(np.frombuffer(index, dtype=np.uint8).copy())
+    if isinstance(index, torch.Tensor):
+        tensors["index"] = index
+    if seal:
+        metadata["integrity"] = integrity(metadata, tensors)
     return st_save(tensors, metadata=metadata)
 
 
+def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values",
+             extras_dtype: str | None = None, fold_norms: bool = False,
+             app: Mapping[str, Any] | None = None) -> bytes:
+    """Serialise a converted model (training or frozen) to artifact bytes: ``encode(build(model, ...))``."""
+    return encode(build(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype,
+                        fold_norms=fold_norms, app=app))
+
+
 def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packed",
-         prototype: str = "values", extras_dtype: str | None = None,
+         prototype: str = "values", extras_dtype: str | None = None, fold_norms: bool = False,
          app: Mapping[str, Any] | None = None) -> Path:
     """Write a converted model to one ``.pemn`` file, atomically (temporary file, fsync, rename).
 
@@ -199,15 +293,24 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
             ``"seed"`` stores only the config's seed and the values' SHA-256, which :func:`load` checks
             after regenerating them.
         extras_dtype: store the floating-point dense extras (norm parameters and statistics, biases) in
-            this dtype (``"float16"`` or ``"bfloat16"``) to halve their bytes; ``None`` (default) keeps them
-            as they are, which is what makes a loaded model bit-identical. They are cast back on load.
+            this dtype (``"float16"`` or ``"bfloat16"``) to halve their bytes, or ``"int8"``: affine int8 per
+            tensor (per output channel for tensors of 2+ dimensions), scales in the file, for every tensor the
+            rule of :mod:`pemn.extras` allows (embeddings, unfolded running variances and tensors too small to
+            gain keep their dtype). ``None`` (default) keeps them as they are, which is what makes a loaded
+            model bit-identical. They are cast back (dequantised) on load.
+        fold_norms: store each BatchNorm with running statistics as its eval-mode per-channel scale and
+            shift (2 numbers per channel instead of 4, no ``num_batches_tracked``): an inference artifact.
+            :func:`load` returns the model in eval mode, its outputs equal to float rounding; the norm
+            modules hold an equivalent state (``weight`` = scale, ``bias`` = shift, ``running_mean`` = 0,
+            ``running_var`` = 1 − eps), not the trained γ, β, μ, σ² (see :mod:`pemn.extras`).
         app: a JSON-serializable mapping stored with the model (``Artifact.app`` on reading); applications
             record what rebuilds the architecture and its inputs there. Covered by the integrity hash.
 
     Returns the path written. On any error the previous file at ``path`` (if any) is left intact.
     """
     path = Path(path)
-    data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype, app=app)
+    data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype, fold_norms=fold_norms,
+                    app=app)
     try:
         atomic_write_bytes(path, data)
     except OSError as e:
@@ -250,14 +353,16 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         raise FormatError(where + f"corrupt artifact: the tensor container is invalid ({e})") from None
     if not all(isinstance(v, str) for v in meta.values()):
         raise FormatError(where + "corrupt artifact: metadata values must be strings")
-    if meta.get("integrity") != _integrity(meta, tensors):
+    if meta.get("integrity") != integrity(meta, tensors):
         raise FormatError(where + "corrupt artifact: integrity check failed (the file was modified or damaged)")
     try:
+        index = _read_index(tensors)
+        if int(version) >= 2:
+            meta = _merge_meta(meta, index)
         config = PEMNConfig.from_json(meta["config"])
         coding = meta["coding"]
         storage = meta["prototype_storage"]
         sha = meta["prototype_sha256"]
-        index = _read_index(tensors)
         app = json.loads(meta["app"]) if "app" in meta else {}
         if not isinstance(app, dict):
             raise ValueError("app metadata must be a JSON object")
@@ -268,8 +373,19 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     if not isinstance(index, dict) or set(index) != {"manifest", "dense"}:
         raise FormatError(where + "corrupt artifact: the index must hold exactly a manifest and a dense list")
     _check_manifest(index["manifest"], config, where)
-    _check_dense_index(index["dense"], where)
+    _check_dense_index(index["dense"], where, int(version))
     return Artifact(meta, tensors, config, index["manifest"], index["dense"], coding, storage, sha, len(data), app)
+
+
+def _merge_meta(meta: dict[str, str], index: Any) -> dict[str, str]:
+    """Format version 2: the container's metadata joined with the index's ``meta`` object (taken out of it)."""
+    inner = index.pop("meta", None) if isinstance(index, dict) else None
+    if not isinstance(inner, dict) or not all(isinstance(v, str) for v in inner.values()):
+        raise ValueError("the index of a format version 2 file must hold a meta object of strings")
+    twice = sorted(set(inner) & set(meta))
+    if twice:
+        raise ValueError(f"metadata field {twice[0]!r} is both in the container and in the index")
+    return {**meta, **inner}
 
 
 def _read_index(tensors: dict[str, torch.Tensor]) -> Any:
@@ -308,11 +424,15 @@ def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
     return kept == kept_count(config.keep, numel, config.keep_rounding)
 
 
-def _check_dense_index(dense: Any, where: str) -> None:
+def _check_dense_index(dense: Any, where: str, version: int = 1) -> None:
+    kinds = ("param", "buffer") if version < 2 else ("param", "buffer", "fold")
     ok = isinstance(dense, list) and all(
-        isinstance(e, list) and len(e) == 4 and isinstance(e[0], str) and e[1] in ("param", "buffer")
-        and isinstance(e[2], str) and isinstance(e[3], list)
+        isinstance(e, list) and len(e) in ((4,) if version < 2 else (4, 5)) and isinstance(e[0], str)
+        and e[1] in kinds and isinstance(e[2], str) and isinstance(e[3], list)
         and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**40 for s in e[3])
+        and (len(e) == 4 or (e[2] == "int8" and isinstance(e[4], int) and not isinstance(e[4], bool)
+                             and extras.valid_groups(e[3], e[4])))
+        and (e[1] != "fold" or (len(e[3]) == 2 and e[3][0] == 2 and e[3][1] > 0))
         for e in dense)
     if not ok:
         raise FormatError(where + "corrupt artifact: bad dense index")
@@ -403,10 +523,14 @@ def _dense_state(model: nn.Module, skip: Callable[[str], bool]
 
 
 def _dense_tensors(art: Artifact, where: str) -> dict[str, dict[str, torch.Tensor]]:
-    """Split the flat ``params.*`` / ``buffers.*`` tensors back into named tensors, by kind."""
-    out: dict[str, dict[str, torch.Tensor]] = {"param": {}, "buffer": {}}
+    """Split the flat ``params.*`` / ``buffers.*`` / ``folds.*`` tensors back into named tensors, by kind
+    (int8 ones dequantised to float32 with their ``qparams``)."""
+    out: dict[str, dict[str, torch.Tensor]] = {"param": {}, "buffer": {}, "fold": {}}
     offsets: dict[str, int] = {}
-    for name, kind, dtype, shape in art.dense:
+    qparams = art.tensors.get("qparams")
+    used = 0
+    for entry in art.dense:
+        name, kind, dtype, shape = entry[:4]
         key = f"{kind}s.{dtype}"
         flat = art.tensors.get(key)
         n = math.prod(shape)
@@ -415,12 +539,42 @@ def _dense_tensors(art: Artifact, where: str) -> dict[str, dict[str, torch.Tenso
             raise FormatError(f"{where}corrupt artifact: dense tensor {name} does not fit {key}")
         if name in out[kind]:
             raise FormatError(f"{where}corrupt artifact: dense tensor {name} listed twice")
-        out[kind][name] = flat[start:start + n].view(shape)
+        t = flat[start:start + n].view(shape)
+        if len(entry) == 5:
+            count = 2 * entry[4]
+            if (qparams is None or qparams.dtype != torch.float32 or qparams.dim() != 1
+                    or used + count > qparams.numel()):
+                raise FormatError(f"{where}corrupt artifact: the int8 tensor {name} has no qparams")
+            qp = qparams[used:used + count].view(-1, 2)
+            if not bool(torch.isfinite(qp).all()) or bool((qp[:, 1] < 0).any()):
+                raise FormatError(f"{where}corrupt artifact: the int8 tensor {name} has invalid qparams")
+            t = extras.dequantize(t, qp)
+            used += count
+        out[kind][name] = t
         offsets[key] = start + n
-    groups = {k for k in art.tensors if k.startswith(("params.", "buffers."))}
+    groups = {k for k in art.tensors if k.startswith(("params.", "buffers.", "folds."))}
     if groups != set(offsets) or any(art.tensors[k].numel() != offsets[k] for k in groups):
         raise FormatError(f"{where}corrupt artifact: dense tensors do not match the dense index")
+    if (0 if qparams is None else qparams.numel()) != used:
+        raise FormatError(f"{where}corrupt artifact: the qparams tensor does not match the int8 entries")
     return out
+
+
+def _unfold(theirs: dict[str, dict[str, torch.Tensor]], model: nn.Module, where: str) -> None:
+    """Replace the artifact's ``fold`` entries by the equivalent norm state of ``model``'s modules."""
+    modules = dict(model.named_modules())
+    for name, scale_shift in theirs.pop("fold").items():
+        module = modules.get(name)
+        channels = scale_shift.shape[1]
+        if module is None or not extras.foldable(module) or module.num_features != channels:
+            raise ArchitectureMismatchError(
+                f"{where}architecture mismatch: {name!r} is a folded BatchNorm of {channels} channels in the "
+                "artifact but not in the model")
+        for kind, state in extras.unfold(name, module, scale_shift).items():
+            clash = sorted(set(state) & set(theirs[kind]))
+            if clash:
+                raise FormatError(f"{where}corrupt artifact: {clash[0]} is stored and folded")
+            theirs[kind].update(state)
 
 
 def _check_dense(mine: dict[str, dict[str, torch.Tensor]], theirs: dict[str, dict[str, torch.Tensor]],
@@ -530,6 +684,7 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
         params, buffers = _dense_state(root, lambda k: k in masked)
     mine = {"param": params, "buffer": buffers}
     theirs = _dense_tensors(art, where)
+    _unfold(theirs, root, where)
     _check_dense(mine, theirs, where)
     protos = _prototypes(art, shapes, where, fan_ins)
     masks = _masks(art, where)
@@ -547,6 +702,8 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
         for kind in ("param", "buffer"):
             for k, t in theirs[kind].items():
                 mine[kind][k].copy_(t)
+    if art.folded:  # an inference artifact (see save's fold_norms)
+        model.eval()
     return model
 
 
@@ -561,4 +718,4 @@ def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     return apply(read(path), model, source=str(path))
 
 
-__all__ = ["Artifact", "apply", "load", "parse", "read", "save", "to_bytes"]
+__all__ = ["Artifact", "apply", "build", "encode", "integrity", "load", "parse", "read", "save", "to_bytes"]

@@ -14,8 +14,12 @@ from torch import nn
 from pemn.artifact import Artifact, parse, read, to_bytes
 from pemn.convert import DENSE_WARN_SHARE, DenseReport, DenseTensor, DenseType, dense_report
 
-COMPONENTS = ("masks", "prototype", "extras", "norm_stats", "header")
-_COMPONENT_OF = {"masks": "masks", "prototype": "prototype", "params": "extras", "buffers": "norm_stats"}
+#: Byte components of a file: ``extras`` are the dense parameters (biases, norm affine...), ``norm_stats`` the
+#: persistent buffers (running statistics...) and the folded norms' scale and shift, ``scales`` the int8
+#: quantisation parameters, ``header`` the container header and the compressed index.
+COMPONENTS = ("masks", "prototype", "extras", "norm_stats", "scales", "header")
+_COMPONENT_OF = {"masks": "masks", "prototype": "prototype", "params": "extras", "buffers": "norm_stats",
+                 "folds": "norm_stats", "qparams": "scales"}
 
 
 @dataclass
@@ -99,6 +103,15 @@ def paper_ratio(masked_weights: int, unique_values: int) -> float:
     return 1.0 - (masked_weights + 32 * unique_values) / (32 * masked_weights)
 
 
+def _dense_fp32_values(entry: list) -> int:
+    """How many float values a dense-index entry stands for in the dense model: int8-coded ones count as the
+    floats they were, a folded BatchNorm's ``[2, C]`` as its 4·C (γ, β, running mean and variance)."""
+    _, kind, dtype, shape = entry[:4]
+    if not (dtype.startswith(("float", "bfloat")) or len(entry) == 5):
+        return 0
+    return math.prod(shape) * (2 if kind == "fold" else 1)
+
+
 def _unique_in_prefix(config: Any, name: str, source: Any, n: int, cache: dict[str, Any]) -> int:
     """How many of ``source``'s stored values the first ``n`` values a layer reads hold. A layer reads the prefix
     of its source: with plain tiling (``fill="copy"``) or an untiled source, all distinct up to the stored
@@ -113,10 +126,6 @@ def _unique_in_prefix(config: Any, name: str, source: Any, n: int, cache: dict[s
     if name not in cache:
         cache[name] = permutation(config.seed, source.expanded) % source.length
     return int(np.unique(cache[name][:n]).size)
-
-
-def _dense_fp32_values(entry: list) -> int:
-    return math.prod(entry[3]) if entry[2].startswith(("float", "bfloat")) else 0
 
 
 def summarize(art: Artifact) -> PEMNSummary:
@@ -139,7 +148,7 @@ def summarize(art: Artifact) -> PEMNSummary:
         layers.append(LayerSummary(e["name"], shape, n, unique, e["kept"], e["kept"] / n, e["bytes"]))
     n_total = sum(lay.masked_weights for lay in layers)
     p_total = sum(s.length for s in sources.values())
-    dense_numel = sum(math.prod(shape) for _, _, dtype, shape in art.dense if dtype.startswith(("float", "bfloat")))
+    dense_numel = sum(_dense_fp32_values(e) for e in art.dense)
     dense_bytes = 4 * (n_total + dense_numel)
     by_kind: dict[str, list[int]] = {}
     large = []
@@ -163,14 +172,15 @@ def summarize(art: Artifact) -> PEMNSummary:
 
 
 def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = "packed",
-            prototype: str = "values", extras_dtype: str | None = None, verbose: bool = True) -> PEMNSummary:
+            prototype: str = "values", extras_dtype: str | None = None, fold_norms: bool = False,
+            verbose: bool = True) -> PEMNSummary:
     """Summarise a converted model (as the artifact it would save to) or an artifact file.
 
     Prints the table unless ``verbose=False``; returns the :class:`PEMNSummary` either way.
     """
     if isinstance(model_or_path, nn.Module):
         result = summarize(parse(to_bytes(model_or_path, coding=coding, prototype=prototype,
-                                         extras_dtype=extras_dtype)))
+                                         extras_dtype=extras_dtype, fold_norms=fold_norms)))
         result.dense = dense_report(model_or_path)
     else:
         result = summarize(read(model_or_path))
