@@ -9,6 +9,7 @@ of them reference, masked only if every one of its users is; everything is check
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import re
 import types
@@ -25,6 +26,7 @@ from pemn.config import PEMNConfig, kept_count
 from pemn.errors import ConversionError
 from pemn.fileio import release_freed_memory
 from pemn.layers import (
+    CHILD_PREFIX,
     GlobalTopK,
     MaskedLayer,
     MaskedWeight,
@@ -497,16 +499,20 @@ def dense_report(model: nn.Module, dense_reason: dict[int, str] | None = None) -
     masked = sum(mw.numel for mw in masked_weights(root).values())
     seen: set[int] = set()
     held: list[tuple[str, nn.Module, torch.Tensor]] = []
-    for mname, module in root.named_modules():
+    modules = dict(root.named_modules())
+    for mname, module in modules.items():
         if isinstance(module, MaskedWeight | PrototypeBank):
             continue
+        owner = module
+        if isinstance(module, parametrize.ParametrizationList):  # x.parametrizations.weight: x holds them
+            owner = modules.get(mname.rsplit(".", 2)[0] if mname.count(".") >= 2 else "", module)
         tensors = [(n, p) for n, p in module._parameters.items() if p is not None]
         tensors += [(n, b) for n, b in module._buffers.items() if b is not None and b.is_floating_point()
                     and n not in module._non_persistent_buffers_set]
         for n, t in tensors:
             if id(t) not in seen:
                 seen.add(id(t))
-                held.append((_qualified(mname, n), module, t))
+                held.append((_qualified(mname, n), owner, t))
     total = masked + sum(t.numel() for _, _, t in held)
     by_type: dict[str, list[int]] = {}
     large = []
@@ -562,16 +568,45 @@ def _resolve(owner: nn.Module, name: str) -> tuple[str, object]:
     return ("dense", (module, attr, t)) if t is not None else ("missing", None)
 
 
+def _expanded_ties(owner: nn.Module) -> dict[str, str]:
+    """transformers' tie mapping ``{target: source}`` of ``owner`` and its sub-models, expanded to parameter
+    names as ``PreTrainedModel.get_expanded_tied_weights_keys(all_submodels=True)`` does, but over the
+    original model's names (a masked weight under its own name, pemn's internals hidden)."""
+    out: dict[str, str] = {}
+    for prefix, sub in owner.named_modules(remove_duplicate=False):
+        if not callable(getattr(type(sub), "get_expanded_tied_weights_keys", None)):
+            continue
+        mapping = getattr(sub, "_tied_weights_keys", None)
+        if not getattr(getattr(sub, "config", None), "tie_word_embeddings", False) or not mapping:
+            continue
+        if not isinstance(mapping, Mapping):
+            raise ConversionError("tie_weights() on a pemn model needs transformers >= 5 (a dict of tied weight "
+                                  "keys); tie the weights before pemn.convert_ instead (the tie then holds)")
+        names = [n for n, _ in sub.named_parameters(remove_duplicate=False)]
+        names += [n for n, _ in sub.named_buffers(remove_duplicate=False)]
+        names = [n for n in names if f".{CHILD_PREFIX}" not in f".{n}"]
+        names += [_qualified(m, p) for m, mod in sub.named_modules(remove_duplicate=False)
+                  if isinstance(mod, MaskedLayer) for p in mod.masked_weights()]
+        for target, source in mapping.items():
+            if target in names and source in names:
+                pairs: list[tuple[str, str]] = [(target, source)]
+            else:
+                sources = sorted(n for n in set(names) if re.search("^" + source, n))
+                targets = sorted(n for n in set(names) if re.search("^" + target, n))
+                if not sources or not targets or len(targets) % len(sources):
+                    raise ConversionError(f"cannot expand transformers' tie {target!r} -> {source!r} on this model")
+                pairs = list(zip(targets, itertools.cycle(sources)))
+            for t, s_ in pairs:
+                out[_qualified(prefix, t)] = out.get(_qualified(prefix, s_), _qualified(prefix, s_))
+    return out
+
+
 def _pemn_tie_weights(self: nn.Module, *args, **kwargs) -> None:
     """transformers' ``tie_weights`` on a pemn model: ties pemn already holds are kept (one masked weight
     for all users), dense ties are made as transformers makes them, and a tie that would replace a masked
     weight raises :class:`ConversionError` (nothing is changed then)."""
-    expand = getattr(self, "get_expanded_tied_weights_keys", None)
-    if expand is None:
-        raise ConversionError("tie_weights() on a pemn model needs transformers >= 5 (get_expanded_tied_weights_"
-                              "keys); tie the weights before pemn.convert_ instead (the tie then holds)")
     todo = []
-    for target, source in expand(all_submodels=True).items():
+    for target, source in _expanded_ties(self).items():
         (tk, tv), (sk, sv) = _resolve(self, target), _resolve(self, source)
         if tk == sk == "masked" and tv is sv:
             continue
