@@ -128,7 +128,7 @@ def _md5(path: Path) -> str:
 
 def test_list_and_info() -> None:
     assert list_datasets() == ["digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "tiny-imagenet",
-                               "imagefolder"]
+                               "imagefolder", "text"]
     info = dataset_info("cifar10")
     assert isinstance(info, DatasetInfo)
     assert (info.num_classes, info.in_channels, info.image_size) == (10, 3, 32)

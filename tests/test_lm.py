@@ -247,3 +247,233 @@ def test_bad_sampling_settings(kwargs, message):
 def test_unknown_prompt_character_is_a_clear_error():
     with pytest.raises(VocabularyError, match="'z'"):
         sample_text(_tiny_gpt(), lm_app("gpt-16-2", "abcdefghijk", 8), "abz", 5)
+
+
+def test_text_in_the_dataset_registry(tmp_path):
+    from pemn.training.data import dataset_info, list_datasets, load_dataset
+
+    assert "text" in list_datasets()
+    info = dataset_info("text", _write(tmp_path, TEXT))
+    assert info.num_classes == len(set(TEXT)) and info.files == ("input.txt",)
+    with pytest.raises(DatasetError, match="load_text"):
+        load_dataset("text", tmp_path)
+    with pytest.raises(DatasetError, match=r"no input\.txt"):
+        dataset_info("text", tmp_path / "nowhere")
+
+
+# ------------------------------------------------------------------------------------- pemn train on text
+
+
+def _train_cfg(tmp_path, out="run", **overrides):
+    from pemn.training.config import resolve_config
+
+    data_dir = tmp_path / "data"
+    if not (data_dir / "input.txt").exists():
+        data_dir.mkdir(exist_ok=True)
+        _write(data_dir, TEXT)
+    settings = {"model": "gpt-16-2", "dataset": "text", "data_dir": str(data_dir), "block_size": 8,
+                "batch_size": 4, "steps": 12, "device": "cpu", "progress": False, "out": str(tmp_path / out),
+                **overrides}
+    return resolve_config(settings, recipe="nanogpt")
+
+
+TRAIN_CASES = [
+    ("dense", {"strategy": "dense"}, "model.safetensors"),
+    ("mask", {"strategy": "mask"}, "model.pemn"),
+    ("one_layer", {"strategy": "one_layer"}, "model.pemn"),
+    ("rp-entropy", {"strategy": "rp", "ratio": 1e-2, "keep": 0.2, "coding": "entropy"}, "model.pemn"),
+    ("pruned", {"strategy": "dense", "prune": "magnitude", "compression": 0.9}, "model.sparse.safetensors"),
+]
+
+
+@pytest.mark.parametrize(("label", "overrides", "filename"), TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_text_writes_lm_metrics_and_a_self_sufficient_file(tmp_path, label, overrides, filename):
+    import json
+
+    from pemn.training.engine import train
+
+    result = train(_train_cfg(tmp_path, **overrides), log=lambda _: None)
+    out = tmp_path / "run"
+    # 302 training characters / (4 x 8) = 9 steps per epoch: --steps 12 is one epoch and a partial one of 3
+    assert result.epochs_run == 2 and result.steps_run == 12
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [9, 12]
+    assert rows[-1]["lr"] == 0.0  # the cosine schedule ran over the 12 steps
+    for r in rows:
+        assert math.isclose(r["bits_per_char"], r["val_loss"] / math.log(2))
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["val_loss"] == rows[-1]["val_loss"] == result.val_loss
+    assert saved["artifact_val_loss"] == result.val_loss  # the file reproduces the last evaluation exactly
+    assert math.isclose(saved["bits_per_char"], saved["val_loss"] / math.log(2))
+    path = out / filename
+    model, app = build_lm(path)
+    assert app["vocab"] == "".join(sorted(set(TEXT))) and app["block_size"] == 8 and app["model"] == "gpt-16-2"
+    corpus = load_text(tmp_path / "data", 8)
+    assert evaluate_lm(model, corpus.val, 8)["val_loss"] == result.val_loss
+
+
+def test_train_text_learns(tmp_path):
+    from pemn.training.engine import train
+
+    result = train(_train_cfg(tmp_path, strategy="dense", steps=150, lr=1e-2), log=lambda _: None)
+    assert result.val_loss < math.log(len(set(TEXT))) - 1.0  # well below the uniform guess
+
+
+@pytest.mark.parametrize("stop_at", [5, 10])  # mid first epoch, and inside the partial last epoch
+def test_text_resume_is_exact(tmp_path, stop_at):
+    import json
+
+    from pemn.training.engine import TrainingInterrupted, train
+
+    whole = train(_train_cfg(tmp_path, "whole", strategy="rp", ratio=0.1), log=lambda _: None)
+    cfg = _train_cfg(tmp_path, "parts", strategy="rp", ratio=0.1)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, log=lambda _: None, stop_after_step=stop_at)
+    cfg.resume = True
+    resumed = train(cfg, log=lambda _: None)
+    assert resumed.state_sha256 == whole.state_sha256
+    assert resumed.val_loss == whole.val_loss and resumed.steps_run == 12
+
+    def strip(p):
+        rows = [json.loads(line) for line in p.read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k not in ("seconds", "chars_per_s")} for r in rows]
+
+    assert strip(tmp_path / "parts" / "metrics.jsonl") == strip(tmp_path / "whole" / "metrics.jsonl")
+    # (the files' bytes may differ: safetensors writes its metadata map in no fixed order)
+    parts, whole = (pemn.artifact.read(tmp_path / d / "model.pemn") for d in ("parts", "whole"))
+    assert parts.app == whole.app and parts.metadata == whole.metadata and parts.file_bytes == whole.file_bytes
+    assert all(torch.equal(parts.tensors[k], whole.tensors[k]) for k in whole.tensors)
+
+
+def test_steps_on_an_image_dataset(tmp_path):
+    from pemn.training.config import resolve_config
+    from pemn.training.engine import train
+
+    # digits: 1438 training images, batch 128 -> 12 steps per epoch; 15 steps = one epoch and 3 steps
+    cfg = resolve_config({"model": "tiny-mlp", "dataset": "digits", "strategy": "rp", "steps": 15, "device": "cpu",
+                          "progress": False, "out": str(tmp_path / "run")})
+    result = train(cfg, log=lambda _: None)
+    assert result.epochs_run == 2 and result.steps_run == 15
+    import json
+
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [12, 15] and rows[-1]["lr"] == 0.0
+    assert result.val_loss is None
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"model": "tiny-mlp"}, "choose a gpt-<dim>-<depth> model"),
+    ({"dataset": "digits"}, "is a language model"),
+    ({"steps": 0}, "steps must be >= 1"),
+    ({"block_size": 0}, "block_size must be >= 1"),
+])
+def test_text_config_errors(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _train_cfg(tmp_path, **overrides)
+
+
+def test_block_size_only_for_text():
+    from pemn.training.config import resolve_config
+
+    with pytest.raises(ValueError, match="applies only to dataset 'text'"):
+        resolve_config({"model": "tiny-mlp", "dataset": "digits", "block_size": 32})
+
+
+def test_text_too_short_for_the_context_is_a_clear_cli_error(tmp_path, capsys):
+    from pemn.cli import main
+
+    _write(tmp_path, "abc" * 30)
+    rc = main(["train", "--dataset", "text", "--data-dir", str(tmp_path), "--model", "gpt-16-1", "--steps", "2",
+               "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
+
+
+def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
+    import json
+
+    from pemn.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data, TEXT)
+    out = tmp_path / "run"
+    rc = main(["train", "--dataset", "text", "--data-dir", str(data), "--model", "gpt-16-2", "--block-size", "8",
+               "--steps", "12", "--batch-size", "4", "--recipe", "nanogpt", "--strategy", "rp", "--ratio", "0.1",
+               "--out", str(out), "--no-progress", "--device", "cpu"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "val loss" in text and "bits/char" in text
+    saved = json.loads((out / "result.json").read_text())
+    art = str(out / "model.pemn")
+    # eval: nothing but the text folder (and even that comes from config.json when left out)
+    assert main(["eval", art, "--dataset", "text", "--data-dir", str(data), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["val_loss"] == saved["val_loss"] and got["bits_per_char"] == saved["bits_per_char"]
+    assert main(["eval", art]) == 0
+    assert f"validation loss {saved['val_loss']:.4f}" in capsys.readouterr().out
+    # sample: deterministic under a seed
+    args = ["sample", art, "--prompt", "First", "--tokens", "30", "--temperature", "0.8", "--top-k", "5"]
+    assert main([*args, "--seed", "3"]) == 0
+    a = capsys.readouterr().out
+    assert main([*args, "--seed", "3"]) == 0
+    assert capsys.readouterr().out == a and a.startswith("First") and len(a.rstrip("\n")) >= 35 - 1
+    assert main([*args, "--seed", "4"]) == 0
+    assert capsys.readouterr().out != a
+    # unknown prompt character: one clear line
+    assert main(["sample", art, "--prompt", "First@"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pemn: error: character '@'") and "Traceback" not in err
+    # a file that is no language model
+    plain = tmp_path / "plain.pemn"
+    pemn.save(pemn.convert_(nn.Sequential(nn.Linear(4, 3)), pemn.PEMNConfig()), plain)
+    assert main(["sample", str(plain)]) == 1
+    assert "no language model" in capsys.readouterr().err
+
+
+LM_DDP_CHILD = """
+import json, os, sys
+from pemn.training.config import resolve_config
+from pemn.training.engine import train
+
+cfg = resolve_config({"model": "gpt-16-2", "dataset": "text", "data_dir": sys.argv[1], "block_size": 8,
+                      "batch_size": 4, "steps": 12, "strategy": "rp", "ratio": 0.1, "device": "cpu",
+                      "progress": False, "out": sys.argv[2]}, recipe="nanogpt")
+result = train(cfg, log=lambda line: print(line, flush=True))
+with open(os.path.join(sys.argv[3], f"rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump({"state": result.state_sha256, "val_loss": result.val_loss}, f)
+"""
+
+
+@pytest.mark.slow
+def test_text_under_torchrun(tmp_path):
+    """Two gloo ranks: each takes its rows of the same global batch; masks agree; one writer."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write(data, TEXT)
+    script = tmp_path / "child.py"
+    script.write_text(LM_DDP_CHILD)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+         f"--master_port={port}", str(script), str(data), str(tmp_path / "run"), str(tmp_path)],
+        capture_output=True, text=True, timeout=180, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["state"] == ranks[1]["state"]
+    assert ranks[0]["val_loss"] == ranks[1]["val_loss"] is not None
+    assert proc.stdout.count("pemn train:") == 1
+    single = __import__("pemn.training.engine", fromlist=["train"]).train(
+        _train_cfg(tmp_path, "single", strategy="rp", ratio=0.1), log=lambda _: None)
+    # the same global batches: the sharded run tracks the single-process one (reduction order aside)
+    assert abs(single.val_loss - ranks[0]["val_loss"]) < 1e-2

@@ -142,7 +142,9 @@ def _dataset_rows() -> list[tuple[str, str]]:
         try:
             desc = dataset_info(name).description
         except DatasetError:
-            desc = "class-per-folder RGB images: DIR/train/<class>/*.png|jpg and DIR/test/ (needs --data-dir)"
+            desc = ("character-level text: DIR/input.txt (UTF-8), first 90 % train / last 10 % validation (needs "
+                    "--data-dir)" if name == "text" else
+                    "class-per-folder RGB images: DIR/train/<class>/*.png|jpg and DIR/test/ (needs --data-dir)")
         rows.append((name, desc))
     return rows
 
@@ -232,10 +234,18 @@ def _report_train(cfg: Any, result: Any) -> None:
     if out_dir is not None:
         files = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file()) if Path(out_dir).is_dir() else []
         _out(f"  results    {out_dir}" + (f"  ({', '.join(files)})" if files else ""))
-    _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
-         f"final epoch ({g(result, 'epochs_run', '?')}): {_fmt_pct(g(result, 'final_acc', None))}")
-    _out("             (top-1 on the test split; best = max over epochs, the paper's metric; final = the saved "
-         "model's)")
+    val_loss = g(result, "val_loss", None)
+    if val_loss is not None:  # a language model (dataset text)
+        _out(f"  val loss   {float(val_loss):.4f} nats/char = {float(g(result, 'bits_per_char', 0.0)):.4f} bits/char "
+             f"after {g(result, 'steps_run', '?')} steps (the saved model, whole validation split)")
+        _out(f"  accuracy   next character, final: {_fmt_pct(g(result, 'final_acc', None))}")
+    else:
+        _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
+             f"final epoch ({g(result, 'epochs_run', '?')}): {_fmt_pct(g(result, 'final_acc', None))}")
+        _out("             (top-1 on the test split; best = max over epochs, the paper's metric; final = the saved "
+             "model's)")
+        if g(result, "teacher_acc", None) is not None:
+            _out(f"  teacher    {cfg.teacher}: {_fmt_pct(result.teacher_acc)} (the dense model distilled from)")
     paper, honest = sv("paper_ratio"), sv("honest_ratio")
     parts = []
     if paper is not None:
@@ -364,12 +374,40 @@ def _load_model(path: Path, model_name: str, shape: dict[str, int]) -> tuple[Any
 # --------------------------------------------------------------------------------------------- eval
 
 
+def _is_text(dataset: str | None) -> bool:
+    return dataset is not None and re.sub(r"[-_\s]", "", dataset.strip().lower()) == "text"
+
+
+def _cmd_eval_text(args: argparse.Namespace) -> int:
+    """Validation loss of a language model: everything but the text comes from the artifact's metadata."""
+    from pemn.training.sample import build_lm
+    from pemn.training.text import decode, encode, evaluate_lm, load_text
+
+    model, app = build_lm(args.artifact)
+    corpus = load_text(args.data_dir, app["block_size"])
+    val = corpus.val if corpus.vocab == app["vocab"] else encode(decode(corpus.val, corpus.vocab), app["vocab"])
+    device = _device(args.device)
+    m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=args.batch_size, device=device)
+    if args.json:
+        _out(json.dumps({"artifact": str(args.artifact), "model": app["model"], "dataset": "text",
+                         "split": "validation", **m}))
+    else:
+        _out(f"{args.artifact}: validation loss {m['val_loss']:.4f} nats/char ({m['bits_per_char']:.4f} bits/char), "
+             f"next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {corpus.path}, "
+             f"{app['model']}, context {app['block_size']})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pemn.training.augment import build_eval_transform
     from pemn.training.data import load_dataset
 
     _sniff(Path(args.artifact))
+    if _is_text(args.dataset):
+        return _cmd_eval_text(args)
     _fill_from_run_config(args)
+    if _is_text(args.dataset):
+        return _cmd_eval_text(args)
     if args.dataset is None:
         raise UsageError("give --dataset NAME (no config.json next to the artifact to take it from)")
     evaluation = _training("evaluation")
@@ -387,6 +425,35 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         _out(f"{args.artifact}: test accuracy {float(acc):.2f} % (top-1, {labels.numel():,} {info.name} test "
              f"images, {args.model}, {kind} weights)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- sample
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from pemn.training.sample import build_lm, sample_text
+
+    _sniff(Path(args.artifact))
+    if args.tokens < 0:
+        raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
+    if args.temperature < 0 or args.temperature != args.temperature:
+        raise UsageError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
+    prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
+    if not prompt:
+        raise UsageError("--prompt must hold at least one character")
+    model, app = build_lm(args.artifact)
+    model.to(_device(args.device))
+    text = sample_text(model, app, prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
+                       seed=args.seed)
+    if args.json:
+        _out(json.dumps({"artifact": str(args.artifact), "model": app["model"], "prompt": prompt,
+                         "tokens": args.tokens, "temperature": args.temperature, "top_k": args.top_k,
+                         "seed": args.seed, "text": text}))
+    else:
+        _out(text)
     return 0
 
 
@@ -659,6 +726,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
+                       description="Rebuild the language model from its file (the vocabulary and context length "
+                                   "travel in it) and continue the prompt; the same seed gives the same text.")
+    p.add_argument("artifact", help="model.pemn, model.safetensors or model.sparse.safetensors of a text run")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline); every character must "
+                                                  "be in the model's vocabulary")
+    p.add_argument("--escapes", action="store_true", help="read backslash escapes in --prompt (e.g. \\n)")
+    p.add_argument("--tokens", type=int, default=300, help="characters to generate (default: 300)")
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy (default: 1)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely characters only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=_cmd_sample)
 
     p = sub.add_parser("inspect", help="sizes and compression ratios of an artifact")
     p.add_argument("artifact", help="a .pemn artifact")

@@ -105,11 +105,13 @@ class TrainConfig:
 
     # what
     model: str = _f("mlp", "model name from the registry (pemn models), e.g. mlp, lenet5, resnet20, convmixer-256-8")
-    dataset: str = _f("digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100, tiny-imagenet "
-                              "or imagefolder")
+    dataset: str = _f("digits", "dataset: digits, mnist, fashion-mnist, cifar10, cifar100, tiny-imagenet, imagefolder "
+                              "or text")
     data_dir: str | None = _f(None, "folder with the dataset files (default: $PEMN_DATA_DIR or ./data)")
     download: bool = _f(False, "download missing official dataset files into data_dir")
-    train_subset: int | None = _f(None, "train on the first N training images only (quick runs)")
+    train_subset: int | None = _f(None, "train on the first N training images only (quick runs); text: the first N "
+                                        "characters")
+    block_size: int = _f(64, "text only: context length in characters (the GPT's position embedding size)")
     # method
     strategy: str = _f("rp", f"dense, or a PEMN strategy: {', '.join(PEMN_STRATEGIES)}")
     ratio: float | None = _f(None, "rp only: prototype length as a fraction of the largest layer (default 1e-3)")
@@ -128,8 +130,10 @@ class TrainConfig:
     prune_scope: str = _f("layer", "pruning scope: layer (same fraction per layer) or global (needs prune)")
     # recipe
     recipe: str = _f("adamw", "named recipe for the training fields you leave unset: adamw, convmixer, "
-                              "resnet-sgd, mnist")
+                              "resnet-sgd, mnist, nanogpt")
     epochs: int = _f(10, "number of training epochs")
+    steps: int | None = _f(None, "total optimizer steps, overriding epochs (the last epoch may be partial; the lr "
+                                 "schedule then runs over steps)")
     batch_size: int = _f(128, "global batch size (split across ranks under torchrun)")
     optimizer: str = _f("adamw", "adamw or sgd (momentum, no nesterov)")
     lr: float = _f(0.01, "peak learning rate")
@@ -178,6 +182,16 @@ class TrainConfig:
         except DatasetError as e:
             if str(e).startswith("unknown dataset"):
                 raise
+        text = self.dataset.strip().lower() == "text"
+        language_model = get_model_spec(self.model).pattern.startswith("gpt-")
+        if text and not language_model:
+            raise ValueError(f"dataset 'text' trains a language model: choose a gpt-<dim>-<depth> model (e.g. "
+                             f"gpt-128-4), not {self.model!r}")
+        if language_model and not text:
+            raise ValueError(f"{self.model!r} is a language model: it trains on dataset 'text' (--dataset text "
+                             f"--data-dir DIR with DIR/input.txt), not {self.dataset!r}")
+        if not text and self.block_size != 64:
+            raise ValueError("block_size is the context of a language model: it applies only to dataset 'text'")
         # contradictions
         if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
             takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
@@ -198,6 +212,9 @@ class TrainConfig:
         else:
             self.pemn_config()  # PEMNConfig checks its own fields (names, keep range, fill 'rand', target regexes)
         # ranges
+        _positive("block_size", self.block_size)
+        if self.steps is not None:
+            _positive("steps", self.steps)
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
         _positive("eval_batch_size", self.eval_batch_size)
@@ -363,6 +380,11 @@ RECIPES: dict[str, dict[str, Any]] = {
     # draws the largest layer's N(0, 2/fan_in) values, so the logits stay too small for a confident softmax.
     "mnist": {"epochs": 8, "batch_size": 128, "optimizer": "adamw", "lr": 0.01, "weight_decay": 0.0,
               "momentum": 0.9, "schedule": "paper", "augment": "none", **_COMMON},
+    # nanoGPT's shakespeare_char CPU setting (lr 1e-3, weight decay 0.1, gradient clip 1, batch 12; give
+    # --steps 2000 --block-size 64), with a plain cosine to 0 instead of its 100-step warmup and floor of 1e-4.
+    "nanogpt": {"epochs": 1, "batch_size": 12, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.1,
+                "momentum": 0.9, "schedule": "cosine", "augment": "none", "amp": None, "clip_norm": 1.0,
+                "label_smoothing": 0.0},
 }
 
 

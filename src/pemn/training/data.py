@@ -19,6 +19,9 @@ Supported datasets (see :func:`list_datasets`):
     The official "python version" pickles (``cifar-10-batches-py/``, ``cifar-100-python/``); ``data_dir``
     may be the parent folder or the folder itself. They are read with a restricted unpickler that
     only admits numpy array reconstruction and plain containers.
+``text``
+    ``data_dir/input.txt`` (UTF-8) for character-level language models; read by
+    :func:`pemn.training.text.load_text` (:func:`dataset_info` gives its vocabulary size as ``num_classes``).
 ``tiny-imagenet``
     Tiny-ImageNet (200 classes, 64×64 RGB, 100,000 train / 10,000 val images) in its official
     ``tiny-imagenet-200`` layout: ``wnids.txt``, ``train/<wnid>/images/*.JPEG`` and ``val/images/*.JPEG`` with
@@ -99,7 +102,7 @@ class DatasetInfo:
     url: str = ""
 
 
-_DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "imagefolder")
+_DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "cifar100", "tiny-imagenet", "imagefolder", "text")
 _ALIASES = {
     "fashion_mnist": "fashion-mnist",
     "fashionmnist": "fashion-mnist",
@@ -274,6 +277,8 @@ def dataset_info(
     ``image_size`` only changes ``imagefolder`` (default 64) and must otherwise match the native size.
     """
     key = _canonical_name(name)
+    if key == "text":
+        return _text_info(data_dir)
     if key == "imagefolder":
         size = _imagefolder_size(image_size)
         if data_dir is None:
@@ -313,6 +318,9 @@ def load_dataset(
     mirror). The returned tensors are fresh copies; the decoded data is cached in-process.
     """
     key = _canonical_name(name)
+    if key == "text":
+        raise DatasetError("text: a character-level corpus, not images and labels; read it with "
+                           "pemn.training.text.load_text(data_dir, block_size)")
     if split not in _SPLITS:
         raise DatasetError(f"{key}: unknown split {split!r}; use one of {', '.join(_SPLITS)}")
     if key == "digits":
@@ -352,6 +360,25 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------------
 # helpers: names, paths, cache
 # --------------------------------------------------------------------------------------------------
+
+
+def _text_info(data_dir: str | os.PathLike[str] | None) -> DatasetInfo:
+    """The ``text`` dataset (:mod:`pemn.training.text`): ``num_classes`` is the vocabulary size of the file."""
+    from pemn.training.text import TEXT_FILE, read_text
+
+    path, text = read_text(data_dir)
+    vocab = len(set(text))
+    return DatasetInfo(
+        name="text",
+        num_classes=vocab,
+        in_channels=1,
+        image_size=1,
+        mean=(),
+        std=(),
+        files=(TEXT_FILE,),
+        description=f"character-level text from {path} ({len(text):,} characters, {vocab} distinct; first 90 % "
+        "train, last 10 % validation)",
+    )
 
 
 def _canonical_name(name: str) -> str:

@@ -69,6 +69,8 @@ from pemn.training.outputs import (
 )
 from pemn.training.progress import Progress, fmt_time
 from pemn.training.prune import prune_
+from pemn.training.sample import lm_app
+from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
 
 __all__ = ["NonFiniteLossError", "TrainingInterrupted", "schedule_lr", "train"]
 
@@ -190,12 +192,21 @@ class _Data:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
-    train_tf: BatchTransform
-    eval_tf: BatchTransform
+    train_tf: BatchTransform | None
+    eval_tf: BatchTransform | None
+    corpus: TextCorpus | None = None  # dataset text: train_x / test_x are the splits' character ids
 
     @classmethod
     def load(cls, cfg: TrainConfig, group: Dist, device: torch.device) -> _Data:
         info = dataset_info(cfg.dataset, cfg.data_dir)
+        if info.name == "text":
+            corpus = load_text(cfg.data_dir, cfg.block_size)
+            train = corpus.train if cfg.train_subset is None else corpus.train[:cfg.train_subset]
+            if train.numel() <= cfg.block_size:
+                raise ValueError(f"train_subset {cfg.train_subset} leaves no full context of {cfg.block_size} "
+                                 "characters to train on")
+            empty = torch.zeros(0, dtype=torch.int64)
+            return cls(info, train, empty, corpus.val, empty, None, None, corpus)
         if cfg.download and group.enabled and not group.main:
             group.barrier()  # rank 0 downloads first
         x, y = load_dataset(cfg.dataset, cfg.data_dir, split="train", download=cfg.download)
@@ -226,6 +237,8 @@ def _default_log(message: str) -> None:
 
 
 def _fresh_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
+    if info.name == "text":  # a language model over the file's characters
+        return create_model(cfg.model, num_classes=info.num_classes, block_size=cfg.block_size)
     return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
                         image_size=info.image_size)
 
@@ -259,6 +272,15 @@ def _steps_per_epoch(n: int, batch_size: int, world: int) -> tuple[int, int, int
     if steps == 0:
         raise ValueError(f"the training set ({n} images) is too small for {world} rank(s)")
     return per_rank_batch, shard, steps
+
+
+def _text_steps_per_epoch(n: int, batch_size: int, block_size: int, world: int) -> tuple[int, int, int]:
+    """Random windows: an epoch is as many steps as it takes to draw the training text's length in windows."""
+    per_rank_batch = batch_size // world
+    if per_rank_batch < 1:
+        raise ValueError(f"batch_size {batch_size} is smaller than the world size {world}")
+    steps = max(1, n // (batch_size * block_size))
+    return per_rank_batch, steps * per_rank_batch, steps
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -314,8 +336,16 @@ class _Run:
             self.log(f"note: amp needs CUDA; training in float32 on {self.device}")
             self.amp = False
         self.data = _Data.load(cfg, group, self.device)
-        self.per_rank_batch, self.shard, self.steps = _steps_per_epoch(
-            self.data.train_x.shape[0], cfg.batch_size, group.world)
+        if self.data.corpus is not None:
+            self.per_rank_batch, self.shard, self.steps = _text_steps_per_epoch(
+                self.data.train_x.numel(), cfg.batch_size, cfg.block_size, group.world)
+        else:
+            self.per_rank_batch, self.shard, self.steps = _steps_per_epoch(
+                self.data.train_x.shape[0], cfg.batch_size, group.world)
+        # --steps: that many optimizer steps in all, in whole epochs and a last partial one
+        self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps
+        self.epochs = -(-self.total_steps // self.steps)
+        self.lm: dict[str, float] = {}
         self.kind = kind_of(cfg)
         self.out = prepare_out_dir(cfg, group)
         self.module = _build_model(cfg, self.data.info).to(self.device)
@@ -385,7 +415,7 @@ class _Run:
         self._describe()
         self.stop.install()
         first_epoch, first_step = h.epoch, h.step
-        for epoch in range(first_epoch, cfg.epochs):
+        for epoch in range(first_epoch, self.epochs):
             self._epoch(epoch, first_step if epoch == first_epoch else 0)
         return self._finish()
 
@@ -403,11 +433,16 @@ class _Run:
             extra = sum(p.numel() for p in self.params) - sum(mw.numel for mw in mws.values() if not mw.frozen)
             what = (f"{cfg.strategy}, {masked:,} masked weights from {bank.unique_values:,} prototype values, "
                     f"keep {cfg.keep:g}, {extra:,} trained extras")
-        self.log(f"pemn train: {cfg.model} on {cfg.dataset} ({self.data.train_x.shape[0]:,} train / "
-                 f"{self.data.test_x.shape[0]:,} test images); {what}")
+        if self.data.corpus is not None:
+            sizes = (f"{self.data.train_x.numel():,} train / {self.data.test_x.numel():,} validation characters, "
+                     f"vocabulary {self.data.corpus.vocab_size}, context {cfg.block_size}")
+        else:
+            sizes = f"{self.data.train_x.shape[0]:,} train / {self.data.test_x.shape[0]:,} test images"
+        self.log(f"pemn train: {cfg.model} on {cfg.dataset} ({sizes}); {what}")
+        length = (f"{self.total_steps:,} steps ({self.steps:,} per epoch)" if cfg.steps is not None
+                  else f"{self.epochs} epochs x {self.steps} steps")
         self.log(f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, schedule "
-                 f"{cfg.schedule}, augment {cfg.augment}, batch {cfg.batch_size}, {cfg.epochs} epochs x "
-                 f"{self.steps} steps; "
+                 f"{cfg.schedule}, augment {cfg.augment}, batch {cfg.batch_size}, {length}; "
                  f"device {self.device}{' (amp)' if self.amp else ''}, world size {self.dist.world}; out {self.out}")
 
     def _batches(self, epoch: int) -> torch.Tensor:
@@ -426,29 +461,36 @@ class _Run:
 
     def _epoch(self, epoch: int, start_step: int) -> None:
         cfg, data, h = self.cfg, self.data, self.history
-        E, steps, B = cfg.epochs, self.steps, self.per_rank_batch
-        perm = self._batches(epoch)
+        E, steps, B = self.epochs, self.steps, self.per_rank_batch
+        last = min(steps, self.total_steps - epoch * steps)  # steps of this epoch (fewer in a --steps run's last)
+        perm = self._batches(epoch) if data.corpus is None else None
         if start_step == 0:
             h.totals = _Totals()
-        epoch_images = min(self.shard, steps * B) * self.dist.world
+        epoch_images = min(self.shard, last * B) * self.dist.world
         self.progress = Progress(cfg.progress and self.dist.main, epoch_images, f"epoch {epoch + 1}/{E}", self._log)
         self.progress.done = int(h.totals.seen)
         t_epoch = time.perf_counter()
         self.model.train()
-        for step in range(start_step, steps):
+        for step in range(start_step, last):
             t_step = time.perf_counter()
-            idx = perm[step * B:(step + 1) * B]
-            xb, yb = data.train_x[idx], data.train_y[idx]
-            if data.train_tf.is_random:
-                x = data.train_tf(xb, generator=_derive_seed(cfg.seed, 1, epoch, step, self.dist.rank))
+            if perm is None:
+                x, yb = self._text_batch(epoch, step)
             else:
-                x = data.train_tf(xb)
-            lr = schedule_lr(cfg.schedule, cfg.lr, E, epoch + (step + 1) / steps)
+                idx = perm[step * B:(step + 1) * B]
+                xb, yb = data.train_x[idx], data.train_y[idx]
+                assert data.train_tf is not None
+                if data.train_tf.is_random:
+                    x = data.train_tf(xb, generator=_derive_seed(cfg.seed, 1, epoch, step, self.dist.rank))
+                else:
+                    x = data.train_tf(xb)
+            lr = self._lr(epoch, step + 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp):
                 out = self.model(x)
+                if out.dim() > 2:  # a language model: (B, T, vocab) logits, one target per position
+                    out, yb = out.flatten(0, -2), yb.flatten()
                 loss = self.criterion(out, yb)
             flags = torch.stack([
                 (~torch.isfinite(loss.detach())).float(),
@@ -472,6 +514,58 @@ class _Run:
                 self._interrupt(epoch, step + 1, int(self.stop.signum or 0) or None)
         self.progress.close()
         self._end_epoch(epoch, time.perf_counter() - t_epoch)
+
+    def _lr(self, epoch: int, step: int) -> float:
+        """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
+        cfg = self.cfg
+        if cfg.steps is not None:
+            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
+        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
+
+    def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch, step))
+        x, y = random_windows(self.data.train_x, self.cfg.block_size, self.per_rank_batch * self.dist.world, g)
+        rows = slice(self.dist.rank * self.per_rank_batch, (self.dist.rank + 1) * self.per_rank_batch)
+        return x[rows].to(self.device), y[rows].to(self.device)
+
+    def _lm_eval(self, model: nn.Module, *, shard: bool = True) -> dict[str, float]:
+        """Validation metrics of a language model over the whole split (sharded across ranks, all-reduced)."""
+        world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
+        nats, correct, count = lm_window_losses(
+            model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
+            rank=rank, world=world, autocast=lambda: autocast(self.device, self.amp))
+        sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
+        if shard:
+            self.dist.all_reduce_(sums)
+        return lm_metrics(*sums.tolist())
+
+    def _lr(self, epoch: int, step: int) -> float:
+        """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
+        cfg = self.cfg
+        if cfg.steps is not None:
+            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
+        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
+
+    def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch, step))
+        x, y = random_windows(self.data.train_x, self.cfg.block_size, self.per_rank_batch * self.dist.world, g)
+        rows = slice(self.dist.rank * self.per_rank_batch, (self.dist.rank + 1) * self.per_rank_batch)
+        return x[rows].to(self.device), y[rows].to(self.device)
+
+    def _lm_eval(self, model: nn.Module, *, shard: bool = True) -> dict[str, float]:
+        """Validation metrics of a language model over the whole split (sharded across ranks, all-reduced)."""
+        world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
+        nats, correct, count = lm_window_losses(
+            model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
+            rank=rank, world=world, autocast=lambda: autocast(self.device, self.amp))
+        sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
+        if shard:
+            self.dist.all_reduce_(sums)
+        return lm_metrics(*sums.tolist())
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         """Backward (loss-scaled under AMP), optional gradient clipping (on unscaled gradients), step."""
@@ -497,6 +591,9 @@ class _Run:
                     dist.broadcast(b, 0)
 
     def _test_accuracy(self) -> float:
+        if self.data.corpus is not None:
+            self.lm = self._lm_eval(self.module)
+            return self.lm["val_acc"]
         world, rank = self.dist.world, self.dist.rank
         x, y = self.data.test_x[rank::world], self.data.test_y[rank::world]
         correct, total = count_correct(self.module, x, y, transform=self.data.eval_tf,
@@ -512,13 +609,18 @@ class _Run:
         a = h.totals
         metrics = {
             "epoch": epoch + 1,
-            "lr": schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + 1.0),
+            "lr": self._lr(epoch, min(self.steps, self.total_steps - epoch * self.steps)),
             "train_loss": a.loss_sum / max(a.seen, 1.0),
             "train_acc": 100.0 * a.correct / max(a.seen, 1.0),
             "test_acc": test_acc,
             "seconds": epoch_seconds,
             "images_per_s": a.seen / max(a.train_seconds, 1e-9),
         }
+        if cfg.steps is not None or self.data.corpus is not None:
+            metrics["step"] = min(self.total_steps, (epoch + 1) * self.steps)
+        if self.data.corpus is not None:
+            metrics["chars_per_s"] = metrics.pop("images_per_s")
+            metrics.update(val_loss=self.lm["val_loss"], bits_per_char=self.lm["bits_per_char"])
         h.metrics.append(metrics)
         if h.best_epoch == 0 or test_acc > h.best_acc:
             h.best_acc, h.best_epoch = test_acc, epoch + 1
@@ -527,13 +629,19 @@ class _Run:
         if self.dist.main:
             write_metrics(self.out, h.metrics)
         self.session_epochs.append(epoch_seconds)
-        eta = (cfg.epochs - epoch - 1) * sum(self.session_epochs) / len(self.session_epochs)
-        self.log(f"epoch {epoch + 1}/{cfg.epochs}  lr {metrics['lr']:.4g}  loss {metrics['train_loss']:.4f}  "
-                 f"train {metrics['train_acc']:.2f}%  test {test_acc:.2f}%  (best {h.best_acc:.2f}% @ "
-                 f"{h.best_epoch})  {epoch_seconds:.1f}s  {metrics['images_per_s']:,.0f} img/s  "
-                 f"ETA {fmt_time(eta)}")
+        eta = (self.epochs - epoch - 1) * sum(self.session_epochs) / len(self.session_epochs)
+        if self.data.corpus is not None:
+            self.log(f"epoch {epoch + 1}/{self.epochs} (step {metrics['step']})  lr {metrics['lr']:.4g}  loss "
+                     f"{metrics['train_loss']:.4f}  val loss {metrics['val_loss']:.4f} ({metrics['bits_per_char']:.4f} "
+                     f"bits/char)  val acc {test_acc:.2f}%  {epoch_seconds:.1f}s  {metrics['chars_per_s']:,.0f} "
+                     f"char/s  ETA {fmt_time(eta)}")
+        else:
+            self.log(f"epoch {epoch + 1}/{self.epochs}  lr {metrics['lr']:.4g}  loss {metrics['train_loss']:.4f}  "
+                     f"train {metrics['train_acc']:.2f}%  test {test_acc:.2f}%  (best {h.best_acc:.2f}% @ "
+                     f"{h.best_epoch})  {epoch_seconds:.1f}s  {metrics['images_per_s']:,.0f} img/s  "
+                     f"ETA {fmt_time(eta)}")
         stop = torch.tensor([float(self.stop.signum is not None)], device=self.device)
-        hook = self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch and epoch + 1 < cfg.epochs
+        hook = self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch and epoch + 1 < self.epochs
         if self.dist.all_reduce_(stop).item() or hook:
             self._interrupt(epoch + 1, 0, self.stop.signum, written=True)
 
@@ -572,17 +680,26 @@ class _Run:
         path = self.out / self.kind.filename
         files: dict[str, Any] = {}
         summary: dict[str, Any] = {}
-        artifact_acc = None
+        artifact_acc = artifact_val_loss = None
+        corpus = self.data.corpus
         if self.dist.main:
-            summary = self.kind.save(self.module, path, cfg)
+            app = lm_app(cfg.model, corpus.vocab, cfg.block_size) if corpus is not None else None
+            summary = self.kind.save(self.module, path, cfg, app=app)
             nbytes = path.stat().st_size
             files = {self.kind.path_field: path, **dict.fromkeys(self.kind.bytes_fields, nbytes)}
             with torch.random.fork_rng(devices=[]):
                 fresh = _fresh_model(cfg, self.data.info)
             loaded = self.kind.load(path, fresh).to(self.device)
-            artifact_acc = evaluate(loaded, self.data.test_x, self.data.test_y, transform=self.data.eval_tf,
-                                    batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp)
-            if artifact_acc != final_acc:
+            if corpus is not None:
+                reloaded = self._lm_eval(loaded, shard=False)
+                artifact_acc, artifact_val_loss = reloaded["val_acc"], reloaded["val_loss"]
+                if abs(artifact_val_loss - self.lm["val_loss"]) > 1e-6:
+                    self.log(f"warning: the saved model's validation loss is {artifact_val_loss:.6f}, the last "
+                             f"epoch measured {self.lm['val_loss']:.6f}")
+            else:
+                artifact_acc = evaluate(loaded, self.data.test_x, self.data.test_y, transform=self.data.eval_tf,
+                                        batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp)
+            if corpus is None and artifact_acc != final_acc:
                 self.log(f"warning: the saved model scores {artifact_acc:.2f}% on the test set, the last epoch "
                          f"measured {final_acc:.2f}%")
         result = TrainResult(
@@ -591,14 +708,21 @@ class _Run:
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
+            val_loss=self.lm.get("val_loss"), bits_per_char=self.lm.get("bits_per_char"),
+            artifact_val_loss=artifact_val_loss, steps_run=min(self.total_steps, len(h.metrics) * self.steps),
             model=self.module)
         if self.dist.main:
             write_json(self.out / RESULT_NAME, result.to_dict())
             ratio = f"honest ratio {summary['honest_ratio']:.1f}x"
             if self.kind.name == "pemn":
                 ratio += f", paper ratio {summary['paper_ratio']:.5f}"
-            self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {h.best_acc:.2f}% at epoch "
-                     f"{h.best_epoch} (max over epochs, the paper's metric); final-epoch accuracy {final_acc:.2f}% "
-                     f"(the saved model). Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
+            if corpus is not None:
+                self.log(f"done in {fmt_time(result.seconds)}: validation loss {self.lm['val_loss']:.4f} nats/char "
+                         f"({self.lm['bits_per_char']:.4f} bits/char, whole validation split, the saved model) after "
+                         f"{result.steps_run} steps. Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
+            else:
+                self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {h.best_acc:.2f}% at epoch "
+                         f"{h.best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
+                         f"{final_acc:.2f}% (the saved model). Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
         self.dist.barrier()
         return result

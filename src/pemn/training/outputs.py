@@ -28,6 +28,7 @@ from pemn.training.checkpoint import CHECKPOINT_NAME, cpu_copy
 from pemn.training.config import TrainConfig
 from pemn.training.dist import Dist
 from pemn.training.prune import load_sparse, pruning_masks, save_sparse
+from pemn.training.sample import SAFETENSORS_APP_KEY
 
 __all__ = ["KINDS", "ArtifactKind", "TrainResult", "kind_of", "prepare_out_dir", "state_digest", "write_json",
            "write_metrics"]
@@ -42,8 +43,8 @@ METRIC_NOTE = ("best_acc is the highest per-epoch test accuracy (the paper's rep
 # ----------------------------------------------------------------------------------------- model files
 
 
-def _save_pemn(module: nn.Module, path: Path, cfg: TrainConfig) -> dict[str, Any]:
-    pemn_save(module, path, coding=cfg.coding, prototype=cfg.prototype, extras_dtype=cfg.extras_dtype)
+def _save_pemn(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
+    pemn_save(module, path, coding=cfg.coding, prototype=cfg.prototype, extras_dtype=cfg.extras_dtype, app=app)
     return pemn_summary(path, verbose=False).to_dict()
 
 
@@ -55,9 +56,15 @@ def _dense_summary(module: nn.Module, path: Path, **extra: Any) -> dict[str, Any
             "dense_bytes": dense_bytes, **extra, "file_bytes": file_bytes, "honest_ratio": dense_bytes / file_bytes}
 
 
-def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig) -> dict[str, Any]:
+def _app_metadata(app: dict[str, Any] | None) -> dict[str, str]:
+    """The app object as safetensors metadata of a plain (dense or pruned) model file."""
+    return {} if app is None else {SAFETENSORS_APP_KEY: json.dumps(app, sort_keys=True, separators=(",", ":"))}
+
+
+def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
     state = {k: (cpu_copy(v).float() if v.is_floating_point() else cpu_copy(v)) for k, v in module.state_dict().items()}
-    atomic_write_bytes(path, st_save(state, metadata={"format": "pt", "model": cfg.model}))
+    metadata = {"format": "pt", "model": cfg.model, **_app_metadata(app)}
+    atomic_write_bytes(path, st_save(state, metadata=metadata))
     return _dense_summary(module, path)
 
 
@@ -68,9 +75,10 @@ def _load_dense(path: Path, model: nn.Module) -> nn.Module:
     return model
 
 
-def _save_pruned(module: nn.Module, path: Path, cfg: TrainConfig) -> dict[str, Any]:
+def _save_pruned(module: nn.Module, path: Path, cfg: TrainConfig,
+                 app: dict[str, Any] | None = None) -> dict[str, Any]:
     masks = pruning_masks(module)
-    save_sparse(module, masks, path)
+    save_sparse(module, masks, path, extra_metadata=_app_metadata(app))
     prunable = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return _dense_summary(module, path, prune=cfg.prune, prune_scope=cfg.prune_scope,
@@ -87,7 +95,7 @@ class ArtifactKind:
     name: str
     filename: str
     format: str
-    save: Callable[[nn.Module, Path, TrainConfig], dict[str, Any]]
+    save: Callable[..., dict[str, Any]]  # (module, path, cfg, app=None): the app object travels in the file
     load: Callable[[Path, nn.Module], nn.Module]
     path_field: str
     bytes_fields: tuple[str, ...]
@@ -183,6 +191,10 @@ class TrainResult:
     ``artifact``: ``model.pemn`` (None for dense runs); ``weights``: ``model.safetensors`` (dense) or
     ``model.sparse.safetensors`` (pruned); ``sparse_bytes``: the pruned file's honest size.
     ``state_sha256``: a hash of the final masks (PEMN) or weights (dense), equal on every rank.
+    Language models (dataset ``text``): ``val_loss`` is the saved model's mean loss in nats per character over the
+    whole validation split (``bits_per_char`` = val_loss / ln 2; ``artifact_val_loss`` re-measures it from the
+    file) and the accuracies are next-character top-1 accuracies on that split.
+    ``steps_run``: optimizer steps done in all (every run).
     """
 
     out_dir: Path
@@ -201,6 +213,10 @@ class TrainResult:
     world_size: int = 1
     rank: int = 0
     state_sha256: str = ""
+    val_loss: float | None = None
+    bits_per_char: float | None = None
+    artifact_val_loss: float | None = None
+    steps_run: int | None = None
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:

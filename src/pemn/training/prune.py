@@ -214,14 +214,16 @@ def _cpu(t: torch.Tensor) -> torch.Tensor:
     return t.detach().to("cpu", copy=True).contiguous()
 
 
-def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path: str | os.PathLike[str]) -> int:
+def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path: str | os.PathLike[str], *,
+                extra_metadata: dict[str, str] | None = None) -> int:
     """Write a pruned model as only what survives, atomically; returns the file's size in bytes.
 
     Tensors: ``values/<w>`` (float32 surviving values, row-major order), and per layer either
     ``index/<w>`` (int32 flat positions, 4 bytes per survivor) or ``bitmask/<w>`` (1 bit per weight, the
     :func:`pemn.coding.pack_bits` order), whichever is smaller; ``dense/<k>`` for every other
     ``state_dict`` entry (biases, norms, buffers, unpruned weights; floats as float32). The metadata holds
-    the format, a manifest and the overall sparsity. Nothing is pickled.
+    the format, a manifest and the overall sparsity, plus ``extra_metadata`` (strings the application stores,
+    e.g. a language model's vocabulary). Nothing is pickled.
     """
     state = unwrap(model).state_dict()
     tensors: dict[str, torch.Tensor] = {}
@@ -255,6 +257,10 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path: str | os
         "manifest": json.dumps(manifest, separators=(",", ":")),
         "sparsity": repr(pruned / total if total else 0.0),
     }
+    reserved = sorted(set(extra_metadata or {}) & set(metadata))
+    if reserved:
+        raise ValueError(f"extra_metadata must not set the reserved key(s) {reserved}")
+    metadata.update(extra_metadata or {})
     path = Path(path)
     atomic_write_bytes(path, st_save(tensors, metadata=metadata))
     return path.stat().st_size
