@@ -311,3 +311,18 @@ def test_same_draws_on_gpu() -> None:
     torch.manual_seed(3)
     gpu = ra(x.cuda()).cpu()
     assert (cpu - gpu).abs().max() < 1e-5 or (cpu != gpu).float().mean() < 0.01
+
+
+@pytest.mark.slow
+def test_bench_augment_smoke() -> None:
+    """benchmarks/bench_augment.py at toy size reports the ratios BENCHMARKS.md quotes (not a measurement)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_augment
+
+    doc = bench_augment.main(["--quick", "--device", "cpu"])
+    assert doc["transforms"]["ratio_randaugment_new_over_old"] > 0
+    assert doc["transforms"]["ratio_recipe_new_over_old"] > 0
+    assert doc["epoch"]["ratio_epoch_new_over_old"] > 0 and doc["epoch"]["bar"] == 1.10
