@@ -302,4 +302,29 @@ def test_dense_report_and_warning(capsys: pytest.CaptureFixture[str]) -> None:
     assert "dense (not masked)" in out and "TinyLM" in out
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # excluded on purpose, or a bias/norm vector: no warning
-        pemn.convert_(build(tied=False), PEMNConfig(exclude=["TinyLM", "Embedding"]), filter_fn=lambda n, _: n != "mix")
+        pemn.convert_(build(tied=False), PEMNConfig(ratio=0.1, exclude=["TinyLM", "Embedding"]),
+                      filter_fn=lambda n, _: n != "mix")
+
+
+def test_older_files_with_a_shared_tensor_stored_twice_still_load() -> None:
+    """Before shared tensors were stored once, a tied bias was in the dense index under both its names."""
+    class SharedBias(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(6, 6), nn.Linear(6, 6)
+            self.b.bias = self.a.bias
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.relu(self.a(x)))
+
+    torch.manual_seed(0)
+    m = quiet_convert(SharedBias())
+    art = pemn.artifact.build(m)
+    assert [e[0] for e in art.dense] == ["a.bias"]
+    art.dense.append(["b.bias", "param", "float32", [6]])
+    art.tensors["params.float32"] = torch.cat([art.tensors["params.float32"], m.a.bias.detach()])
+    torch.manual_seed(1)
+    fresh = pemn.artifact.apply(pemn.artifact.parse(pemn.artifact.encode(art)), SharedBias())
+    x = torch.randn(2, 6)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), m(x)) and fresh.b.bias is fresh.a.bias

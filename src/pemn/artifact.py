@@ -577,6 +577,20 @@ def _unfold(theirs: dict[str, dict[str, torch.Tensor]], model: nn.Module, where:
             theirs[kind].update(state)
 
 
+def _drop_aliases(theirs: dict[str, dict[str, torch.Tensor]], mine: dict[str, dict[str, torch.Tensor]],
+                  model: nn.Module) -> None:
+    """Accept files of an older pemn, which stored a tensor held by several modules once per name: an entry
+    whose name the model holds as another name of a tensor it stores (under its first name) is dropped."""
+    first: dict[int, str] = {}
+    alias: dict[str, str] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        alias[name] = first.setdefault(id(t), name)
+    for kind in ("param", "buffer"):
+        for k in [k for k in theirs[kind] if k not in mine[kind] and alias.get(k, k) != k]:
+            if alias[k] in mine[kind] or alias[k] in theirs[kind]:
+                del theirs[kind][k]
+
+
 def _check_dense(mine: dict[str, dict[str, torch.Tensor]], theirs: dict[str, dict[str, torch.Tensor]],
                  where: str) -> None:
     for kind in ("param", "buffer"):
@@ -685,6 +699,7 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
     mine = {"param": params, "buffer": buffers}
     theirs = _dense_tensors(art, where)
     _unfold(theirs, root, where)
+    _drop_aliases(theirs, mine, root)
     _check_dense(mine, theirs, where)
     protos = _prototypes(art, shapes, where, fan_ins)
     masks = _masks(art, where)
