@@ -205,3 +205,4 @@ def test_trains_from_the_official_layout(tmp_path: Path) -> None:
                  "--out", str(out), "--device", "cpu", "--no-progress"])
     assert code == 0
     assert (out / "model.pemn").is_file()
+    assert main(["eval", str(out / "model.pemn"), "--data-dir", str(tmp_path / "data")]) == 0  # rebuilt from app
