@@ -1,8 +1,13 @@
-"""Re-save trained PEMN runs with half-precision extras and measure what it costs: bytes and test accuracy.
+"""Re-save trained PEMN runs with every extras option and measure what each costs: bytes and test accuracy.
 
     python scripts/resave_extras.py sweeps/c10_convmixer/rp-r0.001-k0.5 [RUN_DIR ...]
 
-Each RUN_DIR is a `pemn train` output folder (config.json + model.pemn). Prints one JSON document.
+Each RUN_DIR is a `pemn train` output folder (config.json + model.pemn). Every option of ``pemn.save`` that
+changes the stored values -- ``fold_norms`` and ``extras_dtype`` (float16, bfloat16, int8), alone and
+combined -- is applied to the trained model (no retraining), the file is loaded into a fresh model and its
+test accuracy re-measured; ``cost`` is the accuracy of the as-trained file minus that (points). The mask coding
+is the run's own (it does not change the model); ``file_bytes_seed`` is the same file with a seed-only
+prototype. Prints one JSON document.
 """
 
 from __future__ import annotations
@@ -18,6 +23,14 @@ from pemn.training.data import dataset_info, load_dataset
 from pemn.training.evaluation import evaluate
 from pemn.training.models import create_model
 
+#: (fold_norms, extras_dtype): the as-trained file first (the reference of ``cost``)
+OPTIONS = [(False, None), (True, None), (False, "float16"), (False, "bfloat16"), (True, "float16"),
+           (True, "bfloat16"), (False, "int8"), (True, "int8")]
+
+
+def label(fold_norms: bool, extras_dtype: str | None) -> str:
+    return ("fold+" if fold_norms else "") + (extras_dtype or "float32")
+
 
 def measure(run: Path) -> dict:
     cfg = json.loads((run / "config.json").read_text())
@@ -29,17 +42,23 @@ def measure(run: Path) -> dict:
                             image_size=info.image_size)
 
     transform = build_eval_transform(info)
-    row = {"run": str(run)}
+    coding = cfg.get("coding", "packed")
+    row: dict = {"run": str(run), "model": cfg["model"], "coding": coding}
+    reference = None
     with tempfile.TemporaryDirectory() as d:
-        for dtype in (None, "float16", "bfloat16"):
-            for coding in ("packed", "entropy"):
-                model = pemn.load(run / "model.pemn", fresh())
-                path = pemn.save(model, Path(d) / "m.pemn", coding=coding, extras_dtype=dtype)
-                s = pemn.summary(path, verbose=False)
-                acc = evaluate(pemn.load(path, fresh()), images, labels, transform=transform, batch_size=256)
-                row[f"{dtype or 'float32'}/{coding}"] = {"file_bytes": s.file_bytes, "test_acc": acc,
-                                                         "extras_share": (s.bytes["extras"] + s.bytes["norm_stats"])
-                                                         / s.file_bytes}
+        for fold_norms, dtype in OPTIONS:
+            model = pemn.load(run / "model.pemn", fresh())
+            path = pemn.save(model, Path(d) / "m.pemn", coding=coding, extras_dtype=dtype, fold_norms=fold_norms)
+            s = pemn.summary(path, verbose=False)
+            seed = pemn.summary(model, coding=coding, prototype="seed", extras_dtype=dtype, fold_norms=fold_norms,
+                                verbose=False)
+            acc = evaluate(pemn.load(path, fresh()), images, labels, transform=transform, batch_size=250)
+            reference = acc if reference is None else reference
+            row[label(fold_norms, dtype)] = {
+                "file_bytes": s.file_bytes, "file_bytes_seed": seed.file_bytes, "honest_ratio": s.honest_ratio,
+                "test_acc": acc, "cost": round(reference - acc, 4),
+                "extras_share": (s.bytes["extras"] + s.bytes["norm_stats"] + s.bytes["scales"]) / s.file_bytes}
+            print(run.name, label(fold_norms, dtype), s.file_bytes, acc, file=sys.stderr, flush=True)
     return row
 
 

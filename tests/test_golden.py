@@ -14,12 +14,12 @@ import pemn
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 import cases  # noqa: E402
-from make_golden import GOLDEN  # noqa: E402
+from make_golden import GOLDEN, dense_state  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
 def test_golden_artifact_loads_exactly(name: str) -> None:
-    model_name, strategy, coding, storage = GOLDEN[name]
+    model_name, strategy, coding, storage, options = GOLDEN[name]
     path = HERE / "data" / f"{name}.pemn"
     expected = load_file(HERE / "data" / f"{name}.expected.safetensors")
     torch.manual_seed(2024)
@@ -28,7 +28,15 @@ def test_golden_artifact_loads_exactly(name: str) -> None:
     assert {f"mask.{n}" for n in masks} == {k for k in expected if k.startswith("mask.")}
     for n, mask in masks.items():  # the decoded masks: exactly
         assert torch.equal(mask.to(torch.uint8), expected[f"mask.{n}"]), n
+    dense = {k.removeprefix("dense."): v for k, v in expected.items() if k.startswith("dense.")}
+    assert bool(dense) == bool(options)  # lossy options: the dense state as decoded then, exactly
+    state = dense_state(model)
+    for k, v in dense.items():
+        assert state[k].dtype == v.dtype and torch.equal(state[k], v), k
     with torch.no_grad():  # the outputs: to float rounding (matmul sums in another order on other thread counts)
         assert torch.allclose(model(expected["input"]), expected["output"], rtol=1e-5, atol=1e-6)
     s = pemn.summary(path, verbose=False)
     assert (s.strategy, s.coding, s.prototype_storage) == (cases.config(strategy).strategy, coding, storage)
+    art = pemn.artifact.read(path)
+    assert art.format_version == int(name.split("_")[1].removeprefix("v"))
+    assert bool(art.folded) == (options.get("fold_norms", False) and model_name == "conv2d")
