@@ -7,7 +7,8 @@ half-changed by a failed load, never gigabytes of memory for a size the file mer
 Prints one JSON document. The inputs come from eight base artifacts (packed / entropy coding x values /
 seed prototype storage; strategies rp, mask, mp, one_layer; layer and global scope; Conv/BatchNorm/Linear,
 MultiheadAttention (packed and separate q/k/v projections) and the registry's ``tiny-cnn``; float32,
-float16 and bfloat16 extras), each input one to three mutations drawn from six families:
+float16 and bfloat16 extras; format version 2: folded BatchNorms and int8 extras with their ``qparams``),
+each input one to three mutations drawn from six families:
 
 - ``raw``: truncation, bit flips, byte overwrites, insertions, deletions, appended garbage, an edited
   8-byte header length, a block spliced from another artifact. Never integrity-refreshed.
@@ -17,7 +18,8 @@ float16 and bfloat16 extras), each input one to three mutations drawn from six f
 - ``metadata``: every ``__metadata__`` field (format, format_version, coding, prototype_storage,
   prototype_sha256, the config JSON field by field), unknown and missing keys.
 - ``index``: the zlib-compressed JSON index: manifest and dense entries field by field (shapes, huge
-  counts, negative sizes, wrong dtypes and kinds, unknown keys), reordered / dropped / duplicated entries,
+  counts, negative sizes, wrong dtypes and kinds, int8 group counts, fold entries, unknown keys), the
+  version-2 ``meta`` object (fields edited, dropped, added, non-strings), reordered / dropped / duplicated entries,
   not JSON, not zlib, trailing data, truncated streams, deep nesting, rare zlib bombs.
 - ``tensor``: swapped tensors, dropped and unknown tensors, dtypes changed (reinterpreted or cast),
   truncated / extended / reshaped / emptied tensors, random bytes inside the masks.
@@ -127,7 +129,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "tiny_cnn": (_tiny_cnn, (4, 1, 8, 8)),
 }
 
-# (name, model, PEMNConfig kwargs, coding, prototype storage, extras dtype)
+# (name, model, PEMNConfig kwargs, coding, prototype storage, extras: a dtype, "fold" or "fold+DTYPE")
 BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
     ("conv-rp-packed-values", "conv_bn_linear", {"strategy": "rp", "ratio": 0.1}, "packed", "values", None),
     ("conv-mask-entropy-seed", "conv_bn_linear", {"strategy": "mask", "keep": 0.3, "seed": 3}, "entropy", "seed",
@@ -144,6 +146,13 @@ BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
      "seed", None),
     ("tinycnn-one_layer-packed-values-bf16", "tiny_cnn", {"strategy": "one_layer", "init": "signed_constant"},
      "packed", "values", "bfloat16"),
+    # format version 2
+    ("conv-rp-packed-values-fold-int8", "conv_bn_linear", {"strategy": "rp", "ratio": 0.1}, "packed", "values",
+     "fold+int8"),
+    ("tinycnn-mask-entropy-seed-fold", "tiny_cnn", {"strategy": "mask", "keep": 0.4}, "entropy", "seed", "fold"),
+    ("mha-rp-packed-values-int8", "mha_packed", {"strategy": "rp", "ratio": 0.2}, "packed", "values", "int8"),
+    ("tinycnn-rp-global-entropy-values-fold-int8", "tiny_cnn", {"strategy": "rp", "ratio": 0.05, "scope": "global"},
+     "entropy", "values", "fold+int8"),
 ]
 
 
@@ -180,7 +189,10 @@ def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: 
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     nn.functional.cross_entropy(out, y).backward()
     opt.step()
-    data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=extras))
+    fold_norms = (extras or "").startswith("fold")
+    dtype = (extras or "").removeprefix("fold").removeprefix("+") or None
+    data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=dtype,
+                                       fold_norms=fold_norms))
     x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     loaded = artifact.apply(artifact.parse(data), fresh_model(kind))
     return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict(),
@@ -225,7 +237,7 @@ def refresh_integrity(data: bytes) -> bytes | None:
     if not all(isinstance(v, str) for v in meta.values()):
         return None
     header = dict(header)
-    header["__metadata__"] = {**meta, "integrity": artifact._integrity(meta, tensors)}
+    header["__metadata__"] = {**meta, "integrity": artifact.integrity(meta, tensors)}
     return join(header, body)
 
 
@@ -585,7 +597,8 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
     if p is None or not isinstance(index, dict):
         return m_container(rng, data, bases)
     manifest, dense = index.get("manifest"), index.get("dense")
-    op = rng.choice(["manifest_field"] * 4 + ["dense_field"] * 3 + ["manifest_list", "dense_list", "top", "raw", "raw"])
+    op = rng.choice(["manifest_field"] * 4 + ["dense_field"] * 3 + ["manifest_list", "dense_list", "top", "raw", "raw"]
+                    + (["meta"] * 2 if "meta" in index else []))
     if rng.random() < ZLIB_BOMB_PROBABILITY:
         op = "bomb"
     i = rng.randrange(len(manifest)) if isinstance(manifest, list) and manifest else 0
@@ -610,21 +623,43 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
     j = rng.randrange(len(dense)) if isinstance(dense, list) and dense else 0
     if op == "dense_field" and isinstance(dense, list) and dense and isinstance(dense[j], list) and len(dense[j]) > 3:
         i, e = j, dense[j]
-        pos = rng.randrange(5)
+        pos = rng.randrange(6)
         if pos == 0:
             e[0] = rng.choice([d[0] for d in dense if isinstance(d, list) and d] + ["", "nope", 1, None])
         elif pos == 1:
-            e[1] = rng.choice(["param", "buffer", "params", "", None])
+            e[1] = rng.choice(["param", "buffer", "fold", "params", "", None])
         elif pos == 2:
-            e[2] = rng.choice(["float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool", "bogus", None])
+            e[2] = rng.choice(["float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool", "int8", "bogus",
+                               None])
         elif pos == 3:
             e[3] = interesting_shape(rng, list(e[3]) if isinstance(e[3], list) else [1])
+        elif pos == 4 and len(e) == 5:  # int8 groups
+            e[4] = rng.choice([0, 1, 2, -1, e[4] + 1, e[4] - 1, True, 2**40, "1", None, 1.0])
         elif rng.random() < 0.5:
-            e.append(rng.choice([1, "x"]))
+            e.append(rng.choice([1, "x", 2, True]))
         else:
             e.pop()
         _set_index(p, index)
         return put_together(p), f"index: dense[{i}] field {pos} edited -> {str(e)[:80]}"
+    if op == "meta" and isinstance(index.get("meta"), dict):
+        meta = index["meta"]
+        how = rng.choice(["field", "field", "drop", "add", "non_string", "not_object", "container_key"])
+        key = rng.choice(sorted(meta) or ["config"])
+        if how == "field":
+            meta[key] = rng.choice(["", "x", "packed", "entropy", "values", "seed", "{}", "0" * 64,
+                                    meta.get(key, "")[::-1]])
+        elif how == "drop":
+            meta.pop(key, None)
+        elif how == "add":
+            meta[rng.choice(["note", "manifest", "x" * 50])] = "1"
+        elif how == "non_string":
+            meta[key] = rng.choice([1, None, [], {}])
+        elif how == "container_key":
+            meta[rng.choice(["format", "format_version", "integrity"])] = rng.choice(["pemn", "2", "1", ""])
+        else:
+            index["meta"] = rng.choice([[], "x", None, 1])
+        _set_index(p, index)
+        return put_together(p), f"index: meta {how} {key}"
     if op in ("manifest_list", "dense_list"):
         key = "manifest" if op == "manifest_list" else "dense"
         lst = index.get(key)
@@ -647,7 +682,8 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
         _set_index(p, index)
         return put_together(p), f"index: {key} {how}"
     if op == "top":
-        how = rng.choice(["extra_key", "drop_manifest", "drop_dense", "list", "string", "deep", "bigint", "nan"])
+        how = rng.choice(["extra_key", "drop_manifest", "drop_dense", "drop_meta", "list", "string", "deep", "bigint",
+                          "nan"])
         text = None
         if how == "extra_key":
             index["extra"] = []
@@ -655,6 +691,8 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
             index.pop("manifest", None)
         elif how == "drop_dense":
             index.pop("dense", None)
+        elif how == "drop_meta":
+            index.pop("meta", None)
         elif how == "list":
             index = [index]
         elif how == "string":
@@ -727,7 +765,8 @@ def zlib_stream(head: bytes, fill: bytes, size: int) -> bytes:
 
 
 TENSOR_NAMES = ["masks", "prototype", "index", "params.float32", "buffers.int64", "buffers.float32",
-                "params.float16", "params.bfloat16", "buffers.float16", "buffers.bfloat16"]
+                "params.float16", "params.bfloat16", "buffers.float16", "buffers.bfloat16", "qparams", "folds.int8",
+                "folds.float32", "params.int8", "buffers.int8"]
 CAST_DTYPES = [torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64,
                torch.int32, torch.bool, torch.int16]
 
@@ -919,6 +958,7 @@ def holds_what_the_file_says(data: bytes, model: nn.Module) -> str:
         if not np.array_equal(mws[e["name"]].current_mask().cpu().numpy(), want):
             return f"mask {e['name']}"
     theirs = artifact._dense_tensors(art, "")
+    artifact._unfold(theirs, model, "")  # folded norms: the state loading gives them
     params, buffers = artifact._split_state(model)
     for kind, mine in (("param", params), ("buffer", buffers)):
         if set(mine) != set(theirs[kind]):
