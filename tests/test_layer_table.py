@@ -235,14 +235,19 @@ def test_registry_errors() -> None:
         pemn.convert_(nn.Sequential(Bilinear2(3, 3)), PEMNConfig(targets=["Bilinear2"]))
 
 
-def test_subclass_with_own_forward_refused_until_registered() -> None:
+def test_subclass_with_own_forward_left_dense_until_registered() -> None:
     class Scaled(nn.Embedding):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return super().forward(x) * 2.0
 
     torch.manual_seed(0)
-    with pytest.raises(pemn.ConversionError, match=r"overrides.*register_layer\(Scaled\)"):
+    with pytest.raises(pemn.ConversionError, match=r"no module matched.*overrides.*register_layer\(Scaled\)"):
         pemn.convert_(nn.Sequential(Scaled(10, 4)), CFG)
+    with pytest.warns(UserWarning, match=r"pemn: 0 \(Scaled\) stays dense: its class overrides Embedding's forward"):
+        m = pemn.convert_(nn.Sequential(Scaled(10, 4), nn.Linear(4, 4)), CFG)  # asked for by default only
+    assert set(pemn.masked_weights(m)) == {"1.weight"} and type(m[0]) is Scaled
+    with pytest.raises(pemn.ConversionError, match=r"'0'.*overrides.*register_layer\(Scaled\)"):
+        pemn.convert_(nn.Sequential(Scaled(10, 4)), PEMNConfig(ratio=0.1, targets=["Embedding"]))  # asked for
     pemn.register_layer(Scaled)
     try:
         m = quiet_convert(nn.Sequential(Scaled(10, 4)))

@@ -45,6 +45,7 @@ _TRIM_AFTER = 1 << 20  # weights; below this, a layer's freed memory is not wort
 #: a dense tensor at least this share of the model, left dense without being asked to, is warned about
 DENSE_WARN_SHARE = 0.01
 REPORT_ATTR = "pemn_dense_report"
+OVERRIDES = "its class overrides"
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -178,6 +179,13 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
                 f"cannot mask module {name or '<root>'!r} of type {type(module).__name__}; pemn masks "
                 f"{', '.join(known)} (add a layer type with pemn.register_layer). Leave it out with "
                 f"exclude=[{re.escape(name)!r}] or narrow targets.")
+        if config.targets is None and masked_class_for(module) is None:
+            # a subclass with its own forward (Whisper's positional embedding, scaled embeddings...): asked for
+            # by default only, so it stays dense, said in the report and a warning; targeting it is an error
+            cls, parent = type(module).__name__, lookup(module)[1].__name__  # type: ignore[index]
+            dense_reason[id(module)] = (f"{OVERRIDES} {parent}'s forward (pemn.register_layer({cls}) masks it "
+                                        "if that forward reads self.weight)")
+            continue
         refusal = _refusal(name, module)
         if refusal:
             raise ConversionError(refusal)
@@ -291,6 +299,8 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
     (:class:`~pemn.prototype.PrototypeBank`) plus trainable scores; all other parameters (biases, norms,
     position tensors) are left as they are, trainable unless the user freezes them. A weight shared by
     several layers becomes one masked weight they all hold (its fan-in by its first user's rule).
+    A subclass of a registered type with its own ``forward`` is left dense (with a warning) when only the
+    default targets ask for it, and refused when targeted explicitly; ``pemn.register_layer`` masks it.
     ``filter_fn(name, module)`` can veto individual modules. Everything is checked first: on any
     :class:`ConversionError` the model is unchanged. Torch's global RNG is neither used nor changed.
 
@@ -305,9 +315,12 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
         raise ConversionError("this model is already converted by pemn; build a fresh model to convert again")
     selected, dense_reason = _select(root, config, filter_fn)
     if not selected:
+        skipped = [f"{n or '<root>'!r}: {dense_reason[id(m)]}" for n, m in root.named_modules()
+                   if dense_reason.get(id(m), "").startswith(OVERRIDES)]
         raise ConversionError(
             f"no module matched targets={list(config.targets) if config.targets else 'all supported types'} "
-            f"(exclude={list(config.exclude)}); pemn masks {', '.join(type_names())}")
+            f"(exclude={list(config.exclude)}); pemn masks {', '.join(type_names())}"
+            + (f"; left dense: {'; '.join(skipped[:3])}" if skipped else ""))
     convert_selected_(selected, config)
     finish_conversion_(root, dense_reason, warn=True)
     return model
@@ -536,8 +549,12 @@ def finish_conversion_(root: nn.Module, dense_reason: dict[int, str], *, warn: b
     report = dense_report(root, dense_reason)
     root.__dict__[REPORT_ATTR] = report
     if warn:
+        for name, module in root.named_modules():
+            if dense_reason.get(id(module), "").startswith(OVERRIDES):
+                warnings.warn(f"pemn: {name or '<root>'} ({type(module).__name__}) stays dense: "
+                              f"{dense_reason[id(module)]}", stacklevel=3)
         for t in report.large:
-            if t.warned:
+            if t.warned and not t.reason.startswith(OVERRIDES):
                 warnings.warn(f"pemn: {t.name} ({t.module_type}, {t.elements:,} elements, {t.share:.1%} of the "
                               f"model) stays dense: {t.reason}", stacklevel=3)
     _guard_transformers_(root)
