@@ -634,8 +634,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 raise UsageError(f"--{key} and --set {key}=... disagree")
             base[key] = value
     try:
+        if args.seeds is not None and "seed" in base:
+            raise ValueError("--seeds and --set seed=... disagree: give the seeds with --seeds only")
         points = build_grid(strategies=args.strategies, ratios=args.ratios, keeps=args.keeps, dense=args.dense,
-                            prune=args.prune, compressions=args.compressions)
+                            prune=args.prune, compressions=args.compressions, seeds=args.seeds)
     except ValueError as e:
         raise UsageError(_one_line(e)) from None
     # every point is resolved (and checked) before the first run
@@ -653,6 +655,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
          + (f", {len(report.failed)} failed" if report.failed else ""))
     if report.png is not None:
         _out(f"sweep: figure {report.png}")
+    if report.seeds_csv is not None:
+        from pemn.training.sweep import read_rows, summarize_seeds
+
+        _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
+        for r in summarize_seeds(read_rows(report.csv)):
+            what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression") if r[k])
+            _out(f"  {what}: best {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f}  final {r['final_acc_mean']:.2f} "
+                 f"± {r['final_acc_std']:.2f}  (seeds {r['seeds']})")
     for point, msg in report.failed:
         _err(f"pemn: error: sweep run {point.name} failed: {msg}")
     return 1 if report.failed else 0
@@ -697,6 +707,9 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"pruning baselines (default: {listed(grid.PRUNE_METHODS)}); give no value for none")
     parser.add_argument("--compressions", nargs="*", type=float, default=list(grid.DEFAULT_COMPRESSIONS), metavar="C",
                         help=f"pruning compressions (default: {listed(grid.DEFAULT_COMPRESSIONS)})")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                        help="train every grid point once per seed (folders <point>-s<seed>) and write "
+                             f"{grid.SEEDS_CSV_NAME}: mean ± std per setting (default: one run, the common seed)")
 
 
 def build_parser() -> argparse.ArgumentParser:

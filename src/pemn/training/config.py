@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+from torch import nn
+
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
 from pemn.config import PEMNConfig
 from pemn.errors import DatasetError
@@ -82,8 +84,18 @@ RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mom
 PEMN_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(PEMNConfig) if f.name not in ("strategy", "seed"))
 #: Fields that say how ``model.pemn`` is encoded (the arguments of :func:`pemn.save`).
 ARTIFACT_FIELDS = ("coding", "prototype", "extras_dtype")
+#: Training fields that only mean something for the PEMN strategies (mask scores, the variance correction).
+PEMN_TRAIN_FIELDS = ("variance", "keep_start", "score_lr", "score_weight_decay")
 #: Fields that only mean something for the PEMN strategies (an error with strategy "dense").
-PEMN_FIELDS = PEMN_CONFIG_FIELDS + ARTIFACT_FIELDS
+PEMN_FIELDS = PEMN_CONFIG_FIELDS + ARTIFACT_FIELDS + PEMN_TRAIN_FIELDS
+#: ``variance`` presets: (rescale, keep_scale).
+VARIANCES = {"paper": (False, False), "fan-in": (True, False), "fan-in-keep": (True, True)}
+#: ``variance="auto"`` by model family (RESULTS.md section 5 has the measurements that chose them): "plain" = no
+#: normalization layer (LeNet-5, MLPs), "bn" = BatchNorm (ConvMixer, ResNets), "ln" = LayerNorm only (ViT, GPT).
+VARIANCE_DEFAULTS = {"plain": "fan-in-keep", "bn": "paper", "ln": "paper"}
+#: With SGD (and neither score_lr nor score_weight_decay set, nor ``paper``) the scores train at this multiple of
+#: ``lr`` without weight decay: at the paper's lr their masks barely leave the initial top-k (RESULTS.md section 5).
+SGD_SCORE_LR_SCALE = 10.0
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
 PRUNE_FIELDS = ("compression", "prune_scope")
 #: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
@@ -120,7 +132,23 @@ class TrainConfig:
                             "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
-    rescale: bool = _f(False, "scale each layer's prototype slice to its own fan-in")
+    paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, and the scores trained "
+                     "at lr and weight_decay like any weight also under SGD (see score_settings)")
+    variance: str = _f("auto", "variance correction of the prototype slices: auto (the measured best for the model's "
+                       "family, see VARIANCE_DEFAULTS), paper (none: the official code), fan-in (= rescale) or "
+                       "fan-in-keep (fan-in and 1/sqrt(keep))")
+    rescale: bool | None = _f(None, "scale each layer's prototype slice to its own fan-in (default: from variance)")
+    keep_scale: bool | None = _f(None, "divide each layer's prototype slice by sqrt(keep) (default: from variance)")
+    keep_start: float | None = _f(None, "keep annealing: the kept fraction at the first step, annealed to keep "
+                                  "(cubic, as in gradual magnitude pruning) over the first keep_anneal of training")
+    keep_anneal: float = _f(0.5, "keep annealing: fraction of the training steps over which keep_start reaches keep")
+    score_lr: float | None = _f(None, "peak learning rate of the mask scores (default: lr; extras use lr)")
+    score_weight_decay: float | None = _f(None, "weight decay of the mask scores (default: weight_decay, as in the "
+                                          "paper; extras use weight_decay)")
+    teacher: str | None = _f(None, "distill from a dense teacher: a model.safetensors of `pemn train --strategy dense` "
+                             "(its metadata names the model)")
+    distill_temperature: float = _f(4.0, "distillation: softmax temperature of teacher and student")
+    distill_weight: float = _f(0.5, "distillation: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)")
     scope: str = _f("layer", "mask top-k per layer (the paper) or global (one threshold over all masked layers)")
     targets: list[str] | None = field(
         default=None, metadata={"help": "layer types or name regexes to mask (default: every Conv/Linear/MHA)"})
@@ -172,6 +200,7 @@ class TrainConfig:
         _choice("coding", self.coding, CODINGS)
         _choice("prototype", self.prototype, PROTOTYPE_STORAGE)
         _choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
+        _choice("variance", self.variance, ("auto", *VARIANCES))
         if self.extras_dtype is not None:
             _choice("extras_dtype", self.extras_dtype, tuple(d for d in EXTRAS_DTYPES if d is not None))
         if self.prune is not None:
@@ -232,18 +261,56 @@ class TrainConfig:
             raise ValueError(f"clip_norm must be > 0 (or unset), got {self.clip_norm!r}")
         if self.compression is not None and not 0 < self.compression < 1:
             raise ValueError(f"compression must be in (0, 1), got {self.compression!r}")
+        if self.keep_start is not None and not self.keep <= self.keep_start <= 1:
+            raise ValueError(f"keep_start anneals down to keep: it must be in [keep, 1] = [{self.keep:g}, 1], got "
+                             f"{self.keep_start!r}")
+        if not 0 < self.keep_anneal <= 1:
+            raise ValueError(f"keep_anneal is a fraction of the training steps: it must be in (0, 1], got "
+                             f"{self.keep_anneal!r}")
+        for name in ("score_lr", "score_weight_decay"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and (v > 0 if name == "score_lr" else v >= 0)):
+                raise ValueError(f"{name} must be a finite number {'> 0' if name == 'score_lr' else '>= 0'} "
+                                 f"(or unset), got {v!r}")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature!r}")
+        if not 0 <= self.distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight!r}")
         if not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be in [0, 2**63), got {self.seed!r}")
         parse_device(self.device)
         if self.resume and not self.out:
             raise ValueError("resume needs out: the folder holding checkpoint.safetensors")
 
-    def pemn_config(self) -> PEMNConfig:
-        """The :class:`~pemn.PEMNConfig` of a PEMN strategy (ValueError for strategy 'dense')."""
+    def pemn_config(self, model: nn.Module | None = None) -> PEMNConfig:
+        """The :class:`~pemn.PEMNConfig` of a PEMN strategy (ValueError for strategy 'dense'); ``model`` (the
+        unconverted network) decides ``variance="auto"`` (:func:`variance_for`; without it, "paper")."""
         if not STRATEGY_TABLE[self.strategy].pemn:
             raise ValueError(f"strategy {self.strategy!r} has no PEMN config")
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PEMNConfig)}
+        rescale, keep_scale = VARIANCES[self.resolved_variance(model)]
+        fields["rescale"] = rescale if self.rescale is None else self.rescale
+        fields["keep_scale"] = keep_scale if self.keep_scale is None else self.keep_scale
         return PEMNConfig(**{**fields, "exclude": tuple(self.exclude or ())})
+
+    def score_settings(self) -> tuple[float, float] | None:
+        """``(lr, weight_decay)`` of the mask scores' own parameter group, or None for one group with the extras
+        (the paper). Explicit ``score_lr`` / ``score_weight_decay`` win; else SGD runs (not ``paper``) get
+        :data:`SGD_SCORE_LR_SCALE` x ``lr`` and no weight decay; AdamW's normalised steps need no such change."""
+        if self.score_lr is not None or self.score_weight_decay is not None:
+            return (self.lr if self.score_lr is None else self.score_lr,
+                    self.weight_decay if self.score_weight_decay is None else self.score_weight_decay)
+        if self.optimizer == "sgd" and not self.paper and STRATEGY_TABLE[self.strategy].pemn:
+            return SGD_SCORE_LR_SCALE * self.lr, 0.0
+        return None
+
+    def resolved_variance(self, model: nn.Module | None = None) -> str:
+        """``variance``, with "auto" replaced by the model family's default (:data:`VARIANCE_DEFAULTS`)."""
+        if self.variance != "auto":
+            return self.variance
+        if self.paper:
+            return "paper"
+        return "paper" if model is None else VARIANCE_DEFAULTS[model_family(model)]
 
     @property
     def effective_compression(self) -> float | None:
@@ -261,6 +328,17 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Build from a dict of fields (``-`` in keys is read as ``_``); unknown keys are a ValueError."""
         return cls(**_normalise_keys(data, "TrainConfig.from_dict"))
+
+
+def model_family(model: nn.Module) -> str:
+    """The family that picks ``variance="auto"``: "bn" (has BatchNorm), "ln" (LayerNorm/GroupNorm, no BatchNorm)
+    or "plain" (no normalization layer)."""
+    mods = list(model.modules())
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods):
+        return "bn"
+    if any(isinstance(m, nn.LayerNorm | nn.GroupNorm) for m in mods):
+        return "ln"
+    return "plain"
 
 
 def _field_names() -> list[str]:

@@ -49,12 +49,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pemn.convert import convert_, masked_weights
+from pemn.convert import convert_, masked_weights, set_keep_
 from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform
 from pemn.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pemn.training.config import RESUME_FREE_FIELDS, SCHEDULES, TrainConfig
 from pemn.training.data import DatasetInfo, dataset_info, load_dataset
 from pemn.training.dist import Dist
+from pemn.training.distill import distill_loss, load_teacher
 from pemn.training.evaluation import autocast, count_correct, evaluate
 from pemn.training.models import create_model
 from pemn.training.outputs import (
@@ -247,7 +248,7 @@ def _build_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = _fresh_model(cfg, info)
     if cfg.strategy != "dense":
-        convert_(model, cfg.pemn_config())
+        convert_(model, cfg.pemn_config(model))
     elif cfg.prune is not None:
         compression = cfg.effective_compression
         assert compression is not None
@@ -255,10 +256,31 @@ def _build_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
     return model
 
 
-def _optimizer(cfg: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+def _optimizer(cfg: TrainConfig, module: nn.Module, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """One parameter group (the paper: the scores are decayed like any weight), or, when
+    :meth:`TrainConfig.score_settings` gives the scores their own, two: the dense extras (norms, biases) and the
+    mask scores. Each group's ``lr_scale`` multiplies the scheduled learning rate."""
+    groups: list[dict[str, Any]] | list[nn.Parameter] = params
+    settings = cfg.score_settings()
+    if settings is not None:
+        score_ids = {id(mw.scores) for mw in masked_weights(module).values() if not mw.frozen}
+        scores = [p for p in params if id(p) in score_ids]
+        extras = [p for p in params if id(p) not in score_ids]
+        slr, swd = settings
+        groups = [g for g in ({"params": extras, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
+                              {"params": scores, "weight_decay": swd, "lr_scale": slr / cfg.lr}) if g["params"]]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
+
+
+def keep_at(cfg: TrainConfig, t: float) -> float:
+    """The kept fraction after a fraction ``t`` (0..1) of the training steps: ``keep`` without annealing; with
+    ``keep_start``, the cubic schedule of gradual magnitude pruning (Zhu & Gupta 2017)
+    ``keep + (keep_start - keep) * (1 - t / keep_anneal) ** 3`` until ``t = keep_anneal``, then ``keep``."""
+    if cfg.keep_start is None or t >= cfg.keep_anneal:
+        return cfg.keep
+    return cfg.keep + (cfg.keep_start - cfg.keep) * (1.0 - max(t, 0.0) / cfg.keep_anneal) ** 3
 
 
 def _steps_per_epoch(n: int, batch_size: int, world: int) -> tuple[int, int, int]:
@@ -350,7 +372,18 @@ class _Run:
         self.out = prepare_out_dir(cfg, group)
         self.module = _build_model(cfg, self.data.info).to(self.device)
         self.params = [p for p in self.module.parameters() if p.requires_grad]
-        self.optimizer = _optimizer(cfg, self.params)
+        self.optimizer = _optimizer(cfg, self.module, self.params)
+        self.keep_now = cfg.keep
+        self.teacher: nn.Module | None = None
+        self.teacher_acc: float | None = None
+        if cfg.teacher is not None:
+            info = self.data.info
+            self.teacher, self.teacher_name = load_teacher(
+                cfg.teacher, num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+                device=self.device)
+            self.teacher_acc = evaluate(self.teacher, self.data.test_x, self.data.test_y,
+                                        transform=self.data.eval_tf, batch_size=cfg.eval_batch_size,
+                                        device=self.device, amp=self.amp)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.history = self._resume() if cfg.resume else _History()
@@ -431,8 +464,19 @@ class _Run:
             masked = sum(mw.numel for mw in mws.values())
             bank = next(iter(mws.values())).bank
             extra = sum(p.numel() for p in self.params) - sum(mw.numel for mw in mws.values() if not mw.frozen)
+            c = bank.config
+            variance = {(False, False): "paper", (True, False): "fan-in", (True, True): "fan-in-keep",
+                        (False, True): "keep"}[(c.rescale, c.keep_scale)]
             what = (f"{cfg.strategy}, {masked:,} masked weights from {bank.unique_values:,} prototype values, "
-                    f"keep {cfg.keep:g}, {extra:,} trained extras")
+                    f"keep {cfg.keep:g}, variance {variance}, {extra:,} trained extras")
+            if cfg.keep_start is not None:
+                what += f"; keep annealed from {cfg.keep_start:g} over the first {cfg.keep_anneal:.0%} of steps"
+            if cfg.score_settings() is not None:
+                g = self.optimizer.param_groups[-1]
+                what += f"; scores: lr {g['lr_scale'] * cfg.lr:g}, wd {g['weight_decay']:g}"
+        if self.teacher_acc is not None:
+            what += (f"; distilling from {cfg.teacher} ({self.teacher_name}, test {self.teacher_acc:.2f}%, "
+                     f"T {cfg.distill_temperature:g}, weight {cfg.distill_weight:g})")
         if self.data.corpus is not None:
             sizes = (f"{self.data.train_x.numel():,} train / {self.data.test_x.numel():,} validation characters, "
                      f"vocabulary {self.data.corpus.vocab_size}, context {cfg.block_size}")
@@ -485,13 +529,19 @@ class _Run:
                     x = data.train_tf(xb)
             lr = self._lr(epoch, step + 1)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            if cfg.keep_start is not None:
+                self._set_keep(keep_at(cfg, (epoch * steps + step + 1) / self.total_steps))
             self.optimizer.zero_grad(set_to_none=True)
             with autocast(self.device, self.amp):
                 out = self.model(x)
                 if out.dim() > 2:  # a language model: (B, T, vocab) logits, one target per position
                     out, yb = out.flatten(0, -2), yb.flatten()
                 loss = self.criterion(out, yb)
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        teacher_out = self.teacher(x)
+                    loss = distill_loss(out, teacher_out, loss, cfg.distill_temperature, cfg.distill_weight)
             flags = torch.stack([
                 (~torch.isfinite(loss.detach())).float(),
                 torch.tensor(float(self.stop.signum is not None), device=self.device),
@@ -567,6 +617,11 @@ class _Run:
             self.dist.all_reduce_(sums)
         return lm_metrics(*sums.tolist())
 
+    def _set_keep(self, keep: float) -> None:
+        if keep != self.keep_now:
+            set_keep_(self.module, keep)
+            self.keep_now = keep
+
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         """Backward (loss-scaled under AMP), optional gradient clipping (on unscaled gradients), step."""
         scaler = self.scaler
@@ -621,8 +676,12 @@ class _Run:
         if self.data.corpus is not None:
             metrics["chars_per_s"] = metrics.pop("images_per_s")
             metrics.update(val_loss=self.lm["val_loss"], bits_per_char=self.lm["bits_per_char"])
+        if cfg.keep_start is not None:
+            metrics["keep"] = self.keep_now
         h.metrics.append(metrics)
-        if h.best_epoch == 0 or test_acc > h.best_acc:
+        if self.keep_now != cfg.keep:  # still annealing: a larger mask than the run's, not a candidate best
+            pass
+        elif h.best_epoch == 0 or test_acc > h.best_acc:
             h.best_acc, h.best_epoch = test_acc, epoch + 1
         h.totals = _Totals()
         self._save_checkpoint(epoch + 1, 0)
@@ -672,6 +731,8 @@ class _Run:
 
     def _finish(self) -> TrainResult:
         cfg, h = self.cfg, self.history
+        if cfg.keep_start is not None:
+            self._set_keep(cfg.keep)  # the schedule ends at keep; this makes the saved counts exact regardless
         self._sync_buffers()
         digest = state_digest(self.module)
         if not self.dist.all_equal(digest):
@@ -708,6 +769,7 @@ class _Run:
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
+            teacher_acc=self.teacher_acc,
             val_loss=self.lm.get("val_loss"), bits_per_char=self.lm.get("bits_per_char"),
             artifact_val_loss=artifact_val_loss, steps_run=min(self.total_steps, len(h.metrics) * self.steps),
             model=self.module)
@@ -724,5 +786,7 @@ class _Run:
                 self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {h.best_acc:.2f}% at epoch "
                          f"{h.best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
                          f"{final_acc:.2f}% (the saved model). Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
+            if self.teacher_acc is not None:
+                self.log(f"teacher {cfg.teacher} ({self.teacher_name}): test accuracy {self.teacher_acc:.2f}%")
         self.dist.barrier()
         return result

@@ -210,6 +210,8 @@ class TrainResult:
     weights_bytes: int | None = None
     sparse_bytes: int | None = None
     artifact_acc: float | None = None
+    #: the dense teacher's test accuracy (``teacher`` runs only)
+    teacher_acc: float | None = None
     world_size: int = 1
     rank: int = 0
     state_sha256: str = ""

@@ -12,6 +12,7 @@ process with :func:`pemn.training.engine.train`, in its own sub folder of the sw
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -47,9 +48,15 @@ __all__ = [
 CSV_NAME = "sweep.csv"
 PNG_NAME = "sweep.png"
 CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
-               "paper_ratio", "honest_ratio", "seconds", "command")
+               "paper_ratio", "honest_ratio", "seconds", "command", "seed")
+#: The columns of a sweep written before ``--seeds`` (still read; appended to only by seedless points).
+LEGACY_COLUMNS = CSV_COLUMNS[:-1]
 #: The columns that identify a run (a re-run skips points whose key is already in the CSV).
-KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression")
+KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "seed")
+#: The per-setting summary of a sweep over seeds (:func:`summarize_seeds`).
+SEEDS_CSV_NAME = "sweep_seeds.csv"
+SEEDS_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "seeds", "best_acc_mean", "best_acc_std",
+                 "final_acc_mean", "final_acc_std", "artifact_bytes", "paper_ratio", "honest_ratio", "command")
 #: The grid's defaults (:func:`build_grid`, ``pemn sweep``).
 DEFAULT_RATIOS = (1e-1, 1e-2, 1e-3)
 DEFAULT_KEEPS = (0.5,)
@@ -83,17 +90,22 @@ class SweepPoint:
     keep: float | None = None
     prune: str | None = None
     compression: float | None = None
+    #: the run's seed (``--seeds``); None: the sweep's common setting
+    seed: int | None = None
 
     @property
     def name(self) -> str:
-        """The run's sub folder name, e.g. ``rp-r0.01-k0.5``, ``prune-magnitude-c0.9``, ``dense``."""
+        """The run's sub folder name, e.g. ``rp-r0.01-k0.5``, ``prune-magnitude-c0.9``, ``dense``, ``dense-s1``."""
         if self.prune is not None:
-            return f"prune-{self.prune}-c{_num(self.compression or 0)}"
-        parts = [self.strategy.replace("_", "-")]
-        if self.ratio is not None:
-            parts.append(f"r{_num(self.ratio)}")
-        if self.keep is not None:
-            parts.append(f"k{_num(self.keep)}")
+            parts = [f"prune-{self.prune}-c{_num(self.compression or 0)}"]
+        else:
+            parts = [self.strategy.replace("_", "-")]
+            if self.ratio is not None:
+                parts.append(f"r{_num(self.ratio)}")
+            if self.keep is not None:
+                parts.append(f"k{_num(self.keep)}")
+        if self.seed is not None:
+            parts.append(f"s{self.seed}")
         return "-".join(parts)
 
     @property
@@ -106,7 +118,7 @@ class SweepPoint:
     def overrides(self) -> dict[str, Any]:
         """The TrainConfig overrides of this point (only the fields that apply to it)."""
         d: dict[str, Any] = {"strategy": self.strategy}
-        for k in ("ratio", "keep", "prune", "compression"):
+        for k in ("ratio", "keep", "prune", "compression", "seed"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -153,9 +165,14 @@ def build_grid(
     dense: bool = True,
     prune: Iterable[str] = PRUNE_METHODS,
     compressions: Iterable[float] = DEFAULT_COMPRESSIONS,
+    seeds: Iterable[int] | None = None,
 ) -> list[SweepPoint]:
     """Every combination: dense (optional), each PEMN strategy × keep (× ratio for those that take one), and each
-    pruning method × compression. Duplicates are dropped; the order is dense, PEMN, pruning."""
+    pruning method × compression; with ``seeds``, each of them once per seed (seed-major within a setting).
+    Duplicates are dropped; the order is dense, PEMN, pruning."""
+    seed_list = None if seeds is None else list(dict.fromkeys(int(x) for x in seeds))
+    if seed_list is not None and (not seed_list or any(not 0 <= x < 2**63 for x in seed_list)):
+        raise ValueError("--seeds needs at least one seed, each in [0, 2**63)")
     strategies, ratios, keeps = list(strategies), [float(r) for r in ratios], [float(k) for k in keeps]
     prune, compressions = list(prune), [float(c) for c in compressions]
     for s in strategies:
@@ -182,6 +199,8 @@ def build_grid(
     for p in prune:
         for c in compressions:
             points.append(SweepPoint(PRUNE_STRATEGY, prune=p, compression=c))
+    if seed_list is not None:
+        points = [dataclasses.replace(p, seed=x) for p in points for x in seed_list]
     unique = list(dict.fromkeys(points))
     if not unique:
         raise ValueError("the sweep is empty: give strategies, --dense or pruning baselines")
@@ -208,11 +227,12 @@ def read_rows(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []
-        if tuple(reader.fieldnames) != CSV_COLUMNS:
+        if tuple(reader.fieldnames) not in (CSV_COLUMNS, LEGACY_COLUMNS):
             raise ValueError(f"{path} has columns {reader.fieldnames}, not a pemn sweep's {list(CSV_COLUMNS)}; "
                              "use another output folder")
         rows = []
         for row in reader:
+            row.setdefault("seed", "")
             if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
                 continue  # torn or malformed line
             try:
@@ -226,11 +246,19 @@ def read_rows(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
 def _append_row(csv_path: Path, row: Mapping[str, Any]) -> None:
     """Append one row (writing the header first for a new file), flushed and fsynced."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     new = not csv_path.exists() or csv_path.stat().st_size == 0
+    columns = CSV_COLUMNS
+    if not new:
+        with csv_path.open(newline="") as f:
+            header = tuple(next(csv.reader(f), []))
+        if header == LEGACY_COLUMNS:
+            if row.get("seed") is not None:
+                raise ValueError(f"{csv_path} was written before --seeds (no seed column); use another folder")
+            columns = LEGACY_COLUMNS
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     if new:
         writer.writeheader()
-    writer.writerow({c: _cell(row.get(c)) for c in CSV_COLUMNS})
+    writer.writerow({c: _cell(row.get(c)) for c in columns})
     text = buf.getvalue()
     if not new:
         with csv_path.open("rb") as f:
@@ -291,6 +319,7 @@ class SweepReport:
     skipped: list[SweepPoint] = field(default_factory=list)
     failed: list[tuple[SweepPoint, str]] = field(default_factory=list)
     plot_error: str | None = None
+    seeds_csv: Path | None = None
 
 
 def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, *,
@@ -403,7 +432,7 @@ def run_sweep(
         summary = getattr(result, "summary", None)
         row = {
             "strategy": point.strategy, "ratio": point.ratio, "keep": point.keep, "prune": point.prune,
-            "compression": point.compression,
+            "compression": point.compression, "seed": point.seed,
             "best_acc": float(result.best_acc), "final_acc": float(result.final_acc),
             "artifact_bytes": getattr(result, "artifact_bytes", None) or getattr(result, "weights_bytes", None),
             "paper_ratio": _summary_value(summary, "paper_ratio"),
@@ -415,6 +444,8 @@ def run_sweep(
         report.rows.append(row)
         say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  "
             f"{row['artifact_bytes']} B")
+    if any(p.seed is not None for p in points):
+        report.seeds_csv = write_seed_summary(read_rows(csv_path), out / SEEDS_CSV_NAME)
     if plot:
         try:
             report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base))
@@ -422,6 +453,50 @@ def run_sweep(
             report.plot_error = f"no figure: matplotlib is not installed ({e})"
             say(f"sweep: {report.plot_error}")
     return report
+
+
+def summarize_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting (the key columns but the seed), in first-seen order: how many seeds, the mean and
+    sample standard deviation (n - 1; 0 for one seed) of the best- and final-epoch accuracy, the mean file bytes
+    and ratios, and the first seed's command."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(_row_key(row)[:-1], []).append(row)
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+        return mean, math.sqrt(var)
+
+    def mean_of(rs: list[Mapping[str, Any]], col: str) -> float | None:
+        vals = [x for x in (_float(r.get(col)) for r in rs) if x is not None]
+        return sum(vals) / len(vals) if vals else None
+
+    out = []
+    for rs in groups.values():
+        best, best_sd = stats([float(r["best_acc"]) for r in rs])
+        final, final_sd = stats([float(r["final_acc"]) for r in rs])
+        first = rs[0]
+        out.append({**{k: first.get(k) for k in KEY_COLUMNS[:-1]},
+                    "seeds": " ".join(str(r.get("seed") or "-") for r in rs),
+                    "best_acc_mean": best, "best_acc_std": best_sd, "final_acc_mean": final, "final_acc_std": final_sd,
+                    "artifact_bytes": mean_of(rs, "artifact_bytes"), "paper_ratio": mean_of(rs, "paper_ratio"),
+                    "honest_ratio": mean_of(rs, "honest_ratio"), "command": first.get("command")})
+    return out
+
+
+def write_seed_summary(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write :func:`summarize_seeds` of ``rows`` to ``path`` (a CSV of :data:`SEEDS_COLUMNS`), atomically."""
+    from pemn.fileio import atomic_write_bytes
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=SEEDS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in summarize_seeds(rows):
+        writer.writerow({c: _cell(r.get(c)) for c in SEEDS_COLUMNS})
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue().encode())
+    return path
 
 
 def _title(base: Mapping[str, Any]) -> str | None:
