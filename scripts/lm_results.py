@@ -2,7 +2,8 @@
 
     python scripts/lm_results.py OUT.png RUN_DIR [RUN_DIR ...]
 
-Each RUN_DIR is a ``--out`` folder of a finished run (``result.json`` and ``config.json``). The table gives the
+Each RUN_DIR is a ``--out`` folder of a finished run (``result.json`` and ``config.json``; ``RUN_DIR.cmd``, when
+present, holds its exact command and is printed below the table). The table gives the
 validation loss (nats/char over the whole validation split), bits/char, the saved file's bytes and the dense fp32
 model's bytes divided by them; the dense fp32 reference is the dense run among the folders of the same model with
 the most steps (or, without one, the summary's own ``dense_bytes``). The plot marks the dense, pruned and PEMN runs.
@@ -26,7 +27,8 @@ def _load(folder: Path) -> dict:
     nbytes = result.get("artifact_bytes") or result.get("weights_bytes")
     label = cfg["strategy"]
     if cfg["strategy"] == "rp":
-        label += f" {cfg['ratio'] if cfg.get('ratio') is not None else 1e-3:g}"
+        ratio = cfg["ratio"] if cfg.get("ratio") is not None else 1e-3
+        label += " " + f"{ratio:.0e}".replace("e-0", "e-")
     if cfg.get("prune"):
         label = f"{cfg['prune']} prune {cfg['compression']:g}"
     if cfg["strategy"] != "dense" and cfg.get("keep", 0.5) != 0.5:
@@ -44,11 +46,12 @@ def table(rows: list[dict]) -> str:
         if r["strategy"] == "dense" and not r["prune"] and (
                 r["model"] not in dense or r["steps"] > dense[r["model"]]["steps"]):
             dense[r["model"]] = r
-    lines = ["| run | steps | val loss (nats/char) | bits/char | file bytes | dense fp32 / file |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| run | folder | steps | val loss (nats/char) | bits/char | file bytes | dense fp32 / file |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         ref = dense[r["model"]]["bytes"] if r["model"] in dense else r["dense_bytes"]
-        lines.append(f"| {r['label']} | {r['steps']:,} | {r['val_loss']:.4f} | {r['bpc']:.4f} | {r['bytes']:,} | "
+        lines.append(f"| {r['label']} | `{r['folder'].name}` | {r['steps']:,} | {r['val_loss']:.4f} | {r['bpc']:.4f} | "
+                     f"{r['bytes']:,} | "
                      f"{ref / r['bytes']:.1f}× |")
     return "\n".join(lines)
 
@@ -76,6 +79,12 @@ def plot(rows: list[dict], out: str) -> None:
 def main(out: str, folders: list[str]) -> None:
     rows = [_load(Path(f)) for f in folders if (Path(f) / "result.json").is_file()]
     print(table(rows))
+    print("\n```bash")
+    for r in rows:  # the exact command of each row, written next to its folder by the grid script
+        cmd = r["folder"].with_name(r["folder"].name + ".cmd")
+        if cmd.is_file():
+            print(cmd.read_text().strip())
+    print("```")
     plot(rows, out)
 
 
