@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.pemn-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: install
 test: install
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/python -m pytest -q
+
+# The developer loop: everything but the tests marked slow (subprocesses, torchrun, ONNX, real-data runs).
+test-fast: install
+	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples scripts

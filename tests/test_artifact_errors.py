@@ -59,14 +59,7 @@ DAMAGE = re.compile(r"corrupt|not a pemn artifact|truncated|format.version|newer
 # --------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """The models here are tiny: more intra-op threads only add wake-up latency (seconds over this file on a
-    busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def make_model(*, conv_out: int = 4, bn: int | None = None, out: int = 3, conv_bias: bool = True,

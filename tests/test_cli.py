@@ -161,6 +161,7 @@ def test_export_pt_is_safetensors_with_the_same_outputs(trained: dict[str, objec
     assert code == 2 and ".safetensors" in err
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_export_onnx_matches_the_pemn_model(trained: dict[str, object], tmp_path: Path) -> None:
     pytest.importorskip("onnx", reason="onnx is not installed (pip install onnx onnxscript onnxruntime)")
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install onnxruntime)")
@@ -259,6 +260,7 @@ def test_train_flags_come_from_the_dataclass(capsys: pytest.CaptureFixture[str])
     assert "--no-progress" in text and "--rescale" in text and "--no-rescale" in text
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_python_dash_m_help() -> None:
     proc = subprocess.run([sys.executable, "-m", "pemn", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -266,6 +268,7 @@ def test_python_dash_m_help() -> None:
         assert command in proc.stdout
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_torchrun_module_entry_point(tmp_path: Path) -> None:
     """What the README promises: `torchrun --nproc_per_node=2 -m pemn train ...` trains with DDP on CPU."""
     import os

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import math
 import struct
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 from torch import nn
 
 import pemn
+from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.training.models import create_model
 from pemn.training.prune import (
     load_sparse,
@@ -24,13 +29,7 @@ from pemn.training.prune import (
     save_sparse,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def lenet(seed: int = 0) -> nn.Module:
@@ -223,18 +222,57 @@ def test_sparse_file_errors(tmp_path):
     masks = prune_(model, "random", 0.9)
     path = tmp_path / "m.safetensors"
     save_sparse(model, masks, path)
-    with pytest.raises(RuntimeError):  # torch's strict load names the missing keys
+    with pytest.raises(ArchitectureMismatchError, match="does not fit the model: missing"):
         load_sparse(path, tiny_cnn())
     wrong = create_model("lenet5", num_classes=7, in_channels=1, image_size=28)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ArchitectureMismatchError, match="shape"):
         load_sparse(path, wrong)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x80\x04not a safetensors file")
-    with pytest.raises(ValueError, match="never unpickles"):
+    with pytest.raises(FormatError, match="never unpickles"):
         read_sparse(bad)
     with pytest.raises(KeyError):
         save_sparse(model, {"nope.weight": masks["features.0.weight"]}, tmp_path / "x.safetensors")
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def _edit_sparse(path: Path, out: Path, edit: Any) -> Path:
+    """A copy of the sparse file ``path`` with ``edit(metadata, tensors)`` applied."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    edit(metadata, tensors)
+    out.write_bytes(st_save(tensors, metadata=metadata))
+    return out
+
+
+def _set_manifest(field: str, value: Any) -> Any:
+    def edit(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> None:
+        manifest = json.loads(metadata["manifest"])
+        manifest[0][field] = value
+        metadata["manifest"] = json.dumps(manifest)
+    return edit
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    (lambda m, t: m.update(format="pt"), "not a pemn sparse file"),
+    (lambda m, t: m.update(format_version="9"), "unsupported sparse format version"),
+    (lambda m, t: m.update(manifest="{not json"), "corrupt pemn sparse file"),
+    (lambda m, t: m.pop("manifest"), r"corrupt pemn sparse file \(missing 'manifest'\)"),
+    (lambda m, t: m.update(manifest='[{"name": 3}]'), "corrupt pemn sparse file"),
+    (lambda m, t: [t.pop(k) for k in list(t) if k.startswith("values/")], "corrupt pemn sparse file"),
+    (_set_manifest("kept", 1), "survivors"),
+    (_set_manifest("shape", [2, "x"]), "corrupt pemn sparse file"),
+    (_set_manifest("shape", [1]), "corrupt pemn sparse file|index out of range|survivors"),
+])
+def test_corrupt_sparse_files_are_format_errors(tmp_path: Path, edit: Any, match: str) -> None:
+    """Every way a sparse file can be broken is one FormatError naming the file (the CLI prints it as is)."""
+    model = lenet()
+    path = tmp_path / "m.safetensors"
+    save_sparse(model, prune_(model, "magnitude", 0.9), path)
+    bad = _edit_sparse(path, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(FormatError, match=match):
+        load_sparse(bad, lenet())
 
 
 def test_pruned_count_is_exact():

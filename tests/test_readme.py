@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_readme_quickstart_runs(tmp_path: Path) -> None:
     text = (ROOT / "README.md").read_text()
     block = re.search(r"## Quickstart \(Python\)\s+```python\n(.*?)```", text, re.S)
@@ -21,6 +24,7 @@ def test_readme_quickstart_runs(tmp_path: Path) -> None:
     assert "paper ratio" in out.stdout and (tmp_path / "model.pemn").exists()
 
 
+@pytest.mark.slow  # a subprocess, seconds
 def test_example_quickstart_runs(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py")], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)

@@ -67,13 +67,7 @@ kill_resume = _module("scripts/kill_resume.py")
 concurrent_save = _module("scripts/concurrent_save.py")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: more threads only add latency; and in-process training must match the one-thread runs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +141,7 @@ def test_fuzz_inputs_replay_identically() -> None:
 # ------------------------------------------------------------------------------------ 2. killed training
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_kill_resume_fast(tmp_path: Path) -> None:
     """Three SIGKILLs -- at a checkpoint write, at the model.pemn write, at a random write -- each followed by
     ``--resume``: nothing corrupt, no temporary file left, and the result bit-identical to an uninterrupted run."""
@@ -384,6 +379,7 @@ def test_train_write_failure(tmp_path: Path, disk: Callable[[str], Disk], monkey
 # ------------------------------------------------------------------------------------- 4. concurrent use
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_concurrent_writers_and_reader(tmp_path: Path) -> None:
     """Two processes save different models to one path 20 times each while a third loads it: every load is one
     of the two models exactly, none fails, and one complete artifact is left with no temporary file."""

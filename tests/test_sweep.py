@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -123,8 +124,11 @@ def test_sweep_cli_end_to_end(tmp_path: Path) -> None:
     assert code == 0, err
     rows = read_rows(out / "sweep.csv")
     assert [(r["strategy"], r["ratio"]) for r in rows] == [("dense", ""), ("rp", "0.1"), ("rp", "0.01")]
-    for r in rows:
-        assert 0 <= float(r["best_acc"]) <= 100 and int(r["artifact_bytes"]) > 0
+    for r, (name, file) in zip(rows, [("dense", "model.safetensors"), ("rp-r0.1-k0.5", "model.pemn"),
+                                      ("rp-r0.01-k0.5", "model.pemn")], strict=True):
+        result = json.loads((out / name / "result.json").read_text())  # each row is its run's result, exactly
+        assert (float(r["best_acc"]), float(r["final_acc"])) == (result["best_acc"], result["final_acc"])
+        assert int(r["artifact_bytes"]) == (out / name / file).stat().st_size
         assert r["command"].startswith("pemn train ")
     assert 0 < float(rows[1]["paper_ratio"]) < float(rows[2]["paper_ratio"]) < 1
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"

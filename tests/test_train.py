@@ -14,7 +14,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, ClassVar, get_type_hints
 
 import numpy as np
 import pytest
@@ -47,13 +47,7 @@ SRC = str(Path(pemn.__file__).resolve().parents[1])
 TIMING = ("seconds", "images_per_s")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models are fastest that way, and robust to a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def quick(tmp_path: Path, name: str = "run", **kw: Any) -> TrainConfig:
@@ -341,12 +335,13 @@ def test_dense_run_writes_safetensors(tmp_path):
 
 @pytest.mark.parametrize("method", ["magnitude", "random"])
 def test_prune_run(tmp_path, method):
-    cfg = quick(tmp_path, model="tiny-mlp", strategy="dense", prune=method, compression=0.9, lr=0.01)
+    # the mlp, not tiny-mlp: the file's few hundred bytes of metadata would dominate a 1,200-weight model
+    cfg = quick(tmp_path, model="mlp", strategy="dense", prune=method, compression=0.9, lr=0.01)
     result = train(cfg, log=quiet)
     path = tmp_path / "run" / "model.sparse.safetensors"
     assert result.weights == path and result.sparse_bytes == result.weights_bytes == path.stat().st_size
-    model = load_sparse(path, create_model("tiny-mlp", num_classes=10, in_channels=1, image_size=8))
-    weights = [model[1].weight, model[3].weight]
+    model = load_sparse(path, create_model("mlp", num_classes=10, in_channels=1, image_size=8))
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros == round(0.9 * sum(w.numel() for w in weights))
     assert result.artifact_acc == result.final_acc
@@ -355,24 +350,69 @@ def test_prune_run(tmp_path, method):
     assert result.sparse_bytes < result.summary["dense_bytes"] / 3
 
 
-def test_progress_bar_on_a_terminal(tmp_path, monkeypatch, capsys):
+class _FakeBar:
+    """Stands in for tqdm: records what the training loop shows."""
+
+    bars: ClassVar[list[_FakeBar]] = []
+
+    def __init__(self, *, total: int, desc: str, **_kw: Any) -> None:
+        self.total, self.desc, self.n, self.postfix, self.closed = total, desc, 0, {}, False
+        _FakeBar.bars.append(self)
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def set_postfix(self, **kw: Any) -> None:
+        self.postfix = kw
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_progress_bar_on_a_terminal(tmp_path, monkeypatch):
+    """On a terminal each epoch gets a bar that counts every trained image and shows the loss, and is closed."""
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    monkeypatch.setattr("pemn.training.progress.PLAIN_PROGRESS_EVERY", 0.0)
-    result = train(quick(tmp_path, progress=True, epochs=1), log=quiet)
-    assert result.epochs_run == 1
-    monkeypatch.setitem(sys.modules, "tqdm", None)  # without tqdm: plain progress lines
+    monkeypatch.setitem(sys.modules, "tqdm.auto", types.SimpleNamespace(tqdm=_FakeBar))
+    monkeypatch.setattr(_FakeBar, "bars", [])
+    train(quick(tmp_path, progress=True, epochs=2), log=quiet)  # 512 images, batch 32: 16 steps per epoch
+    epochs = [b for b in _FakeBar.bars if b.desc.startswith("epoch")]
+    assert [(b.desc, b.total, b.n) for b in epochs] == [("epoch 1/2", 512, 512), ("epoch 2/2", 512, 512)]
+    assert all(b.closed for b in _FakeBar.bars) and all(float(b.postfix["loss"]) > 0 for b in epochs)
+    _FakeBar.bars.clear()
+    train(quick(tmp_path, "quiet", progress=False, epochs=1), log=quiet)
+    assert _FakeBar.bars == []  # progress=False: no bar
+
+
+def test_plain_progress_lines_without_tqdm(tmp_path, monkeypatch):
+    monkeypatch.setattr("pemn.training.progress.PLAIN_PROGRESS_EVERY", 0.0)  # a line after every step
+    monkeypatch.setitem(sys.modules, "tqdm", None)
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)
     lines: list[str] = []
     train(quick(tmp_path, "plain", progress=True, epochs=1), log=lines.append)
-    assert any("img/s" in line and "epoch ETA" in line for line in lines)
+    counts = [line.split(": ", 1)[1].split(" images")[0] for line in lines if line.startswith("  epoch 1/1: ")]
+    assert counts == [f"{32 * k}/512" for k in range(1, 17)]  # one line per step, counting every image
+    assert all("img/s" in line and "ETA" in line for line in lines if line.startswith("  epoch"))
 
 
-def test_evaluate_restores_mode():
+def test_evaluate_counts_top1_and_restores_mode():
+    torch.manual_seed(0)
     model = create_model("tiny-mlp", num_classes=10, in_channels=1, image_size=8)
     images, labels = load_dataset("digits", split="test")
-    acc = evaluate(model, images, labels, transform=build_eval_transform(dataset_info("digits")), batch_size=100)
-    assert 0 <= acc <= 100 and model.training
+    transform = build_eval_transform(dataset_info("digits"))
+    with torch.no_grad():
+        expected = 100.0 * float((model.eval()(transform(images)).argmax(1) == labels).sum()) / len(labels)
+    model.train()
+    assert evaluate(model, images, labels, transform=transform, batch_size=100) == expected
+    assert evaluate(model, images, labels, transform=transform, batch_size=7) == expected  # any batching
+    assert model.training
+    model.eval()
+    assert evaluate(model, images, labels, transform=transform) == expected and not model.training
     assert evaluate(model, images[:0], labels[:0], transform=None) == 0.0
+    always = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # predicts one class for everything
+    with torch.no_grad():
+        always[1].weight.zero_()
+        always[1].bias.copy_(torch.eye(10)[3])
+    assert evaluate(always, images, labels, transform=transform) == 100.0 * float((labels == 3).sum()) / len(labels)
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
@@ -514,6 +554,7 @@ except TrainingInterrupted as e:
 """
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 def test_sigterm_subprocess(tmp_path):
     script = tmp_path / "child.py"
     script.write_text(SIGTERM_CHILD)
@@ -585,6 +626,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a subprocess (or ONNX export), seconds
 @pytest.mark.parametrize("group", ["caller", "train"])
 def test_torchrun_two_processes(tmp_path, group):
     """A real 2-process gloo run: same masks everywhere, all-reduced metrics, only rank 0 writes."""

@@ -260,33 +260,13 @@ def _report_train(cfg: Any, result: Any) -> None:
 # --------------------------------------------------------------------------------------------- loading artifacts
 
 
-def _sniff(path: Path) -> str:
-    """``"pemn"`` (a pemn artifact), ``"sparse"`` (a pruned model's ``model.sparse.safetensors``), ``"dense"``
-    (another safetensors file, e.g. a dense ``model.safetensors``) or ``"unknown"``."""
-    if not path.exists():
-        raise FileNotFoundError(f"no such artifact file: {str(path)!r}")
+def _artifact_kind(path: Path) -> tuple[Any, dict[str, Any] | None]:
+    """The kind of the model file at ``path`` (:data:`pemn.training.artifacts.KINDS`) and its app metadata."""
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give the artifact file inside it (e.g. {path}/model.pemn)")
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return "unknown"
-        n = int.from_bytes(head, "little")
-        if n <= 0 or n > 64 << 20:
-            return "unknown"
-        try:
-            header = json.loads(f.read(n))
-        except (UnicodeDecodeError, ValueError):
-            return "unknown"
-    if not isinstance(header, dict):
-        return "unknown"
-    meta = header.get("__metadata__") or {}
-    fmt = meta.get("format") if isinstance(meta, dict) else None
-    if fmt == "pemn":
-        return "pemn"
-    if fmt == "pemn-sparse":
-        return "sparse"
-    return "dense"
+    arts = _training("artifacts")
+    kind = arts.kind_of_file(path)
+    return kind, arts.read_app(path, kind)
 
 
 def _shape_args(args: argparse.Namespace) -> tuple[dict[str, int], Any]:
@@ -308,18 +288,20 @@ def _shape_args(args: argparse.Namespace) -> tuple[dict[str, int], Any]:
     return {k: int(v) for k, v in explicit.items()}, info
 
 
+def _run_config(artifact: Path) -> dict[str, Any]:
+    """The ``config.json`` train wrote next to ``artifact`` ({} if there is none or it is unreadable)."""
+    try:
+        loaded = json.loads((artifact.parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
 def _fill_from_run_config(args: argparse.Namespace) -> None:
     """Default ``--model``/``--dataset`` from the ``config.json`` train wrote next to the artifact."""
     if args.model is not None and (args.dataset is not None or getattr(args, "num_classes", None) is not None):
         return
-    cfg_path = Path(args.artifact).parent / "config.json"
-    cfg: dict[str, Any] = {}
-    if cfg_path.is_file():
-        try:
-            loaded = json.loads(cfg_path.read_text())
-            cfg = loaded if isinstance(loaded, dict) else {}
-        except (OSError, ValueError):
-            cfg = {}
+    cfg = _run_config(Path(args.artifact))
     if args.model is None and isinstance(cfg.get("model"), str):
         args.model = cfg["model"]
     if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
@@ -330,45 +312,47 @@ def _fill_from_run_config(args: argparse.Namespace) -> None:
         raise UsageError("give --model NAME (no config.json next to the artifact to take it from)")
 
 
-def _load_model(path: Path, model_name: str, shape: dict[str, int]) -> tuple[Any, str]:
-    """A fresh registry model with the artifact installed; returns (model, kind)."""
-    import pemn
-    from pemn.errors import FormatError
-    from pemn.training.models import create_model
+_SHAPE_FLAGS = ("num_classes", "in_channels", "image_size")
 
-    kind = _sniff(path)
-    _check_model_name(model_name)
-    model = create_model(model_name, **shape)
-    if kind == "sparse":
-        from pemn.training.prune import load_sparse
 
-        try:
-            load_sparse(path, model)
-        except (ValueError, KeyError) as e:
-            raise FormatError(f"{path}: cannot load this pruned model into {model_name} {shape}: "
-                              f"{_one_line(e)[:500]}") from None
-        except RuntimeError as e:
-            raise FormatError(f"{path}: this pruned model does not fit {model_name} {shape}: "
-                              f"{_one_line(e)[:500]}") from None
-        model.eval()
-        return model, kind
-    if kind == "dense":
-        from safetensors.torch import load_file
+def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
+                    data: bool = True) -> tuple[Any, dict[str, int], Any, str]:
+    """``(model in eval mode, input shape, dataset info or None, registry model name)`` of ``args.artifact``.
 
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error type for malformed files
-            raise FormatError(f"{path}: corrupt safetensors file ({_one_line(e)})") from None
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise FormatError(f"{path}: this dense state_dict does not fit {model_name} "
-                              f"{shape}: {_one_line(e)[:500]}") from None
-        model.eval()
-        return model, kind
-    pemn.load(path, model)  # "unknown" files get pemn's own FormatError
-    model.eval()
-    return model, "pemn"
+    The file's app metadata gives the architecture, the dataset (with ``data``, the default for ``--dataset``)
+    and its normalisation (``--model``/shape flags must agree with it; ``--dataset`` may name other data of the
+    same shape); a file written without it takes ``--model``/``--dataset`` (or the config.json beside it).
+    """
+    from pemn.errors import DatasetError, FormatError
+    from pemn.training.data import dataset_info
+
+    arts = _training("artifacts")
+    path = Path(args.artifact)
+    try:
+        if app is None:
+            _fill_from_run_config(args)
+            shape, info = _shape_args(args)
+            _check_model_name(args.model)
+            model, _, _ = arts.load_model(path, model=args.model, shape=shape)
+            return model, shape, info, args.model
+        explicit = {k: v for k in _SHAPE_FLAGS if (v := getattr(args, k, None)) is not None}
+        model, _, _ = arts.load_model(path, model=args.model, shape=explicit or None)
+        shape = arts.model_args(app, str(path))
+        if args.dataset is None and data:
+            args.dataset = arts.app_dataset(app)
+        info = None
+        if args.dataset is not None:
+            _check_dataset_name(args.dataset)
+            data_dir = getattr(args, "data_dir", None)
+            info = dataset_info(args.dataset, data_dir)
+            if info.name == "imagefolder":  # its image size is the model's choice
+                info = dataset_info(args.dataset, data_dir, image_size=shape.get("image_size"))
+            info = arts.input_info(app, info, data_dir, str(path))
+        return model, shape, info, app["model"]
+    except (FormatError, DatasetError):
+        raise
+    except ValueError as e:  # --model / --dataset contradict the file, or name nothing
+        raise UsageError(_one_line(e)) from None
 
 
 # --------------------------------------------------------------------------------------------- eval
@@ -402,29 +386,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pemn.training.augment import build_eval_transform
     from pemn.training.data import load_dataset
 
-    _sniff(Path(args.artifact))
-    if _is_text(args.dataset):
+    kind, app = _artifact_kind(Path(args.artifact))
+    if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
+        if args.data_dir is None:  # the text folder of the run, when the file still sits in it
+            data_dir = _run_config(Path(args.artifact)).get("data_dir")
+            args.data_dir = data_dir if isinstance(data_dir, str) else None
         return _cmd_eval_text(args)
-    _fill_from_run_config(args)
-    if _is_text(args.dataset):
-        return _cmd_eval_text(args)
-    if args.dataset is None:
-        raise UsageError("give --dataset NAME (no config.json next to the artifact to take it from)")
     evaluation = _training("evaluation")
     device = _device(args.device)
-    shape, info = _shape_args(args)
-    model, kind = _load_model(Path(args.artifact), args.model, shape)
+    model, _shape, info, model_name = _artifact_model(args, app)
+    if info is None:
+        raise UsageError("give --dataset NAME (the artifact does not say which data it was trained on)")
     images, labels = load_dataset(args.dataset, args.data_dir, split="test", download=args.download)
     model.to(device)
     acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
                               batch_size=args.batch_size, device=device)
     if args.json:
-        _out(json.dumps({"artifact": str(args.artifact), "kind": kind, "model": args.model,
+        _out(json.dumps({"artifact": str(args.artifact), "kind": kind.name, "model": model_name,
                          "dataset": info.name, "split": "test", "examples": int(labels.numel()),
                          "accuracy": float(acc)}))
     else:
         _out(f"{args.artifact}: test accuracy {float(acc):.2f} % (top-1, {labels.numel():,} {info.name} test "
-             f"images, {args.model}, {kind} weights)")
+             f"images, {model_name}, {kind.name} weights)")
     return 0
 
 
@@ -434,7 +417,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pemn.training.sample import build_lm, sample_text
 
-    _sniff(Path(args.artifact))
+    _artifact_kind(Path(args.artifact))
     if args.tokens < 0:
         raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
     if args.temperature < 0 or args.temperature != args.temperature:
@@ -464,8 +447,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     import pemn
 
     path = Path(args.artifact)
-    kind = _sniff(path)
-    if kind in ("dense", "sparse"):
+    kind, _ = _artifact_kind(path)
+    if kind.name != "pemn":
         return _inspect_plain(path, kind, as_json=args.json)
     s = pemn.summary(path, verbose=False)
     if args.json:
@@ -476,7 +459,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inspect_plain(path: Path, kind: str, *, as_json: bool) -> int:
+def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     """What a dense / pruned safetensors file holds (it has no masks, so no paper ratio)."""
     from safetensors import safe_open
 
@@ -494,10 +477,10 @@ def _inspect_plain(path: Path, kind: str, *, as_json: bool) -> int:
     for k, shape in shapes.items():
         for d in shape:
             numel[k] *= d
-    info: dict[str, Any] = {"path": str(path), "kind": kind, "file_bytes": path.stat().st_size,
+    info: dict[str, Any] = {"path": str(path), "kind": kind.name, "file_bytes": path.stat().st_size,
                             "tensors": len(shapes), "stored_values": sum(numel.values()),
                             "metadata": {k: v for k, v in meta.items() if k != "manifest"}}
-    if kind == "sparse" and "manifest" in meta:
+    if kind.name == "sparse" and "manifest" in meta:
         try:
             manifest = json.loads(meta["manifest"])
             kept = sum(int(e["kept"]) for e in manifest)
@@ -514,8 +497,7 @@ def _inspect_plain(path: Path, kind: str, *, as_json: bool) -> int:
     if as_json:
         _out(json.dumps(info, indent=2))
         return 0
-    what = "a pruned model (pemn-sparse)" if kind == "sparse" else "a dense state_dict"
-    _out(f"{path}  ({info['file_bytes']:,} bytes): {what}, not a pemn artifact (no masks or prototype)")
+    _out(f"{path}  ({info['file_bytes']:,} bytes): {kind.description}, not a pemn artifact (no masks or prototype)")
     _out(f"{info['tensors']} tensors, {info['stored_values']:,} stored values"
          + (f"; {info['kept_weights']:,} of {info['prunable_weights']:,} prunable weights survive "
             f"(sparsity {100 * info['sparsity']:.2f} %)" if info.get("sparsity") is not None else ""))
@@ -535,9 +517,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pemn.training.export import export_onnx, export_pt
 
     path = Path(args.artifact)
-    _sniff(path)
-    _fill_from_run_config(args)
-    shape, info = _shape_args(args)
+    kind, app = _artifact_kind(path)
+    if (app or {}).get("kind") == "char-lm":
+        raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
     suffix = ".onnx" if args.format == "onnx" else ".safetensors"
     out = Path(args.output) if args.output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "")
                                                                    + suffix)
@@ -546,25 +528,27 @@ def _cmd_export(args: argparse.Namespace) -> int:
                          f"so name the output *{suffix}, not {out.name!r}")
     if out.resolve() == path.resolve():
         raise UsageError(f"the output {out} would overwrite the artifact; give another -o")
-    model, kind = _load_model(path, args.model, shape)
+    model, shape, info, model_name = _artifact_model(args, app, data=False)
     plain = pemn.materialize(model) if is_converted(model) else model
     plain.eval()
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, shape["in_channels"], shape["image_size"], shape["image_size"], generator=gen)
     if args.format == "pt":
-        meta = {"model": args.model, **shape, "source": str(path), "source_kind": kind,
+        meta = {"model": model_name, **shape, "source": str(path), "source_kind": kind.name,
                 "pemn_version": pemn.__version__,
-                "rebuild": f"pemn.training.models.create_model({args.model!r}, num_classes={shape['num_classes']}, "
+                "rebuild": f"pemn.training.models.create_model({model_name!r}, num_classes={shape['num_classes']}, "
                            f"in_channels={shape['in_channels']}, image_size={shape['image_size']})"
                            ".load_state_dict(safetensors.torch.load_file(path))"}
-        if info is not None:
-            meta.update(dataset=info.name, input="float32 N x C x H x W, (pixels / 255 - mean) / std",
-                        mean=list(info.mean), std=list(info.std))
+        recorded = (app or {}).get("preprocessing") or {}
+        if info is not None or recorded:  # the file's own normalisation first, then the dataset's
+            meta.update(dataset=recorded.get("dataset") or info.name,
+                        input="float32 N x C x H x W, (pixels / 255 - mean) / std",
+                        mean=list(recorded.get("mean") or info.mean), std=list(recorded.get("std") or info.std))
         written = export_pt(plain, out, meta)
-        diff = _check_pt(out, args.model, shape, model, example)
+        diff = _check_pt(out, model_name, shape, model, example)
         _out(f"wrote {written['weights']} ({written['weights'].stat().st_size:,} bytes, safetensors state_dict) "
              f"and {written['meta']}")
-        _out(f"check: reloaded into a fresh {args.model}: max abs diff vs the pemn model {diff:.3g}")
+        _out(f"check: reloaded into a fresh {model_name}: max abs diff vs the pemn model {diff:.3g}")
         return 0
     result = export_onnx(plain, example, out)
     _out(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX, exporter: {result['exporter']})"
@@ -673,10 +657,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _add_artifact_model_args(p: argparse.ArgumentParser, *, shape_flags: bool) -> None:
     p.add_argument("artifact", help="a .pemn artifact, or a dense model.safetensors (from strategy dense)")
-    p.add_argument("--model", help="registry model name (see `pemn models`); default: from config.json next to "
-                                   "the artifact")
+    p.add_argument("--model", help="registry model name (see `pemn models`); default: the one the artifact records "
+                                   "(or, for a file without app metadata, the config.json next to it)")
     p.add_argument("--dataset", help="dataset whose shape (and, for eval, test split) to use (see `pemn datasets`); "
-                                     "default: from config.json next to the artifact")
+                                     "default: the one the artifact records (or the config.json next to it)")
     p.add_argument("--data-dir", default=None, help="dataset folder (default: $PEMN_DATA_DIR or ./data)")
     if shape_flags:
         p.add_argument("--num-classes", type=int, default=None, help="classes (instead of or overriding --dataset)")

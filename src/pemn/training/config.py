@@ -234,7 +234,7 @@ class TrainConfig:
             raise ValueError("prune_scope needs prune ('random' or 'magnitude')")
         if self.strategy == "dense":
             defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-            set_ = [n for n in PEMN_FIELDS if getattr(self, n) != defaults[n]]
+            set_ = [n for n in PEMN_FIELDS if n in defaults and getattr(self, n) != defaults[n]]
             if set_:
                 raise ValueError(f"strategy 'dense' trains the model's own weights; the PEMN option(s) {set_} do not "
                                  f"apply (choose a PEMN strategy: {', '.join(PEMN_STRATEGIES)})")
@@ -287,7 +287,9 @@ class TrainConfig:
         unconverted network) decides ``variance="auto"`` (:func:`variance_for`; without it, "paper")."""
         if not STRATEGY_TABLE[self.strategy].pemn:
             raise ValueError(f"strategy {self.strategy!r} has no PEMN config")
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PEMNConfig)}
+        # every PEMNConfig field TrainConfig carries (tests check it carries them all; one it lacks keeps the
+        # core's default)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(PEMNConfig) if hasattr(self, f.name)}
         rescale, keep_scale = VARIANCES[self.resolved_variance(model)]
         fields["rescale"] = rescale if self.rescale is None else self.rescale
         fields["keep_scale"] = keep_scale if self.keep_scale is None else self.keep_scale

@@ -50,6 +50,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pemn.convert import convert_, masked_weights, set_keep_
+from pemn.training.artifacts import image_app, kind_of, load_model
 from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform
 from pemn.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pemn.training.config import RESUME_FREE_FIELDS, SCHEDULES, TrainConfig
@@ -62,7 +63,6 @@ from pemn.training.outputs import (
     CONFIG_NAME,
     RESULT_NAME,
     TrainResult,
-    kind_of,
     prepare_out_dir,
     state_digest,
     write_json,
@@ -744,13 +744,13 @@ class _Run:
         artifact_acc = artifact_val_loss = None
         corpus = self.data.corpus
         if self.dist.main:
-            app = lm_app(cfg.model, corpus.vocab, cfg.block_size) if corpus is not None else None
+            app = lm_app(cfg.model, corpus.vocab, cfg.block_size) if corpus is not None else image_app(
+                cfg.model, self.data.info, cfg.data_dir)
             summary = self.kind.save(self.module, path, cfg, app=app)
             nbytes = path.stat().st_size
             files = {self.kind.path_field: path, **dict.fromkeys(self.kind.bytes_fields, nbytes)}
-            with torch.random.fork_rng(devices=[]):
-                fresh = _fresh_model(cfg, self.data.info)
-            loaded = self.kind.load(path, fresh).to(self.device)
+            with torch.random.fork_rng(devices=[]):  # the file alone rebuilds the model (its app metadata)
+                loaded = load_model(path)[0].to(self.device)
             if corpus is not None:
                 reloaded = self._lm_eval(loaded, shard=False)
                 artifact_acc, artifact_val_loss = reloaded["val_acc"], reloaded["val_loss"]

@@ -1,5 +1,5 @@
 """What a training run writes besides its checkpoint: the output folder, ``config.json``, ``metrics.jsonl``,
-``result.json`` (:class:`TrainResult`) and the trained model in the file of its kind (:data:`KINDS`).
+``result.json`` (:class:`TrainResult`); the trained model's file is :mod:`pemn.training.artifacts`'.
 
 Every file is written atomically (:func:`pemn.fileio.atomic_write_bytes`).
 """
@@ -10,114 +10,27 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
-from pemn.artifact import load as pemn_load
-from pemn.artifact import save as pemn_save
 from pemn.convert import masked_weights, unwrap
 from pemn.fileio import atomic_write_bytes, remove_stale_temp_files
-from pemn.summary import summary as pemn_summary
+from pemn.training.artifacts import KINDS
 from pemn.training.checkpoint import CHECKPOINT_NAME, cpu_copy
 from pemn.training.config import TrainConfig
 from pemn.training.dist import Dist
-from pemn.training.prune import load_sparse, pruning_masks, save_sparse
-from pemn.training.sample import SAFETENSORS_APP_KEY
 
-__all__ = ["KINDS", "ArtifactKind", "TrainResult", "kind_of", "prepare_out_dir", "state_digest", "write_json",
-           "write_metrics"]
+__all__ = ["TrainResult", "prepare_out_dir", "state_digest", "write_json", "write_metrics"]
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 METRIC_NOTE = ("best_acc is the highest per-epoch test accuracy (the paper's reported metric; it selects on the "
                "test set); final_acc is the last epoch's test accuracy, the accuracy of the saved model")
-
-
-# ----------------------------------------------------------------------------------------- model files
-
-
-def _save_pemn(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
-    pemn_save(module, path, coding=cfg.coding, prototype=cfg.prototype, extras_dtype=cfg.extras_dtype, app=app)
-    return pemn_summary(path, verbose=False).to_dict()
-
-
-def _dense_summary(module: nn.Module, path: Path, **extra: Any) -> dict[str, Any]:
-    """A plain (dense or pruned) file's summary: its honest ratio is dense float32 bytes / file bytes."""
-    dense_bytes = 4 * sum(t.numel() for t in module.state_dict().values() if t.is_floating_point())
-    file_bytes = path.stat().st_size
-    return {"strategy": "dense", "parameters": sum(p.numel() for p in module.parameters()),
-            "dense_bytes": dense_bytes, **extra, "file_bytes": file_bytes, "honest_ratio": dense_bytes / file_bytes}
-
-
-def _app_metadata(app: dict[str, Any] | None) -> dict[str, str]:
-    """The app object as safetensors metadata of a plain (dense or pruned) model file."""
-    return {} if app is None else {SAFETENSORS_APP_KEY: json.dumps(app, sort_keys=True, separators=(",", ":"))}
-
-
-def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
-    state = {k: (cpu_copy(v).float() if v.is_floating_point() else cpu_copy(v)) for k, v in module.state_dict().items()}
-    metadata = {"format": "pt", "model": cfg.model, **_app_metadata(app)}
-    atomic_write_bytes(path, st_save(state, metadata=metadata))
-    return _dense_summary(module, path)
-
-
-def _load_dense(path: Path, model: nn.Module) -> nn.Module:
-    from safetensors.torch import load_file
-
-    model.load_state_dict(load_file(str(path)), strict=True)
-    return model
-
-
-def _save_pruned(module: nn.Module, path: Path, cfg: TrainConfig,
-                 app: dict[str, Any] | None = None) -> dict[str, Any]:
-    masks = pruning_masks(module)
-    save_sparse(module, masks, path, extra_metadata=_app_metadata(app))
-    prunable = sum(m.numel() for m in masks.values())
-    kept = sum(int(m.sum()) for m in masks.values())
-    return _dense_summary(module, path, prune=cfg.prune, prune_scope=cfg.prune_scope,
-                          compression=cfg.effective_compression, prunable_weights=prunable, kept_weights=kept,
-                          paper_ratio=1.0 - kept / prunable)
-
-
-@dataclass(frozen=True)
-class ArtifactKind:
-    """One kind of trained-model file: its name, file name, the ``format`` its safetensors metadata records,
-    how training writes it (returning the summary) and how a fresh model loads it, and the
-    :class:`TrainResult` fields that hold its path and its size."""
-
-    name: str
-    filename: str
-    format: str
-    save: Callable[..., dict[str, Any]]  # (module, path, cfg, app=None): the app object travels in the file
-    load: Callable[[Path, nn.Module], nn.Module]
-    path_field: str
-    bytes_fields: tuple[str, ...]
-    description: str
-
-
-#: The trained-model files, by kind.
-KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
-    ArtifactKind("pemn", "model.pemn", "pemn", _save_pemn, pemn_load, "artifact", ("artifact_bytes",),
-                 "a pemn artifact (seed, prototype, 1-bit masks)"),
-    ArtifactKind("pruned", "model.sparse.safetensors", "pemn-sparse", _save_pruned, load_sparse,
-                 "weights", ("weights_bytes", "sparse_bytes"), "a pruned model (pemn-sparse)"),
-    ArtifactKind("dense", "model.safetensors", "pt", _save_dense, _load_dense, "weights", ("weights_bytes",),
-                 "a dense state_dict"),
-)}
-
-
-def kind_of(cfg: TrainConfig) -> ArtifactKind:
-    """The kind of file a run of ``cfg`` writes."""
-    if cfg.strategy != "dense":
-        return KINDS["pemn"]
-    return KINDS["dense" if cfg.prune is None else "pruned"]
 
 
 # ----------------------------------------------------------------------------------------- run folder

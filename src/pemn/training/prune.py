@@ -51,6 +51,7 @@ from torch import nn
 
 from pemn.coding import pack_bits, unpack_bits
 from pemn.convert import is_converted, unwrap
+from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
 
 __all__ = [
@@ -267,33 +268,49 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path: str | os
 
 
 def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Parse a :func:`save_sparse` file: ``(state_dict with the zeros filled in, masks)``."""
+    """Parse a :func:`save_sparse` file: ``(state_dict with the zeros filled in, masks)``.
+
+    :class:`~pemn.FormatError` for anything but an intact file of this format (never unpickles)."""
+    where = str(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(where, framework="pt") as f:
             metadata = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except SafetensorError as e:
-        raise ValueError(f"{str(path)!r} is not a safetensors file ({e}); pemn never unpickles") from None
+        raise FormatError(f"{where!r} is not a safetensors file ({e}); pemn never unpickles") from None
     if metadata.get("format") != SPARSE_FORMAT:
-        raise ValueError(f"{str(path)!r} is not a pemn sparse file (format {metadata.get('format')!r})")
+        raise FormatError(f"{where!r} is not a pemn sparse file (format {metadata.get('format')!r})")
     if metadata.get("format_version") != str(SPARSE_FORMAT_VERSION):
-        raise ValueError(f"{str(path)!r}: unsupported sparse format version {metadata.get('format_version')!r}")
+        raise FormatError(f"{where!r}: unsupported sparse format version {metadata.get('format_version')!r}")
+    try:
+        return _sparse_state(metadata, tensors, where)
+    except FormatError as e:
+        if where in str(e):
+            raise
+        raise FormatError(f"{where!r} is a corrupt pemn sparse file ({e})") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError, RecursionError) as e:
+        detail = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"{where!r} is a corrupt pemn sparse file ({detail})") from None
+
+
+def _sparse_state(metadata: dict[str, str], tensors: dict[str, torch.Tensor],
+                  where: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     state: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     for entry in json.loads(metadata["manifest"]):
-        name, shape = entry["name"], tuple(entry["shape"])
+        name, shape = entry["name"], tuple(int(d) for d in entry["shape"])
         n = math.prod(shape)
         if entry["encoding"] == "index":
             index = tensors[f"index/{name}"].to(torch.int64)
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
-                raise ValueError(f"{str(path)!r}: index out of range in {name!r}")
+                raise FormatError(f"{where!r}: index out of range in {name!r}")
             flat_mask = torch.zeros(n, dtype=torch.bool)
             flat_mask[index] = True
         else:
             flat_mask = torch.from_numpy(unpack_bits(tensors[f"bitmask/{name}"].numpy(), n).copy())
         values = tensors[f"values/{name}"]
         if values.numel() != int(flat_mask.sum()) or values.numel() != entry["kept"]:
-            raise ValueError(f"{str(path)!r}: {name!r} holds {values.numel()} values for {entry['kept']} survivors")
+            raise FormatError(f"{where!r}: {name!r} holds {values.numel()} values for {entry['kept']} survivors")
         dense = torch.zeros(n, dtype=torch.float32)
         dense[flat_mask] = values
         state[name] = dense.view(shape)
@@ -307,14 +324,22 @@ def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
 def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     """Load a :func:`save_sparse` file into ``model`` (a fresh instance of the same architecture).
 
-    The pruned weights get their zeros back; every key and shape must match (``strict``). The pruning
-    hooks are not attached (call :func:`prune_` on the dense model to train it further). Returns ``model``.
+    The pruned weights get their zeros back; every key and shape must match (``strict``;
+    :class:`~pemn.ArchitectureMismatchError` naming the first difference otherwise). The pruning hooks are not
+    attached (call :func:`prune_` on the dense model to train it further). Returns ``model``.
     """
     state, _ = read_sparse(path)
     root = unwrap(model)
     own = root.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ArchitectureMismatchError(
+            f"{str(path)!r} does not fit the model: "
+            + "; ".join(f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+                        for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
     for key, value in state.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            raise ValueError(f"{key!r}: file shape {tuple(value.shape)} != model shape {tuple(own[key].shape)}")
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise ArchitectureMismatchError(f"{str(path)!r} does not fit the model: {key!r} has shape "
+                                            f"{tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model")
     root.load_state_dict(state, strict=True)
     return model

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from pemn.errors import FormatError
+from pemn.training.artifacts import APP_KEY
 from pemn.training.text import decode, encode
 
 __all__ = ["APP_KIND", "build_lm", "generate", "lm_app", "read_app", "sample_text"]
@@ -31,7 +32,7 @@ __all__ = ["APP_KIND", "build_lm", "generate", "lm_app", "read_app", "sample_tex
 #: ``app["kind"]`` of a character-level language model.
 APP_KIND = "char-lm"
 #: Metadata key of the app object in plain safetensors files (dense and pruned models).
-SAFETENSORS_APP_KEY = "pemn_app"
+SAFETENSORS_APP_KEY = APP_KEY
 
 
 def lm_app(model_name: str, vocab: str, block_size: int) -> dict[str, Any]:
@@ -86,28 +87,11 @@ def _safetensors_metadata(path: Path) -> dict[str, str] | None:
 
 def build_lm(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """The language model stored at ``path`` (any of pemn's files), in eval mode, and its metadata."""
-    from pemn import load as pemn_load
-    from pemn.training.models import create_model
+    from pemn.training.artifacts import load_model
 
-    path = Path(path)
     app = read_app(path)
-    model = create_model(app["model"], num_classes=len(app["vocab"]), block_size=app["block_size"])
-    from safetensors.torch import load_file
-
-    meta = _safetensors_metadata(path) or {}
-    fmt = meta.get("format")
-    if fmt == "pemn":
-        pemn_load(path, model)
-    elif fmt == "pemn-sparse":
-        from pemn.training.prune import load_sparse
-
-        load_sparse(path, model)
-    else:
-        try:
-            model.load_state_dict(load_file(str(path)), strict=True)
-        except RuntimeError as e:
-            raise FormatError(f"{path}: the weights do not fit {app['model']}: {str(e).splitlines()[0]}") from None
-    return model.eval(), app
+    model, _, _ = load_model(path)
+    return model, app
 
 
 @torch.no_grad()
