@@ -185,6 +185,20 @@ def test_to_dict_from_dict_round_trip():
     assert set(PEMN_FIELDS) <= set(d)
 
 
+@pytest.mark.parametrize(("optimizer", "key", "expected"), [
+    ("adamw", "betas", (0.8, 0.999)), ("sgd", "momentum", 0.8),
+])
+def test_momentum_applies_to_both_optimizers(optimizer, key, expected):
+    """--momentum is SGD's momentum and AdamW's beta1 (it was silently ignored with AdamW)."""
+    from pemn.training.engine import _optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    cfg = TrainConfig(strategy="dense", optimizer=optimizer, momentum=0.8)
+    assert _optimizer(cfg, torch.nn.Linear(1, 1), params).param_groups[0][key] == expected
+    default = _optimizer(TrainConfig(strategy="dense"), torch.nn.Linear(1, 1), params)
+    assert default.param_groups[0]["betas"] == torch.optim.AdamW(params).defaults["betas"]  # numerics unchanged
+
+
 def test_strategy_table_agrees_with_the_core():
     """The training strategies' table says what PEMNConfig enforces: which strategies take a ratio or a fill."""
     assert pemn.config.STRATEGIES == PEMN_STRATEGIES

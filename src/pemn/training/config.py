@@ -163,10 +163,10 @@ class TrainConfig:
     steps: int | None = _f(None, "total optimizer steps, overriding epochs (the last epoch may be partial; the lr "
                                  "schedule then runs over steps)")
     batch_size: int = _f(128, "global batch size (split across ranks under torchrun)")
-    optimizer: str = _f("adamw", "adamw or sgd (momentum, no nesterov)")
+    optimizer: str = _f("adamw", "adamw or sgd (with momentum, no nesterov)")
     lr: float = _f(0.01, "peak learning rate")
     weight_decay: float = _f(0.0, "weight decay (applies to the scores too, as in the paper)")
-    momentum: float = _f(0.9, "SGD momentum")
+    momentum: float = _f(0.9, "SGD momentum, or AdamW's beta1 (the gradient's running-average coefficient)")
     schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E), cosine, constant")
     augment: str = _f("none", "training augmentation: none, flip-crop (pad 4), flip-crop8 (pad 8: Tiny-ImageNet), "
                               "convmixer (torchvision's RandAugment per image) or convmixer-kornia (kornia's)")

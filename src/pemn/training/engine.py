@@ -270,7 +270,8 @@ def _optimizer(cfg: TrainConfig, module: nn.Module, params: list[nn.Parameter]) 
         groups = [g for g in ({"params": extras, "weight_decay": cfg.weight_decay, "lr_scale": 1.0},
                               {"params": scores, "weight_decay": swd, "lr_scale": slr / cfg.lr}) if g["params"]]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # momentum is AdamW's beta1 (the gradient's running average); 0.9 is torch's default
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False)
 
 
