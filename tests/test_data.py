@@ -10,6 +10,8 @@ import io
 import os
 import pickle
 import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -20,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from pemn.errors import DatasetError
 from pemn.training import data
 from pemn.training.data import DatasetInfo, dataset_info, list_datasets, load_dataset
+from pemn.training.errors import DatasetError
 
 SHARED = Path(os.environ.get("PEMN_SHARED_DATA", "/work/shared/data"))
 MNIST_FILES = data.CHECKSUMS["mnist"].keys()
@@ -579,3 +581,18 @@ def test_imagefolder_missing(tmp_path: Path) -> None:
     (tmp_path / "train" / "a" / "0.png").write_bytes(b"")
     with pytest.raises(DatasetError, match="val"):
         load_dataset("imagefolder", tmp_path, split="test")
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_dataset_error_lives_in_the_application() -> None:
+    """DatasetError is the application's; pemn.DatasetError and pemn.errors.DatasetError load it lazily, without
+    the training stack (data, models, engine)."""
+    code = ("import sys, pemn, pemn.errors\n"
+            "assert not [m for m in sys.modules if m.startswith('pemn.training')]\n"
+            "e = pemn.DatasetError\n"
+            "assert e is pemn.errors.DatasetError and e.__module__ == 'pemn.training.errors'\n"
+            "assert issubclass(e, pemn.PEMNError) and issubclass(e, ValueError)\n"
+            "assert sorted(m for m in sys.modules if m.startswith('pemn.training')) == "
+            "['pemn.training', 'pemn.training.errors']\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr

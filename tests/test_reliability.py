@@ -38,11 +38,11 @@ from hypothesis import strategies as st
 
 import pemn
 from pemn import artifact, fileio
-from pemn.errors import DatasetError
 from pemn.training import data
 from pemn.training.checkpoint import read_checkpoint
 from pemn.training.config import resolve_config
 from pemn.training.engine import TrainingInterrupted, train
+from pemn.training.errors import DatasetError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))

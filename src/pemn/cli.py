@@ -134,8 +134,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _dataset_rows() -> list[tuple[str, str]]:
-    from pemn.errors import DatasetError
     from pemn.training.data import dataset_info, list_datasets
+    from pemn.training.errors import DatasetError
 
     rows = []
     for name in list_datasets():
@@ -323,8 +323,9 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
     and its normalisation (``--model``/shape flags must agree with it; ``--dataset`` may name other data of the
     same shape); a file written without it takes ``--model``/``--dataset`` (or the config.json beside it).
     """
-    from pemn.errors import DatasetError, FormatError
+    from pemn.errors import FormatError
     from pemn.training.data import dataset_info
+    from pemn.training.errors import DatasetError
 
     arts = _training("artifacts")
     path = Path(args.artifact)

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from pemn._memory import release_freed_memory
 from pemn.config import PEMNConfig, kept_count
 from pemn.errors import ConversionError
-from pemn.fileio import release_freed_memory
 from pemn.layers import (
     CHILD_PREFIX,
     GlobalTopK,

@@ -23,5 +23,10 @@ class PrototypeMismatchError(FormatError):
     """The prototype values do not hash to what the artifact recorded."""
 
 
-class DatasetError(PEMNError, ValueError):
-    """A dataset is missing, incomplete, corrupt or hostile; the message names the file and the fix."""
+def __getattr__(name: str) -> type[PEMNError]:
+    """``pemn.errors.DatasetError``: the application's (:mod:`pemn.training.errors`), imported on first use."""
+    if name == "DatasetError":
+        from pemn.training.errors import DatasetError
+
+        return DatasetError
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -55,27 +55,3 @@ def remove_stale_temp_files(directory: str | os.PathLike[str], names: list[str])
                 tmp.unlink()
                 removed += 1
     return removed
-
-
-def _load_malloc_trim():  # glibc only; elsewhere the allocator already returns large blocks
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_freed_memory() -> None:
-    """Hand memory freed by dropped dense weights back to the OS (glibc's ``malloc_trim``).
-
-    glibc raises its mmap threshold after large frees, so the next model's weights live on the heap, and
-    freeing them one by one while converting leaves holes that make peak RSS grow by the model's size.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)

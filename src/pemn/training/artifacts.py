@@ -37,10 +37,11 @@ from torch import nn
 from pemn.artifact import load as pemn_load
 from pemn.artifact import read as pemn_read
 from pemn.artifact import save as pemn_save
-from pemn.errors import ArchitectureMismatchError, DatasetError, FormatError
+from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
 from pemn.summary import summary as pemn_summary
 from pemn.training.checkpoint import cpu_copy
+from pemn.training.errors import DatasetError
 from pemn.training.prune import load_sparse, pruning_masks, save_sparse
 
 if TYPE_CHECKING:

@@ -54,8 +54,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemn.errors import DatasetError
 from pemn.training.data import DatasetInfo
+from pemn.training.errors import DatasetError
 
 __all__ = [
     "RANDAUGMENT_IMPLS",

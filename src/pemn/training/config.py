@@ -20,10 +20,10 @@ from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
 from pemn.config import PEMNConfig
-from pemn.errors import DatasetError
 from pemn.training.augment import list_recipes
 from pemn.training.data import dataset_info
 from pemn.training.dist import parse_device
+from pemn.training.errors import DatasetError
 from pemn.training.models import get_model_spec
 from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
 

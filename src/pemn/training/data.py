@@ -68,7 +68,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from pemn.errors import DatasetError
+from pemn.training.errors import DatasetError
 
 __all__ = [
     "CHECKSUMS",

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pemn.errors import DatasetError, PEMNError
+from pemn.errors import PEMNError
+from pemn.training.errors import DatasetError
 
 __all__ = [
     "TEXT_FILE",
