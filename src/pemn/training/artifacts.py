@@ -67,7 +67,8 @@ def _app_metadata(app: dict[str, Any] | None) -> dict[str, str]:
 
 
 def _save_pemn(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
-    pemn_save(module, path, coding=cfg.coding, prototype=cfg.prototype, extras_dtype=cfg.extras_dtype, app=app)
+    pemn_save(module, path, coding=cfg.coding, prototype=cfg.prototype, extras_dtype=cfg.extras_dtype,
+              fold_norms=cfg.fold_norms, app=app)
     return pemn_summary(path, verbose=False).to_dict()
 
 

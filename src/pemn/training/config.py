@@ -83,7 +83,7 @@ RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "mom
 #: to dense runs).
 PEMN_CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(PEMNConfig) if f.name not in ("strategy", "seed"))
 #: Fields that say how ``model.pemn`` is encoded (the arguments of :func:`pemn.save`).
-ARTIFACT_FIELDS = ("coding", "prototype", "extras_dtype")
+ARTIFACT_FIELDS = ("coding", "prototype", "extras_dtype", "fold_norms")
 #: Training fields that only mean something for the PEMN strategies (mask scores, the variance correction).
 PEMN_TRAIN_FIELDS = ("variance", "keep_start", "score_lr", "score_weight_decay")
 #: Fields that only mean something for the PEMN strategies (an error with strategy "dense").
@@ -176,8 +176,11 @@ class TrainConfig:
     # output
     coding: str = _f("packed", "mask coding in model.pemn: packed (1 bit/weight) or entropy")
     prototype: str = _f("values", "prototype storage in model.pemn: values or seed")
-    extras_dtype: str | None = _f(None, "store norm/bias extras in model.pemn as float16 or bfloat16 "
-                                  "(default: as trained)")
+    extras_dtype: str | None = _f(None, "store norm/bias extras in model.pemn as float16, bfloat16 or int8 "
+                                  "(affine per tensor, scales in the file; embeddings and tiny tensors stay "
+                                  "float: pemn.extras) (default: as trained)")
+    fold_norms: bool = _f(False, "store each BatchNorm in model.pemn as its eval-mode scale and shift (2 numbers "
+                                 "per channel instead of 4): an inference artifact, outputs equal to float rounding")
     out: str | None = _f(None, "output folder (default: runs/<timestamp>-<model>-<dataset>-<strategy>)")
     resume: bool = _f(False, "continue from <out>/checkpoint.safetensors (same settings)")
     seed: int = _f(0, "seed of the model init, prototype, scores, data order and augmentation")
