@@ -444,3 +444,15 @@ def test_slim_convmixer_header_and_ratio() -> None:
     assert min(sizes, key=sizes.get) == (True, "int8")
     # 5 BatchNorms x 32 channels: 2 float32 each, or 2 int8 each plus 2 x 8 B of qparams per norm
     assert math.isclose(sizes[(True, None)] - sizes[(True, "int8")], 5 * 32 * 2 * 4 - 5 * (32 * 2 + 16), rel_tol=0.1)
+
+
+def test_pemn_train_flags(tmp_path: Path) -> None:
+    """``pemn train --fold-norms --extras-dtype int8`` writes a folded int8 model.pemn (TrainConfig fields)."""
+    from pemn.cli import main
+
+    out = tmp_path / "run"
+    main(["train", "--model", "tiny-cnn", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
+          "--no-progress", "--fold-norms", "--extras-dtype", "int8", "--train-subset", "200", "--out", str(out)])
+    art = pemn.artifact.read(out / "model.pemn")
+    assert art.format_version == 2 and art.folded and all(e[2] == "int8" for e in art.dense if e[1] == "fold")
+    assert json.loads((out / "config.json").read_text())["fold_norms"] is True
