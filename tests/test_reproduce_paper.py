@@ -64,7 +64,7 @@ def test_toy_size_end_to_end(tmp_path: Path) -> None:
     recipe): all 17 runs, sweep.csv/sweep.png, the report's table and figure."""
     out = tmp_path / "paper"
     res = _run({"OUT": str(out), "DEVICE": "cpu", "EPOCHS": "1", "MODEL": "convmixer-16-1", "DATASET": "digits",
-                "EXTRA": "train_subset=64 batch_size=32 threads=1", "DATA_DIR": str(tmp_path / "data")})
+                "EXTRA": "train_subset=64 batch_size=32", "DATA_DIR": str(tmp_path / "data")})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = paper_report.read(out)
     assert set(rows) == GRID
@@ -74,5 +74,5 @@ def test_toy_size_end_to_end(tmp_path: Path) -> None:
         assert (out / name).is_file(), name
     assert "17 of 17 paper settings finished" in (out / "paper_table.md").read_text()
     again = _run({"OUT": str(out), "DEVICE": "cpu", "EPOCHS": "1", "MODEL": "convmixer-16-1", "DATASET": "digits",
-                  "EXTRA": "train_subset=64 batch_size=32 threads=1", "DATA_DIR": str(tmp_path / "data")})
+                  "EXTRA": "train_subset=64 batch_size=32", "DATA_DIR": str(tmp_path / "data")})
     assert again.returncode == 0 and "17 of 17 runs already in" in again.stdout  # a re-run continues

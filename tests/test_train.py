@@ -242,7 +242,8 @@ def test_pemn_fields_are_the_pemnconfig_fields():
 
 @pytest.mark.parametrize("name", PEMN_CONFIG_FIELDS + ARTIFACT_FIELDS)
 def test_every_pemn_field_is_refused_for_dense(name):
-    value = {**_PEMN_VALUES, "coding": "entropy", "prototype": "seed", "extras_dtype": "float16"}[name]
+    value = {**_PEMN_VALUES, "coding": "entropy", "prototype": "seed", "extras_dtype": "float16",
+             "fold_norms": True}[name]
     with pytest.raises(ValueError, match=rf"(PEMN option\(s\) \['{name}'\] do not apply|ratio applies only)"):
         TrainConfig(strategy="dense", **{name: value})
 
