@@ -6,6 +6,7 @@ import contextlib
 import csv
 import io
 import json
+import struct
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ from pemn.training.sweep import (
     read_rows,
     resolve_points,
     run_sweep,
+    sweep_figure,
     train_command,
 )
 
@@ -110,8 +112,17 @@ def test_plot_from_rows(tmp_path: Path) -> None:
         {"strategy": "dense", "prune": "magnitude", "compression": "0.9", "best_acc": "85"},
         {"strategy": "dense", "prune": "random", "compression": "0.9", "best_acc": "80"},
     ]
-    path = plot_sweep(rows, tmp_path / "f.png", title="tiny-cnn on digits")
-    assert path.stat().st_size > 1000
+    ax = sweep_figure(rows, title="tiny-cnn on digits").axes[0]
+    plotted = {line.get_label(): [list(map(float, d)) for d in line.get_data()] for line in ax.get_lines()}
+    assert plotted == {
+        "PEMN (ours)": [[80.0, 95.0], [92.0, 90.0]],  # MP and RP on one line, sorted by paper ratio (%)
+        "Minimum (magnitude) pruning": [[90.0], [85.0]],
+        "Random pruning": [[90.0], [80.0]],
+        "Dense": [[0.0, 1.0], [95.0, 95.0]],  # a horizontal line across the axes
+    }
+    assert sorted(t.get_text() for t in ax.texts) == ["MP", "RP 1e-1"] and "tiny-cnn on digits" in ax.get_title()
+    png = plot_sweep(rows, tmp_path / "f.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 600)  # 7.5 x 5 in at 120 dpi
 
 
 def test_sweep_cli_end_to_end(tmp_path: Path) -> None:

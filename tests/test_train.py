@@ -520,7 +520,7 @@ def test_resume_equals_uninterrupted(tmp_path, stop):
 def test_resume_checks(tmp_path):
     with pytest.raises(TrainingInterrupted):
         train(quick(tmp_path, epochs=2), log=quiet, stop_after_epoch=1)
-    with pytest.raises(ValueError, match=r"different settings \(lr: 0.05 -> 0.1\)"):
+    with pytest.raises(ValueError, match=r"these differ: --lr 0.1 \(the run has 0.05\)"):
         train(quick(tmp_path, epochs=2, lr=0.1, resume=True), log=quiet)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(quick(tmp_path, epochs=2), log=quiet)

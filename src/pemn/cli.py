@@ -114,6 +114,18 @@ def _device(name: str) -> Any:
         raise UsageError(f"--device: {_one_line(e)}") from None
 
 
+def _default_eval_batch() -> int | str:
+    try:
+        return int(_training("evaluation").DEFAULT_EVAL_BATCH)
+    except UsageError:
+        return "?"
+
+
+def _count(n: Any, noun: str) -> str:
+    """``1 epoch``, ``3 epochs`` (``? epochs`` when unknown)."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _fmt_pct(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.2f} %"
 
@@ -122,14 +134,19 @@ def _fmt_pct(x: Any) -> str:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from pemn.training.models import list_models
+    from pemn.training.models import list_model_families, list_models
 
     names = list_models(args.pattern)
+    families = list_model_families(args.pattern)
+    if not names and not families:
+        raise UsageError(f"no model name matches {args.pattern!r}; `pemn models` lists them all")
     if args.json:
         _out(json.dumps(names))
         return 0
     for n in names:
         _out(n)
+    if families:
+        _out(f"sized families (any positive sizes, e.g. {families[0].split('-<')[0]}-256-8): {', '.join(families)}")
     return 0
 
 
@@ -194,6 +211,16 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in names}
 
 
+def _train_default_text() -> str:
+    """``mlp on digits, rp``: what a bare ``pemn train`` trains (TrainConfig's defaults)."""
+    try:
+        cls = _training("config").TrainConfig
+    except UsageError:
+        return "see pemn train --help"
+    d = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
+    return f"{d['model']} on {d['dataset']}, {d['strategy']}"
+
+
 def _recipe_names() -> str:
     try:
         return ", ".join(_training("config").RECIPES)
@@ -228,11 +255,12 @@ def _report_train(cfg: Any, result: Any) -> None:
     nbytes = g(result, "artifact_bytes", None) or g(result, "weights_bytes", None)
     out_dir = g(result, "out_dir", None)
     _out("")
-    _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {g(result, 'epochs_run', '?')} epoch(s) "
+    _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {_count(g(result, 'epochs_run', '?'), 'epoch')} "
          f"in {float(g(result, 'seconds', 0) or 0):.1f} s")
     _out(f"  artifact   {artifact}" + (f"  ({nbytes:,} bytes)" if isinstance(nbytes, int) else ""))
     if out_dir is not None:
-        files = sorted(p.name for p in Path(out_dir).iterdir() if p.is_file()) if Path(out_dir).is_dir() else []
+        files = (sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and not p.name.startswith("."))
+                 if Path(out_dir).is_dir() else [])
         _out(f"  results    {out_dir}" + (f"  ({', '.join(files)})" if files else ""))
     val_loss = g(result, "val_loss", None)
     if val_loss is not None:  # a language model (dataset text)
@@ -388,6 +416,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from pemn.training.data import load_dataset
 
     kind, app = _artifact_kind(Path(args.artifact))
+    if args.batch_size is None:
+        args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
+    for flag in ("batch_size", "eval_subset", "threads"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    threads, _ = _training("dist").set_threads(args.threads)
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         if args.data_dir is None:  # the text folder of the run, when the file still sits in it
             data_dir = _run_config(Path(args.artifact)).get("data_dir")
@@ -399,9 +433,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if info is None:
         raise UsageError("give --dataset NAME (the artifact does not say which data it was trained on)")
     images, labels = load_dataset(args.dataset, args.data_dir, split="test", download=args.download)
+    if args.eval_subset is not None:
+        images, labels = images[:args.eval_subset], labels[:args.eval_subset]
     model.to(device)
-    acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
-                              batch_size=args.batch_size, device=device)
+    progress = _training("progress").Progress(True, int(labels.numel()), f"eval ({threads} CPU thread"
+                                              f"{'' if threads == 1 else 's'})", _err)
+    try:
+        acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
+                                  batch_size=args.batch_size, device=device, progress=progress.update)
+    finally:
+        progress.close()
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "kind": kind.name, "model": model_name,
                          "dataset": info.name, "split": "test", "examples": int(labels.numel()),
@@ -540,18 +581,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
                 "rebuild": f"pemn.training.models.create_model({model_name!r}, num_classes={shape['num_classes']}, "
                            f"in_channels={shape['in_channels']}, image_size={shape['image_size']})"
                            ".load_state_dict(safetensors.torch.load_file(path))"}
-        recorded = (app or {}).get("preprocessing") or {}
-        if info is not None or recorded:  # the file's own normalisation first, then the dataset's
-            meta.update(dataset=recorded.get("dataset") or info.name,
-                        input="float32 N x C x H x W, (pixels / 255 - mean) / std",
-                        mean=list(recorded.get("mean") or info.mean), std=list(recorded.get("std") or info.std))
+        pre = _export_preprocessing(app, info, shape, getattr(args, "data_dir", None))
+        meta.update(preprocessing=pre, **({"dataset": info.name} if info is not None else {}))
         written = export_pt(plain, out, meta)
         diff = _check_pt(out, model_name, shape, model, example)
         _out(f"wrote {written['weights']} ({written['weights'].stat().st_size:,} bytes, safetensors state_dict) "
              f"and {written['meta']}")
         _out(f"check: reloaded into a fresh {model_name}: max abs diff vs the pemn model {diff:.3g}")
         return 0
-    result = export_onnx(plain, example, out)
+    pre = _export_preprocessing(app, info, shape, getattr(args, "data_dir", None))
+    props = {"pemn.model": model_name, "pemn.source": str(path), "pemn.version": pemn.__version__,
+             "pemn.preprocessing": json.dumps(pre, sort_keys=True),
+             **{f"pemn.{k}": json.dumps(pre[k]) for k in ("input_shape", "scale", "mean", "std", "classes")
+                if k in pre}}
+    result = export_onnx(plain, example, out, metadata=props)
     _out(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX, exporter: {result['exporter']})"
          + (f" with its weights in {result['external_data']}" if result.get("external_data") else ""))
     for note in result.get("fallbacks") or []:
@@ -562,6 +605,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         _out(f"check: skipped ({result['reason']})")
     return 0
+
+
+def _export_preprocessing(app: dict[str, Any] | None, info: Any, shape: dict[str, int], data_dir: str | None
+                          ) -> dict[str, Any]:
+    """How inputs must be prepared for the exported model: what the artifact records (its ``app`` metadata), else
+    what the dataset says (:func:`pemn.training.data.preprocessing`), else only the input shape."""
+    if isinstance((app or {}).get("preprocessing"), dict):
+        return _training("artifacts").describe_inputs(app, data_dir)
+    if info is not None:
+        from pemn.training.data import preprocessing
+
+        return preprocessing(info, data_dir)
+    return {"input_shape": [shape["in_channels"], shape["image_size"], shape["image_size"]], "layout": "NCHW",
+            "dtype": "float32", "note": "normalisation unknown: export with --dataset NAME to record it"}
 
 
 def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any, example: Any) -> float:
@@ -612,11 +669,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if clash:
         raise UsageError(f"--set {', '.join(clash)}: set by the sweep grid for every run; use the grid options "
                          "(--strategies, --ratios, --keeps, --prune, --compressions, --out)")
-    for key in ("model", "dataset", "epochs"):
+    for key in ("model", "dataset", "epochs", "data_dir"):
         value = getattr(args, key)
         if value is not None:
             if key in base and base[key] != value:
-                raise UsageError(f"--{key} and --set {key}=... disagree")
+                raise UsageError(f"--{key.replace('_', '-')} and --set {key}=... disagree")
             base[key] = value
     try:
         if args.seeds is not None and "seed" in base:
@@ -629,8 +686,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.config is not None and not Path(args.config).is_file():
         raise UsageError(f"no config file at {args.config!r}")
     try:
+        check_settings(Path(args.out), base, args.recipe, args.config, record=False)
         resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
-        check_settings(Path(args.out), base, args.recipe, args.config)
     except (ValueError, TypeError) as e:
         raise UsageError(_one_line(e)) from None
     _out(f"sweep: {len(points)} runs -> {args.out}/")
@@ -702,13 +759,14 @@ def build_parser() -> argparse.ArgumentParser:
     from pemn import __version__
 
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Parameter-Efficient Masking Networks: train, evaluate, inspect, export and sweep "
-                               "networks stored as a seed, a tiny prototype and 1-bit masks.")
+        prog=PROG, allow_abbrev=False,
+        description="Parameter-Efficient Masking Networks: train, evaluate, inspect, export and sweep "
+                    "networks stored as a seed, a tiny prototype and 1-bit masks.")
     parser.add_argument("--version", action="version", version=f"pemn {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    p = sub.add_parser("train", help="train a model (default: tiny-cnn on digits, rp) and save its artifact",
+    p = sub.add_parser("train", help=f"train a model (default: {_train_default_text()}) and save its artifact",
                        description="Train a registry model on a dataset and save the artifact. Every training "
                                    "option has a flag; only the flags you type override the recipe / config file.")
     p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")
@@ -720,7 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "with the dataset's shape, load the artifact, and print its top-1 test accuracy.")
     _add_artifact_model_args(p, shape_flags=False)
     p.add_argument("--download", action="store_true", help="download missing dataset files")
-    p.add_argument("--batch-size", type=int, default=512, help="evaluation batch size (default: 512)")
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: "
+                   f"{_default_eval_batch()}, the training default)")
+    p.add_argument("--eval-subset", type=int, default=None, metavar="N",
+                   help="evaluate the first N test images only")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: as pemn train, the idle CPUs, 1 to 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=_cmd_eval)
@@ -771,6 +834,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/sweep.png: accuracy vs size compression ratio, as in the paper.")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
+    p.add_argument("--data-dir", default=None, help="dataset folder of every run (default: $PEMN_DATA_DIR or ./data)")
     _add_grid_flags(p)
     p.add_argument("--epochs", type=int, default=None, help="epochs of every run")
     p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
@@ -781,6 +845,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-going", action="store_true", help="log a failed run and go on instead of stopping")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
     p.set_defaults(func=_cmd_sweep)
+    for command in sub.choices.values():  # `--epoch 1` is not `--epochs 1`: options are spelled out in full
+        command.allow_abbrev = False
     return parser
 
 

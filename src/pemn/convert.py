@@ -323,7 +323,28 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
             + (f"; left dense: {'; '.join(skipped[:3])}" if skipped else ""))
     convert_selected_(selected, config)
     finish_conversion_(root, dense_reason, warn=True)
+    _warn_tiny_prototype(find_bank(root), config)
     return model
+
+
+#: Fewer prototype values than this draw a warning from :func:`convert_`: every weight is then one of a handful
+#: of numbers times its mask bit, and a small model stays near chance.
+MIN_PROTOTYPE_VALUES = 8
+
+
+def _warn_tiny_prototype(bank: PrototypeBank, config: PEMNConfig) -> None:
+    if config.strategy != "rp" or bank.unique_values >= MIN_PROTOTYPE_VALUES:
+        return
+    largest = max(src.expanded for src in bank.sources.values())
+    if largest < MIN_PROTOTYPE_VALUES:
+        return
+    need = (MIN_PROTOTYPE_VALUES - 1) / largest  # int(ratio * largest) + 1 >= MIN_PROTOTYPE_VALUES
+    nice = 10.0 ** math.ceil(math.log10(need))
+    n = bank.unique_values
+    warnings.warn(f"pemn: the rp prototype has only {n} value{'' if n == 1 else 's'} (ratio {config.ratio:g} of the "
+                  f"largest layer's {largest:,} weights), too few for this model to learn well; ratio >= {need:.2g} "
+                  f"gives at least {MIN_PROTOTYPE_VALUES} (e.g. ratio={nice:g}: {int(nice * largest) + 1:,} values)",
+                  stacklevel=3)
 
 
 def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,

@@ -97,6 +97,14 @@ class PEMNSummary:
     def __str__(self) -> str:
         return self.table()
 
+    def __repr__(self) -> str:
+        """One line (what a REPL echoes after :func:`summary` has printed the table)."""
+        where = f"{self.source!r}, " if self.source else ""
+        return (f"<PEMNSummary {where}{self.strategy}: {self.masked_weights:,} masked weights, "
+                f"P={self.unique_values:,}, kept {self.kept_fraction:.3f}, {self.file_bytes:,} bytes, "
+                f"paper ratio {self.paper_ratio:.5f}, "
+                f"honest ratio {self.honest_ratio:.2f}x; .table() / .to_dict() for details>")
+
 
 def paper_ratio(masked_weights: int, unique_values: int) -> float:
     """The paper's size compression ratio ``1 - (N + 32 P) / (32 N)``."""

@@ -116,11 +116,12 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
                     free_fields: tuple[str, ...]) -> dict[str, Any]:
     """Restore ``path`` into ``model``, ``optimizer``, the RNGs and ``scaler``; returns the saved state.
 
-    ValueError if the saved config differs from ``config`` in a field outside ``free_fields``.
+    ValueError if the saved config differs from ``config`` in a field outside ``free_fields`` (a field the
+    checkpoint does not record is an option newer than it, left at its default).
     """
     tensors, meta = read_checkpoint(path)
     saved = meta["config"]
-    differ = sorted(k for k in config if k not in free_fields and saved.get(k) != config[k])
+    differ = sorted(k for k in config if k not in free_fields and k in saved and saved[k] != config[k])
     if differ:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {config[k]!r}" for k in differ)
         raise ValueError(f"cannot resume {str(path)!r} with different settings ({detail}); resume with the "

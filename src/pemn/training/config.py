@@ -24,6 +24,7 @@ from pemn.training.augment import list_recipes
 from pemn.training.data import dataset_info
 from pemn.training.dist import parse_device
 from pemn.training.errors import DatasetError
+from pemn.training.evaluation import DEFAULT_EVAL_BATCH
 from pemn.training.models import get_model_spec
 from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
 
@@ -99,9 +100,14 @@ SGD_SCORE_LR_SCALE = 10.0
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
 PRUNE_FIELDS = ("compression", "prune_scope")
 #: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
-GRID_FREE_FIELDS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size"})
+GRID_FREE_FIELDS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size", "threads", "wait"})
 #: Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("resume", "progress", "device", "data_dir", "download", "out", "eval_batch_size")
+RESUME_FREE_FIELDS = ("resume", "progress", "device", "data_dir", "download", "out", "eval_batch_size",
+                      "eval_subset", "eval_every", "threads", "wait")
+
+
+#: The file a run writes its settings to (pemn.training.outputs writes it; --resume reads it back).
+RUN_CONFIG_NAME = "config.json"
 
 
 def _f(default: Any, help: str) -> Any:
@@ -186,7 +192,14 @@ class TrainConfig:
     seed: int = _f(0, "seed of the model init, prototype, scores, data order and augmentation")
     device: str = _f("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     progress: bool = _f(True, "show a progress bar (tqdm on a terminal) and progress lines")
-    eval_batch_size: int = _f(256, "batch size for test evaluation (CPU caches favour a few hundred)")
+    eval_batch_size: int = _f(DEFAULT_EVAL_BATCH, "batch size for test evaluation (on a CPU a few hundred beat "
+                                                  "larger batches: benchmarks/bench_eval_batch.py)")
+    eval_subset: int | None = _f(None, "evaluate on the first N test images only (every epoch and the saved model; "
+                                 "quick runs)")
+    eval_every: int = _f(1, "evaluate the test split every K epochs (and always after the last one)")
+    threads: int | None = _f(None, "CPU threads of torch (default: 1 when the CPUs are busy with other processes, "
+                                   "else up to 4; see BENCHMARKS.md)")
+    wait: bool = _f(False, "if another run is writing into the out folder, wait for it to end instead of stopping")
 
     def __post_init__(self) -> None:
         self.validate()
@@ -214,6 +227,7 @@ class TrainConfig:
         except DatasetError as e:
             if str(e).startswith("unknown dataset"):
                 raise
+        # contradictions
         text = self.dataset.strip().lower() == "text"
         language_model = get_model_spec(self.model).pattern.startswith("gpt-")
         if text and not language_model:
@@ -224,7 +238,6 @@ class TrainConfig:
                              f"--data-dir DIR with DIR/input.txt), not {self.dataset!r}")
         if not text and self.block_size != 64:
             raise ValueError("block_size is the context of a language model: it applies only to dataset 'text'")
-        # contradictions
         if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
             takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
             raise ValueError(f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy "
@@ -244,12 +257,17 @@ class TrainConfig:
         else:
             self.pemn_config()  # PEMNConfig checks its own fields (names, keep range, fill 'rand', target regexes)
         # ranges
+        _positive("epochs", self.epochs)
         _positive("block_size", self.block_size)
         if self.steps is not None:
             _positive("steps", self.steps)
-        _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
         _positive("eval_batch_size", self.eval_batch_size)
+        _positive("eval_every", self.eval_every)
+        if self.eval_subset is not None:
+            _positive("eval_subset", self.eval_subset)
+        if self.threads is not None:
+            _positive("threads", self.threads)
         if self.train_subset is not None:
             _positive("train_subset", self.train_subset)
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -496,10 +514,43 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, recipe: str | Non
         if name is not None and name != recipe:
             raise ValueError(f"two recipes given: {recipe!r} and {name!r}")
         name = recipe
+    if explicit.get("resume") and explicit.get("out") and (Path(explicit["out"]) / RUN_CONFIG_NAME).is_file():
+        given = {**from_file, **explicit, **({"recipe": name} if name is not None else {})}
+        return _resume_config(Path(explicit["out"]) / RUN_CONFIG_NAME, given)
     if name is None:
         name = from_file.get("recipe", TrainConfig.recipe)
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
     return TrainConfig(**{**RECIPES[name], **from_file, **explicit, "recipe": name})
+
+
+def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
+    """The settings of the run that wrote ``path`` (its ``config.json``), with the :data:`RESUME_FREE_FIELDS`
+    of ``given`` applied; any other setting in ``given`` must equal the run's (ValueError naming each one)."""
+    try:
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--resume takes the run's settings from {str(path)!r}, which cannot be read: "
+                         f"{_one_line_text(e)}") from None
+    base = saved.to_dict()
+    merged = TrainConfig.from_dict({**base, **given})
+    asked = merged.to_dict()
+    differ = [k for k in given if k not in RESUME_FREE_FIELDS and asked[k] != base[k]]
+    if differ:
+        detail = ", ".join(f"--{k.replace('_', '-')} {_flag_text(asked[k])} (the run has {_flag_text(base[k])})"
+                           for k in differ)
+        raise ValueError(f"--resume continues the run in {str(path.parent)!r} with its own settings ({path.name}); "
+                         f"these differ: {detail}. Drop them to resume, or start a new run in another --out")
+    return merged
+
+
+def _flag_text(value: Any) -> str:
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def _one_line_text(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 

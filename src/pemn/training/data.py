@@ -74,10 +74,12 @@ __all__ = [
     "CHECKSUMS",
     "DOWNLOAD_URLS",
     "DatasetInfo",
+    "class_names",
     "clear_cache",
     "dataset_info",
     "list_datasets",
     "load_dataset",
+    "preprocessing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -362,6 +364,68 @@ def load_dataset(
 # --------------------------------------------------------------------------------------------------
 
 
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                    "Ankle boot")
+_CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+#: CIFAR-100's fine labels, in label order
+_CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle", "bowl", "boy",
+    "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle", "chair", "chimpanzee", "clock",
+    "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur", "dolphin", "elephant", "flatfish",
+    "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard", "lamp", "lawn_mower", "leopard", "lion",
+    "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain", "mouse", "mushroom", "oak_tree", "orange",
+    "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree", "plain", "plate", "poppy", "porcupine",
+    "possum", "rabbit", "raccoon", "ray", "road", "rocket", "rose", "sea", "seal", "shark", "shrew", "skunk",
+    "skyscraper", "snail", "snake", "spider", "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank",
+    "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale",
+    "willow_tree", "wolf", "woman", "worm",
+)
+
+
+def class_names(name: str, data_dir: str | os.PathLike[str] | None = None) -> list[str] | None:
+    """The name of each label, in label order (``imagefolder`` and ``tiny-imagenet`` read them from
+    ``data_dir``); None where they cannot be known."""
+    key = _canonical_name(name)
+    fixed = {"digits": tuple(map(str, range(10))), "mnist": tuple(map(str, range(10))),
+             "fashion-mnist": _FASHION_CLASSES, "cifar10": _CIFAR10_CLASSES, "cifar100": _CIFAR100_CLASSES}
+    if key in fixed:
+        return list(fixed[key])
+    try:
+        if key == "imagefolder" and data_dir is not None:
+            return _imagefolder_classes(_resolve_root(data_dir))
+        if key == "tiny-imagenet":
+            root = _resolve_root(data_dir)
+            folder = next((f for f in (root, root / _TINY["folder"]) if (f / "wnids.txt").is_file()), None)
+            return _tiny_wnids(folder) if folder is not None else None
+    except DatasetError:
+        return None
+    return None
+
+
+def preprocessing(info: DatasetInfo, data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Exactly how pemn turns this dataset's images into the model's input, as JSON-ready data (what an exported
+    model needs to be used elsewhere): ``x = (pixels * scale - mean) / std`` per channel on uint8 ``pixels``
+    (digits: sklearn's 0..16 values, first mapped to uint8 as ``round(v * 255 / 16)``), NCHW float32 of
+    ``input_shape``, and the label names."""
+    doc: dict[str, Any] = {
+        "dataset": info.name,
+        "input_shape": [info.in_channels, info.image_size, info.image_size],
+        "layout": "NCHW", "dtype": "float32",
+        "pixels": "uint8, 0..255",
+        "scale": 1 / 255, "mean": list(info.mean), "std": list(info.std),
+        "formula": "x = (pixels * scale - mean) / std, per channel",
+    }
+    if info.name == "digits":
+        doc["pixels"] = ("uint8 = round(v * 255 / 16) of scikit-learn's load_digits values v (0..16), "
+                         "i.e. x = (round(v * 255 / 16) / 255 - mean) / std")
+    if info.name == "imagefolder":
+        doc["resize"] = f"RGB, resized to {info.image_size}x{info.image_size} (bilinear) before scaling"
+    names = class_names(info.name, data_dir)
+    doc["classes"] = names if names is not None and len(names) == info.num_classes else None
+    doc["num_classes"] = info.num_classes
+    return doc
+
+
 def _text_info(data_dir: str | os.PathLike[str] | None) -> DatasetInfo:
     """The ``text`` dataset (:mod:`pemn.training.text`): ``num_classes`` is the vocabulary size of the file."""
     from pemn.training.text import TEXT_FILE, read_text
@@ -505,7 +569,12 @@ def _locate_idx(name: str, root: Path, split: str, *, download: bool, base_url: 
         folders = [target]
     best = max(folders, key=lambda f: sum(_idx_file_in(f, b) is not None for b in needed))
     missing = [f"{b}.gz" for b in needed if _idx_file_in(best, b) is None]
-    raise _missing_error(name, list(_IDX_FILES), folders, missing)
+    other = "test" if split == "train" else "train"
+    also = [f"{b}.gz" for b in _IDX_BASENAMES[other] if _idx_file_in(best, b) is None]
+    error = _missing_error(name, [f"{b}.gz" for b in needed], folders, missing)
+    if also and split == "train":  # training also evaluates on the test split: say everything at once
+        error = DatasetError(f"{error} The test split's {', '.join(also)} are missing too.")
+    raise error
 
 
 def _open_idx(path: Path) -> BinaryIO:
@@ -582,6 +651,31 @@ def _read_idx(path: Path, expected_ndim: int) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8).reshape(dims)
 
 
+#: Images per split of the official MNIST and Fashion-MNIST files (both use the same file names).
+_IDX_SPLIT_SIZES = (60000, 10000)
+
+
+def _check_idx_identity(name: str, labels: np.ndarray, labels_path: Path) -> None:
+    """Refuse another dataset's official files under this name: Fashion-MNIST has exactly as many images of every
+    class (6,000 train / 1,000 test), MNIST's digits never do. Copies that differ only in their compression still
+    pass (the decoded labels are what is checked); subsets and other sizes are not judged."""
+    if len(labels) not in _IDX_SPLIT_SIZES:
+        return
+    counts = np.bincount(labels, minlength=10)
+    balanced = bool((counts == len(labels) // 10).all())
+    span = f"{int(counts.min()):,}..{int(counts.max()):,} per class"
+    if name == "fashion-mnist" and not balanced:
+        raise DatasetError(
+            f"{labels_path}: these are not Fashion-MNIST's files (it has exactly {len(labels) // 10:,} images of "
+            f"every class, these labels have {span}: MNIST's digits?); point --data-dir at the Fashion-MNIST files "
+            "or use --dataset mnist")
+    if name == "mnist" and balanced:
+        raise DatasetError(
+            f"{labels_path}: these are not MNIST's files (exactly {len(labels) // 10:,} images of every class, as in "
+            "Fashion-MNIST or KMNIST; MNIST's digit counts differ); point --data-dir at the MNIST files or use "
+            "--dataset fashion-mnist")
+
+
 def _load_idx_pair(images_path: Path, labels_path: Path, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     images = _read_idx(images_path, 3)
     if images.shape[1:] != (28, 28):
@@ -591,6 +685,7 @@ def _load_idx_pair(images_path: Path, labels_path: Path, name: str) -> tuple[tor
         raise DatasetError(f"{images_path} holds {len(images)} images but {labels_path} holds {len(labels)} labels")
     if len(labels) and int(labels.max()) >= 10:
         raise DatasetError(f"{labels_path}: label {int(labels.max())} out of range 0..9")
+    _check_idx_identity(name, labels, labels_path)
     return (
         torch.from_numpy(images[:, None, :, :]).contiguous(),
         torch.from_numpy(labels.astype(np.int64)),

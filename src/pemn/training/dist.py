@@ -8,7 +8,37 @@ import os
 import torch
 import torch.distributed as dist
 
-__all__ = ["Dist", "parse_device", "resolve_device"]
+__all__ = ["MAX_AUTO_THREADS", "Dist", "default_threads", "parse_device", "resolve_device", "set_threads"]
+
+#: The most CPU threads ``threads=None`` picks (more rarely pays for the models pemn trains on a CPU).
+MAX_AUTO_THREADS = 4
+
+
+def default_threads() -> int:
+    """The CPU thread count a run uses when ``threads`` is not given: the CPUs this process may use that other
+    processes leave idle (1-minute load average), at least 1 and at most :data:`MAX_AUTO_THREADS`.
+
+    On a busy machine more threads than idle CPUs makes torch's OpenMP workers wait on each other: the demo took
+    4-40x longer with the default thread count than with one thread (benchmarks/bench_threads.py).
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, min(MAX_AUTO_THREADS, cpus, int(cpus - busy + 0.5)))
+
+
+def set_threads(threads: int | None) -> tuple[int, int]:
+    """Set torch's CPU thread count (``None``: :func:`default_threads`); returns ``(new, previous)``."""
+    previous = torch.get_num_threads()
+    n = default_threads() if threads is None else int(threads)
+    if n != previous:
+        torch.set_num_threads(n)
+    return n, previous
 
 
 def parse_device(spec: str) -> torch.device | None:

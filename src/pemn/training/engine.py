@@ -36,10 +36,12 @@ import dataclasses
 import gc
 import hashlib
 import math
+import shlex
 import signal
 import threading
 import time
 import types
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ from pemn.training.augment import BatchTransform, build_eval_transform, build_tr
 from pemn.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pemn.training.config import RESUME_FREE_FIELDS, SCHEDULES, TrainConfig
 from pemn.training.data import DatasetInfo, dataset_info, load_dataset
-from pemn.training.dist import Dist
+from pemn.training.dist import Dist, set_threads
 from pemn.training.distill import distill_loss, load_teacher
 from pemn.training.evaluation import autocast, count_correct, evaluate
 from pemn.training.models import create_model
@@ -70,10 +72,11 @@ from pemn.training.outputs import (
 )
 from pemn.training.progress import Progress, fmt_time
 from pemn.training.prune import prune_
+from pemn.training.runlock import RunLock
 from pemn.training.sample import lm_app
 from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
 
-__all__ = ["NonFiniteLossError", "TrainingInterrupted", "schedule_lr", "train"]
+__all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume_command", "schedule_lr", "train"]
 
 
 # --------------------------------------------------------------------------------------------- schedule
@@ -112,6 +115,24 @@ def schedule_lr(schedule: str, lr: float, epochs: int, t: float) -> float:
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+def resume_command(out: str | Path, world: int = 1) -> str:
+    """The shell command that continues the run in ``out`` (its settings come from ``out/config.json``)."""
+    launcher = f"torchrun --nproc_per_node={world} -m pemn" if world > 1 else "pemn"
+    return f"{launcher} train --resume --out {shlex.quote(str(out))}"
+
+
+class RunWriteError(OSError):
+    """The run folder could not be written during training (the message says what is intact, how to resume)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno  # the failed write's (ENOSPC, EROFS, EIO ...), as on the OSError it replaces
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -216,6 +237,8 @@ class _Data:
             group.barrier()
         if cfg.train_subset is not None:
             x, y = x[:cfg.train_subset], y[:cfg.train_subset]
+        if cfg.eval_subset is not None:
+            tx, ty = tx[:cfg.eval_subset], ty[:cfg.eval_subset]
         return cls(info, x.to(device), y.to(device), tx.to(device), ty.to(device),
                    build_train_transform(cfg.augment, info), build_eval_transform(info))
 
@@ -231,6 +254,11 @@ class _History:
     best_epoch: int = 0
     prior_seconds: float = 0.0  # of earlier sessions of a resumed run
     totals: _Totals = field(default_factory=_Totals)
+
+
+def _plural(n: int, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``, ``1,000 images``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _default_log(message: str) -> None:
@@ -327,6 +355,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
     """
     cfg = TrainConfig.from_dict(cfg.to_dict())  # a validated private copy
+    if cfg.data_dir is not None:  # config.json must find the data from any working directory (pemn eval)
+        cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     group = Dist()
     run: _Run | None = None
     try:
@@ -353,6 +383,17 @@ class _Run:
         self.stop = _StopFlag()
         self.progress: Progress | None = None
         self.session_epochs: list[float] = []
+        self.lock: RunLock | None = None
+        self.saved_at: tuple[int, int] | None = None  # (epoch, step) of the checkpoint in the folder
+        self.threads, self._previous_threads = set_threads(cfg.threads)
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        cfg, group = self.cfg, self.dist
         self.device = group.setup(cfg.device)
         self.amp = bool(cfg.amp if cfg.amp is not None else self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
@@ -370,8 +411,12 @@ class _Run:
         self.epochs = -(-self.total_steps // self.steps)
         self.lm: dict[str, float] = {}
         self.kind = kind_of(cfg)
-        self.out = prepare_out_dir(cfg, group)
-        self.module = _build_model(cfg, self.data.info).to(self.device)
+        self.out, self.lock = prepare_out_dir(cfg, group, self.log)
+        with warnings.catch_warnings(record=True) as caught:  # convert_'s warnings as one plain line each
+            warnings.simplefilter("always")
+            self.module = _build_model(cfg, self.data.info).to(self.device)
+        for w in caught:
+            self.log(f"warning: {str(w.message).removeprefix('pemn: ')}")
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         self.optimizer = _optimizer(cfg, self.module, self.params)
         self.keep_now = cfg.keep
@@ -398,6 +443,9 @@ class _Run:
         if self.progress is not None:
             self.progress.close()
         self.stop.restore()
+        torch.set_num_threads(self._previous_threads)
+        if self.lock is not None:
+            self.lock.release()
         if self.dist.enabled:
             # Drop the DDP wrapper (its reducer holds the process group and gloo work) now, not at interpreter
             # exit: a late collection after destroy_process_group can abort the process.
@@ -426,7 +474,15 @@ class _Run:
         history = _History(epoch=int(state["epoch"]), step=int(state["step"]), metrics=list(state["history"]),
                            best_acc=float(state["best_acc"]), best_epoch=int(state["best_epoch"]),
                            prior_seconds=float(state["elapsed"]), totals=totals)
-        self.log(f"resuming {str(path)!r} at epoch {history.epoch + 1}, step {history.step}")
+        self.saved_at = (history.epoch, history.step)
+        if history.epoch >= self.cfg.epochs:
+            self.log(f"resume: {str(path)!r} is of a finished run ({history.epoch}/{_plural(self.cfg.epochs, 'epoch')}"
+                     "); nothing left to train, writing its outputs again")
+        elif history.step:
+            self.log(f"resuming {str(path)!r} in epoch {history.epoch + 1}/{self.cfg.epochs} after step "
+                     f"{history.step}/{self.steps}")
+        else:
+            self.log(f"resuming {str(path)!r} at epoch {history.epoch + 1}/{self.cfg.epochs}")
         return history
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -441,6 +497,27 @@ class _Run:
     # -------------------------------------------------------------------------------------------- run
 
     def run(self) -> TrainResult:
+        """Train the remaining epochs and write the outputs; a failed write (read-only folder, full disk) is
+        one :class:`RunWriteError` saying which checkpoint is intact and how to resume."""
+        try:
+            return self._run()
+        except RunWriteError:
+            raise
+        except OSError as e:
+            raise RunWriteError(self._write_failure(e), e.errno) from None
+
+    def _write_failure(self, e: OSError) -> str:
+        what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
+        if self.saved_at is None:
+            return (f"cannot write into the run folder {str(self.out)!r} ({what}); no checkpoint was written yet, so "
+                    "make it writable (or choose another --out) and start the run again")
+        epoch, step = self.saved_at
+        where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}/{self.steps}"
+        return (f"cannot write into the run folder {str(self.out)!r} ({what}); the last checkpoint ({where}) "
+                "is intact: once the folder is writable again, continue with: "
+                f"{resume_command(self.out, self.dist.world)}")
+
+    def _run(self) -> TrainResult:
         cfg, h = self.cfg, self.history
         if self.dist.main:
             write_json(self.out / CONFIG_NAME, cfg.to_dict())
@@ -468,7 +545,7 @@ class _Run:
             c = bank.config
             variance = {(False, False): "paper", (True, False): "fan-in", (True, True): "fan-in-keep",
                         (False, True): "keep"}[(c.rescale, c.keep_scale)]
-            what = (f"{cfg.strategy}, {masked:,} masked weights from {bank.unique_values:,} prototype values, "
+            what = (f"{cfg.strategy}, {masked:,} masked weights from {_plural(bank.unique_values, 'prototype value')}, "
                     f"keep {cfg.keep:g}, variance {variance}, {extra:,} trained extras")
             if cfg.keep_start is not None:
                 what += f"; keep annealed from {cfg.keep_start:g} over the first {cfg.keep_anneal:.0%} of steps"
@@ -484,11 +561,17 @@ class _Run:
         else:
             sizes = f"{self.data.train_x.shape[0]:,} train / {self.data.test_x.shape[0]:,} test images"
         self.log(f"pemn train: {cfg.model} on {cfg.dataset} ({sizes}); {what}")
-        length = (f"{self.total_steps:,} steps ({self.steps:,} per epoch)" if cfg.steps is not None
-                  else f"{self.epochs} epochs x {self.steps} steps")
+        length = (f"{_plural(self.total_steps, 'step')} ({self.steps:,} per epoch)" if cfg.steps is not None
+                  else f"{_plural(self.epochs, 'epoch')} x {_plural(self.steps, 'step')}")
         self.log(f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, schedule "
                  f"{cfg.schedule}, augment {cfg.augment}, batch {cfg.batch_size}, {length}; "
-                 f"device {self.device}{' (amp)' if self.amp else ''}, world size {self.dist.world}; out {self.out}")
+                 f"device {self.device}{' (amp)' if self.amp else ''}, "
+                 f"{_plural(self.threads, 'CPU thread')}, world size {self.dist.world}; out {self.out}")
+        if cfg.eval_subset is not None or cfg.eval_every > 1:
+            self.log(f"evaluation: {self.data.test_x.shape[0]:,} test images"
+                     + (f" (--eval-subset {cfg.eval_subset})" if cfg.eval_subset is not None else "")
+                     + (f", every {_plural(cfg.eval_every, 'epoch')} and after the last" if cfg.eval_every > 1
+                        else ""))
 
     def _batches(self, epoch: int) -> torch.Tensor:
         """This rank's share of the epoch's permutation (the same permutation on every rank)."""
@@ -566,62 +649,36 @@ class _Run:
         self.progress.close()
         self._end_epoch(epoch, time.perf_counter() - t_epoch)
 
-    def _lr(self, epoch: int, step: int) -> float:
-        """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
-        cfg = self.cfg
-        if cfg.steps is not None:
-            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
-        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
-
-    def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch, step))
-        x, y = random_windows(self.data.train_x, self.cfg.block_size, self.per_rank_batch * self.dist.world, g)
-        rows = slice(self.dist.rank * self.per_rank_batch, (self.dist.rank + 1) * self.per_rank_batch)
-        return x[rows].to(self.device), y[rows].to(self.device)
-
-    def _lm_eval(self, model: nn.Module, *, shard: bool = True) -> dict[str, float]:
-        """Validation metrics of a language model over the whole split (sharded across ranks, all-reduced)."""
-        world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
-        nats, correct, count = lm_window_losses(
-            model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
-            rank=rank, world=world, autocast=lambda: autocast(self.device, self.amp))
-        sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
-        if shard:
-            self.dist.all_reduce_(sums)
-        return lm_metrics(*sums.tolist())
-
-    def _lr(self, epoch: int, step: int) -> float:
-        """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
-        cfg = self.cfg
-        if cfg.steps is not None:
-            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
-        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
-
-    def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch, step))
-        x, y = random_windows(self.data.train_x, self.cfg.block_size, self.per_rank_batch * self.dist.world, g)
-        rows = slice(self.dist.rank * self.per_rank_batch, (self.dist.rank + 1) * self.per_rank_batch)
-        return x[rows].to(self.device), y[rows].to(self.device)
-
-    def _lm_eval(self, model: nn.Module, *, shard: bool = True) -> dict[str, float]:
-        """Validation metrics of a language model over the whole split (sharded across ranks, all-reduced)."""
-        world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
-        nats, correct, count = lm_window_losses(
-            model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
-            rank=rank, world=world, autocast=lambda: autocast(self.device, self.amp))
-        sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
-        if shard:
-            self.dist.all_reduce_(sums)
-        return lm_metrics(*sums.tolist())
-
     def _set_keep(self, keep: float) -> None:
         if keep != self.keep_now:
             set_keep_(self.module, keep)
             self.keep_now = keep
+
+    def _lr(self, epoch: int, step: int) -> float:
+        """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
+        cfg = self.cfg
+        if cfg.steps is not None:
+            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
+        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
+
+    def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
+        g = torch.Generator(device="cpu")
+        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch, step))
+        x, y = random_windows(self.data.train_x, self.cfg.block_size, self.per_rank_batch * self.dist.world, g)
+        rows = slice(self.dist.rank * self.per_rank_batch, (self.dist.rank + 1) * self.per_rank_batch)
+        return x[rows].to(self.device), y[rows].to(self.device)
+
+    def _lm_eval(self, model: nn.Module, *, shard: bool = True) -> dict[str, float]:
+        """Validation metrics of a language model over the whole split (sharded across ranks, all-reduced)."""
+        world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
+        nats, correct, count = lm_window_losses(
+            model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
+            rank=rank, world=world, autocast=lambda: autocast(self.device, self.amp))
+        sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
+        if shard:
+            self.dist.all_reduce_(sums)
+        return lm_metrics(*sums.tolist())
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         """Backward (loss-scaled under AMP), optional gradient clipping (on unscaled gradients), step."""
@@ -646,14 +703,24 @@ class _Run:
                 if b is not None and name not in mod._non_persistent_buffers_set:
                     dist.broadcast(b, 0)
 
-    def _test_accuracy(self) -> float:
+    def _eval_progress(self, desc: str) -> Progress:
+        """The progress display of an evaluation of the (possibly sharded) test split."""
+        total = self.data.test_x.shape[0]
+        return Progress(self.cfg.progress and self.dist.main, total, desc, self._log)
+
+    def _test_accuracy(self, desc: str = "test") -> float:
         if self.data.corpus is not None:
             self.lm = self._lm_eval(self.module)
             return self.lm["val_acc"]
         world, rank = self.dist.world, self.dist.rank
         x, y = self.data.test_x[rank::world], self.data.test_y[rank::world]
-        correct, total = count_correct(self.module, x, y, transform=self.data.eval_tf,
-                                       batch_size=self.cfg.eval_batch_size, device=self.device, amp=self.amp)
+        self.progress = self._eval_progress(desc)
+        try:
+            correct, total = count_correct(self.module, x, y, transform=self.data.eval_tf,
+                                           batch_size=self.cfg.eval_batch_size, device=self.device, amp=self.amp,
+                                           progress=lambda n, p=self.progress: p.update(n * world))
+        finally:
+            self.progress.close()
         counts = self.dist.all_reduce_(torch.tensor([correct, total], dtype=torch.float64, device=self.device))
         c, t = counts.tolist()
         return 100.0 * c / t if t else 0.0
@@ -661,7 +728,8 @@ class _Run:
     def _end_epoch(self, epoch: int, epoch_seconds: float) -> None:
         cfg, h = self.cfg, self.history
         self._sync_buffers()
-        test_acc = self._test_accuracy()
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == self.epochs
+        test_acc = self._test_accuracy(f"test after epoch {epoch + 1}/{self.epochs}") if evaluated else None
         a = h.totals
         metrics = {
             "epoch": epoch + 1,
@@ -672,16 +740,17 @@ class _Run:
             "seconds": epoch_seconds,
             "images_per_s": a.seen / max(a.train_seconds, 1e-9),
         }
+        if cfg.keep_start is not None:
+            metrics["keep"] = self.keep_now
         if cfg.steps is not None or self.data.corpus is not None:
             metrics["step"] = min(self.total_steps, (epoch + 1) * self.steps)
         if self.data.corpus is not None:
             metrics["chars_per_s"] = metrics.pop("images_per_s")
-            metrics.update(val_loss=self.lm["val_loss"], bits_per_char=self.lm["bits_per_char"])
-        if cfg.keep_start is not None:
-            metrics["keep"] = self.keep_now
+            metrics.update(val_loss=self.lm["val_loss"] if evaluated else None,
+                           bits_per_char=self.lm["bits_per_char"] if evaluated else None)
         h.metrics.append(metrics)
-        if self.keep_now != cfg.keep:  # still annealing: a larger mask than the run's, not a candidate best
-            pass
+        if self.keep_now != cfg.keep or test_acc is None:  # still annealing (a larger mask than the run's), or
+            pass                                                # not evaluated: not a candidate best
         elif h.best_epoch == 0 or test_acc > h.best_acc:
             h.best_acc, h.best_epoch = test_acc, epoch + 1
         h.totals = _Totals()
@@ -691,13 +760,15 @@ class _Run:
         self.session_epochs.append(epoch_seconds)
         eta = (self.epochs - epoch - 1) * sum(self.session_epochs) / len(self.session_epochs)
         if self.data.corpus is not None:
+            val = (f"val loss {metrics['val_loss']:.4f} ({metrics['bits_per_char']:.4f} bits/char)  val acc "
+                   f"{test_acc:.2f}%" if test_acc is not None else "val -")
             self.log(f"epoch {epoch + 1}/{self.epochs} (step {metrics['step']})  lr {metrics['lr']:.4g}  loss "
-                     f"{metrics['train_loss']:.4f}  val loss {metrics['val_loss']:.4f} ({metrics['bits_per_char']:.4f} "
-                     f"bits/char)  val acc {test_acc:.2f}%  {epoch_seconds:.1f}s  {metrics['chars_per_s']:,.0f} "
+                     f"{metrics['train_loss']:.4f}  {val}  {epoch_seconds:.1f}s  {metrics['chars_per_s']:,.0f} "
                      f"char/s  ETA {fmt_time(eta)}")
         else:
             self.log(f"epoch {epoch + 1}/{self.epochs}  lr {metrics['lr']:.4g}  loss {metrics['train_loss']:.4f}  "
-                     f"train {metrics['train_acc']:.2f}%  test {test_acc:.2f}%  (best {h.best_acc:.2f}% @ "
+                     f"train {metrics['train_acc']:.2f}%  test {'-' if test_acc is None else f'{test_acc:.2f}%'}  "
+                     f"(best {h.best_acc:.2f}% @ "
                      f"{h.best_epoch})  {epoch_seconds:.1f}s  {metrics['images_per_s']:,.0f} img/s  "
                      f"ETA {fmt_time(eta)}")
         stop = torch.tensor([float(self.stop.signum is not None)], device=self.device)
@@ -713,8 +784,10 @@ class _Run:
         state = {"epoch": epoch, "step": step, "steps_per_epoch": self.steps, "world_size": self.dist.world,
                  "accum": dataclasses.asdict(h.totals), "history": h.metrics, "best_acc": h.best_acc,
                  "best_epoch": h.best_epoch, "elapsed": self.elapsed()}
-        return save_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
-                               device=self.device, config=self.cfg.to_dict(), state=state)
+        save_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
+                        device=self.device, config=self.cfg.to_dict(), state=state)
+        self.saved_at = (epoch, step)
+        return path
 
     def _interrupt(self, epoch: int, step: int, signum: int | None, *, written: bool = False) -> None:
         path = self.out / CHECKPOINT_NAME if written else self._save_checkpoint(epoch, step)
@@ -723,8 +796,8 @@ class _Run:
             self.progress.close()
         why = signal.Signals(signum).name if signum else "requested stop"
         where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}/{self.steps}"
-        message = (f"training interrupted ({why}) {where}; checkpoint saved to {str(path)!r}. Continue with the "
-                   f"same settings plus resume=True (--resume --out {self.out}).")
+        message = (f"training interrupted ({why}) {where}; checkpoint saved to {str(path)!r}. Continue with: "
+                   f"{resume_command(self.out, self.dist.world)}")
         self.log(message)
         raise TrainingInterrupted(message, checkpoint=path, epoch=epoch, step=step, signum=signum)
 
@@ -759,8 +832,13 @@ class _Run:
                     self.log(f"warning: the saved model's validation loss is {artifact_val_loss:.6f}, the last "
                              f"epoch measured {self.lm['val_loss']:.6f}")
             else:
-                artifact_acc = evaluate(loaded, self.data.test_x, self.data.test_y, transform=self.data.eval_tf,
-                                        batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp)
+                self.progress = self._eval_progress(f"test of the saved {path.name}")
+                try:
+                    artifact_acc = evaluate(loaded, self.data.test_x, self.data.test_y, transform=self.data.eval_tf,
+                                            batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp,
+                                            progress=self.progress.update)
+                finally:
+                    self.progress.close()
             if corpus is None and artifact_acc != final_acc:
                 self.log(f"warning: the saved model scores {artifact_acc:.2f}% on the test set, the last epoch "
                          f"measured {final_acc:.2f}%")
@@ -770,10 +848,9 @@ class _Run:
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
-            teacher_acc=self.teacher_acc,
-            val_loss=self.lm.get("val_loss"), bits_per_char=self.lm.get("bits_per_char"),
-            artifact_val_loss=artifact_val_loss, steps_run=min(self.total_steps, len(h.metrics) * self.steps),
-            model=self.module)
+            model=self.module, teacher_acc=self.teacher_acc, val_loss=self.lm.get("val_loss"),
+            bits_per_char=self.lm.get("bits_per_char"), artifact_val_loss=artifact_val_loss,
+            steps_run=min(self.total_steps, len(h.metrics) * self.steps))
         if self.dist.main:
             write_json(self.out / RESULT_NAME, result.to_dict())
             ratio = f"honest ratio {summary['honest_ratio']:.1f}x"

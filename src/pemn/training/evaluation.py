@@ -11,7 +11,11 @@ from torch import nn
 
 from pemn.training.augment import BatchTransform
 
-__all__ = ["autocast", "count_correct", "evaluate"]
+__all__ = ["DEFAULT_EVAL_BATCH", "autocast", "count_correct", "evaluate"]
+
+#: The evaluation batch size of training, ``pemn eval`` and :func:`evaluate`: on a CPU, batches of a few hundred
+#: images stay in cache and beat large ones (benchmarks/bench_eval_batch.py).
+DEFAULT_EVAL_BATCH = 128
 
 
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
@@ -23,8 +27,10 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 
 def count_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                   transform: BatchTransform | Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int,
-                  device: torch.device, amp: bool = False) -> tuple[int, int]:
-    """``(correct, total)`` top-1 counts in ``eval()`` mode under ``no_grad`` (the mode is restored)."""
+                  device: torch.device, amp: bool = False,
+                  progress: Callable[[int], None] | None = None) -> tuple[int, int]:
+    """``(correct, total)`` top-1 counts in ``eval()`` mode under ``no_grad`` (the mode is restored);
+    ``progress`` is called with each batch's size once it is done."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -37,6 +43,8 @@ def count_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
                 with autocast(device, amp):
                     out = model(x)
                 correct += (out.argmax(1) == yb).sum()
+                if progress is not None:
+                    progress(int(yb.shape[0]))
     finally:
         model.train(was_training)
     return int(correct), int(images.shape[0])
@@ -44,7 +52,8 @@ def count_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
              transform: BatchTransform | Callable[[torch.Tensor], torch.Tensor] | None = None,
-             batch_size: int = 1000, device: str | torch.device | None = None, amp: bool = False) -> float:
+             batch_size: int = DEFAULT_EVAL_BATCH, device: str | torch.device | None = None, amp: bool = False,
+             progress: Callable[[int], None] | None = None) -> float:
     """Top-1 accuracy (%) of ``model`` on ``images``/``labels``, in ``eval()`` mode under ``no_grad``.
 
     ``transform`` maps a raw batch (e.g. uint8) to the model's input
@@ -55,6 +64,6 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
         p = next(iter(model.parameters()), None)
         device = p.device if p is not None else torch.device("cpu")
     correct, total = count_correct(model, images, labels, transform=transform, batch_size=batch_size,
-                                   device=torch.device(device), amp=amp)
+                                   device=torch.device(device), amp=amp, progress=progress)
     return 100.0 * correct / total if total else 0.0
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn.errors import PEMNError
+from pemn.fileio import atomic_write_bytes
 from pemn.layers import MaskedLayer, MaskedWeight
 
 __all__ = ["ONNX_TOLERANCE", "ExportError", "export_onnx", "export_pt", "sidecar_path"]
@@ -67,9 +68,9 @@ def export_pt(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, An
     meta.setdefault("parameters", sum(int(v.numel()) for v in state.values()))
     text = json.dumps(meta, indent=2, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"pemn_export": json.dumps(meta, sort_keys=True)})
+    atomic_write_bytes(path, st_save(state, metadata={"pemn_export": json.dumps(meta, sort_keys=True)}))
     side = sidecar_path(path)
-    side.write_text(text + "\n")
+    atomic_write_bytes(side, (text + "\n").encode())
     return {"weights": path, "meta": side}
 
 
@@ -100,6 +101,22 @@ def _export_graph(model: nn.Module, example: torch.Tensor, path: Path) -> tuple[
     raise ExportError("torch.onnx.export failed with every exporter: " + " | ".join(failures))
 
 
+def _set_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Add ``metadata`` to the ONNX file's ``metadata_props`` (atomically; external weights stay where they are)."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ExportError(f"writing ONNX metadata needs the onnx package ({e}); pip install onnx") from None
+    proto = onnx.load(str(path), load_external_data=False)
+    keep = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(key), str(value)
+    atomic_write_bytes(path, proto.SerializeToString())
+
+
 @contextlib.contextmanager
 def _quiet_loggers():
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
@@ -114,7 +131,8 @@ def _quiet_loggers():
 
 
 def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.PathLike[str], *,
-                check: bool = True, tolerance: float = ONNX_TOLERANCE) -> dict[str, Any]:
+                check: bool = True, tolerance: float = ONNX_TOLERANCE,
+                metadata: dict[str, str] | None = None) -> dict[str, Any]:
     """Export ``model`` (in eval mode, on CPU) to ONNX at ``path`` and check it with ONNX Runtime.
 
     ``example_input`` is one batch (``N×C×H×W``); the batch dimension is exported as dynamic where the
@@ -123,7 +141,9 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
     ``tolerance``. Weights are stored inside the ``.onnx`` file unless the model has 1 GiB or more of them
     (then in ``<path>.data`` next to it). Returns ``{"path", "exporter", "external_data", "checked",
     "max_abs_diff", "tolerance", "reason", "fallbacks"}``; ``checked`` is False (with ``reason``) when
-    onnxruntime is not installed.
+    onnxruntime is not installed. ``metadata`` (text keys and values) goes into the model's ``metadata_props``
+    (readable with ``onnx.load(path).metadata_props`` or ONNX Runtime's ``get_modelmeta().custom_metadata_map``);
+    it needs the ``onnx`` package.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,6 +163,8 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
                               "external_data": str(data_file) if data_file.exists() else None,
                               "checked": False, "max_abs_diff": None,
                               "tolerance": tolerance, "reason": None, "fallbacks": fallbacks}
+    if metadata:
+        _set_onnx_metadata(path, metadata)
     try:
         import onnx
 

@@ -32,6 +32,7 @@ __all__ = [
     "ViT",
     "create_model",
     "get_model_spec",
+    "list_model_families",
     "list_models",
     "register_model",
 ]
@@ -108,6 +109,15 @@ def list_models(pattern: str | None = None) -> list[str]:
     if pattern is not None:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
     return names
+
+
+def list_model_families(pattern: str | None = None) -> list[str]:
+    """The sized families (``convmixer-<dim>-<depth>`` ...) that any positive sizes instantiate, optionally
+    those a shell-style ``pattern`` matches (``"vit-*"`` matches ``vit-<hidden>-<depth>``)."""
+    families = sorted(k for k, e in _REGISTRY.items() if e.fields)
+    if pattern is not None:
+        families = [f for f in families if fnmatch.fnmatchcase(f, pattern.lower())]
+    return families
 
 
 def _valid_names_message() -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,13 @@ from pemn.convert import masked_weights, unwrap
 from pemn.fileio import atomic_write_bytes, remove_stale_temp_files
 from pemn.training.artifacts import KINDS
 from pemn.training.checkpoint import CHECKPOINT_NAME, cpu_copy
-from pemn.training.config import TrainConfig
+from pemn.training.config import RUN_CONFIG_NAME, TrainConfig
 from pemn.training.dist import Dist
+from pemn.training.runlock import RunBusyError, RunLock
 
 __all__ = ["TrainResult", "prepare_out_dir", "state_digest", "write_json", "write_metrics"]
 
-CONFIG_NAME = "config.json"
+CONFIG_NAME = RUN_CONFIG_NAME
 METRICS_NAME = "metrics.jsonl"
 RESULT_NAME = "result.json"
 METRIC_NOTE = ("best_acc is the highest per-epoch test accuracy (the paper's reported metric; it selects on the "
@@ -36,10 +38,18 @@ METRIC_NOTE = ("best_acc is the highest per-epoch test accuracy (the paper's rep
 # ----------------------------------------------------------------------------------------- run folder
 
 
-def prepare_out_dir(cfg: TrainConfig, group: Dist) -> Path:
-    """The run's output folder (``cfg.out`` or a new ``runs/<timestamp>-...``), the same on every rank.
+_PROBLEMS: dict[str, type[Exception]] = {"exists": FileExistsError, "busy": RunBusyError,
+                                          "permission": PermissionError, "os": OSError}
 
-    FileExistsError (on every rank) if it holds a run and ``cfg.resume`` is off; stale temporary files of a
+
+def prepare_out_dir(cfg: TrainConfig, group: Dist, log: Callable[[str], None] | None = None
+                    ) -> tuple[Path, RunLock | None]:
+    """The run's output folder (``cfg.out`` or a new ``runs/<timestamp>-...``), the same on every rank, and the
+    :class:`~pemn.training.runlock.RunLock` rank 0 holds on it (None on the other ranks) until the run ends.
+
+    Raised on every rank, with one line saying what to do: FileExistsError if it holds a run and ``cfg.resume``
+    is off, or if it is a file; :class:`~pemn.training.runlock.RunBusyError` if another live process writes into
+    it (``cfg.wait``: wait for it instead); PermissionError if it cannot be written. Stale temporary files of a
     killed write are removed.
     """
     if cfg.out:
@@ -51,20 +61,41 @@ def prepare_out_dir(cfg: TrainConfig, group: Dist) -> Path:
             n += 1
             out = base.with_name(f"{base.name}-{n}")
     out = Path(group.broadcast_str(str(out)))
-    problem = ""
+    problem, lock = "", None
     if group.main:  # rank 0 decides, so every rank raises (or none does)
-        existing = [p.name for p in (out / CHECKPOINT_NAME, out / RESULT_NAME) if p.exists()]
-        if existing and not cfg.resume:
-            problem = (f"{str(out)!r} already holds a run ({', '.join(existing)}); pass resume=True (--resume) "
-                       "to continue it, or choose another out folder")
-        else:
-            out.mkdir(parents=True, exist_ok=True)
-            remove_stale_temp_files(out, [CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RESULT_NAME,
-                                          *(k.filename for k in KINDS.values())])
+        problem, lock = _claim_out_dir(out, cfg, log)
     problem = group.broadcast_str(problem)
     if problem:
-        raise FileExistsError(problem)
-    return out
+        kind, _, message = problem.partition(":")
+        raise _PROBLEMS[kind](message)
+    return out, lock
+
+
+def _claim_out_dir(out: Path, cfg: TrainConfig, log: Callable[[str], None] | None) -> tuple[str, RunLock | None]:
+    """``("", lock)`` once ``out`` exists, is locked by this process and may be written; else ``("kind:message",
+    None)``."""
+    if out.exists() and not out.is_dir():
+        return f"exists:--out {str(out)!r} is a file, not a folder; choose a folder for the run", None
+    lock = RunLock(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock.acquire(wait=cfg.wait, log=log)
+        existing = [p.name for p in (out / CHECKPOINT_NAME, out / RESULT_NAME) if p.exists()]
+        if existing and not cfg.resume:
+            lock.release()
+            return (f"exists:{str(out)!r} already holds a run ({', '.join(existing)}); pass resume=True (--resume) "
+                    "to continue it, or choose another out folder"), None
+        remove_stale_temp_files(out, [CHECKPOINT_NAME, CONFIG_NAME, METRICS_NAME, RESULT_NAME,
+                                      *(k.filename for k in KINDS.values())])
+    except RunBusyError as e:
+        return f"busy:{e}", None
+    except OSError as e:
+        lock.release()
+        kind = "permission" if isinstance(e, PermissionError) else "os"
+        return (f"{kind}:cannot write the run folder {str(out)!r} ({e.strerror or e}); choose a writable --out"
+                + (" (a --resume needs the folder writable again; its checkpoint is untouched)" if cfg.resume else "")
+                ), None
+    return "", lock
 
 
 def write_json(path: Path, data: Any) -> None:

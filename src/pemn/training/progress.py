@@ -1,4 +1,4 @@
-"""Progress display inside an epoch: a tqdm bar on a terminal, else a plain line every minute."""
+"""Progress display inside an epoch or an evaluation: a tqdm bar on a terminal, else a plain line every minute."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ def fmt_time(seconds: float) -> str:
 class Progress:
     """A tqdm bar (on a terminal, when tqdm is installed) or a plain line every minute."""
 
-    def __init__(self, enabled: bool, total: int, desc: str, log: Callable[[str], None]) -> None:
+    def __init__(self, enabled: bool, total: int, desc: str, log: Callable[[str], None], *,
+                 every: float | None = None) -> None:
         self.bar = None
         self.enabled = enabled
         self.log = log
         self.desc = desc
         self.total = total
+        self.every = PLAIN_PROGRESS_EVERY if every is None else every
         self.done = 0
         self.start = self.last = time.perf_counter()
         if enabled and sys.stderr.isatty():
@@ -39,19 +41,22 @@ class Progress:
             if tqdm is not None:
                 self.bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
 
-    def update(self, images: int, loss: float) -> None:
+    def update(self, images: int, loss: float | None = None) -> None:
+        """``images`` more are done (``loss``: the running training loss, if any)."""
         self.done += images
         if self.bar is not None:
             self.bar.update(images)
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         elif self.enabled:
             now = time.perf_counter()
-            if now - self.last >= PLAIN_PROGRESS_EVERY:
+            if now - self.last >= self.every:
                 self.last = now
                 rate = self.done / max(now - self.start, 1e-9)
                 eta = (self.total - self.done) / max(rate, 1e-9)
-                self.log(f"  {self.desc}: {self.done:,}/{self.total:,} images  loss {loss:.4f}  "
-                         f"{rate:,.0f} img/s  epoch ETA {fmt_time(eta)}")
+                self.log(f"  {self.desc}: {self.done:,}/{self.total:,} images" +
+                         (f"  loss {loss:.4f}" if loss is not None else "") +
+                         f"  {rate:,.0f} img/s  ETA {fmt_time(eta)}")
 
     def close(self) -> None:
         if self.bar is not None:

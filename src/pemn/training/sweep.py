@@ -34,6 +34,7 @@ __all__ = [
     "PEMN_STRATEGIES",
     "PNG_NAME",
     "PRUNE_METHODS",
+    "SEEDS_CSV_NAME",
     "SweepPoint",
     "SweepReport",
     "build_grid",
@@ -42,7 +43,10 @@ __all__ = [
     "read_rows",
     "resolve_points",
     "run_sweep",
+    "summarize_seeds",
+    "sweep_figure",
     "train_command",
+    "write_seed_summary",
 ]
 
 CSV_NAME = "sweep.csv"
@@ -339,24 +343,36 @@ def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, 
     return d
 
 
-def check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
-                    config_file: str | os.PathLike[str] | None) -> None:
-    """Record the sweep's common settings in ``out/sweep.json`` (creating ``out``); ValueError if the folder
-    already holds a sweep with other ones (their rows would not be comparable)."""
-    settings = {"overrides": {k: v for k, v in sorted(base.items()) if k not in FREE_KEYS},
-                "recipe": recipe, "config_file": None if config_file is None else str(config_file)}
-    out.mkdir(parents=True, exist_ok=True)
+def _settings(base: Mapping[str, Any], recipe: str | None,
+              config_file: str | os.PathLike[str] | None) -> dict[str, Any]:
+    return {"overrides": {k: v for k, v in sorted(base.items()) if k not in FREE_KEYS},
+            "recipe": recipe, "config_file": None if config_file is None else str(config_file)}
+
+
+def _check_same_settings(out: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``out`` already records ``settings``; ValueError if it records other ones (nothing is written)."""
     path = out / SETTINGS_NAME
-    if path.exists():
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            saved = None
-        if saved != settings:
-            raise ValueError(f"{out} holds a sweep with other common settings ({saved} in {path}, now {settings}); "
-                             "its rows would not be comparable: use another --out, or delete the folder")
+    if not path.exists():
+        return False
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError:
+        saved = None
+    if saved != settings:
+        raise ValueError(f"{out} holds a sweep with other common settings ({saved} in {path}, now {settings}); "
+                         "its rows would not be comparable: use another --out, or delete the folder")
+    return True
+
+
+def check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
+                   config_file: str | os.PathLike[str] | None, *, record: bool = True) -> None:
+    """Record the sweep's common settings in ``out/sweep.json`` (creating ``out``; not with ``record=False``);
+    ValueError if the folder already holds a sweep with other ones (their rows would not be comparable)."""
+    settings = _settings(base, recipe, config_file)
+    if _check_same_settings(out, settings) or not record:
         return
-    path.write_text(json.dumps(settings, indent=2) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def resolve_points(points: Sequence[SweepPoint], base_overrides: Mapping[str, Any], out_dir: str | os.PathLike[str],
@@ -403,6 +419,8 @@ def run_sweep(
     """
     out = Path(out_dir)
     base = dict(base_overrides or {})
+    # other common settings first: resolving the points reads each run's config.json for --resume
+    check_settings(out, base, recipe, config_file, record=False)
     configs = resolve_points(points, base, out, recipe=recipe, config_file=config_file)
     if train_fn is None:
         from pemn.training.engine import train as train_fn
@@ -448,7 +466,7 @@ def run_sweep(
         report.seeds_csv = write_seed_summary(read_rows(csv_path), out / SEEDS_CSV_NAME)
     if plot:
         try:
-            report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base))
+            report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base), chance=_chance(base))
         except ImportError as e:
             report.plot_error = f"no figure: matplotlib is not installed ({e})"
             say(f"sweep: {report.plot_error}")
@@ -522,13 +540,36 @@ def _point_of(row: Mapping[str, Any]) -> SweepPoint:
                       prune=(row.get("prune") or None), compression=_float(row.get("compression")))
 
 
-def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Draw test accuracy (best epoch) vs size compression ratio (%) from sweep rows to ``path`` (PNG).
+def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str | None = None,
+               chance: float | None = None) -> Path:
+    """Draw :func:`sweep_figure` of ``rows`` to ``path`` (PNG)."""
+    fig = sweep_figure(rows, title=title, chance=chance)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(str(path), format="png")
+    return path
+
+
+def _chance(base: Mapping[str, Any]) -> float | None:
+    """100 / classes of the sweep's dataset (None if it cannot be told)."""
+    from pemn.training.config import TrainConfig
+    from pemn.training.data import dataset_info
+
+    try:
+        classes = dataset_info(str(base.get("dataset") or TrainConfig.dataset), base.get("data_dir")).num_classes
+    except Exception:  # an unreadable dataset folder must not cost the figure
+        return None
+    return 100.0 / classes if classes else None
+
+
+def sweep_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None) -> Any:
+    """Test accuracy (best epoch) vs size compression ratio (%) of sweep rows, as a matplotlib Figure.
 
     PEMN runs are placed at their paper ratio (MP/RP joined by one line per kept fraction, Mask/One-layer as
-    squares, each point labelled), pruning
-    baselines at their compression (``x`` random, diamond magnitude, as in the paper), dense runs as a
-    horizontal line. Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
+    squares, each point labelled; points at the same place share one label, neighbouring labels alternate above
+    and below), pruning baselines at their compression (``x`` random, a larger hollow diamond magnitude, so that
+    identical results stay visible), dense runs as a horizontal line and ``chance`` (100 / classes) as a grey one.
+    Uses matplotlib's Agg canvas directly (no pyplot, no global backend change).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -551,6 +592,7 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], 
     fig = Figure(figsize=(7.5, 5.0), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
+    labels: dict[tuple[float, float], list[str]] = {}
     for keep, pts in sorted(pemn.items(), key=lambda kv: kv[0] or 0):
         pts.sort()
         name = "PEMN (ours)" if len(pemn) == 1 else f"PEMN, keep {_num(keep) if keep is not None else '?'}"
@@ -566,14 +608,20 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], 
             handle = ax.scatter([x for x, _ in others], [y for _, y in others], marker="s", s=36, color=color,
                                 label=None if line else name, zorder=3)
         for x, y, text, _ in pts:
-            ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, 5), fontsize=8)
-    markers = {"random": ("x", "Random pruning"), "magnitude": ("D", "Minimum (magnitude) pruning")}
+            labels.setdefault((round(x, 6), round(y, 6)), []).append(text)
+    for i, ((x, y), texts) in enumerate(sorted(labels.items())):
+        ax.annotate(", ".join(dict.fromkeys(texts)), (x, y), textcoords="offset points",
+                    xytext=(4, 6) if i % 2 == 0 else (4, -13), fontsize=8)
+    markers = {"random": ("x", 6, "Random pruning"), "magnitude": ("D", 9, "Minimum (magnitude) pruning")}
     for method, pts in sorted(pruned.items()):
         pts.sort()
-        marker, name = markers.get(method, ("s", f"{method} pruning"))
-        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle="--", marker=marker, label=name, markersize=6)
+        marker, size, name = markers.get(method, ("s", 7, f"{method} pruning"))
+        ax.plot([x for x, _ in pts], [y for _, y in pts], linestyle="--", marker=marker, label=name, markersize=size,
+                fillstyle="none" if marker != "x" else "full")
     for i, acc in enumerate(dense):
         ax.axhline(acc, color="black", linestyle=":", linewidth=1.2, label="Dense" if i == 0 else None)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="-.", linewidth=1.0, label=f"Chance ({chance:.3g} %)")
     ax.set_xlabel("Size compression ratio (%)")
     ax.set_ylabel("Test accuracy (%), best epoch")
     ax.set_title(f"PEMN compression: {title}" if title else "PEMN compression")
@@ -583,7 +631,4 @@ def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], 
     else:
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(str(path), format="png")
-    return path
+    return fig
