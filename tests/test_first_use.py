@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -418,7 +419,7 @@ def test_folder_turning_read_only_mid_run_says_the_checkpoint_is_intact(
         json.loads((ref / "result.json").read_text())["state_sha256"]
 
 
-def _write_idx(path: Path, array: np.ndarray, *, mtime: float = 0.0) -> None:  # noqa: F821
+def _write_idx(path: Path, array: np.ndarray, *, mtime: float = 0.0) -> None:
     import gzip
 
     import numpy as np
@@ -428,7 +429,7 @@ def _write_idx(path: Path, array: np.ndarray, *, mtime: float = 0.0) -> None:  #
         f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
 
 
-def _idx_folder(folder: Path, labels_test: np.ndarray) -> Path:  # noqa: F821
+def _idx_folder(folder: Path, labels_test: np.ndarray) -> Path:
     import numpy as np
 
     folder.mkdir(parents=True)
@@ -489,3 +490,115 @@ def test_real_mnist_as_fashion_is_refused_but_a_recompressed_copy_loads(tmp_path
 
     with pytest.raises(DatasetError, match=r"not Fashion-MNIST's files"):
         load_dataset("fashion-mnist", REAL_MNIST, split="test")
+
+
+# --------------------------------------------------------------------------------------------- 8. smaller items
+
+
+def test_ctrl_c_while_importing_is_one_line() -> None:
+    """Ctrl-C during `pemn`'s start (torch still importing, before main runs): one line, no traceback."""
+    code = ("import sys\n"
+            "sys.argv[0] = '/usr/local/bin/pemn'\n"
+            "class Stop:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'torch':\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Stop())\n"
+            "from pemn.cli import main\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
+    assert out.stderr == "pemn: interrupted\n" and out.returncode != 0, out.stderr
+    # a library user's traceback is left alone
+    lib = subprocess.run([sys.executable, "-c", code.replace("'/usr/local/bin/pemn'", "'script.py'")],
+                         capture_output=True, text=True, env=_env(), timeout=120)
+    assert "Traceback" in lib.stderr and "KeyboardInterrupt" in lib.stderr
+
+
+@pytest.mark.parametrize(("logged", "rank", "printed"), [(True, "0", False), (False, "0", True), (False, "1", False)])
+def test_an_interrupt_is_reported_once(monkeypatch: pytest.MonkeyPatch, logged: bool, rank: str,
+                                       printed: bool) -> None:
+    """The engine prints TrainingInterrupted's message itself; under torchrun only rank 0 speaks."""
+    def interrupted(cfg: object, **_: object) -> None:
+        e = engine.TrainingInterrupted("training interrupted (SIGINT) after epoch 1; checkpoint saved",
+                                       checkpoint=None, epoch=1, step=0, signum=int(signal.SIGINT))
+        e.logged = logged
+        raise e
+
+    monkeypatch.setattr(engine, "train", interrupted)
+    monkeypatch.setenv("RANK", rank)
+    code, _, err = run(["train", "--epochs", "1", "--no-progress"])
+    assert code == 130 and (("pemn: training interrupted" in err) == printed), err
+
+
+def test_options_are_not_abbreviated() -> None:
+    code, _, err = run(["train", "--epoch", "1"])
+    assert code == 2 and "unrecognized arguments: --epoch 1" in err
+
+
+def test_models_lists_sized_families_and_refuses_an_empty_match() -> None:
+    code, stdout, _ = run(["models", "convmixer*"])
+    assert code == 0 and "convmixer-<dim>-<depth>" in stdout.splitlines()[-1]
+    code, stdout, err = run(["models", "x*"])
+    assert code == 2 and stdout == "" and "no model name matches 'x*'" in err
+
+
+def test_sweep_data_dir_reaches_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemn.training.sweep as sweep
+
+    seen: list[dict] = []
+
+    def fake(points: object, out: object, base: dict, **_: object) -> object:
+        seen.append(base)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sweep, "run_sweep", fake)
+    with pytest.raises(SystemExit):
+        run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--data-dir", "D",
+             "--out", str(tmp_path / "s")])
+    assert seen[0]["data_dir"] == "D"
+    code, _, err = run(["sweep", "--data-dir", "D", "--set", "data_dir=E", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--data-dir and --set data_dir=... disagree" in err
+
+
+def test_summary_echoes_one_line_in_a_repl() -> None:
+    import pemn
+
+    model = pemn.convert_(torch.nn.Sequential(torch.nn.Linear(64, 32)), pemn.PEMNConfig(ratio=0.1))
+    text = repr(pemn.summary(model, verbose=False))
+    assert "\n" not in text and text.startswith("<PEMNSummary rp: 2,048 masked weights, P=205") and "x;" in text
+
+
+def test_eval_and_inspect_say_first_that_a_file_is_no_artifact(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, this is not a model\n" * 4)
+    code, _, err = run(["eval", str(text)])
+    assert code == 1 and "not a pemn artifact: this looks like a text file" in err and "--model" not in err
+    fake_onnx = tmp_path / "m.onnx"  # an ONNX protobuf starts with field 1 (ir_version) and names its producer
+    fake_onnx.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.13.0" + bytes(range(256)) * 8)
+    code, _, err = run(["inspect", str(fake_onnx)])
+    assert code == 1 and "looks like an ONNX model" in err and "header length" not in err, err
+
+
+def test_missing_mnist_files_are_all_named(tmp_path: Path) -> None:
+    from pemn.errors import DatasetError
+    from pemn.training.data import clear_cache, load_dataset
+
+    clear_cache()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError) as train_error:
+        load_dataset("mnist", empty, split="train")
+    message = str(train_error.value)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        assert name in message, message
+    with pytest.raises(DatasetError) as test_error:  # evaluation needs (and names) the test files only
+        load_dataset("mnist", empty, split="test")
+    assert "t10k-images" in str(test_error.value) and "train-images" not in str(test_error.value)
+
+
+def test_config_json_records_an_absolute_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", *QUICK, "--epochs", "1", "--data-dir", "data", "--out", "r"])
+    assert code == 0, err
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())["data_dir"]
+    assert saved == str(tmp_path / "data") and Path(saved).is_absolute()

@@ -4,6 +4,9 @@ A model's Conv/Linear weights become fixed random values from a tiny shared prot
 only a binary mask. Convert any model with :func:`convert_`, train its scores, and ship it with :func:`save`.
 """
 
+# first: the pemn command's Ctrl-C hook, before the imports below (which take a second or two)
+from pemn import _interrupt  # noqa: F401
+from pemn._version import __version__
 from pemn.artifact import load, save
 from pemn.config import PEMNConfig, kept_count
 from pemn.convert import (
@@ -36,8 +39,6 @@ from pemn.layers import (
 from pemn.prototype import PrototypeBank
 from pemn.registry import register_layer, unregister_layer
 from pemn.summary import PEMNSummary, summary
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ArchitectureMismatchError",

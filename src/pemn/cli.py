@@ -756,7 +756,7 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``pemn`` argument parser (a new one per call; no global state)."""
-    from pemn import __version__
+    from pemn._version import __version__
 
     parser = argparse.ArgumentParser(
         prog=PROG, allow_abbrev=False,
@@ -874,6 +874,9 @@ def main(argv: list[str] | None = None) -> int:
         _err(f"{PROG}: error: {_one_line(e)}")
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or pemn.training.engine's TrainingInterrupted (checkpoint saved)
-        _err(f"{PROG}: {_one_line(e) if str(e) else 'interrupted'}")
+        # said once: the engine has printed TrainingInterrupted's message (rank 0), and under torchrun only
+        # rank 0 speaks for the run
+        if not getattr(e, "logged", False) and os.environ.get("RANK", "0") == "0":
+            _err(f"{PROG}: {_one_line(e) if str(e) else 'interrupted'}")
         code = getattr(e, "exit_code", 130)
         return code if isinstance(code, int) else 130

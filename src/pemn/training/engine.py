@@ -148,6 +148,8 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step = step
         self.signum = signum
         self.exit_code = 128 + (signum if signum is not None else int(signal.SIGINT))
+        #: whether the message has been printed already (by train's default log)
+        self.logged = False
 
     def __str__(self) -> str:
         return str(self.args[0])
@@ -799,7 +801,9 @@ class _Run:
         message = (f"training interrupted ({why}) {where}; checkpoint saved to {str(path)!r}. Continue with: "
                    f"{resume_command(self.out, self.dist.world)}")
         self.log(message)
-        raise TrainingInterrupted(message, checkpoint=path, epoch=epoch, step=step, signum=signum)
+        stop = TrainingInterrupted(message, checkpoint=path, epoch=epoch, step=step, signum=signum)
+        stop.logged = self._log is _default_log  # printed on rank 0: the pemn command says nothing more
+        raise stop
 
     # ----------------------------------------------------------------------------------------- outputs
 
