@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import subprocess
@@ -15,19 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 import pemn
+from cli_run import run
 from pemn.cli import main
 from pemn.training.augment import build_eval_transform
 from pemn.training.data import dataset_info, list_datasets, load_dataset
 from pemn.training.models import create_model, list_models
 
 TRAIN_ARGS = ["--epochs", "1", "--train-subset", "200", "--no-progress", "--device", "cpu"]
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

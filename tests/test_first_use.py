@@ -3,10 +3,8 @@ settings taken from the run on --resume, evaluation that says what it does, thre
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import io
 import json
 import os
 import re
@@ -21,20 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-from pemn.cli import main
+from cli_run import run
 from pemn.training import engine
 from pemn.training.config import resolve_config
 from pemn.training.runlock import LOCK_NAME, RunBusyError, RunLock
 
 QUICK = ["--epochs", "2", "--train-subset", "256", "--no-progress", "--device", "cpu", "--threads", "1"]
 REPO = Path(__file__).resolve().parent.parent
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _env() -> dict[str, str]:
@@ -123,13 +114,15 @@ def test_out_folder_listing_hides_the_lock_file(tmp_path: Path) -> None:
 
 
 def _interrupted_run(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> str:
-    """``pemn train argv`` stopped after its first epoch (as by Ctrl-C); returns its stderr."""
+    """``pemn train argv`` stopped after its first epoch (as by Ctrl-C); returns what it printed (the interrupt
+    message once: the engine's line)."""
     real = engine.train
     monkeypatch.setattr(engine, "train", functools.partial(real, stop_after_epoch=1))
-    code, _, err = run(["train", *argv])
+    code, out, err = run(["train", *argv])
     monkeypatch.setattr(engine, "train", real)
     assert code == 130, err
-    return err
+    assert (out + err).count("training interrupted") == 1, out + err
+    return out + err
 
 
 def test_the_interrupt_hint_works_when_pasted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

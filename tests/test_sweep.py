@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import struct
 from pathlib import Path
@@ -13,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pemn.cli import main
+from cli_run import run
 from pemn.training.config import TrainConfig
 from pemn.training.sweep import (
     CSV_COLUMNS,
@@ -26,13 +24,6 @@ from pemn.training.sweep import (
     sweep_figure,
     train_command,
 )
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_grid_combinations() -> None:

@@ -4,8 +4,6 @@ files written without that metadata keep working with --model / --dataset or the
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save as st_save
 
 import pemn
-from pemn.cli import main
+from cli_run import run
 from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.training.artifacts import (
     APP_KEY,
@@ -38,13 +36,6 @@ RUNS = {  # kind -> the settings of a run that writes it
     "dense": {"strategy": "dense"},
     "sparse": {"strategy": "dense", "prune": "magnitude", "compression": 0.9},
 }
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
