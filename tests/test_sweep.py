@@ -193,3 +193,25 @@ def test_every_pemn_option_skips_the_dense_baselines(tmp_path: Path, key: str, v
     assert getattr(by["rp"], key) == value
     default = getattr(TrainConfig(), key)
     assert getattr(by["dense"], key) == default and getattr(by["denserandom"], key) == default
+
+
+def test_plot_keeps_identical_points_visible_and_draws_chance() -> None:
+    """Issue 15: points at one place share one label, neighbouring labels alternate above/below, identical
+    pruning results stay visible (hollow diamond larger than the x), and a chance line is drawn."""
+    rows = [
+        {"strategy": "rp", "ratio": "0.1", "keep": "0.5", "best_acc": "90", "paper_ratio": "0.95"},
+        {"strategy": "rp", "ratio": "0.01", "keep": "0.5", "best_acc": "90", "paper_ratio": "0.95"},  # same place
+        {"strategy": "mp", "keep": "0.5", "best_acc": "91", "paper_ratio": "0.96"},
+        {"strategy": "dense", "prune": "magnitude", "compression": "0.9", "best_acc": "80"},
+        {"strategy": "dense", "prune": "random", "compression": "0.9", "best_acc": "80"},  # identical result
+    ]
+    ax = sweep_figure(rows, chance=10.0).axes[0]
+    texts = sorted(ax.texts, key=lambda t: t.xy)
+    assert [t.get_text() for t in texts] == ["RP 1e-1, RP 1e-2", "MP"]  # one label per place
+    assert [t.xyann[1] > 0 for t in texts] == [True, False]  # alternating above / below
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    magnitude, random_ = lines["Minimum (magnitude) pruning"], lines["Random pruning"]
+    assert magnitude.get_fillstyle() == "none" and magnitude.get_markersize() > random_.get_markersize()
+    chance = lines["Chance (10 %)"]
+    assert list(map(float, chance.get_ydata())) == [10.0, 10.0]
+    assert "Chance (10 %)" not in {line.get_label() for line in sweep_figure(rows).axes[0].get_lines()}
