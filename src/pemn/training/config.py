@@ -101,9 +101,9 @@ SGD_SCORE_LR_SCALE = 10.0
 PRUNE_FIELDS = ("compression", "prune_scope")
 #: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
 GRID_FREE_FIELDS = frozenset({"progress", "device", "data_dir", "download", "eval_batch_size", "threads", "wait"})
-#: Fields that may differ between an interrupted run and its resumption.
-RESUME_FREE_FIELDS = ("resume", "progress", "device", "data_dir", "download", "out", "eval_batch_size",
-                      "eval_subset", "eval_every", "threads", "wait")
+#: Fields that may differ between an interrupted run and its resumption: those, the resume switch and folder, and
+#: how often / on how much of the test split it evaluates.
+RESUME_FREE_FIELDS = (*sorted(GRID_FREE_FIELDS), "resume", "out", "eval_subset", "eval_every")
 
 
 #: The file a run writes its settings to (pemn.training.outputs writes it; --resume reads it back).
