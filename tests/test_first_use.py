@@ -51,9 +51,9 @@ def test_two_processes_cannot_train_into_the_same_folder(tmp_path: Path) -> None
     """Run A holds D; run B into D refuses with one line and touches nothing; after A is SIGKILLed the lock is
     gone (no stale lock) and --resume works; --wait waits for a holder instead of refusing."""
     out = tmp_path / "D"
-    a = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--epochs", "200", "--no-progress", "--threads", "1",
-                          "--device", "cpu", "--out", str(out)], env=_env(), stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--epochs", "300", "--train-subset", "128",
+                          "--no-progress", "--threads", "1", "--device", "cpu", "--out", str(out)], env=_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not (out / "checkpoint.safetensors").exists():  # A holds the lock and trains
@@ -74,21 +74,26 @@ def test_two_processes_cannot_train_into_the_same_folder(tmp_path: Path) -> None
     # the kernel dropped A's lock with A: resuming needs no clean-up
     held = RunLock(out).acquire()
     held.release()
-    # --wait: B waits while a holder has the folder, then runs once it is released
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[2]);"
+    # --wait: C waits while a holder has the folder (until C says so), then runs once it is released
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]);"
                                "from pemn.training.runlock import RunLock; RunLock(sys.argv[1]).acquire();"
-                               "print('held', flush=True); time.sleep(4)", str(out), str(REPO / "src")],
-                              stdout=subprocess.PIPE, text=True)
+                               "print('held', flush=True); sys.stdin.readline()", str(out), str(REPO / "src")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    t0 = time.time()
-    c = subprocess.run([sys.executable, "-m", "pemn", "train", "--resume", "--wait", "--epochs", "200",
-                        "--out", str(out), "--no-progress", "--threads", "1"], env=_env(), capture_output=True,
-                       text=True, timeout=600)
-    holder.wait()
-    assert "waiting for the pemn train writing into" in c.stdout, c.stdout + c.stderr
-    assert time.time() - t0 >= 3
-    assert c.returncode == 0, c.stderr
-    assert json.loads((out / "result.json").read_text())["epochs_run"] == 200
+    c = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--resume", "--wait", "--out", str(out)],
+                         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert c.stdout is not None
+    said = []
+    for line in c.stdout:  # C is blocked on the lock: its output stops at the waiting line
+        said.append(line)
+        if "waiting for the pemn train writing into" in line:
+            break
+    assert said and "waiting for" in said[-1], said
+    assert c.poll() is None and not (out / "result.json").exists()
+    holder.communicate("\n", timeout=60)  # released: C goes on
+    _, err = c.communicate(timeout=600)
+    assert c.returncode == 0, err
+    assert json.loads((out / "result.json").read_text())["epochs_run"] == 300
 
 
 def test_lock_is_released_when_setup_fails(tmp_path: Path) -> None:
