@@ -29,13 +29,12 @@ inputs with the running mean μ and variance σ², must be ≤ ``INT8_TOL·u_c``
 
 - ``weight`` γ and ``bias`` β: unit ``u_c`` (γ multiplies a normalised input of RMS 1);
 - ``running_mean`` μ: unit ``u_c·σ_c/|γ_c|`` (an error in μ is an error in ``(x − μ)/σ``);
-- ``running_var`` v: unit ``2·u_c·σ_c²/(|γ_c|·z_c)`` with ``σ_c² = v_c + ε`` (a relative error ``e`` in σ²
-  scales ``(x − μ)/σ``, of RMS ``√(v/σ²)``, by ``e/2``; ``z_c`` is that RMS floored at ``UNIT_FLOOR`` of the
-  largest, for the reason below);
-- a folded norm's scale ``s_c``: unit ``u_c/r_c`` with ``r_c = max(√(μ_c² + v_c), UNIT_FLOOR·max √(μ² + v))``
-  (``Δs·x``; ``√(μ² + v)`` is the RMS of ``x``, floored because a channel that was nearly silent in training
-  can still fire on a rare input), its shift ``t_c``: unit ``u_c`` (LayerNorm / GroupNorm / InstanceNorm
-  affine as for a BatchNorm's γ and β);
+- ``running_var`` v: unit ``2·u_c·σ_c²/|γ_c|`` with ``σ_c² = v_c + ε`` (a relative error ``e`` in σ² scales
+  ``(x − μ)/σ`` by ``e/2``);
+- a folded norm's scale ``s_c``: unit ``u_c/max(σ_c, √(μ_c² + v_c))`` — ``Δs·x``, where ``√(μ² + v)`` is the RMS
+  of ``x``; never looser than ``u_c/σ_c``, a relative error of the scale, so a channel that hardly moved in
+  training (a dead channel: ``s = γ/√ε``) is still held to 1 % of itself should it fire; its shift ``t_c``:
+  unit ``u_c`` (LayerNorm / GroupNorm / InstanceNorm affine as for a BatchNorm's γ and β);
 - a unit is infinite where the error never reaches the output (``γ_c = 0``);
 - any other tensor (biases of conv / linear layers, positional tables...): ``max(|x_i|, UNIT_FLOOR·max|x|)``,
   relative to the element itself, floored at 1/16 of the tensor's largest magnitude.
@@ -44,7 +43,7 @@ The rule, per tensor (:class:`Int8Rule`): embedding tables (parameters of ``nn.E
 ``nn.EmbeddingBag``) and integer buffers keep their dtype; every other finite floating-point tensor is
 stored as int8 where that is smaller (:func:`int8_groups`: not 0-d, and ``numel + 8·groups < numel·itemsize``)
 and meets the bound — the grid spans only what the bound needs (:func:`quantize` with units: elements with room
-to spare are clamped to its ends, so a dead channel's scale does not coarsen every other channel's grid) —
+to spare are clamped to its ends, so a channel whose error cannot reach the output does not coarsen the grid) —
 otherwise as float16 where that is smaller and meets the bound, otherwise exactly as trained. The stored
 layout is format version 2's (float16 tensors of an int8 file are ordinary float16 entries), so every pemn
 that reads version 2 reads these files.
@@ -143,16 +142,15 @@ def error_units(model: nn.Module) -> dict[str, torch.Tensor]:
             continue
         mean, var = mean.detach().cpu().double(), var.detach().cpu().double().clamp(min=0)
         sd = (var + module.eps).sqrt()
-        z_rms = (var / (var + module.eps)).sqrt()  # RMS of (x − μ)/σ: small for a channel that hardly varied
         if gain is None:
             unit = gain = torch.ones_like(sd)
         if unit.shape != sd.shape:
             continue
         per_gain = _ratio(unit, gain)  # γ = 0: μ and σ² do not reach the output
         units[prefix + "running_mean"] = sd * per_gain
-        units[prefix + "running_var"] = 2 * (var + module.eps) * per_gain / _floored(z_rms)
+        units[prefix + "running_var"] = 2 * (var + module.eps) * per_gain
         if foldable(module):
-            units[name] = torch.stack([unit / _floored((mean ** 2 + var).sqrt()), unit])
+            units[name] = torch.stack([unit / torch.maximum(sd, (mean ** 2 + var).sqrt()), unit])
     return units
 
 
@@ -214,7 +212,7 @@ def quantize(t: torch.Tensor, groups: int, unit: torch.Tensor | None = None) -> 
     ``t.shape[0]``. Without ``unit`` a group's grid spans its minimum to its maximum. With ``unit`` (the
     error units of :func:`error_units`, same shape as ``t``) it spans only what the bound needs: elements
     whose tolerance allows it are clamped to the grid's ends (at most half their ``INT8_TOL·unit`` away), so an
-    element that barely reaches the output (a dead channel's huge folded scale) does not coarsen the grid of
+    element that barely reaches the output (the mean of a channel whose γ is 0) does not coarsen the grid of
     all the others."""
     x = t.detach().cpu().double().reshape(groups, -1)
     lo, hi = x.min(dim=1).values, x.max(dim=1).values
