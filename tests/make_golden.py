@@ -27,6 +27,9 @@ GOLDEN = {
     # (nothing to fold there)
     "golden_v2_fold_int8": ("conv2d", "rp", "packed", "values", {"fold_norms": True, "extras_dtype": "int8"}),
     "golden_v2_int8_entropy_seed": ("mha", "rp", "entropy", "seed", {"fold_norms": True, "extras_dtype": "int8"}),
+    # the error-bounded int8 rule (same format version 2): the biases int8 (within the bound), the folded
+    # BatchNorm float16 (int8 is not) in the same file
+    "golden_v2_int8_bounded": ("conv2d", "rp", "packed", "values", {"fold_norms": True, "extras_dtype": "int8"}),
 }
 
 
