@@ -34,3 +34,37 @@ def test_example_quickstart_runs(tmp_path: Path) -> None:
 def test_ci_runs_make_test() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "make test" in (ROOT / "README.md").read_text()
+
+
+def _readme_commands() -> list[list[str]]:
+    """The ``pemn ...`` command lines of README's bash blocks (continuations joined, comments dropped), as words
+    after ``pemn`` (``torchrun ... -m pemn`` included)."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line.split(" #")[0], comments=True)
+            if "pemn" in words[:1] or words[:1] == ["torchrun"]:
+                commands.append(words[words.index("pemn") + 1:])
+    return commands
+
+
+def test_readme_commands_are_valid() -> None:
+    """Issue 15: README's commands hold as written: each parses, and each `pemn train` resolves to a valid
+    TrainConfig (unknown flags, values or contradictions fail here, not in a user's first minute)."""
+    from pemn.cli import _resolve, _train_overrides, build_parser
+
+    commands = _readme_commands()
+    assert sum(c[0] == "train" for c in commands) >= 5 and any(c[0] == "sweep" for c in commands)
+    parser = build_parser()
+    for words in commands:
+        try:
+            args = parser.parse_args(words)
+        except SystemExit as e:
+            raise AssertionError(f"README command does not parse: pemn {' '.join(words)}") from e
+        if words[0] == "train":
+            cfg = _resolve(_train_overrides(args), recipe=args.recipe, config_file=args.config)
+            assert cfg.model == vars(args).get("model", cfg.model) and cfg.dataset == vars(args).get("dataset",
+                                                                                                     cfg.dataset)
