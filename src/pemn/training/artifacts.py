@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
-from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn.artifact import load as pemn_load
@@ -39,6 +38,7 @@ from pemn.artifact import read as pemn_read
 from pemn.artifact import save as pemn_save
 from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
+from pemn.stfile import save_bytes
 from pemn.summary import summary as pemn_summary
 from pemn.training.checkpoint import cpu_copy
 from pemn.training.errors import DatasetError
@@ -83,7 +83,7 @@ def _dense_summary(module: nn.Module, path: Path, **extra: Any) -> dict[str, Any
 def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
     state = {k: (cpu_copy(v).float() if v.is_floating_point() else cpu_copy(v)) for k, v in module.state_dict().items()}
     metadata = {"format": "pt", "model": cfg.model, **_app_metadata(app)}
-    atomic_write_bytes(path, st_save(state, metadata=metadata))
+    atomic_write_bytes(path, save_bytes(state, metadata=metadata))
     return _dense_summary(module, path)
 
 

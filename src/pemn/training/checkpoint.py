@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
 from torch import nn
 
 import pemn
 from pemn.errors import FormatError
 from pemn.fileio import atomic_write_bytes
+from pemn.stfile import save_bytes
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "cpu_copy", "load_checkpoint",
            "read_checkpoint", "save_checkpoint"]
@@ -107,7 +107,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION),
                 "pemn_version": pemn.__version__, "torch_version": torch.__version__,
                 "config": json.dumps(config), "state": json.dumps(state)}
-    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+    atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
     return path
 
 

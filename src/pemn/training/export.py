@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn.errors import PEMNError
 from pemn.fileio import atomic_write_bytes
 from pemn.layers import MaskedLayer, MaskedWeight
+from pemn.stfile import save_bytes
 
 __all__ = ["ONNX_TOLERANCE", "ExportError", "export_onnx", "export_pt", "sidecar_path"]
 
@@ -68,7 +68,7 @@ def export_pt(model: nn.Module, path: str | os.PathLike[str], meta: dict[str, An
     meta.setdefault("parameters", sum(int(v.numel()) for v in state.values()))
     text = json.dumps(meta, indent=2, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, st_save(state, metadata={"pemn_export": json.dumps(meta, sort_keys=True)}))
+    atomic_write_bytes(path, save_bytes(state, metadata={"pemn_export": json.dumps(meta, sort_keys=True)}))
     side = sidecar_path(path)
     atomic_write_bytes(side, (text + "\n").encode())
     return {"weights": path, "meta": side}

@@ -46,13 +46,13 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn.coding import pack_bits, unpack_bits
 from pemn.convert import is_converted, unwrap
 from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
+from pemn.stfile import save_bytes
 
 __all__ = [
     "PRUNE_METHODS",
@@ -263,7 +263,7 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path: str | os
         raise ValueError(f"extra_metadata must not set the reserved key(s) {reserved}")
     metadata.update(extra_metadata or {})
     path = Path(path)
-    atomic_write_bytes(path, st_save(tensors, metadata=metadata))
+    atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
     return path.stat().st_size
 
 
