@@ -183,8 +183,9 @@ class TrainConfig:
     coding: str = _f("packed", "mask coding in model.pemn: packed (1 bit/weight) or entropy")
     prototype: str = _f("values", "prototype storage in model.pemn: values or seed")
     extras_dtype: str | None = _f(None, "store norm/bias extras in model.pemn as float16, bfloat16 or int8 "
-                                  "(affine per tensor, scales in the file; embeddings and tiny tensors stay "
-                                  "float: pemn.extras) (default: as trained)")
+                                  "(affine per tensor, scales in the file, error-bounded: a tensor int8 cannot "
+                                  "store within 1 % of its effect falls back to float16: pemn.extras) "
+                                  "(default: as trained)")
     fold_norms: bool = _f(False, "store each BatchNorm in model.pemn as its eval-mode scale and shift (2 numbers "
                                  "per channel instead of 4): an inference artifact, outputs equal to float rounding")
     out: str | None = _f(None, "output folder (default: runs/<timestamp>-<model>-<dataset>-<strategy>)")
