@@ -545,3 +545,28 @@ def test_int8_error_bound(tmp_path: Path, case: str) -> None:
     x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     ref = _out(model, x)
     assert torch.allclose(_out(loaded, x), ref, rtol=0.05, atol=0.05 * ref.abs().max().item())
+
+
+_LIVE = torch.linspace(1.0, 1.1, 15)
+#: case -> (values, units): the grid with units spans only what the bound needs
+QUANTIZE_UNITS = {
+    "an element whose error cannot reach the output is clamped": (torch.cat([_LIVE, torch.tensor([300.0])]),
+                                                                 torch.cat([_LIVE, torch.tensor([math.inf])])),
+    "room to spare at both ends": (torch.tensor([-50.0, 0.0, 0.5, 1.0, 80.0]),
+                                   torch.tensor([1e5, 1.0, 1.0, 1.0, 1e5])),
+    "no room: the full range": (torch.linspace(-1, 1, 9), torch.full((9,), 1e-6)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(QUANTIZE_UNITS))
+def test_quantize_with_units_meets_the_bound(case: str) -> None:
+    values, units = QUANTIZE_UNITS[case]
+    q, qp = extras.quantize(values, 1, units.double())
+    back = extras.dequantize(q, qp).double()
+    plain_q, plain_qp = extras.quantize(values, 1)
+    plain = extras.dequantize(plain_q, plain_qp).double()
+    if case == "no room: the full range":
+        assert torch.allclose(qp, plain_qp, atol=1e-6)  # nothing to clamp: the plain grid (to the slack)
+    else:
+        assert extras.within_bound(back, values, units.double())
+        assert not extras.within_bound(plain, values, units.double())  # one grid from min to max does not
