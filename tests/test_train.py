@@ -696,3 +696,42 @@ def test_module_namespace_is_clean():
     assert isinstance(t, types.ModuleType)
     for name in t.__all__:
         assert hasattr(t, name)
+
+
+def _to_legacy_names(checkpoint: Path) -> None:
+    """Rewrite a checkpoint as the code before the `pemn_<param>` child names wrote it (`<param>_masked`)."""
+    import re
+
+    from safetensors.torch import save_file
+
+    with safe_open(str(checkpoint), "pt") as f:
+        meta = f.metadata()
+        names = list(f.keys())  # a safe_open handle, not a dict
+        tensors = {re.sub(r"(^|\.)pemn_(\w+)\.", r"\1\2_masked.", k): f.get_tensor(k) for k in names}
+    assert any(k.endswith("weight_masked.scores") for k in tensors)
+    save_file(tensors, str(checkpoint), metadata=meta)
+
+
+def test_a_checkpoint_with_the_old_child_names_resumes(tmp_path):
+    """Checkpoints written before masked weights became `pemn_<param>` children still resume, exactly."""
+    straight = train(quick(tmp_path, "a", epochs=2), log=quiet)
+    with pytest.raises(TrainingInterrupted):
+        train(quick(tmp_path, "b", epochs=2), log=quiet, stop_after_epoch=1)
+    _to_legacy_names(tmp_path / "b" / "checkpoint.safetensors")
+    resumed = train(quick(tmp_path, "b", epochs=2, resume=True), log=quiet)
+    assert resumed.state_sha256 == straight.state_sha256
+
+
+def test_a_checkpoint_of_another_model_is_a_clear_error(tmp_path):
+    with pytest.raises(TrainingInterrupted):
+        train(quick(tmp_path, "b", epochs=2), log=quiet, stop_after_epoch=1)
+    path = tmp_path / "b" / "checkpoint.safetensors"
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+        names = list(f.keys())  # a safe_open handle, not a dict
+        tensors = {k: f.get_tensor(k) for k in names if not k.endswith(".bias")}
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.raises(ValueError, match=r"does not fit this model .*missing: .*bias"):
+        train(quick(tmp_path, "b", epochs=2, resume=True), log=quiet)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,22 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     return path
 
 
+#: A masked weight's child in checkpoints written before it was named ``pemn_<param>``: ``<param>_masked``.
+_LEGACY_CHILD = re.compile(r"(^|\.)([A-Za-z_]\w*?)_masked\.")
+
+
+def _current_names(state: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
+    """``state`` with the masked-weight names of older checkpoints (``conv.weight_masked.scores``) renamed to the
+    current ones (``conv.pemn_weight.scores``) where that is a name of the model; everything else unchanged."""
+    out = {}
+    for name, value in state.items():
+        if name not in expected:
+            renamed = _LEGACY_CHILD.sub(lambda m: f"{m.group(1)}pemn_{m.group(2)}.", name)
+            name = renamed if renamed in expected else name
+        out[name] = value
+    return out
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scaler: torch.amp.GradScaler | None, device: torch.device, config: dict[str, Any],
                     free_fields: tuple[str, ...]) -> dict[str, Any]:
@@ -127,7 +144,15 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         raise ValueError(f"cannot resume {str(path)!r} with different settings ({detail}); resume with the "
                          "settings of the interrupted run (its config.json)")
     state = meta["state"]
-    model_state = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    model_state = _current_names({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")},
+                                 set(model.state_dict()))
+    missing = sorted(set(model.state_dict()) - set(model_state))
+    unexpected = sorted(set(model_state) - set(model.state_dict()))
+    if missing or unexpected:
+        raise ValueError(f"the checkpoint {str(path)!r} does not fit this model ("
+                         + "; ".join(f"{what}: {', '.join(names[:4])}{' ...' if len(names) > 4 else ''}"
+                                     for what, names in (("missing", missing), ("unexpected", unexpected)) if names)
+                         + "): it was written by another model or configuration; start a new run in another --out")
     model.load_state_dict(model_state, strict=True)
     optimizer.load_state_dict(_unflatten_optimizer(tensors, state["optimizer"], optimizer))
     torch.set_rng_state(tensors["rng/cpu"])
