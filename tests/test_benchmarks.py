@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parent.parent
 
 
@@ -27,3 +29,23 @@ def test_run_all_quick() -> None:
     assert r["bench_load"]["ratio_load_pemn_over_torch"] > 0
     assert {row["coding"] for row in r["bench_scaling"]["results"]} == {"packed", "entropy"}
     assert r["bench_coding"]["results"]
+
+
+def _bench(name: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick", *args],
+                         capture_output=True, text=True, timeout=300, check=True, cwd=ROOT / "benchmarks")
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow  # fresh processes
+def test_bench_eval_batch_and_threads_quick() -> None:
+    """The two benchmarks behind issue 15's defaults run and report the ratios BENCHMARKS.md quotes."""
+    from pemn.training.evaluation import DEFAULT_EVAL_BATCH
+
+    doc = _bench("bench_eval_batch")
+    assert doc["default_eval_batch"] == DEFAULT_EVAL_BATCH
+    row = doc["models"][0]
+    assert f"batch_{DEFAULT_EVAL_BATCH}" in row["results"] and row["ratio_default_over_fastest"] >= 1.0
+    doc = _bench("bench_threads")
+    for load in doc["results"].values():
+        assert load["ratio_2_over_1"] > 0 and len(load["threads_1_s"]) == doc["repeats"]
