@@ -30,7 +30,9 @@ compressed index as ``{"meta": {...}, "manifest": [...], "dense": [...]}``, whic
 file (44 KB) within 2 % of it. The dense entries may be:
 
 - ``[name, kind, "int8", shape, groups]`` (``extras_dtype="int8"``): int8 values in ``<kind>s.int8``, dequantised
-  with ``groups`` (lo, step) float32 pairs taken, in index order, from the 1-D float32 ``qparams`` tensor.
+  with ``groups`` (lo, step) float32 pairs taken, in index order, from the 1-D float32 ``qparams`` tensor. The
+  int8 rule is error-bounded, so an int8 file also holds the tensors int8 cannot store within the bound as
+  ordinary float16 (or as-trained) entries.
 - ``[module, "fold", dtype, [2, C]]`` (``fold_norms=True``; int8 ones carry ``groups`` = 2): a folded
   BatchNorm's per-channel scale and shift, in ``folds.<dtype>``; its weight, bias, running statistics and
   ``num_batches_tracked`` are not stored. :mod:`pemn.extras` describes both codecs and the per-tensor int8 rule.
@@ -56,11 +58,11 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 
 from pemn import coding as mask_coding
 from pemn import extras
+from pemn._version import __version__
 from pemn.config import PEMNConfig, kept_count
 from pemn.convert import (
     convert_selected_,
@@ -75,6 +77,7 @@ from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatc
 from pemn.fileio import atomic_write_bytes
 from pemn.layers import MaskedWeight, layer_fan_in, masked_class_for, weight_params
 from pemn.prototype import fingerprint, plan, prototype_values
+from pemn.stfile import save_bytes
 
 FORMAT = "pemn"
 FORMAT_VERSION = 2  # the newest this pemn reads and writes; files without its features are written as 1
@@ -88,8 +91,6 @@ _PICKLE_HINT = ("this looks like a pickle / torch.save file, not a pemn artifact
 
 
 def _version() -> str:
-    from pemn import __version__
-
     return __version__
 
 
@@ -143,20 +144,21 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _pack_dense(entries: list[tuple[str, str, torch.Tensor]], tensors: dict[str, torch.Tensor],
-                index: list[list[Any]], float_dtype: torch.dtype | None, int8_exempt: set[str] | None) -> None:
+                index: list[list[Any]], float_dtype: torch.dtype | None, int8: extras.Int8Rule | None) -> None:
     """Pack ``(name, kind, tensor)`` entries into one flat tensor per kind and stored dtype, appending each
-    entry to ``index``. ``float_dtype`` casts every floating tensor; ``int8_exempt`` (a set of names, or None
-    for no int8) turns on the int8 rule of :mod:`pemn.extras` for every other tensor."""
+    entry to ``index``. ``float_dtype`` casts every floating tensor; ``int8`` (the model's rule, or None for
+    no int8) stores each tensor as the error-bounded int8 rule of :mod:`pemn.extras` decides."""
     groups: dict[str, list[torch.Tensor]] = {}
     qparams: list[torch.Tensor] = []
     for name, kind, t in entries:
-        t = t.detach().cpu()
-        n_groups = extras.int8_groups(t) if int8_exempt is not None and name not in int8_exempt else 0
-        if n_groups:
-            t, qp = extras.quantize(t, n_groups)
-            qparams.append(qp.reshape(-1))
+        t, qp = t.detach().cpu(), None
+        if int8 is not None:
+            t, qp = int8.encode(name, t)
         elif float_dtype is not None and t.dtype.is_floating_point:
             t = t.to(float_dtype)
+        n_groups = 0 if qp is None else qp.shape[0]
+        if qp is not None:
+            qparams.append(qp.reshape(-1))
         dtype = _dtype_name(t.dtype)
         index.append([name, kind, dtype, list(t.shape), n_groups] if n_groups else [name, kind, dtype, list(t.shape)])
         groups.setdefault(f"{kind}s.{dtype}", []).append(t.reshape(-1))
@@ -226,7 +228,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
     dense: list[list[Any]] = []
     int8 = extras_dtype == "int8"
     float_dtype = None if extras_dtype is None or int8 else getattr(torch, extras_dtype)
-    _pack_dense(entries, tensors, dense, float_dtype, extras.int8_exempt(model) if int8 else None)
+    _pack_dense(entries, tensors, dense, float_dtype, extras.Int8Rule(model) if int8 else None)
     version = 2 if any(len(e) == 5 or e[1] == "fold" for e in dense) else 1
     metadata = {
         "format": FORMAT,
@@ -269,7 +271,7 @@ def encode(art: Artifact, *, seal: bool = True, index: bytes | torch.Tensor | bo
         tensors["index"] = index
     if seal:
         metadata["integrity"] = integrity(metadata, tensors)
-    return st_save(tensors, metadata=metadata)
+    return save_bytes(tensors, metadata=metadata)
 
 
 def to_bytes(model: nn.Module, *, coding: str = "packed", prototype: str = "values",
@@ -294,9 +296,10 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
             after regenerating them.
         extras_dtype: store the floating-point dense extras (norm parameters and statistics, biases) in
             this dtype (``"float16"`` or ``"bfloat16"``) to halve their bytes, or ``"int8"``: affine int8 per
-            tensor (per output channel for tensors of 2+ dimensions), scales in the file, for every tensor the
-            rule of :mod:`pemn.extras` allows (embeddings, unfolded running variances and tensors too small to
-            gain keep their dtype). ``None`` (default) keeps them as they are, which is what makes a loaded
+            tensor (per output channel for tensors of 2+ dimensions), scales in the file, error-bounded: a
+            tensor is int8 only where every element stays within 1 % of its effect on the output, else float16
+            within the same bound, else as trained (embeddings keep their dtype; the rule and its units are in
+            :mod:`pemn.extras`). ``None`` (default) keeps them as they are, which is what makes a loaded
             model bit-identical. They are cast back (dequantised) on load.
         fold_norms: store each BatchNorm with running statistics as its eval-mode per-channel scale and
             shift (2 numbers per channel instead of 4, no ``num_batches_tracked``): an inference artifact.
@@ -318,6 +321,18 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
     return path
 
 
+def _looks_like(data: bytes, source: str) -> str:
+    """What a file that is not safetensors seems to be (for the error message), or ``""``."""
+    head = data[:256]
+    if head[:1] == b"\x08" and (source.lower().endswith(".onnx") or b"pytorch" in head or b"onnx" in head):
+        return "an ONNX model (read it with onnx or onnxruntime; pemn reads .pemn artifacts)"
+    if head[:2] == b"\x1f\x8b":
+        return "a gzip file"
+    if head and all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return ""
+
+
 def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     """Parse and integrity-check artifact bytes; :class:`FormatError` on anything wrong."""
     where = f"{source}: " if source else ""
@@ -327,6 +342,8 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     if len(data) < 10:
         raise FormatError(f"{foreign} (file is too short: {len(data)} bytes)")
     header_len = int.from_bytes(data[:8], "little")
+    if (header_len > len(data) - 8 or header_len > _MAX_HEADER) and (looks := _looks_like(data, source)):
+        raise FormatError(f"{where}not a pemn artifact: this looks like {looks}")
     if header_len > len(data) - 8 or header_len > _MAX_HEADER:
         raise FormatError(f"{foreign}, or truncated: its header length ({header_len}) exceeds the file "
                           f"({len(data)} bytes)")
