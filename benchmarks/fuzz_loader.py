@@ -558,7 +558,7 @@ def m_metadata(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[byte
                           "pemn_version", "torch_version", "integrity"])
         values = {
             "format": ["pemn", "PEMN", "pemn2", "", "pt"],
-            "format_version": ["1", "2", "0", "01", "-1", "1.0", "", "9" * 10, "\u0661", "99999999999"],
+            "format_version": ["1", "2", "3", "0", "01", "-1", "1.0", "", "9" * 10, "\u0661", "99999999999"],
             "coding": ["packed", "entropy", "zip", "", "PACKED"],
             "prototype_storage": ["values", "seed", "none", ""],
             "prototype_sha256": ["0" * 64, "", "f" * 63, p.meta.get("prototype_sha256", "")[::-1]],
@@ -579,8 +579,10 @@ def m_metadata(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[byte
 def _index_json(p: Parts) -> Any:
     """The decoded index, or None (never inflates more than 1 MiB: the input may already be a zlib bomb)."""
     try:
-        inflater = zlib.decompressobj()
-        text = inflater.decompress(p.index_raw or b"", 1 << 20)
+        raw = p.index_raw or b""
+        preset = len(raw) >= 2 and raw[0] & 0x0F == 8 and bool(raw[1] & 0x20)  # version 3's preset dictionary
+        inflater = zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY) if preset else zlib.decompressobj()
+        text = inflater.decompress(raw, 1 << 20)
         return None if inflater.unconsumed_tail else json.loads(text)
     except Exception:
         return None
@@ -588,7 +590,12 @@ def _index_json(p: Parts) -> Any:
 
 def _set_index(p: Parts, index: Any, *, text: bytes | None = None) -> None:
     raw = text if text is not None else json.dumps(index, separators=(",", ":")).encode()
-    p.tensors["index"] = uint8(zlib.compress(raw, 9))
+    if p.meta.get("format_version") == "3":  # recompressed as the format asks, so the edit reaches the checks
+        deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
+                                    artifact.INDEX_DICTIONARY)
+        p.tensors["index"] = uint8(deflater.compress(raw) + deflater.flush())
+    else:
+        p.tensors["index"] = uint8(zlib.compress(raw, 9))
 
 
 def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:

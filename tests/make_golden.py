@@ -30,6 +30,9 @@ GOLDEN = {
     # the error-bounded int8 rule (same format version 2): the biases int8 (within the bound), the folded
     # BatchNorm float16 (int8 is not) in the same file
     "golden_v2_int8_bounded": ("conv2d", "rp", "packed", "values", {"fold_norms": True, "extras_dtype": "int8"}),
+    # format version 3: version 2's layout with the index compressed against the preset INDEX_DICTIONARY
+    "golden_v3_fold_int8": ("conv2d", "rp", "packed", "values", {"fold_norms": True, "extras_dtype": "int8"}),
+    "golden_v3_int8_entropy_seed": ("mha", "rp", "entropy", "seed", {"fold_norms": True, "extras_dtype": "int8"}),
 }
 
 

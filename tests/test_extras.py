@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,7 +125,7 @@ def test_folded_norm_stores_two_numbers_per_channel(tmp_path: Path) -> None:
     model = _trained("conv2d")
     plain = pemn.artifact.read(pemn.save(model, tmp_path / "a.pemn"))
     folded = pemn.artifact.read(pemn.save(model, tmp_path / "b.pemn", fold_norms=True))
-    assert (plain.format_version, folded.format_version) == (1, 2)
+    assert (plain.format_version, folded.format_version) == (1, 3)
     assert folded.folded == ["1"]
     names = {e[0] for e in folded.dense}
     assert not names & {"1.weight", "1.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"}
@@ -329,7 +330,7 @@ def test_codec_is_symmetric(options: dict[str, Any]) -> None:
     assert (again.manifest, again.dense, again.metadata) == (art.manifest, art.dense, art.metadata)
     assert again.tensors.keys() == art.tensors.keys()
     assert all(torch.equal(again.tensors[k], art.tensors[k]) for k in art.tensors)
-    if art.format_version == 2:  # only format, version and integrity in the container
+    if art.format_version >= 2:  # only format, version and integrity in the container
         header = artifact.encode(art)
         n = int.from_bytes(header[:8], "little")
         assert set(json.loads(header[8:8 + n])["__metadata__"]) == {"format", "format_version", "integrity"}
@@ -432,11 +433,11 @@ def test_damaged_version_2_file(tmp_path: Path, kind: str) -> None:
     assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
-def test_version_2_metadata_in_one_place_only(tmp_path: Path) -> None:
+def test_version_2_and_3_metadata_in_one_place_only(tmp_path: Path) -> None:
     art = artifact.parse(artifact.encode(_v2()))
     # the same field in the container too: encode never writes that, so the container is built by hand
     tensors = dict(art.tensors)
-    meta = {"format": "pemn", "format_version": "2", "coding": "packed"}
+    meta = {"format": "pemn", "format_version": "3", "coding": "packed"}
     meta["integrity"] = artifact.integrity(meta, tensors)
     (tmp_path / "twice.pemn").write_bytes(st_save(tensors, metadata=meta))
     with pytest.raises(pemn.FormatError, match="both in the container and in the index"):
@@ -476,7 +477,7 @@ def test_pemn_train_flags(tmp_path: Path) -> None:
     main(["train", "--model", "tiny-cnn", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
           "--no-progress", "--fold-norms", "--extras-dtype", "int8", "--train-subset", "200", "--out", str(out)])
     art = pemn.artifact.read(out / "model.pemn")
-    assert art.format_version == 2 and art.folded and all(e[2] == "int8" for e in art.dense if e[1] == "fold")
+    assert art.format_version == 3 and art.folded and all(e[2] == "int8" for e in art.dense if e[1] == "fold")
     assert json.loads((out / "config.json").read_text())["fold_norms"] is True
 
 
@@ -570,3 +571,43 @@ def test_quantize_with_units_meets_the_bound(case: str) -> None:
     else:
         assert extras.within_bound(back, values, units.double())
         assert not extras.within_bound(plain, values, units.double())  # one grid from min to max does not
+
+
+# ------------------------------------------------------------------- format version 3: the preset dictionary
+
+
+def _index_text(art: artifact.Artifact) -> bytes:
+    content: dict = {"manifest": art.manifest, "dense": art.dense}
+    if art.format_version >= 2:
+        meta = {k: v for k, v in art.metadata.items() if k not in ("format", "format_version", "integrity")}
+        content = {"meta": meta, **content}
+    return json.dumps(content, separators=(",", ":")).encode()
+
+
+def _with_dictionary(text: bytes, zdict: bytes) -> bytes:
+    deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY, zdict)
+    return deflater.compress(text) + deflater.flush()
+
+
+def test_version_3_index_uses_exactly_its_dictionary(tmp_path: Path) -> None:
+    """A version 3 index is compressed against INDEX_DICTIONARY (smaller than plain zlib); a version 3 index
+    without it, an older index with one, or another dictionary are each a FormatError saying so."""
+    art = artifact.parse(artifact.encode(_v2()))
+    assert art.format_version == 3
+    text = _index_text(art)
+    stored = art.tensors["index"].numpy().tobytes()
+    assert zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY).decompress(stored) == text
+    assert len(stored) < len(zlib.compress(text, 9))
+    bad = {
+        "no dictionary": (art, zlib.compress(text, 9), "lacks a preset dictionary"),
+        "another dictionary": (art, _with_dictionary(text, b'"manifest":"dense":'), "another preset dictionary"),
+    }
+    v1 = artifact.parse(artifact.to_bytes(_trained("conv2d")))
+    assert v1.format_version == 1
+    bad["v1 with a dictionary"] = (v1, _with_dictionary(_index_text(v1), artifact.INDEX_DICTIONARY),
+                                     "needs a preset dictionary, which format version 1 does not use")
+    for name, (base, index, message) in bad.items():
+        path = tmp_path / f"{name}.pemn"
+        path.write_bytes(artifact.encode(base, index=index))
+        with pytest.raises(pemn.FormatError, match=message):
+            pemn.artifact.read(path)

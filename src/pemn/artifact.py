@@ -23,11 +23,11 @@ data preprocessing there, so a file needs nothing beside it) and ``integrity``: 
 metadata and every tensor's name, dtype, shape and bytes, so any corruption is caught before a model is
 touched. Loading never unpickles anything.
 
-Format version 2 adds two kinds of dense entry; a file is written as version 2 only when it holds one (all
-other files stay version 1, readable by every pemn). Its container metadata holds only ``format``,
-``format_version`` and ``integrity``; every other field (same names, same string values) moves into the
-compressed index as ``{"meta": {...}, "manifest": [...], "dense": [...]}``, which keeps the header of a slim
-file (44 KB) within 2 % of it. The dense entries may be:
+Format version 2 adds two kinds of dense entry; a file is written as version 3 (below) only when it holds one
+(all other files stay version 1, readable by every pemn; version 2 files, written by an earlier build, load).
+Its container metadata holds only ``format``, ``format_version`` and ``integrity``; every other field (same
+names, same string values) moves into the compressed index as ``{"meta": {...}, "manifest": [...], "dense":
+[...]}``. The dense entries may be:
 
 - ``[name, kind, "int8", shape, groups]`` (``extras_dtype="int8"``): int8 values in ``<kind>s.int8``, dequantised
   with ``groups`` (lo, step) float32 pairs taken, in index order, from the 1-D float32 ``qparams`` tensor. The
@@ -36,6 +36,12 @@ file (44 KB) within 2 % of it. The dense entries may be:
 - ``[module, "fold", dtype, [2, C]]`` (``fold_norms=True``; int8 ones carry ``groups`` = 2): a folded
   BatchNorm's per-channel scale and shift, in ``folds.<dtype>``; its weight, bias, running statistics and
   ``num_batches_tracked`` are not stored. :mod:`pemn.extras` describes both codecs and the per-tensor int8 rule.
+
+Format version 3 is version 2 with the index's zlib stream compressed against a preset dictionary
+(:data:`INDEX_DICTIONARY`, RFC 1950's FDICT, its Adler-32 in the stream header): the metadata keys, the config's
+JSON and the entry keys every index repeats cost almost nothing, which takes the header and index of a slim
+keep-0.1 ConvMixer-256/8 file from 2.19 % to 1.65 % of it. A version 1 or 2 index must not use a dictionary, a
+version 3 index must use exactly this one.
 
 The codec is symmetric: :func:`build` makes an :class:`Artifact` from a model, :func:`encode` serialises one
 (rebuilding the index from its ``manifest`` and ``dense`` lists and sealing it with its integrity hash) and
@@ -80,7 +86,27 @@ from pemn.prototype import fingerprint, plan, prototype_values
 from pemn.stfile import save_bytes
 
 FORMAT = "pemn"
-FORMAT_VERSION = 2  # the newest this pemn reads and writes; files without its features are written as 1
+FORMAT_VERSION = 3  # the newest this pemn reads and writes; files without its features are written as 1
+
+#: Format version 3's preset zlib dictionary for the index (RFC 1950 FDICT): the strings every index repeats
+#: (metadata keys, the config's JSON, manifest and dense-entry keys, layer-name suffixes, dtypes), most frequent
+#: last. Part of the format: these exact bytes, forever (a new dictionary is a new format version).
+INDEX_DICTIONARY = (
+    b'"app":"{\\"kind\\": \\"image-classifier\\", \\"model\\": \\"", \\"kwargs\\": {\\"num_classes\\": '
+    b'10, \\"in_channels\\": 3, \\"image_size\\": 32}, \\"preprocessing\\": {\\"dataset\\": \\"cifar10\\", '
+    b'\\"mean\\": [0.4914, 0.4822, 0.4465], \\"std\\": [0.247, 0.2435, 0.2616]}}",'
+    b'"seed","prototype_storage":"values","prototype_sha256":"'
+    b'{"meta":{"pemn_version":"0.1.0","torch_version":"2.13.0+cpu","config":"{\\"exclude\\": [], \\"fill\\": '
+    b'\\"copy\\", \\"init\\": \\"kaiming_normal\\", \\"keep\\": 0.5, \\"keep_rounding\\": \\"exact\\", '
+    b'\\"keep_scale\\": false, \\"ratio\\": 0.001, \\"rescale\\": false, \\"scope\\": \\"layer\\", '
+    b'\\"seed\\": 0, \\"strategy\\": \\"rp\\", \\"targets\\": null}","coding":"entropy",'
+    b'"dense":[["","param","float32",[]],["","buffer","float16",[]],["","param","int8",[],1],'
+    b'.running_mean",".running_var",".num_batches_tracked","int64",[]],'
+    b'"manifest":[{"name":"","shape":[256,256,1,1],"kept":,"bytes":},{"name":".weight","shape":['
+    b'],"kept":'
+    b',"bytes":'
+    b'"fold","int8",[2,256],2],[".bias",'
+)
 CODINGS = ("packed", "entropy")
 PROTOTYPE_STORAGE = ("values", "seed")
 EXTRAS_DTYPES = (None, "float32", "float16", "bfloat16", "int8")
@@ -229,7 +255,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
     int8 = extras_dtype == "int8"
     float_dtype = None if extras_dtype is None or int8 else getattr(torch, extras_dtype)
     _pack_dense(entries, tensors, dense, float_dtype, extras.Int8Rule(model) if int8 else None)
-    version = 2 if any(len(e) == 5 or e[1] == "fold" for e in dense) else 1
+    version = FORMAT_VERSION if any(len(e) == 5 or e[1] == "fold" for e in dense) else 1
     metadata = {
         "format": FORMAT,
         "format_version": str(version),
@@ -264,7 +290,7 @@ def encode(art: Artifact, *, seal: bool = True, index: bytes | torch.Tensor | bo
         content = {"meta": {k: v for k, v in metadata.items() if k not in _CONTAINER_KEYS}, **content}
         metadata = {k: v for k, v in metadata.items() if k in _CONTAINER_KEYS}
     if index is True:
-        index = zlib.compress(json.dumps(content, separators=(",", ":")).encode(), 9)
+        index = _compress_index(json.dumps(content, separators=(",", ":")).encode(), art.format_version)
     if isinstance(index, bytes | bytearray):
         index = torch.from_numpy(np.frombuffer(index, dtype=np.uint8).copy())
     if isinstance(index, torch.Tensor):
@@ -373,7 +399,7 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
     if meta.get("integrity") != integrity(meta, tensors):
         raise FormatError(where + "corrupt artifact: integrity check failed (the file was modified or damaged)")
     try:
-        index = _read_index(tensors)
+        index = _read_index(tensors, int(version))
         if int(version) >= 2:
             meta = _merge_meta(meta, index)
         config = PEMNConfig.from_json(meta["config"])
@@ -405,12 +431,28 @@ def _merge_meta(meta: dict[str, str], index: Any) -> dict[str, str]:
     return {**meta, **inner}
 
 
-def _read_index(tensors: dict[str, torch.Tensor]) -> Any:
+def _compress_index(text: bytes, version: int) -> bytes:
+    """The index's zlib stream: with :data:`INDEX_DICTIONARY` preset from format version 3 on."""
+    if version < 3:
+        return zlib.compress(text, 9)
+    deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY, INDEX_DICTIONARY)
+    return deflater.compress(text) + deflater.flush()
+
+
+def _read_index(tensors: dict[str, torch.Tensor], version: int = 1) -> Any:
     t = tensors["index"]
     if t.dtype != torch.uint8 or t.dim() != 1:
         raise ValueError("the index must be a 1-D uint8 tensor")
-    inflater = zlib.decompressobj()
-    text = inflater.decompress(t.numpy().tobytes(), _MAX_INDEX)
+    raw = t.numpy().tobytes()
+    zlib_header = len(raw) >= 2 and raw[0] & 0x0F == 8 and ((raw[0] << 8) | raw[1]) % 31 == 0  # RFC 1950
+    preset = zlib_header and bool(raw[1] & 0x20)  # FDICT: the stream needs a preset dictionary
+    if zlib_header and preset != (version >= 3):
+        raise ValueError(f"the index {'needs' if preset else 'lacks'} a preset dictionary, which format version "
+                         f"{version} {'does not use' if preset else 'requires'}")
+    if preset and raw[2:6] != zlib.adler32(INDEX_DICTIONARY).to_bytes(4, "big"):
+        raise ValueError("the index was compressed with another preset dictionary than format version 3's")
+    inflater = zlib.decompressobj(zdict=INDEX_DICTIONARY) if preset else zlib.decompressobj()
+    text = inflater.decompress(raw, _MAX_INDEX)
     if inflater.unconsumed_tail or not inflater.eof:
         raise ValueError("the index is truncated or larger than any real model's")
     if inflater.unused_data:
