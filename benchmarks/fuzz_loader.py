@@ -127,6 +127,8 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mha_packed": (AttnNet, (3, 5, 4)),
     "mha_separate_qkv": (lambda: AttnNet(kdim=6), (3, 5, 4)),
     "tiny_cnn": (_tiny_cnn, (4, 1, 8, 8)),
+    "conv_bn16": (lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                        nn.Flatten(), nn.Linear(16 * 16, 4)), (5, 3, 4, 4)),
 }
 
 # (name, model, PEMNConfig kwargs, coding, prototype storage, extras: a dtype, "fold" or "fold+DTYPE")
@@ -153,6 +155,9 @@ BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
     ("mha-rp-packed-values-int8", "mha_packed", {"strategy": "rp", "ratio": 0.2}, "packed", "values", "int8"),
     ("tinycnn-rp-global-entropy-values-fold-int8", "tiny_cnn", {"strategy": "rp", "ratio": 0.05, "scope": "global"},
      "entropy", "values", "fold+int8"),
+    # format version 3: a folded norm stored row by row (a float16 scale of wide range, an int8 shift)
+    ("conv16-rp-packed-values-fold-rows", "conv_bn16", {"strategy": "rp", "ratio": 0.1}, "packed", "values",
+     "fold+int8+wide"),
 ]
 
 
@@ -189,6 +194,12 @@ def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: 
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     nn.functional.cross_entropy(out, y).backward()
     opt.step()
+    if (extras or "").endswith("+wide"):  # running variances 0.01 .. 10: folded scales too spread for one int8 grid
+        extras = extras.removesuffix("+wide")
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_var.copy_(torch.logspace(-2, 1, m.num_features))
     fold_norms = (extras or "").startswith("fold")
     dtype = (extras or "").removeprefix("fold").removeprefix("+") or None
     data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=dtype,
@@ -634,7 +645,7 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
         if pos == 0:
             e[0] = rng.choice([d[0] for d in dense if isinstance(d, list) and d] + ["", "nope", 1, None])
         elif pos == 1:
-            e[1] = rng.choice(["param", "buffer", "fold", "params", "", None])
+            e[1] = rng.choice(["param", "buffer", "fold", "fold.scale", "fold.shift", "params", "", None])
         elif pos == 2:
             e[2] = rng.choice(["float32", "float16", "bfloat16", "float64", "int64", "uint8", "bool", "int8", "bogus",
                                None])

@@ -33,7 +33,40 @@ GOLDEN = {
     # format version 3: version 2's layout with the index compressed against the preset INDEX_DICTIONARY
     "golden_v3_fold_int8": ("conv2d", "rp", "packed", "values", {"fold_norms": True, "extras_dtype": "int8"}),
     "golden_v3_int8_entropy_seed": ("mha", "rp", "entropy", "seed", {"fold_norms": True, "extras_dtype": "int8"}),
+    # format version 3's row-wise fold: a BatchNorm of 16 channels whose folded scale spans 0.3..10 (float16) and
+    # whose shift int8 holds within the bound, stored as fold.scale float16 + fold.shift int8
+    "golden_v3_fold_rows": ("conv2d_bn16", "rp", "packed", "values", {"fold_norms": True, "extras_dtype": "int8"}),
 }
+
+#: models of the golden files beyond tests/cases.py's table (name -> (builder, input shape))
+EXTRA_MODELS = {
+    "conv2d_bn16": (lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1, bias=False),
+                                                torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                                torch.nn.Linear(16, 4)), (2, 3, 6, 6)),
+}
+
+
+def build(model_name: str, seed: int = 0) -> torch.nn.Module:
+    if model_name in EXTRA_MODELS:
+        torch.manual_seed(seed)
+        return EXTRA_MODELS[model_name][0]()
+    return cases.build(model_name, seed=seed)
+
+
+def make_input(model_name: str) -> torch.Tensor:
+    if model_name in EXTRA_MODELS:
+        return torch.randn(EXTRA_MODELS[model_name][1], generator=torch.Generator().manual_seed(1))
+    return cases.make_input(model_name)
+
+
+def _prepare(name: str, model: torch.nn.Module) -> None:
+    """Put the trained model into the state its golden file is about."""
+    if name == "golden_v3_fold_rows":
+        bn = model[1]
+        with torch.no_grad():
+            bn.running_var.copy_(torch.logspace(-2, 1, 16))  # scale 1/σ: 0.3 .. 10
+            bn.running_mean.copy_(torch.linspace(-0.05, 0.05, 16))
 
 
 def dense_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -47,14 +80,15 @@ def main(names: list[str]) -> None:
         path = HERE / "data" / f"{name}.pemn"
         if (names and name not in names) or (not names and path.exists()):
             continue
-        model = pemn.convert_(cases.build(model_name), cases.config(strategy))
-        x = cases.make_input(model_name)
+        model = pemn.convert_(build(model_name), cases.config(strategy))
+        x = make_input(model_name)
         cases.train_steps(model, x)
+        _prepare(name, model)
         pemn.save(model, path, coding=coding, prototype=storage, **options)
         model.eval()
         expected = {f"mask.{n}": mw.current_mask().to(torch.uint8) for n, mw in pemn.masked_weights(model).items()}
         if options:  # lossy options: the reference is the file as loaded now, its dense state exactly
-            model = pemn.load(path, cases.build(model_name, seed=5)).eval()
+            model = pemn.load(path, build(model_name, seed=5)).eval()
             expected.update({f"dense.{k}": v.clone() for k, v in dense_state(model).items()})
         with torch.no_grad():
             save_file({"input": x, "output": model(x), **expected}, HERE / "data" / f"{name}.expected.safetensors")

@@ -514,10 +514,15 @@ INT8_BOUND = {
                                                  {"1.running_mean": "float16", "1.running_var": "float16"}),
     "mean large against sigma: float32": (_ONES, _ZEROS, 1e4 + _NOISE * 15, _ONES * 1e-2,
                                           False, {"1.running_mean": "float32"}),
-    "folded scale of wide range: float16": (_ONES, _ZEROS, _ZEROS, _WIDE, True, {"1": "float16"}),
-    "folded, shift of wide range: float16": (_ONES, _ZEROS, _WIDE, _ONES, True, {"1": "float16"}),
-    "folded, mean 100 sigmas: float32": (_ONES, _ZEROS, 50 + _NOISE * 50, _ONES, True,
-                                         {"1": "float32"}),
+    # a folded norm int8 cannot hold whole is stored row by row (format version 3's fold.scale / fold.shift)
+    "folded scale of wide range: float16 scale, int8 shift": (_ONES, _ZEROS, _ZEROS, _WIDE, True,
+                                                              {"1:scale": "float16", "1:shift": "int8"}),
+    "folded, shift of wide range: int8 scale, float16 shift": (_ONES, _ZEROS, _WIDE, _ONES, True,
+                                                               {"1:scale": "int8", "1:shift": "float16"}),
+    "folded, mean 100 sigmas: int8 scale, float32 shift": (_ONES, _ZEROS, 50 + _NOISE * 50, _ONES, True,
+                                                           {"1:scale": "int8", "1:shift": "float32"}),
+    "folded, both rows of wide range: one float16 fold": (_ONES, (_NOISE - 0.5) * 20, _ZEROS, _WIDE, True,
+                                                           {"1": "float16"}),
 }
 
 
@@ -528,8 +533,8 @@ def test_int8_error_bound(tmp_path: Path, case: str) -> None:
     gamma, beta, mean, var, fold, expected = INT8_BOUND[case]
     model = _bn_net(gamma, beta, mean, var)
     art = artifact.build(model, extras_dtype="int8", fold_norms=fold)
-    dtypes = {e[0]: e[2] for e in art.dense}
-    assert {k: dtypes[k] for k in expected} == expected
+    dtypes = {e[0] + (":" + e[1].split(".")[1] if e[1] in artifact.FOLD_ROWS else ""): e[2] for e in art.dense}
+    assert {k: dtypes.get(k) for k in expected} == expected, dtypes
     units = extras.error_units(model)
     bn = model[1]
     loaded = pemn.load(pemn.save(model, tmp_path / "m.pemn", extras_dtype="int8", fold_norms=fold),
@@ -611,3 +616,65 @@ def test_version_3_index_uses_exactly_its_dictionary(tmp_path: Path) -> None:
         path.write_bytes(artifact.encode(base, index=index))
         with pytest.raises(pemn.FormatError, match=message):
             pemn.artifact.read(path)
+
+
+def _split_fold_artifact() -> artifact.Artifact:
+    gamma, beta, mean, var, _, _ = INT8_BOUND["folded scale of wide range: float16 scale, int8 shift"]
+    art = artifact.parse(artifact.encode(artifact.build(_bn_net(gamma, beta, mean, var), extras_dtype="int8",
+                                                        fold_norms=True)))
+    assert [e[1] for e in art.dense if e[1].startswith("fold")] == list(artifact.FOLD_ROWS)
+    return art
+
+
+def _edit_rows(edit: Callable[[list], None], version: str | None = None) -> Callable[[], bytes]:
+    def make() -> bytes:
+        art = _split_fold_artifact()
+        edit(art.dense)
+        if version is not None:
+            art.metadata["format_version"] = version
+        return artifact.encode(art)
+    return make
+
+
+def _kind_of(kind: str, new: str) -> Callable[[list], None]:
+    def edit(dense: list) -> None:
+        next(e for e in dense if e[1] == kind)[1] = new
+    return edit
+
+
+#: case -> (damaged bytes, error): a row-wise fold must be exactly one scale and one shift row of one length
+SPLIT_DAMAGE = {
+    "shift row missing": (_edit_rows(lambda d: d.remove(next(e for e in d if e[1] == "fold.shift"))),
+                          r"dense tensors do not match|one scale row and one shift row|qparams"),
+    "scale row twice": (_edit_rows(_kind_of("fold.shift", "fold.scale")), r"listed twice|does not fit"),
+    "row of two dimensions": (_edit_rows(lambda d: next(e for e in d if e[1] == "fold.scale").__setitem__(3, [2, 8])),
+                              r"bad dense index"),
+    "rows in a version 2 file": (_edit_rows(lambda d: None, version="2"), r"bad dense index"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPLIT_DAMAGE))
+def test_row_wise_fold_damage_is_a_format_error(tmp_path: Path, case: str) -> None:
+    make, message = SPLIT_DAMAGE[case]
+    path = tmp_path / "m.pemn"
+    path.write_bytes(make())
+    model = _bn_net(_ONES, _ZEROS, _ZEROS, _ONES)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(pemn.FormatError, match=message):
+        pemn.load(path, model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_row_wise_fold_is_smaller_and_loads_within_the_bound(tmp_path: Path) -> None:
+    gamma, beta, mean, var, _, _ = INT8_BOUND["folded scale of wide range: float16 scale, int8 shift"]
+    model = _bn_net(gamma, beta, mean, var)
+    split = pemn.save(model, tmp_path / "split.pemn", extras_dtype="int8", fold_norms=True)
+    s = pemn.summary(split, verbose=False)
+    # the norm: a float16 scale row and an int8 shift row (one qparams pair), not a [2, C] float16 fold (4·C bytes)
+    assert (s.bytes["norm_stats"], s.bytes["scales"]) == (2 * _C + _C, 8 + 8)  # the int8 conv bias has its own pair
+    assert s.bytes["norm_stats"] + 8 < 4 * _C and s.file_bytes == split.stat().st_size
+    assert pemn.summary(model, extras_dtype="int8", fold_norms=True, verbose=False).file_bytes == split.stat().st_size
+    loaded = pemn.load(split, _bn_net(_ONES, _ZEROS, _ZEROS, _ONES)).eval()
+    got = torch.stack([loaded[1].weight.detach(), loaded[1].bias.detach()])
+    unit = extras.error_units(model)["1"]
+    assert bool(((got - extras.fold(model[1])).abs() <= extras.INT8_TOL * unit * (1 + 1e-5)).all())

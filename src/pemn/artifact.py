@@ -37,7 +37,11 @@ names, same string values) moves into the compressed index as ``{"meta": {...}, 
   BatchNorm's per-channel scale and shift, in ``folds.<dtype>``; its weight, bias, running statistics and
   ``num_batches_tracked`` are not stored. :mod:`pemn.extras` describes both codecs and the per-tensor int8 rule.
 
-Format version 3 is version 2 with the index's zlib stream compressed against a preset dictionary
+Format version 3 is version 2 with two more things. A folded BatchNorm whose ``[2, C]`` int8 cannot hold within
+the bound may be stored as its two rows, ``[module, "fold.scale", dtype, [C](, groups)]`` and ``[module,
+"fold.shift", dtype, [C](, groups)]`` (both in ``folds.<dtype>``; exactly one of each, of one length, and no whole
+``fold`` entry for that module), so a float16 scale sits beside an int8 shift. And the index's zlib stream is
+compressed against a preset dictionary
 (:data:`INDEX_DICTIONARY`, RFC 1950's FDICT, its Adler-32 in the stream header): the metadata keys, the config's
 JSON and the entry keys every index repeats cost almost nothing, which takes the header and index of a slim
 keep-0.1 ConvMixer-256/8 file from 2.19 % to 1.65 % of it. A version 1 or 2 index must not use a dictionary, a
@@ -105,6 +109,8 @@ INDEX_DICTIONARY = (
     b'"manifest":[{"name":"","shape":[256,256,1,1],"kept":,"bytes":},{"name":".weight","shape":['
     b'],"kept":'
     b',"bytes":'
+    b'"fold.scale","float16",[256]],["'
+    b'"fold.shift","int8",[256],1],["'
     b'"fold","int8",[2,256],2],[".bias",'
 )
 CODINGS = ("packed", "entropy")
@@ -144,7 +150,7 @@ class Artifact:
     @property
     def folded(self) -> list[str]:
         """The BatchNorm modules stored folded (scale and shift only): such a file is for inference."""
-        return [e[0] for e in self.dense if e[1] == "fold"]
+        return list(dict.fromkeys(e[0] for e in self.dense if e[1].startswith("fold")))
 
 
 def integrity(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> str:
@@ -169,6 +175,30 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+#: Format version 3: a folded BatchNorm may be stored as its two rows, each ``[C]`` in its own dtype (a scale
+#: that needs float16 next to an int8 shift), instead of one ``[2, C]`` ``fold`` entry.
+FOLD_ROWS = ("fold.scale", "fold.shift")
+
+
+def _store_key(kind: str, dtype: str) -> str:
+    """The flat tensor a dense entry of ``kind`` and ``dtype`` lives in (``params.float32``, ``folds.int8``...)."""
+    return f"folds.{dtype}" if kind.startswith("fold") else f"{kind}s.{dtype}"
+
+
+def _stored_bytes(t: torch.Tensor, qp: torch.Tensor | None) -> int:
+    return t.numel() * t.element_size() + (0 if qp is None else qp.numel() * qp.element_size())
+
+
+def _append_dense(name: str, kind: str, t: torch.Tensor, qp: torch.Tensor | None, index: list[list[Any]],
+                  groups: dict[str, list[torch.Tensor]], qparams: list[torch.Tensor]) -> None:
+    n_groups = 0 if qp is None else qp.shape[0]
+    if qp is not None:
+        qparams.append(qp.reshape(-1))
+    dtype = _dtype_name(t.dtype)
+    index.append([name, kind, dtype, list(t.shape), n_groups] if n_groups else [name, kind, dtype, list(t.shape)])
+    groups.setdefault(_store_key(kind, dtype), []).append(t.reshape(-1))
+
+
 def _pack_dense(entries: list[tuple[str, str, torch.Tensor]], tensors: dict[str, torch.Tensor],
                 index: list[list[Any]], float_dtype: torch.dtype | None, int8: extras.Int8Rule | None) -> None:
     """Pack ``(name, kind, tensor)`` entries into one flat tensor per kind and stored dtype, appending each
@@ -180,14 +210,15 @@ def _pack_dense(entries: list[tuple[str, str, torch.Tensor]], tensors: dict[str,
         t, qp = t.detach().cpu(), None
         if int8 is not None:
             t, qp = int8.encode(name, t)
+            if kind == "fold" and qp is None:  # not int8 as a whole: maybe the shift row is (FOLD_ROWS)
+                rows = int8.encode_rows(name, t)
+                if sum(_stored_bytes(*r) for r in rows) < _stored_bytes(t, None):
+                    for row_kind, (row, row_qp) in zip(FOLD_ROWS, rows, strict=True):
+                        _append_dense(name, row_kind, row, row_qp, index, groups, qparams)
+                    continue
         elif float_dtype is not None and t.dtype.is_floating_point:
             t = t.to(float_dtype)
-        n_groups = 0 if qp is None else qp.shape[0]
-        if qp is not None:
-            qparams.append(qp.reshape(-1))
-        dtype = _dtype_name(t.dtype)
-        index.append([name, kind, dtype, list(t.shape), n_groups] if n_groups else [name, kind, dtype, list(t.shape)])
-        groups.setdefault(f"{kind}s.{dtype}", []).append(t.reshape(-1))
+        _append_dense(name, kind, t, qp, index, groups, qparams)
     for key, parts in groups.items():
         tensors[key] = torch.cat(parts)
     if qparams:
@@ -255,7 +286,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
     int8 = extras_dtype == "int8"
     float_dtype = None if extras_dtype is None or int8 else getattr(torch, extras_dtype)
     _pack_dense(entries, tensors, dense, float_dtype, extras.Int8Rule(model) if int8 else None)
-    version = FORMAT_VERSION if any(len(e) == 5 or e[1] == "fold" for e in dense) else 1
+    version = FORMAT_VERSION if any(len(e) == 5 or e[1].startswith("fold") for e in dense) else 1
     metadata = {
         "format": FORMAT,
         "format_version": str(version),
@@ -484,7 +515,7 @@ def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
 
 
 def _check_dense_index(dense: Any, where: str, version: int = 1) -> None:
-    kinds = ("param", "buffer") if version < 2 else ("param", "buffer", "fold")
+    kinds = ("param", "buffer") + (("fold",) if version >= 2 else ()) + (FOLD_ROWS if version >= 3 else ())
     ok = isinstance(dense, list) and all(
         isinstance(e, list) and len(e) in ((4,) if version < 2 else (4, 5)) and isinstance(e[0], str)
         and e[1] in kinds and isinstance(e[2], str) and isinstance(e[3], list)
@@ -492,6 +523,7 @@ def _check_dense_index(dense: Any, where: str, version: int = 1) -> None:
         and (len(e) == 4 or (e[2] == "int8" and isinstance(e[4], int) and not isinstance(e[4], bool)
                              and extras.valid_groups(e[3], e[4])))
         and (e[1] != "fold" or (len(e[3]) == 2 and e[3][0] == 2 and e[3][1] > 0))
+        and (e[1] not in FOLD_ROWS or (len(e[3]) == 1 and e[3][0] > 0))
         for e in dense)
     if not ok:
         raise FormatError(where + "corrupt artifact: bad dense index")
@@ -584,13 +616,13 @@ def _dense_state(model: nn.Module, skip: Callable[[str], bool]
 def _dense_tensors(art: Artifact, where: str) -> dict[str, dict[str, torch.Tensor]]:
     """Split the flat ``params.*`` / ``buffers.*`` / ``folds.*`` tensors back into named tensors, by kind
     (int8 ones dequantised to float32 with their ``qparams``)."""
-    out: dict[str, dict[str, torch.Tensor]] = {"param": {}, "buffer": {}, "fold": {}}
+    out: dict[str, dict[str, torch.Tensor]] = {"param": {}, "buffer": {}, "fold": {}, **{k: {} for k in FOLD_ROWS}}
     offsets: dict[str, int] = {}
     qparams = art.tensors.get("qparams")
     used = 0
     for entry in art.dense:
         name, kind, dtype, shape = entry[:4]
-        key = f"{kind}s.{dtype}"
+        key = _store_key(kind, dtype)
         flat = art.tensors.get(key)
         n = math.prod(shape)
         start = offsets.get(key, 0)
@@ -616,6 +648,13 @@ def _dense_tensors(art: Artifact, where: str) -> dict[str, dict[str, torch.Tenso
         raise FormatError(f"{where}corrupt artifact: dense tensors do not match the dense index")
     if (0 if qparams is None else qparams.numel()) != used:
         raise FormatError(f"{where}corrupt artifact: the qparams tensor does not match the int8 entries")
+    scales, shifts = (out.pop(k) for k in FOLD_ROWS)
+    for name in sorted(set(scales) | set(shifts)):
+        if name not in scales or name not in shifts or name in out["fold"] or scales[name].shape != shifts[name].shape:
+            raise FormatError(f"{where}corrupt artifact: the folded BatchNorm {name} needs exactly one scale row and "
+                              "one shift row of the same length (and no whole fold entry)")
+        common = torch.promote_types(scales[name].dtype, shifts[name].dtype)
+        out["fold"][name] = torch.stack([scales[name].to(common), shifts[name].to(common)])
     return out
 
 

@@ -194,6 +194,12 @@ class Int8Rule:
             return t.detach().cpu(), None
         return encode_int8(t, self.units.get(name))
 
+    def encode_rows(self, name: str, t: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """The folded norm ``name``'s ``[2, C]`` scale and shift encoded row by row (each ``[C]``, its own
+        dtype): a shift int8 holds within the bound is stored as int8 even when its scale needs float16."""
+        unit = self.units.get(name)
+        return [encode_int8(t[i], None if unit is None or unit.shape != t.shape else unit[i]) for i in range(2)]
+
 
 def int8_groups(t: torch.Tensor) -> int:
     """How many int8 groups ``t`` would be quantised in (0: int8 is not possible or not smaller)."""

@@ -117,7 +117,7 @@ def _dense_fp32_values(entry: list) -> int:
     _, kind, dtype, shape = entry[:4]
     if not (dtype.startswith(("float", "bfloat")) or len(entry) == 5):
         return 0
-    return math.prod(shape) * (2 if kind == "fold" else 1)
+    return math.prod(shape) * (2 if kind.startswith("fold") else 1)  # a whole fold, or one of its two rows
 
 
 def _unique_in_prefix(config: Any, name: str, source: Any, n: int, cache: dict[str, Any]) -> int:
