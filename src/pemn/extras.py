@@ -44,9 +44,11 @@ The rule, per tensor (:class:`Int8Rule`): embedding tables (parameters of ``nn.E
 stored as int8 where that is smaller (:func:`int8_groups`: not 0-d, and ``numel + 8·groups < numel·itemsize``)
 and meets the bound — the grid spans only what the bound needs (:func:`quantize` with units: elements with room
 to spare are clamped to its ends, so a channel whose error cannot reach the output does not coarsen the grid) —
-otherwise as float16 where that is smaller and meets the bound, otherwise exactly as trained. The stored
-layout is format version 2's (float16 tensors of an int8 file are ordinary float16 entries), so every pemn
-that reads version 2 reads these files.
+otherwise as float16 where that is smaller and meets the bound, otherwise exactly as trained. A folded norm that
+int8 cannot hold whole is then tried row by row (:meth:`Int8Rule.encode_rows`: its scale and its shift each by the
+same rule, in their own units) and stored so, as format version 3's ``fold.scale`` / ``fold.shift`` entries, where
+that is smaller: typically a float16 scale (dead channels spread γ/σ) beside an int8 shift. float16 tensors of an
+int8 file are ordinary float16 entries.
 """
 
 from __future__ import annotations
