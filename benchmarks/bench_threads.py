@@ -1,7 +1,7 @@
 """CPU threads: the demo run (`pemn train`, an MLP on digits) with 1 and 2 torch threads, on its own and next to
 busy processes (one spinning Python process per extra load level), each variant in a fresh process, interleaved.
 
-    python benchmarks/bench_threads.py [--quick] [--busy N]
+    python benchmarks/bench_threads.py [--quick] [--busy N]   (--quick: 2 epochs, no busy process)
 
 Prints JSON: median wall seconds per (load, threads) and the ratio 2 threads / 1 thread per load. This is what
 chose ``threads=None`` (pemn.training.dist.default_threads): the idle CPUs, at least 1.
@@ -39,7 +39,7 @@ def _busy(n: int) -> list[subprocess.Popen[bytes]]:
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     quick = quick_flag(args)
-    busy_levels = [0, int(args[args.index("--busy") + 1]) if "--busy" in args else 1]
+    busy_levels = [0] if quick else [0, int(args[args.index("--busy") + 1]) if "--busy" in args else 1]
     repeats, epochs = (1, 2) if quick else (3, 10)
     thread_counts = (1, 2)
     results: dict[str, dict[str, float | list[float]]] = {}
