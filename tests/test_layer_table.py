@@ -333,3 +333,37 @@ def test_older_files_with_a_shared_tensor_stored_twice_still_load() -> None:
     x = torch.randn(2, 6)
     with torch.no_grad():
         assert torch.equal(fresh(x), m(x)) and fresh.b.bias is fresh.a.bias
+
+
+class _FrozenTable(nn.Module):
+    """A fixed (sinusoidal-style) position table frozen with requires_grad_(False), as Whisper's encoder has, next
+    to trainable layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(16, 8)
+        self.pos.requires_grad_(False)
+        self.tok = nn.Embedding(10, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.tok(ids) + self.pos(torch.arange(ids.shape[-1])))
+
+
+def test_frozen_weights_stay_dense_by_default_and_are_masked_when_targeted(tmp_path: Path) -> None:
+    """A weight the model freezes (requires_grad=False: a fixed table, not a learned one) keeps its values by
+    default, said in the dense report without a warning; naming it in targets masks it."""
+    model = _FrozenTable()
+    table = model.pos.weight.detach().clone()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pemn.convert_(model, PEMNConfig(ratio=0.5))
+    assert set(pemn.masked_weights(model)) == {"tok.weight", "head.weight"}
+    assert torch.equal(model.pos.weight, table) and not model.pos.weight.requires_grad
+    reasons = {t.name: t.reason for t in model.pemn_dense_report.large}
+    assert reasons["pos.weight"].startswith("frozen")
+    ids = torch.randint(0, 10, (2, 16))
+    loaded = pemn.load(pemn.save(model, tmp_path / "m.pemn"), _FrozenTable())
+    assert torch.equal(loaded.pos.weight, table) and torch.equal(loaded.eval()(ids), model.eval()(ids))
+    targeted = pemn.convert_(_FrozenTable(), PEMNConfig(ratio=0.5, targets=["Embedding", "Linear"]))
+    assert set(pemn.masked_weights(targeted)) == {"pos.weight", "tok.weight", "head.weight"}

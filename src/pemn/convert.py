@@ -143,6 +143,20 @@ def param_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]
     return slots
 
 
+FROZEN = ("frozen (requires_grad=False): a fixed table such as a sinusoidal position embedding keeps its values "
+          "(name it in targets to mask it)")
+
+
+def _frozen(module: nn.Module) -> bool:
+    """Whether every weight pemn would mask in ``module`` is frozen (``requires_grad=False``)."""
+    spec = lookup(module)
+    # _parameters, not getattr: reading a parametrized weight runs its parametrization (spectral_norm's power
+    # iteration updates buffers), and a refused module must be left as it was
+    weights = [module._parameters.get(w) for w in (spec[0].weights if spec is not None else ())]
+    weights = [w for w in weights if w is not None]
+    return bool(weights) and not any(w.requires_grad for w in weights)
+
+
 def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
             ) -> tuple[list[tuple[str, nn.Module]], dict[int, str]]:
     """The modules to mask, in ``named_modules`` order, and why each registered module left dense is.
@@ -185,6 +199,11 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
             cls, parent = type(module).__name__, lookup(module)[1].__name__  # type: ignore[index]
             dense_reason[id(module)] = (f"{OVERRIDES} {parent}'s forward (pemn.register_layer({cls}) masks it "
                                         "if that forward reads self.weight)")
+            continue
+        if config.targets is None and _frozen(module):
+            # a weight the model freezes is a fixed table (Whisper's sinusoidal positions...), not a learned one:
+            # by default it keeps its values (naming it in targets masks it)
+            dense_reason[id(module)] = FROZEN
             continue
         refusal = _refusal(name, module)
         if refusal:
@@ -523,7 +542,7 @@ def _reason(module: nn.Module, dense_reason: dict[int, str]) -> str:
     return "not selected"
 
 
-_USER_CHOICES = ("excluded", "not in targets", "vetoed by filter_fn")
+_USER_CHOICES = ("excluded", "not in targets", "vetoed by filter_fn", FROZEN)
 
 
 def dense_report(model: nn.Module, dense_reason: dict[int, str] | None = None) -> DenseReport:
