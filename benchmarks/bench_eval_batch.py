@@ -10,12 +10,13 @@ Prints JSON: per model, median seconds per batch size and images/s, and the rati
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import torch
 
 import pemn
-from _common import alternate, emit, machine, quick_flag
+from _common import alternate, emit, machine
 from pemn.training.evaluation import DEFAULT_EVAL_BATCH, evaluate
 from pemn.training.models import create_model
 
@@ -24,26 +25,20 @@ MODELS = {"convmixer-256-8": (3, 32), "resnet20": (3, 32), "lenet5": (1, 28)}
 BATCHES = (16, 32, 64, 128, 256, 512)
 
 
-def _values(argv: list[str], flag: str) -> list[str]:
-    if flag not in argv:
-        return []
-    out = []
-    for word in argv[argv.index(flag) + 1:]:
-        if word.startswith("--"):
-            break
-        out.append(word)
-    return out
-
-
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    quick = quick_flag(argv)
-    n, repeats = (64, 1) if quick else (1024, 3)
-    n = int((_values(argv, "--images") or [n])[0])
-    if _values(argv, "--threads"):
-        torch.set_num_threads(int(_values(argv, "--threads")[0]))
-    models = _values(argv, "--models") or (["lenet5"] if quick else list(MODELS))
-    batches = tuple(int(b) for b in _values(argv, "--batches")) or ((16, DEFAULT_EVAL_BATCH) if quick else BATCHES)
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test, not a measurement)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--images", type=int, default=None, help="images per evaluation (default: 1024; quick: 64)")
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=None)
+    p.add_argument("--batches", nargs="+", type=int, default=None)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    n = args.images or (64 if args.quick else 1024)
+    repeats = 1 if args.quick else 3
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    models = args.models or (["lenet5"] if args.quick else list(MODELS))
+    batches = tuple(args.batches or ((16, DEFAULT_EVAL_BATCH) if args.quick else BATCHES))
     if DEFAULT_EVAL_BATCH not in batches:
         batches = (*batches, DEFAULT_EVAL_BATCH)
     rows = []

@@ -122,10 +122,6 @@ _PICKLE_HINT = ("this looks like a pickle / torch.save file, not a pemn artifact
                 "(write artifacts with pemn.save)")
 
 
-def _version() -> str:
-    return __version__
-
-
 @dataclass
 class Artifact:
     """A parsed, integrity-checked artifact (before it is applied to any model)."""
@@ -290,7 +286,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
     metadata = {
         "format": FORMAT,
         "format_version": str(version),
-        "pemn_version": _version(),
+        "pemn_version": __version__,
         "torch_version": torch.__version__,
         "config": bank.config.to_json(),
         "coding": coding,
@@ -418,7 +414,7 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         raise FormatError(where + f"invalid format_version {version!r}")
     if int(version) > FORMAT_VERSION:
         raise FormatError(where + f"written by a newer pemn (format version {version}; this pemn "
-                    f"{_version()} reads up to {FORMAT_VERSION}); upgrade pemn")
+                    f"{__version__} reads up to {FORMAT_VERSION}); upgrade pemn")
     if int(version) < 1:
         raise FormatError(where + f"unknown format version {version}")
     try:

@@ -121,11 +121,6 @@ def _default_eval_batch() -> int | str:
         return "?"
 
 
-def _count(n: Any, noun: str) -> str:
-    """``1 epoch``, ``3 epochs`` (``? epochs`` when unknown)."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
 def _fmt_pct(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.2f} %"
 
@@ -255,8 +250,8 @@ def _report_train(cfg: Any, result: Any) -> None:
     nbytes = g(result, "artifact_bytes", None) or g(result, "weights_bytes", None)
     out_dir = g(result, "out_dir", None)
     _out("")
-    _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {_count(g(result, 'epochs_run', '?'), 'epoch')} "
-         f"in {float(g(result, 'seconds', 0) or 0):.1f} s")
+    epochs = _training("progress").plural(g(result, "epochs_run", "?"), "epoch")
+    _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {epochs} in {float(g(result, 'seconds', 0) or 0):.1f} s")
     _out(f"  artifact   {artifact}" + (f"  ({nbytes:,} bytes)" if isinstance(nbytes, int) else ""))
     if out_dir is not None:
         files = (sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and not p.name.startswith("."))
@@ -436,8 +431,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_subset is not None:
         images, labels = images[:args.eval_subset], labels[:args.eval_subset]
     model.to(device)
-    progress = _training("progress").Progress(True, int(labels.numel()), f"eval ({threads} CPU thread"
-                                              f"{'' if threads == 1 else 's'})", _err)
+    shown = _training("progress")
+    progress = shown.Progress(True, int(labels.numel()), f"eval ({shown.plural(threads, 'CPU thread')})", _err)
     try:
         acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
                                   batch_size=args.batch_size, device=device, progress=progress.update)

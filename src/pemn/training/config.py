@@ -532,7 +532,7 @@ def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
         saved = TrainConfig.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume takes the run's settings from {str(path)!r}, which cannot be read: "
-                         f"{_one_line_text(e)}") from None
+                         f"{e or type(e).__name__}") from None
     base = saved.to_dict()
     merged = TrainConfig.from_dict({**base, **given})
     asked = merged.to_dict()
@@ -549,9 +549,3 @@ def _flag_text(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
-
-
-def _one_line_text(e: BaseException) -> str:
-    return " ".join(str(e).split()) or type(e).__name__
-
-

@@ -70,7 +70,7 @@ from pemn.training.outputs import (
     write_json,
     write_metrics,
 )
-from pemn.training.progress import Progress, fmt_time
+from pemn.training.progress import Progress, fmt_time, plural
 from pemn.training.prune import prune_
 from pemn.training.runlock import RunLock
 from pemn.training.sample import lm_app
@@ -256,11 +256,6 @@ class _History:
     best_epoch: int = 0
     prior_seconds: float = 0.0  # of earlier sessions of a resumed run
     totals: _Totals = field(default_factory=_Totals)
-
-
-def _plural(n: int, noun: str) -> str:
-    """``1 epoch``, ``2 epochs``, ``1,000 images``."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def _default_log(message: str) -> None:
@@ -478,7 +473,7 @@ class _Run:
                            prior_seconds=float(state["elapsed"]), totals=totals)
         self.saved_at = (history.epoch, history.step)
         if history.epoch >= self.cfg.epochs:
-            self.log(f"resume: {str(path)!r} is of a finished run ({history.epoch}/{_plural(self.cfg.epochs, 'epoch')}"
+            self.log(f"resume: {str(path)!r} is of a finished run ({history.epoch}/{plural(self.cfg.epochs, 'epoch')}"
                      "); nothing left to train, writing its outputs again")
         elif history.step:
             self.log(f"resuming {str(path)!r} in epoch {history.epoch + 1}/{self.cfg.epochs} after step "
@@ -547,7 +542,7 @@ class _Run:
             c = bank.config
             variance = {(False, False): "paper", (True, False): "fan-in", (True, True): "fan-in-keep",
                         (False, True): "keep"}[(c.rescale, c.keep_scale)]
-            what = (f"{cfg.strategy}, {masked:,} masked weights from {_plural(bank.unique_values, 'prototype value')}, "
+            what = (f"{cfg.strategy}, {masked:,} masked weights from {plural(bank.unique_values, 'prototype value')}, "
                     f"keep {cfg.keep:g}, variance {variance}, {extra:,} trained extras")
             if cfg.keep_start is not None:
                 what += f"; keep annealed from {cfg.keep_start:g} over the first {cfg.keep_anneal:.0%} of steps"
@@ -563,16 +558,16 @@ class _Run:
         else:
             sizes = f"{self.data.train_x.shape[0]:,} train / {self.data.test_x.shape[0]:,} test images"
         self.log(f"pemn train: {cfg.model} on {cfg.dataset} ({sizes}); {what}")
-        length = (f"{_plural(self.total_steps, 'step')} ({self.steps:,} per epoch)" if cfg.steps is not None
-                  else f"{_plural(self.epochs, 'epoch')} x {_plural(self.steps, 'step')}")
+        length = (f"{plural(self.total_steps, 'step')} ({self.steps:,} per epoch)" if cfg.steps is not None
+                  else f"{plural(self.epochs, 'epoch')} x {plural(self.steps, 'step')}")
         self.log(f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, schedule "
                  f"{cfg.schedule}, augment {cfg.augment}, batch {cfg.batch_size}, {length}; "
                  f"device {self.device}{' (amp)' if self.amp else ''}, "
-                 f"{_plural(self.threads, 'CPU thread')}, world size {self.dist.world}; out {self.out}")
+                 f"{plural(self.threads, 'CPU thread')}, world size {self.dist.world}; out {self.out}")
         if cfg.eval_subset is not None or cfg.eval_every > 1:
             self.log(f"evaluation: {self.data.test_x.shape[0]:,} test images"
                      + (f" (--eval-subset {cfg.eval_subset})" if cfg.eval_subset is not None else "")
-                     + (f", every {_plural(cfg.eval_every, 'epoch')} and after the last" if cfg.eval_every > 1
+                     + (f", every {plural(cfg.eval_every, 'epoch')} and after the last" if cfg.eval_every > 1
                         else ""))
 
     def _batches(self, epoch: int) -> torch.Tensor:

@@ -6,7 +6,13 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["PLAIN_PROGRESS_EVERY", "Progress", "fmt_time"]
+__all__ = ["PLAIN_PROGRESS_EVERY", "Progress", "fmt_time", "plural"]
+
+
+def plural(n: object, noun: str) -> str:
+    """``1 epoch``, ``2 epochs``, ``1,000 images`` (a count that is not an int, such as ``?``, as it is)."""
+    count = f"{n:,}" if isinstance(n, int) and not isinstance(n, bool) else str(n)
+    return f"{count} {noun}{'' if n == 1 else 's'}"
 
 #: Seconds between plain progress lines inside an epoch (when there is no tqdm bar).
 PLAIN_PROGRESS_EVERY = 60.0
