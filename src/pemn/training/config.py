@@ -136,6 +136,15 @@ class TrainConfig:
     keep: float = _f(0.5, "fraction of each masked layer's weights that its mask keeps")
     keep_rounding: str = _f("exact", "kept count of a layer of n weights: exact (ceil(keep * n)) or paper (the "
                             "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)")
+    mask_sampling: str = _f("topk", "how the masks train: topk (edge-popup: the top keep of |scores| each step, the "
+                            "paper) or bernoulli (probabilistic masks: each step samples every weight with "
+                            "probability sigmoid(score + b), b making the expected keep exact; saved masks are the "
+                            "top keep of the scores)")
+    keep_rule: str = _f("uniform", "how keep is shared among the layers: uniform (every layer keeps keep, the paper) "
+                        "or erk (Erdos-Renyi-kernel: a layer's fraction proportional to sum(shape)/prod(shape), "
+                        "small layers keeping more, the model keeping keep of all its masked weights)")
+    gain: bool = _f(False, "a learned gain per output channel of every masked weight (one float each, stored in "
+                    "model.pemn as an extra): for networks without normalization layers")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
     paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, and the scores trained "
