@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,13 +77,13 @@ def _flag_kwargs(name: str, base: type) -> dict[str, Any]:
 
 
 def _check_dataset_name(name: str) -> None:
-    from pemn.training.data import list_datasets
+    from pemn.training.data import canonical_name
+    from pemn.training.errors import DatasetError
 
-    def norm(s: str) -> str:
-        return re.sub(r"[-_\s]", "", str(s).strip().lower())
-
-    if norm(name) not in {norm(n) for n in list_datasets()}:
-        raise UsageError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    try:
+        canonical_name(name)
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_model_name(name: str) -> None:
@@ -385,7 +384,9 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
 
 
 def _is_text(dataset: str | None) -> bool:
-    return dataset is not None and re.sub(r"[-_\s]", "", dataset.strip().lower()) == "text"
+    from pemn.training.data import find_dataset
+
+    return dataset is not None and find_dataset(dataset) == "text"
 
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
