@@ -259,7 +259,9 @@ def _report_train(cfg: Any, result: Any) -> None:
     val_loss = g(result, "val_loss", None)
     if val_loss is not None:  # a language model (dataset text)
         _out(f"  val loss   {float(val_loss):.4f} nats/char = {float(g(result, 'bits_per_char', 0.0)):.4f} bits/char "
-             f"after {g(result, 'steps_run', '?')} steps (the saved model, whole validation split)")
+             f"after {g(result, 'steps_run', '?')} steps (the saved model, "
+             + ("whole validation split)" if cfg.eval_subset is None else
+                f"first {cfg.eval_subset:,} validation characters: --eval-subset)"))
         _out(f"  accuracy   next character, final: {_fmt_pct(g(result, 'final_acc', None))}")
     else:
         _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
@@ -394,7 +396,8 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
 
     model, app = build_lm(args.artifact)
     corpus = load_text(args.data_dir, app["block_size"])
-    val = corpus.val if corpus.vocab == app["vocab"] else encode(decode(corpus.val, corpus.vocab), app["vocab"])
+    val = corpus.val if args.eval_subset is None else corpus.val[:args.eval_subset + 1]  # N predicted characters
+    val = val if corpus.vocab == app["vocab"] else encode(decode(val, corpus.vocab), app["vocab"])
     device = _device(args.device)
     m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=args.batch_size, device=device)
     if args.json:
@@ -777,7 +780,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: "
                    f"{_default_eval_batch()}, the training default)")
     p.add_argument("--eval-subset", type=int, default=None, metavar="N",
-                   help="evaluate the first N test images only")
+                   help="evaluate the first N test images only (a language model: the first N validation "
+                        "characters)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads (default: as pemn train, the idle CPUs, 1 to 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
