@@ -153,3 +153,58 @@ def test_text_eval_subset_is_honoured(tmp_path: Path) -> None:
     assert code == 0, err
     got = json.loads(out)
     assert got["characters"] == 20 and got["val_loss"] == result.val_loss
+
+
+# --------------------------------------------------------------------------------------------- 6. threads
+
+
+def _digits_run(tmp_path: Path, name: str = "img", *extra: str) -> Path:
+    from cli_run import run
+
+    out = tmp_path / name
+    code, _, err = run(["train", "--model", "tiny-mlp", "--strategy", "mask", "--epochs", "1", "--train-subset", "128",
+                        "--no-progress", "--device", "cpu", "--threads", "1", "--out", str(out), *extra])
+    assert code == 0, err
+    return out
+
+
+@pytest.mark.parametrize("command", ["sample", "export", "eval"])
+def test_every_command_takes_threads_with_the_load_aware_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   command: str) -> None:
+    """sample, export and eval run with --threads N, else with pemn train's default (dist.default_threads), and
+    give the caller's thread count back."""
+    import pemn.training.dist as dist
+    import pemn.training.export as export
+    import pemn.training.sample as sample
+    from cli_run import run
+
+    if command == "sample":
+        train(_text_cfg(tmp_path), log=quiet)
+        argv = ["sample", str(tmp_path / "run" / "model.pemn"), "--tokens", "5"]
+        module, name = sample, "sample_text"
+    else:
+        out = _digits_run(tmp_path)
+        argv = ([command, str(out / "model.pemn")] +
+                (["--format", "pt", "-o", str(tmp_path / "x.safetensors")] if command == "export" else []))
+        module, name = (export, "export_pt") if command == "export" else (dist, "set_threads")
+    seen: list[int] = []
+    original = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        got = original(*args, **kwargs)
+        seen.append(torch.get_num_threads())
+        return got
+
+    monkeypatch.setattr(module, name, spy)
+    monkeypatch.setattr(dist, "default_threads", lambda: 3)
+    before = torch.get_num_threads()
+    for flags, want in (([], 3), (["--threads", "2"], 2)):
+        code, _, err = run([*argv, *flags])
+        assert code == 0, err
+        assert seen[-1] == want and torch.get_num_threads() == before, (flags, seen)
+    code, _, err = run([*argv, "--threads", "0"])
+    assert code == 2 and err.strip() == "pemn: error: --threads must be >= 1, got 0"
+    from pemn.cli import build_parser
+
+    helptext = " ".join(build_parser()._subparsers._group_actions[0].choices[command].format_help().split())
+    assert "--threads N CPU threads (default: as pemn train" in helptext

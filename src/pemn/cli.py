@@ -120,6 +120,33 @@ def _default_eval_batch() -> int | str:
         return "?"
 
 
+#: The --threads help of every command that runs a model (train's comes from TrainConfig.threads).
+THREADS_HELP = "CPU threads (default: as pemn train, the idle CPUs, 1 to 4)"
+
+
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
+
+
+def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` run with torch's CPU threads at ``--threads N``, else pemn train's load-aware default
+    (:func:`pemn.training.dist.default_threads`), and the caller's count restored afterwards; the count used is
+    ``args.threads_used``."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.threads is not None and args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        args.threads_used, previous = _training("dist").set_threads(args.threads)
+        try:
+            return command(args)
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
+
+
 def _fmt_pct(x: Any) -> str:
     return "n/a" if x is None else f"{float(x):.2f} %"
 
@@ -417,10 +444,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     kind, app = _artifact_kind(Path(args.artifact))
     if args.batch_size is None:
         args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
-    for flag in ("batch_size", "eval_subset", "threads"):
+    for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    threads, _ = _training("dist").set_threads(args.threads)
+    threads = args.threads_used
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         if args.data_dir is None:  # the text folder of the run, when the file still sits in it
             data_dir = _run_config(Path(args.artifact)).get("data_dir")
@@ -782,11 +809,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-subset", type=int, default=None, metavar="N",
                    help="evaluate the first N test images only (a language model: the first N validation "
                         "characters)")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: as pemn train, the idle CPUs, 1 to 4)")
+    _add_threads_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
                        description="Rebuild the language model from its file (the vocabulary and context length "
@@ -800,8 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely characters only")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
+    _add_threads_flag(p)
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_sample)
+    p.set_defaults(func=_threaded(_cmd_sample))
 
     p = sub.add_parser("inspect", help="sizes and compression ratios of an artifact")
     p.add_argument("artifact", help="a .pemn artifact")
@@ -817,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked with onnxruntime when installed")
     p.add_argument("-o", "--output", default=None, help="output file (default: next to the artifact, "
                                                         "<stem>.dense.safetensors or <stem>.onnx)")
-    p.set_defaults(func=_cmd_export)
+    _add_threads_flag(p)
+    p.set_defaults(func=_threaded(_cmd_export))
 
     p = sub.add_parser("models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")
