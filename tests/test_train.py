@@ -254,10 +254,12 @@ def test_every_pemn_field_is_refused_for_dense(name):
 def test_paper_schedule_knots_exact():
     lr = 0.05
     for epochs in (1, 2, 3, 5, 7, 10, 25, 100):
-        knots = [0, epochs * 2 // 5, epochs * 4 // 5, epochs]
-        for t in np.linspace(0, epochs, 97).tolist() + [float(k) for k in knots] + [epochs + 1.0]:
-            expected = float(np.interp(t, knots, [0, lr, lr / 20, 0]))
-            assert schedule_lr("paper", lr, epochs, t) == expected, (epochs, t)
+        # the default: knots at 0.4 E and 0.8 E; --paper (whole_epoch_knots): the official code's whole epochs
+        for whole, knots in ((False, [0, epochs * 2 / 5, epochs * 4 / 5, epochs]),
+                             (True, [0, epochs * 2 // 5, epochs * 4 // 5, epochs])):
+            for t in np.linspace(0, epochs, 97).tolist() + [float(k) for k in knots] + [epochs + 1.0]:
+                expected = float(np.interp(t, knots, [0, lr, lr / 20, 0]))
+                assert schedule_lr("paper", lr, epochs, t, whole_epoch_knots=whole) == expected, (epochs, t)
     assert [schedule_lr("paper", lr, 100, t) for t in (0, 40, 80, 100)] == [0.0, lr, lr / 20, 0.0]
     assert [schedule_lr("paper", lr, 10, t) for t in (0, 4, 8, 10)] == [0.0, lr, lr / 20, 0.0]
     assert schedule_lr("paper", lr, 10, 2) == lr / 2
