@@ -208,3 +208,24 @@ def test_every_command_takes_threads_with_the_load_aware_default(tmp_path: Path,
 
     helptext = " ".join(build_parser()._subparsers._group_actions[0].choices[command].format_help().split())
     assert "--threads N CPU threads (default: as pemn train" in helptext
+
+
+# --------------------------------------------------------------------------------------------- 7. --resume of nothing
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_resume_of_nothing_is_one_line_and_writes_nothing(tmp_path: Path, where: str) -> None:
+    from cli_run import run
+
+    out = tmp_path / "TYPO"
+    if where == "empty":
+        out.mkdir()
+    code, stdout, err = run(["train", "--resume", "--out", str(out), "--no-progress", "--device", "cpu"])
+    assert code == 1 and stdout == "", stdout
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("pemn: error: --resume: nothing to resume in"), err
+    assert "check the --out folder" in lines[0] and "leave out --resume" in lines[0]
+    assert (not out.exists()) if where == "missing" else list(out.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="nothing to resume in"):  # the Python API says the same
+        train(resolve_config({"resume": True, "out": str(out), "progress": False, "device": "cpu"}), log=quiet)
+    assert (not out.exists()) if where == "missing" else list(out.iterdir()) == []

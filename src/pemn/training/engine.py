@@ -360,6 +360,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
     """
     cfg = TrainConfig.from_dict(cfg.to_dict())  # a validated private copy
+    if cfg.resume:
+        _check_resumable(Path(str(cfg.out)))
     if cfg.data_dir is not None:  # config.json must find the data from any working directory (pemn eval)
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     group = Dist()
@@ -371,6 +373,16 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         if run is not None:
             run.close()
         group.close()
+
+
+def _check_resumable(out: Path) -> None:
+    """FileNotFoundError (before anything is loaded or written) unless ``out`` holds a run to continue: its
+    checkpoint, or its ``config.json`` (a run stopped before its first checkpoint starts again with its settings)."""
+    if (out / CHECKPOINT_NAME).is_file() or (out / CONFIG_NAME).is_file():
+        return
+    why = "no such folder" if not out.exists() else f"it holds no {CHECKPOINT_NAME} or {CONFIG_NAME}"
+    raise FileNotFoundError(f"--resume: nothing to resume in {str(out)!r} ({why}); check the --out folder, or "
+                            "leave out --resume to start a new run there")
 
 
 class _Run:
@@ -466,7 +478,8 @@ class _Run:
     def _resume(self) -> _History:
         path = self.out / CHECKPOINT_NAME
         if not path.exists():
-            self.log(f"resume: no checkpoint in {str(self.out)!r}; starting from scratch")
+            self.log(f"resume: no checkpoint in {str(self.out)!r} yet (the run stopped before its first one); "
+                     "starting it again from scratch with its settings")
             return _History()
         state = load_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
                                 device=self.device, config=self.cfg.to_dict(), free_fields=RESUME_FREE_FIELDS)
