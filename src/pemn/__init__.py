@@ -23,6 +23,7 @@ from pemn.convert import (
 from pemn.errors import (
     ArchitectureMismatchError,
     ConversionError,
+    DatasetError,
     FormatError,
     PEMNError,
     PrototypeMismatchError,
@@ -75,12 +76,3 @@ __all__ = [
     "unwrap",
 ]
 
-
-def __getattr__(name: str) -> object:
-    """``pemn.DatasetError`` is the application's (:mod:`pemn.training.errors`), imported on first use so that
-    ``import pemn`` does not load the training stack."""
-    if name == "DatasetError":
-        from pemn.training.errors import DatasetError
-
-        return DatasetError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

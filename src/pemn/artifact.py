@@ -271,6 +271,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
         data = mask_coding.pack_bits(mask) if coding == "packed" else mask_coding.encode_entropy(mask, kept)
         payloads.append(np.ascontiguousarray(data, dtype=np.uint8))
         manifest.append({"name": name, "shape": list(mw.shape), "kept": kept, "bytes": int(data.size)})
+    _check_writable(manifest, bank.config)
     tensors["masks"] = torch.from_numpy(np.concatenate(payloads))
     if prototype == "values":
         protos = bank.prototypes()
@@ -502,6 +503,20 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
         total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest), config.keep_rounding)
         if not total <= sum(e["kept"] for e in manifest) <= total + len(manifest):
             raise FormatError(where + "corrupt artifact: the kept counts do not add up to the global budget")
+
+
+def _check_writable(manifest: list[dict[str, Any]], config: PEMNConfig) -> None:
+    """Refuse (before anything is written) masks that :func:`parse` would reject against ``config``."""
+    try:
+        _check_manifest(manifest, config, "")
+    except FormatError:
+        bad = next((e for e in manifest if not _kept_ok(e["kept"], math.prod(e["shape"]), config)), None)
+        what = (f"layer {bad['name']!r} keeps {bad['kept']:,} of {math.prod(bad['shape']):,} weights"
+                if bad is not None else f"the layers keep {sum(e['kept'] for e in manifest):,} weights in all")
+        raise FormatError(f"cannot save: {what}, but the model's config (keep {config.keep:g}, scope "
+                          f"{config.scope!r}, keep_rounding {config.keep_rounding!r}) gives another count, so the "
+                          "file could not be loaded; nothing was written. Change keep with pemn.set_keep_, "
+                          "never by editing a layer's kept count") from None
 
 
 def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:

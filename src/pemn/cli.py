@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -78,13 +77,13 @@ def _flag_kwargs(name: str, base: type) -> dict[str, Any]:
 
 
 def _check_dataset_name(name: str) -> None:
-    from pemn.training.data import list_datasets
+    from pemn.training.data import canonical_name
+    from pemn.training.errors import DatasetError
 
-    def norm(s: str) -> str:
-        return re.sub(r"[-_\s]", "", str(s).strip().lower())
-
-    if norm(name) not in {norm(n) for n in list_datasets()}:
-        raise UsageError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    try:
+        canonical_name(name)
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_model_name(name: str) -> None:
@@ -119,6 +118,33 @@ def _default_eval_batch() -> int | str:
         return int(_training("evaluation").DEFAULT_EVAL_BATCH)
     except UsageError:
         return "?"
+
+
+#: The --threads help of every command that runs a model (train's comes from TrainConfig.threads).
+THREADS_HELP = "CPU threads (default: as pemn train, the idle CPUs, 1 to 4)"
+
+
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
+
+
+def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` run with torch's CPU threads at ``--threads N``, else pemn train's load-aware default
+    (:func:`pemn.training.dist.default_threads`), and the caller's count restored afterwards; the count used is
+    ``args.threads_used``."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.threads is not None and args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        args.threads_used, previous = _training("dist").set_threads(args.threads)
+        try:
+            return command(args)
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
 
 
 def _fmt_pct(x: Any) -> str:
@@ -260,7 +286,9 @@ def _report_train(cfg: Any, result: Any) -> None:
     val_loss = g(result, "val_loss", None)
     if val_loss is not None:  # a language model (dataset text)
         _out(f"  val loss   {float(val_loss):.4f} nats/char = {float(g(result, 'bits_per_char', 0.0)):.4f} bits/char "
-             f"after {g(result, 'steps_run', '?')} steps (the saved model, whole validation split)")
+             f"after {g(result, 'steps_run', '?')} steps (the saved model, "
+             + ("whole validation split)" if cfg.eval_subset is None else
+                f"first {cfg.eval_subset:,} validation characters: --eval-subset)"))
         _out(f"  accuracy   next character, final: {_fmt_pct(g(result, 'final_acc', None))}")
     else:
         _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
@@ -383,7 +411,9 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
 
 
 def _is_text(dataset: str | None) -> bool:
-    return dataset is not None and re.sub(r"[-_\s]", "", dataset.strip().lower()) == "text"
+    from pemn.training.data import find_dataset
+
+    return dataset is not None and find_dataset(dataset) == "text"
 
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
@@ -393,7 +423,8 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
 
     model, app = build_lm(args.artifact)
     corpus = load_text(args.data_dir, app["block_size"])
-    val = corpus.val if corpus.vocab == app["vocab"] else encode(decode(corpus.val, corpus.vocab), app["vocab"])
+    val = corpus.val if args.eval_subset is None else corpus.val[:args.eval_subset + 1]  # N predicted characters
+    val = val if corpus.vocab == app["vocab"] else encode(decode(val, corpus.vocab), app["vocab"])
     device = _device(args.device)
     m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=args.batch_size, device=device)
     if args.json:
@@ -413,10 +444,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     kind, app = _artifact_kind(Path(args.artifact))
     if args.batch_size is None:
         args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
-    for flag in ("batch_size", "eval_subset", "threads"):
+    for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    threads, _ = _training("dist").set_threads(args.threads)
+    threads = args.threads_used
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         if args.data_dir is None:  # the text folder of the run, when the file still sits in it
             data_dir = _run_config(Path(args.artifact)).get("data_dir")
@@ -776,12 +807,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: "
                    f"{_default_eval_batch()}, the training default)")
     p.add_argument("--eval-subset", type=int, default=None, metavar="N",
-                   help="evaluate the first N test images only")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: as pemn train, the idle CPUs, 1 to 4)")
+                   help="evaluate the first N test images only (a language model: the first N validation "
+                        "characters)")
+    _add_threads_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
                        description="Rebuild the language model from its file (the vocabulary and context length "
@@ -795,8 +826,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely characters only")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
+    _add_threads_flag(p)
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_sample)
+    p.set_defaults(func=_threaded(_cmd_sample))
 
     p = sub.add_parser("inspect", help="sizes and compression ratios of an artifact")
     p.add_argument("artifact", help="a .pemn artifact")
@@ -812,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked with onnxruntime when installed")
     p.add_argument("-o", "--output", default=None, help="output file (default: next to the artifact, "
                                                         "<stem>.dense.safetensors or <stem>.onnx)")
-    p.set_defaults(func=_cmd_export)
+    _add_threads_flag(p)
+    p.set_defaults(func=_threaded(_cmd_export))
 
     p = sub.add_parser("models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")

@@ -9,6 +9,7 @@ of them reference, masked only if every one of its users is; everything is check
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import re
@@ -284,9 +285,11 @@ def set_keep_(model: nn.Module, keep: float) -> nn.Module:
     """Change a converted, training model's kept fraction to ``keep`` in place (keep annealing).
 
     Each layer then keeps :func:`~pemn.kept_count` ``(keep, numel)`` weights (``scope="global"``: the model-wide
-    budget), and with ``keep_scale`` its slice is scaled by ``1 / sqrt(keep)``. The config (what
-    :func:`pemn.save` records) keeps its own ``keep``: set it back to ``config.keep`` before saving, which
-    restores exactly the counts and scales of :func:`convert_`. Frozen masks cannot change (ValueError).
+    budget), and with ``keep_scale`` its slice is scaled by ``1 / sqrt(keep)``. The model's config (what
+    :func:`pemn.save` records and :func:`pemn.load` rebuilds from) takes the new ``keep`` too, so the model is
+    exactly what :func:`convert_` with that keep gives and a save at any keep loads bit-identically; setting
+    the first keep back restores the counts and scales of the conversion (the prototype does not depend on
+    keep). Frozen masks cannot change (ValueError).
     """
     if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
         raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")
@@ -294,7 +297,7 @@ def set_keep_(model: nn.Module, keep: float) -> nn.Module:
     bank = find_bank(model)
     if any(mw.frozen for mw in mws.values()):
         raise ValueError("set_keep_ needs trainable scores: this model's masks are frozen")
-    config = bank.config
+    config = bank.config = dataclasses.replace(bank.config, keep=float(keep))
     if bank.global_topk is not None:
         bank.global_topk.total_kept = kept_count(keep, sum(mw.numel for mw in mws.values()), config.keep_rounding)
         bank.global_topk._key = None

@@ -208,9 +208,9 @@ def image_app(model_name: str, info: DatasetInfo, data_dir: str | os.PathLike[st
                            "scale": 1 / 255, "mean": [float(m) for m in info.mean],
                            "std": [float(s) for s in info.std]}
     if info.name == "imagefolder" and data_dir is not None:
-        from pemn.training.data import _imagefolder_classes
+        from pemn.training.data.folders import imagefolder_classes
 
-        pre["classes"] = _imagefolder_classes(Path(data_dir))
+        pre["classes"] = imagefolder_classes(Path(data_dir))
     return {"kind": IMAGE_APP_KIND, "model": model_name,
             "model_args": {"num_classes": info.num_classes, "in_channels": info.in_channels,
                            "image_size": info.image_size},

@@ -14,7 +14,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-import pemn
+from pemn._version import __version__
 from pemn.errors import FormatError
 from pemn.fileio import atomic_write_bytes
 from pemn.stfile import save_bytes
@@ -106,7 +106,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     state = {**state, "optimizer": opt_meta, "scaler": scaler.state_dict() if scaler is not None else None}
     metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION),
-                "pemn_version": pemn.__version__, "torch_version": torch.__version__,
+                "pemn_version": __version__, "torch_version": torch.__version__,
                 "config": json.dumps(config), "state": json.dumps(state)}
     atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
     return path

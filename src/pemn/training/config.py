@@ -138,8 +138,9 @@ class TrainConfig:
                             "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
-    paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, and the scores trained "
-                     "at lr and weight_decay like any weight also under SGD (see score_settings)")
+    paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, the scores trained "
+                     "at lr and weight_decay like any weight also under SGD (see score_settings), and the paper "
+                     "schedule's knots at the official code's whole epochs E*2//5, E*4//5")
     variance: str = _f("auto", "variance correction of the prototype slices: auto (the measured best for the model's "
                        "family, see VARIANCE_DEFAULTS), paper (none: the official code), fan-in (= rescale) or "
                        "fan-in-keep (fan-in and 1/sqrt(keep))")
@@ -173,7 +174,8 @@ class TrainConfig:
     lr: float = _f(0.01, "peak learning rate")
     weight_decay: float = _f(0.0, "weight decay (applies to the scores too, as in the paper)")
     momentum: float = _f(0.9, "SGD momentum, or AdamW's beta1 (the gradient's running-average coefficient)")
-    schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E), cosine, constant")
+    schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E, in steps; --paper: "
+                                "at whole epochs), cosine, constant")
     augment: str = _f("none", "training augmentation: none, flip-crop (pad 4), flip-crop8 (pad 8: Tiny-ImageNet), "
                               "convmixer (torchvision's RandAugment per image) or convmixer-kornia (kornia's)")
     amp: bool | None = _f(None, "mixed precision (CUDA only; default: on for CUDA)")
@@ -195,8 +197,8 @@ class TrainConfig:
     progress: bool = _f(True, "show a progress bar (tqdm on a terminal) and progress lines")
     eval_batch_size: int = _f(DEFAULT_EVAL_BATCH, "batch size for test evaluation (on a CPU a few hundred beat "
                                                   "larger batches: benchmarks/bench_eval_batch.py)")
-    eval_subset: int | None = _f(None, "evaluate on the first N test images only (every epoch and the saved model; "
-                                 "quick runs)")
+    eval_subset: int | None = _f(None, "evaluate on the first N test images only (text: the first N validation "
+                                 "characters) every epoch and for the saved model (quick runs)")
     eval_every: int = _f(1, "evaluate the test split every K epochs (and always after the last one)")
     threads: int | None = _f(None, "CPU threads of torch (default: 1 when the CPUs are busy with other processes, "
                                    "else up to 4; see BENCHMARKS.md)")

@@ -82,11 +82,14 @@ __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume
 # --------------------------------------------------------------------------------------------- schedule
 
 
-def schedule_lr(schedule: str, lr: float, epochs: int, t: float) -> float:
+def schedule_lr(schedule: str, lr: float, epochs: int, t: float, *, whole_epoch_knots: bool = False) -> float:
     """The learning rate after ``t`` epochs (fractional) of an ``epochs``-long run.
 
-    ``"paper"``: the official PEMN code's ``np.interp(t, [0, E*2//5, E*4//5, E], [0, lr, lr/20, 0])`` with
-    ``t = epoch + (step + 1) / steps_per_epoch`` per iteration (same float ops as ``np.interp``).
+    ``"paper"``: ``np.interp(t, [0, 2E/5, 4E/5, E], [0, lr, lr/20, 0])`` with ``t = epoch + (step + 1) /
+    steps_per_epoch`` per iteration (same float ops as ``np.interp``): the knots fall at 0.4 E and 0.8 E, between
+    optimizer steps when E is not a multiple of 5, so a 1- or 2-epoch run still warms up to ``lr``.
+    ``whole_epoch_knots`` (``--paper``) puts them at the official code's whole epochs ``E*2//5`` and ``E*4//5``;
+    the two rules are identical whenever E is a multiple of 5 (every paper run).
     ``"cosine"``: ``lr * (1 + cos(pi * t / E)) / 2``. ``"constant"``: ``lr``.
     """
     if schedule == "constant":
@@ -95,7 +98,10 @@ def schedule_lr(schedule: str, lr: float, epochs: int, t: float) -> float:
         return 0.5 * lr * (1.0 + math.cos(math.pi * min(max(t / epochs, 0.0), 1.0)))
     if schedule != "paper":
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    xs = (0.0, float(epochs * 2 // 5), float(epochs * 4 // 5), float(epochs))
+    if whole_epoch_knots:
+        xs = (0.0, float(epochs * 2 // 5), float(epochs * 4 // 5), float(epochs))
+    else:  # 2E/5 and 4E/5 of exact integers: the same floats as E*2//5 and E*4//5 when 5 divides E
+        xs = (0.0, epochs * 2 / 5, epochs * 4 / 5, float(epochs))
     ys = (0.0, lr, lr / 20.0, 0.0)
     if t < xs[0]:
         return ys[0]
@@ -230,7 +236,9 @@ class _Data:
                 raise ValueError(f"train_subset {cfg.train_subset} leaves no full context of {cfg.block_size} "
                                  "characters to train on")
             empty = torch.zeros(0, dtype=torch.int64)
-            return cls(info, train, empty, corpus.val, empty, None, None, corpus)
+            # eval_subset N: the first N validation characters are predicted (from the N + 1 first ones)
+            val = corpus.val if cfg.eval_subset is None else corpus.val[:cfg.eval_subset + 1]
+            return cls(info, train, empty, val, empty, None, None, corpus)
         if cfg.download and group.enabled and not group.main:
             group.barrier()  # rank 0 downloads first
         x, y = load_dataset(cfg.dataset, cfg.data_dir, split="train", download=cfg.download)
@@ -352,6 +360,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
     """
     cfg = TrainConfig.from_dict(cfg.to_dict())  # a validated private copy
+    if cfg.resume:
+        _check_resumable(Path(str(cfg.out)))
     if cfg.data_dir is not None:  # config.json must find the data from any working directory (pemn eval)
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     group = Dist()
@@ -363,6 +373,16 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         if run is not None:
             run.close()
         group.close()
+
+
+def _check_resumable(out: Path) -> None:
+    """FileNotFoundError (before anything is loaded or written) unless ``out`` holds a run to continue: its
+    checkpoint, or its ``config.json`` (a run stopped before its first checkpoint starts again with its settings)."""
+    if (out / CHECKPOINT_NAME).is_file() or (out / CONFIG_NAME).is_file():
+        return
+    why = "no such folder" if not out.exists() else f"it holds no {CHECKPOINT_NAME} or {CONFIG_NAME}"
+    raise FileNotFoundError(f"--resume: nothing to resume in {str(out)!r} ({why}); check the --out folder, or "
+                            "leave out --resume to start a new run there")
 
 
 class _Run:
@@ -458,7 +478,8 @@ class _Run:
     def _resume(self) -> _History:
         path = self.out / CHECKPOINT_NAME
         if not path.exists():
-            self.log(f"resume: no checkpoint in {str(self.out)!r}; starting from scratch")
+            self.log(f"resume: no checkpoint in {str(self.out)!r} yet (the run stopped before its first one); "
+                     "starting it again from scratch with its settings")
             return _History()
         state = load_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
                                 device=self.device, config=self.cfg.to_dict(), free_fields=RESUME_FREE_FIELDS)
@@ -565,10 +586,20 @@ class _Run:
                  f"device {self.device}{' (amp)' if self.amp else ''}, "
                  f"{plural(self.threads, 'CPU thread')}, world size {self.dist.world}; out {self.out}")
         if cfg.eval_subset is not None or cfg.eval_every > 1:
-            self.log(f"evaluation: {self.data.test_x.shape[0]:,} test images"
+            self.log(f"evaluation: {self._eval_scope()}"
                      + (f" (--eval-subset {cfg.eval_subset})" if cfg.eval_subset is not None else "")
                      + (f", every {plural(cfg.eval_every, 'epoch')} and after the last" if cfg.eval_every > 1
                         else ""))
+
+    def _eval_scope(self) -> str:
+        """What each evaluation covers: ``359 test images``, ``the whole validation split`` or (a language model
+        under eval_subset) ``the first 20 of 33 validation characters``."""
+        if self.data.corpus is None:
+            return plural(self.data.test_x.shape[0], "test image")
+        predicted, whole = self.data.test_x.numel() - 1, self.data.corpus.val.numel() - 1
+        if predicted == whole:
+            return "the whole validation split"
+        return f"the first {predicted:,} of {whole:,} validation characters"
 
     def _batches(self, epoch: int) -> torch.Tensor:
         """This rank's share of the epoch's permutation (the same permutation on every rank)."""
@@ -591,8 +622,11 @@ class _Run:
         perm = self._batches(epoch) if data.corpus is None else None
         if start_step == 0:
             h.totals = _Totals()
-        epoch_images = min(self.shard, last * B) * self.dist.world
-        self.progress = Progress(cfg.progress and self.dist.main, epoch_images, f"epoch {epoch + 1}/{E}", self._log)
+        # what the loop counts: images, or a language model's predicted characters (block_size per window)
+        per_row, unit = (1, "image") if data.corpus is None else (cfg.block_size, "character")
+        epoch_total = min(self.shard, last * B) * self.dist.world * per_row
+        self.progress = Progress(cfg.progress and self.dist.main, epoch_total, f"epoch {epoch + 1}/{E}", self._log,
+                                 unit=unit)
         self.progress.done = int(h.totals.seen)
         t_epoch = time.perf_counter()
         self.model.train()
@@ -655,8 +689,9 @@ class _Run:
         """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
         cfg = self.cfg
         if cfg.steps is not None:
-            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
-        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
+            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step),
+                               whole_epoch_knots=cfg.paper)
+        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps, whole_epoch_knots=cfg.paper)
 
     def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
@@ -857,7 +892,7 @@ class _Run:
                 ratio += f", paper ratio {summary['paper_ratio']:.5f}"
             if corpus is not None:
                 self.log(f"done in {fmt_time(result.seconds)}: validation loss {self.lm['val_loss']:.4f} nats/char "
-                         f"({self.lm['bits_per_char']:.4f} bits/char, whole validation split, the saved model) after "
+                         f"({self.lm['bits_per_char']:.4f} bits/char, {self._eval_scope()}, the saved model) after "
                          f"{result.steps_run} steps. Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
             else:
                 self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {h.best_acc:.2f}% at epoch "
