@@ -35,6 +35,7 @@ RUNS = {  # kind -> the settings of a run that writes it
     "pemn": {"strategy": "rp", "ratio": 0.1},
     "dense": {"strategy": "dense"},
     "sparse": {"strategy": "dense", "prune": "magnitude", "compression": 0.9},
+    "quant": {"strategy": "dense", "quantize": "int4"},
 }
 
 

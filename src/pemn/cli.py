@@ -267,6 +267,8 @@ def _report_train(cfg: Any, result: Any) -> None:
         what += f" ({ratio}keep {pemn_cfg.keep:g})"
     if g(cfg, "prune", None):
         what += f", {cfg.prune} pruning of {100 * float(g(cfg, 'effective_compression', 0) or 0):g} % of the weights"
+    if g(cfg, "quantize", None):
+        what += f", weights {cfg.quantize}"
     summary = g(result, "summary", None) or {}
 
     def sv(name: str) -> Any:
@@ -548,6 +550,10 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     info: dict[str, Any] = {"path": str(path), "kind": kind.name, "file_bytes": path.stat().st_size,
                             "tensors": len(shapes), "stored_values": sum(numel.values()),
                             "metadata": {k: v for k, v in meta.items() if k != "manifest"}}
+    if kind.name == "quant":
+        from pemn.training.quantfile import quant_info
+
+        info["quantized"] = quant_info(path)
     if kind.name == "sparse" and "manifest" in meta:
         try:
             manifest = json.loads(meta["manifest"])
@@ -569,6 +575,14 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     _out(f"{info['tensors']} tensors, {info['stored_values']:,} stored values"
          + (f"; {info['kept_weights']:,} of {info['prunable_weights']:,} prunable weights survive "
             f"(sparsity {100 * info['sparsity']:.2f} %)" if info.get("sparsity") is not None else ""))
+    q = info.get("quantized")
+    if q is not None:
+        pruned = (f", {q['stored_codes']:,} survivors in {q['pruned_layers']} pruned layers"
+                  if q["pruned_layers"] else "")
+        _out(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at {q['bits_per_weight']:.3f} "
+             f"bits per weight ({', '.join(q['codings'])} codes{pruned}); bytes: codes {q['code_bytes']:,} + "
+             f"scales {q['scale_bytes']:,} + extras {q['extras_bytes']:,} = payload {q['payload_bytes']:,}; "
+             f"index and header {q['file_bytes'] - q['payload_bytes']:,}")
     for k in sorted(shapes):
         _out(f"  {k:<40} {'x'.join(map(str, shapes[k])) or 'scalar':<20} {dtypes[k]}")
     return 0
