@@ -526,9 +526,14 @@ def test_resume_checks(tmp_path):
         train(quick(tmp_path, epochs=2, lr=0.1, resume=True), log=quiet)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(quick(tmp_path, epochs=2), log=quiet)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):  # tests/test_first_use_2.py
+        train(quick(tmp_path, "fresh", epochs=1, resume=True), log=quiet)
+    # a run stopped before its first checkpoint (only its config.json) starts again with its settings
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.json").write_text(json.dumps(quick(tmp_path, "early", epochs=1).to_dict()))
     lines: list[str] = []
-    result = train(quick(tmp_path, "fresh", epochs=1, resume=True), log=lines.append)  # nothing to resume
-    assert result.epochs_run == 1 and any("starting from scratch" in line for line in lines)
+    result = train(quick(tmp_path, "early", epochs=1, resume=True), log=lines.append)
+    assert result.epochs_run == 1 and any("starting it again from scratch" in line for line in lines)
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):

@@ -40,6 +40,8 @@ from pemn.layers import (
 from pemn.prototype import PrototypeBank
 from pemn.registry import register_layer, unregister_layer
 from pemn.summary import PEMNSummary, summary
+from pemn.taskfile import save_task
+from pemn.taskset import active_task, add_task, delete_task, rename_task, set_task, tasks, using_task
 
 __all__ = [
     "ArchitectureMismatchError",
@@ -60,7 +62,10 @@ __all__ = [
     "PrototypeBank",
     "PrototypeMismatchError",
     "__version__",
+    "active_task",
+    "add_task",
     "convert_",
+    "delete_task",
     "dense_report",
     "freeze_masks",
     "kept_count",
@@ -68,11 +73,16 @@ __all__ = [
     "masked_weights",
     "materialize",
     "register_layer",
+    "rename_task",
     "save",
+    "save_task",
     "set_keep_",
+    "set_task",
     "summary",
+    "tasks",
     "tied_weights",
     "unregister_layer",
     "unwrap",
+    "using_task",
 ]
 
