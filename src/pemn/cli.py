@@ -350,6 +350,20 @@ def _run_config(artifact: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _use_recorded_data_dir(args: argparse.Namespace, dataset: str | None) -> None:
+    """The data folder of ``pemn eval``/``export``, one rule for every kind of file: ``--data-dir``, else the folder
+    the run recorded (the config.json beside the artifact) when ``dataset`` is the run's, else None
+    ($PEMN_DATA_DIR or ./data)."""
+    if getattr(args, "data_dir", None) is not None or dataset is None:
+        return
+    from pemn.training.data import find_dataset
+
+    cfg = _run_config(Path(args.artifact))
+    recorded, ran_on = cfg.get("data_dir"), cfg.get("dataset")
+    if isinstance(recorded, str) and isinstance(ran_on, str) and find_dataset(ran_on) == find_dataset(dataset):
+        args.data_dir = recorded
+
+
 def _fill_from_run_config(args: argparse.Namespace) -> None:
     """Default ``--model``/``--dataset`` from the ``config.json`` train wrote next to the artifact."""
     if args.model is not None and (args.dataset is not None or getattr(args, "num_classes", None) is not None):
@@ -359,8 +373,6 @@ def _fill_from_run_config(args: argparse.Namespace) -> None:
         args.model = cfg["model"]
     if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
         args.dataset = cfg["dataset"]
-        if getattr(args, "data_dir", None) is None and isinstance(cfg.get("data_dir"), str):
-            args.data_dir = cfg["data_dir"]
     if args.model is None:
         raise UsageError("give --model NAME (no config.json next to the artifact to take it from)")
 
@@ -385,6 +397,7 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
     try:
         if app is None:
             _fill_from_run_config(args)
+            _use_recorded_data_dir(args, args.dataset)
             shape, info = _shape_args(args)
             _check_model_name(args.model)
             model, _, _ = arts.load_model(path, model=args.model, shape=shape)
@@ -397,6 +410,7 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
         info = None
         if args.dataset is not None:
             _check_dataset_name(args.dataset)
+            _use_recorded_data_dir(args, args.dataset)
             data_dir = getattr(args, "data_dir", None)
             info = dataset_info(args.dataset, data_dir)
             if info.name == "imagefolder":  # its image size is the model's choice
@@ -451,9 +465,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     threads = args.threads_used
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
-        if args.data_dir is None:  # the text folder of the run, when the file still sits in it
-            data_dir = _run_config(Path(args.artifact)).get("data_dir")
-            args.data_dir = data_dir if isinstance(data_dir, str) else None
+        _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
     evaluation = _training("evaluation")
     device = _device(args.device)
