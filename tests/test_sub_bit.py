@@ -266,3 +266,25 @@ def test_a_gain_file_with_a_gainless_config_is_an_architecture_mismatch() -> Non
     gainless = dataclasses.replace(art, config=PEMNConfig(strategy="rp", ratio=0.1))
     with pytest.raises(pemn.errors.ArchitectureMismatchError, match="gain"):
         pemn.artifact.apply(gainless, _lenet())
+
+
+@pytest.mark.parametrize("kw", [{"keep_rule": "erk"}, {"gain": True}])
+def test_tasks_refuse_per_layer_shares_and_gains(kw: dict) -> None:
+    model = pemn.convert_(_lenet(), PEMNConfig(strategy="rp", ratio=0.1, keep=0.1, **kw))
+    with pytest.raises(pemn.errors.ConversionError, match="keep_rule='uniform' and gain=False"):
+        pemn.add_task(model, "second")
+
+
+@pytest.mark.parametrize(("kw", "rule"), [
+    ({"keep": 0.1}, "erk"),  # the sub-bit default: pemn train --keep 0.1 --coding entropy
+    ({"keep": 0.3}, "erk"),
+    ({"keep": 0.5}, "uniform"),  # the paper's setting stays as in RESULTS.md sections 1-5
+    ({"keep": 0.1, "paper": True}, "uniform"),
+    ({"keep": 0.1, "scope": "global"}, "uniform"),
+    ({"keep": 0.1, "keep_rule": "uniform"}, "uniform"),
+    ({"keep": 0.5, "keep_rule": "erk"}, "erk"),
+])
+def test_keep_rule_auto(tmp_path: Path, kw: dict, rule: str) -> None:
+    cfg = quick(tmp_path, **kw)
+    assert cfg.keep_rule == kw.get("keep_rule", "auto")
+    assert cfg.pemn_config().keep_rule == rule

@@ -549,7 +549,10 @@ def _check_writable(manifest: list[dict[str, Any]], config: PEMNConfig) -> None:
     try:
         _check_manifest(manifest, config, "")
     except FormatError:
-        bad = next((e for e in manifest if not _kept_ok(e["kept"], math.prod(e["shape"]), config)), None)
+        expected = (config.kept_counts([tuple(e["shape"]) for e in manifest]) if config.scope == "layer"
+                    else [e["kept"] for e in manifest])
+        bad = next((e for e, kept in zip(manifest, expected, strict=True)
+                    if e["kept"] != kept or not _kept_ok(e["kept"], math.prod(e["shape"]), config)), None)
         what = (f"layer {bad['name']!r} keeps {bad['kept']:,} of {math.prod(bad['shape']):,} weights"
                 if bad is not None else f"the layers keep {sum(e['kept'] for e in manifest):,} weights in all")
         raise FormatError(f"cannot save: {what}, but the model's config (keep {config.keep:g}, scope "
