@@ -4,7 +4,9 @@ save exactly its count."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 import pemn
+from cli_run import run
 from pemn.artifact import _check_manifest
 from pemn.config import PEMNConfig, kept_count, layer_keeps
 from pemn.layers import gain_key
@@ -111,6 +114,7 @@ def test_bernoulli_model_samples_in_training_and_saves_the_exact_top_k(strategy:
 # ------------------------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_bernoulli_run_is_seeded_and_saves_what_it_tested(tmp_path: Path) -> None:
     kw = {"keep": 0.1, "coding": "entropy", "mask_sampling": "bernoulli"}
     first = train(quick(tmp_path, "a", epochs=1, **kw), log=quiet)
@@ -288,3 +292,24 @@ def test_keep_rule_auto(tmp_path: Path, kw: dict, rule: str) -> None:
     cfg = quick(tmp_path, **kw)
     assert cfg.keep_rule == kw.get("keep_rule", "auto")
     assert cfg.pemn_config().keep_rule == rule
+
+
+# ------------------------------------------------------------------------------------------- the CLI
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [[], ["--gain", "--mask-sampling", "bernoulli"]])
+def test_cli_sub_bit_file_trains_evals_inspects_and_exports(tmp_path: Path, extra: list[str]) -> None:
+    out = tmp_path / "run"
+    code, stdout, err = run(["train", "--model", "tiny-mlp", "--dataset", "digits", "--epochs", "1", "--train-subset",
+                             "128", "--device", "cpu", "--no-progress", "--strategy", "rp", "--ratio", "0.1",
+                             "--keep", "0.1", "--coding", "entropy", *extra, "--out", str(out)])
+    assert code == 0, err
+    assert "keep 0.1 shared by erk" in stdout  # the sub-bit default
+    final = float(re.search(r"final epoch \(\d+\): ([0-9.]+) %", stdout).group(1))
+    code, text, err = run(["eval", str(out / "model.pemn"), "--json", "--device", "cpu"])
+    assert code == 0, err
+    assert round(json.loads(text)["accuracy"], 2) == final
+    code, text, err = run(["inspect", str(out / "model.pemn"), "--json"])
+    assert code == 0, err
+    code, _, err = run(["export", str(out / "model.pemn"), "--format", "pt", "-o", str(tmp_path / "x.safetensors")])
+    assert code == 0, err
