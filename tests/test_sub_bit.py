@@ -21,6 +21,7 @@ from pemn.layers import gain_key
 from pemn.masking import bernoulli_mask, keep_shift, topk_mask
 from pemn.prototype import slice_scale
 from pemn.training.engine import train
+from pemn.training.models import create_model
 from test_training_methods import quick, quiet
 
 STRATEGIES = [("mask", None), ("one_layer", None), ("mp", None), ("rp", 0.1)]
@@ -313,3 +314,18 @@ def test_cli_sub_bit_file_trains_evals_inspects_and_exports(tmp_path: Path, extr
     assert code == 0, err
     code, _, err = run(["export", str(out / "model.pemn"), "--format", "pt", "-o", str(tmp_path / "x.safetensors")])
     assert code == 0, err
+
+
+@pytest.mark.parametrize(("model", "kw", "gain"), [
+    ("lenet5", {"keep": 0.1}, True),  # no normalization layer, below one bit: gains on
+    ("lenet5", {"keep": 0.5}, False),
+    ("lenet5", {"keep": 0.1, "paper": True}, False),
+    ("lenet5", {"keep": 0.1, "gain": False}, False),
+    ("convmixer-64-4", {"keep": 0.1}, False),  # BatchNorm sets the scale
+    ("convmixer-64-4", {"keep": 0.5, "gain": True}, True),
+])
+def test_gain_auto(tmp_path: Path, model: str, kw: dict, gain: bool) -> None:
+    net = create_model(model, num_classes=10, in_channels=1, image_size=28)
+    cfg = quick(tmp_path, **kw)
+    assert cfg.pemn_config(net).gain is gain
+    assert cfg.pemn_config().gain is kw.get("gain", False)  # without the model: only an explicit gain

@@ -102,6 +102,9 @@ SGD_SCORE_LR_SCALE = 10.0
 #: was more accurate and smaller in every sub-bit run measured (RESULTS.md "Below one bit"); at keep 0.5, the
 #: paper's setting, runs stay as in RESULTS.md sections 1-5.
 KEEP_RULE_AUTO_BELOW = 0.5
+#: ``gain`` unset is on for these model families (:func:`model_family`) below :data:`KEEP_RULE_AUTO_BELOW` (not
+#: ``paper``): without a normalization layer nothing else sets a layer's output scale (RESULTS.md "Below one bit").
+GAIN_AUTO_FAMILIES = ("plain",)
 #: TrainConfig fields whose default ``"auto"`` is resolved by the application (so it differs from PEMNConfig's).
 AUTO_PEMN_FIELDS = ("keep_rule",)
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
@@ -151,8 +154,9 @@ class TrainConfig:
                         "erk (Erdos-Renyi-kernel: a layer's fraction proportional to sum(shape)/prod(shape), small "
                         "layers keeping more, the model keeping keep of all its masked weights) or auto (erk below "
                         "keep 0.5 with scope layer, else uniform; uniform with --paper: see KEEP_RULE_AUTO_BELOW)")
-    gain: bool = _f(False, "a learned gain per output channel of every masked weight (one float each, stored in "
-                    "model.pemn as an extra): for networks without normalization layers")
+    gain: bool | None = _f(None, "a learned gain per output channel of every masked weight (one float each, stored "
+                           "in model.pemn as an extra) (default: on for networks without normalization layers "
+                           "below keep 0.5, off otherwise and with --paper: see GAIN_AUTO_FAMILIES)")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
     paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, the scores trained "
@@ -348,6 +352,7 @@ class TrainConfig:
         fields["rescale"] = rescale if self.rescale is None else self.rescale
         fields["keep_scale"] = keep_scale if self.keep_scale is None else self.keep_scale
         fields["keep_rule"] = self.resolved_keep_rule()
+        fields["gain"] = self.resolved_gain(model)
         return PEMNConfig(**{**fields, "exclude": tuple(self.exclude or ())})
 
     def score_settings(self) -> tuple[float, float] | None:
@@ -368,6 +373,14 @@ class TrainConfig:
             return self.keep_rule
         sub_bit = self.keep < KEEP_RULE_AUTO_BELOW and self.scope == "layer" and not self.paper
         return "erk" if sub_bit else "uniform"
+
+    def resolved_gain(self, model: nn.Module | None = None) -> bool:
+        """``gain``, or when unset: on for a model of a :data:`GAIN_AUTO_FAMILIES` family below
+        :data:`KEEP_RULE_AUTO_BELOW` (not ``paper``; without ``model``, off)."""
+        if self.gain is not None:
+            return self.gain
+        return (model is not None and not self.paper and self.keep < KEEP_RULE_AUTO_BELOW
+                and model_family(model) in GAIN_AUTO_FAMILIES)
 
     def resolved_variance(self, model: nn.Module | None = None) -> str:
         """``variance``, with "auto" replaced by the model family's default (:data:`VARIANCE_DEFAULTS`)."""
