@@ -666,6 +666,66 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    """Post-training quantization of a dense model file: quantize, calibrate on training images, save, evaluate."""
+    import torch
+
+    from pemn.training.augment import build_eval_transform
+    from pemn.training.data import load_dataset
+    from pemn.training.quantfile import quant_info, save_quant
+    from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, post_training_quantize_
+
+    arts = _training("artifacts")
+    evaluation = _training("evaluation")
+    path = Path(args.artifact)
+    kind, app = _artifact_kind(path)
+    if kind.name != "dense":
+        raise UsageError(f"{path} is {kind.description}; pemn quantize takes a dense model.safetensors (a run of "
+                         "pemn train --strategy dense)")
+    out = Path(args.output) if args.output else path.with_name(f"{path.name.split('.')[0]}.{args.method}"
+                                                                   f"{arts.KINDS['quant'].filename[len('model'):]}")
+    if out.resolve() == path.resolve():
+        raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
+    language = (app or {}).get("kind") == "char-lm"
+    images = labels = transform = None
+    if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
+        model, _, _ = arts.load_model(path)
+    else:
+        model, _, info, _ = _artifact_model(args, app)
+        if info is None:
+            raise UsageError("give --dataset NAME (the model file does not say which data it was trained on)")
+        transform = build_eval_transform(info)
+        images, _ = load_dataset(info.name, args.data_dir, split="train", download=args.download)
+        if args.eval:
+            labels_split = load_dataset(info.name, args.data_dir, split="test", download=args.download)
+            test_images, labels = labels_split
+    device = torch.device("cpu")
+    dense_acc = None
+    if labels is not None:
+        dense_acc = evaluation.evaluate(model, test_images, labels, transform=transform, device=device)
+    n = post_training_quantize_(model.eval(), args.method, images, transform)
+    save_quant(model, out, args.method, extra_metadata=arts.app_metadata(app))
+    loaded, _, _ = arts.load_model(out)
+    acc = None
+    if labels is not None:
+        acc = evaluation.evaluate(loaded, test_images, labels, transform=transform, device=device)
+    q = quant_info(out)
+    used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
+    doc = {"artifact": str(path), "output": str(out), "method": args.method, "file_bytes": q["file_bytes"],
+           "payload_bytes": q["payload_bytes"], "bits_per_weight": q["bits_per_weight"],
+           "batchnorm_layers_calibrated": n, "calibration_images": used if n else 0,
+           "dense_accuracy": dense_acc, "accuracy": acc}
+    if args.json:
+        _out(json.dumps(doc))
+        return 0
+    _out(f"wrote {out} ({q['file_bytes']:,} bytes, {args.method}: {q['bits_per_weight']:.3f} bits per weight; "
+         + (f"BatchNorm statistics of {n} layers re-estimated on {used:,} training images)" if n
+            else "no BatchNorm to calibrate)"))
+    if acc is not None:
+        _out(f"test accuracy {acc:.2f} % (the dense file: {dense_acc:.2f} %, {path.stat().st_size:,} bytes)")
+    return 0
+
+
 def _export_preprocessing(app: dict[str, Any] | None, info: Any, shape: dict[str, int], data_dir: str | None
                           ) -> dict[str, Any]:
     """How inputs must be prepared for the exported model: what the artifact records (its ``app`` metadata), else
@@ -879,6 +939,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "<stem>.dense.safetensors or <stem>.onnx)")
     _add_threads_flag(p)
     p.set_defaults(func=_threaded(_cmd_export))
+
+    p = sub.add_parser("quantize", help="quantize a dense model file after training (ptq-int8/int4/int2)",
+                       description="Post-training quantization of a dense model.safetensors: every Conv/Linear/"
+                                   "Embedding weight per output channel, BatchNorm statistics re-estimated on "
+                                   "training images, written as a pemn-quant file; test accuracy before and after.")
+    _add_artifact_model_args(p, shape_flags=False)
+    p.add_argument("--method", required=True, choices=("ptq-int8", "ptq-int4", "ptq-int2"),
+                   help="the post-training method")
+    p.add_argument("-o", "--output", default=None,
+                   help="the quantized file (default: beside the input, e.g. model.ptq-int4.quant.safetensors)")
+    p.add_argument("--download", action="store_true", help="download missing dataset files")
+    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the dense and the quantized model on the test split (default: yes)")
+    _add_threads_flag(p)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=_threaded(_cmd_quantize))
 
     p = sub.add_parser("models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")
