@@ -547,6 +547,20 @@ def _mlp(*, num_classes: int, in_channels: int, image_size: int, hidden: int = 2
     )
 
 
+@register_model("mlp-<h1>-<h2>", listed=("mlp-300-100",))
+def _mlp_sized(*, h1: int, h2: int, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Two hidden ReLU layers of ``h1`` and ``h2`` units over the flattened image: ``mlp-300-100`` is LeNet-300-100
+    (784-300-100-10 on MNIST, the fully connected net of SupSup's Permuted-MNIST runs)."""
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_channels * image_size * image_size, h1),
+        nn.ReLU(),
+        nn.Linear(h1, h2),
+        nn.ReLU(),
+        nn.Linear(h2, num_classes),
+    )
+
+
 class LeNet5(nn.Module):
     """LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, FC 120/84/classes) adapted to the input size.
 
