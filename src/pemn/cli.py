@@ -274,6 +274,8 @@ def _report_train(cfg: Any, result: Any) -> None:
         what += f" ({ratio}keep {pemn_cfg.keep:g})"
     if g(cfg, "prune", None):
         what += f", {cfg.prune} pruning of {100 * float(g(cfg, 'effective_compression', 0) or 0):g} % of the weights"
+    if g(cfg, "quantize", None):
+        what += f", weights {cfg.quantize}"
     summary = g(result, "summary", None) or {}
 
     def sv(name: str) -> Any:
@@ -355,6 +357,20 @@ def _run_config(artifact: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _use_recorded_data_dir(args: argparse.Namespace, dataset: str | None) -> None:
+    """The data folder of ``pemn eval``/``export``, one rule for every kind of file: ``--data-dir``, else the folder
+    the run recorded (the config.json beside the artifact) when ``dataset`` is the run's, else None
+    ($PEMN_DATA_DIR or ./data)."""
+    if getattr(args, "data_dir", None) is not None or dataset is None:
+        return
+    from pemn.training.data import find_dataset
+
+    cfg = _run_config(Path(args.artifact))
+    recorded, ran_on = cfg.get("data_dir"), cfg.get("dataset")
+    if isinstance(recorded, str) and isinstance(ran_on, str) and find_dataset(ran_on) == find_dataset(dataset):
+        args.data_dir = recorded
+
+
 def _fill_from_run_config(args: argparse.Namespace) -> None:
     """Default ``--model``/``--dataset`` from the ``config.json`` train wrote next to the artifact."""
     if args.model is not None and (args.dataset is not None or getattr(args, "num_classes", None) is not None):
@@ -364,10 +380,15 @@ def _fill_from_run_config(args: argparse.Namespace) -> None:
         args.model = cfg["model"]
     if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
         args.dataset = cfg["dataset"]
-        if getattr(args, "data_dir", None) is None and isinstance(cfg.get("data_dir"), str):
-            args.data_dir = cfg["data_dir"]
     if args.model is None:
-        raise UsageError("give --model NAME (no config.json next to the artifact to take it from)")
+        path = str(args.artifact)
+        if _training("artifacts").kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
+            raise UsageError(f"{path} records no registry model (a file pemn.save wrote from your own model, with "
+                             f"no config.json of a pemn train run beside it): load it in Python with "
+                             f"pemn.load({path!r}, model) on a fresh instance of the model you saved; for a file of "
+                             "a registry model, give --model NAME")
+        raise UsageError(f"{path} records no registry model: give --model NAME (see pemn models), or load it in "
+                         "Python into the model it was saved from")
 
 
 _SHAPE_FLAGS = ("num_classes", "in_channels", "image_size")
@@ -390,6 +411,7 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
     try:
         if app is None:
             _fill_from_run_config(args)
+            _use_recorded_data_dir(args, args.dataset)
             shape, info = _shape_args(args)
             _check_model_name(args.model)
             model, _, _ = arts.load_model(path, model=args.model, shape=shape)
@@ -402,6 +424,7 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
         info = None
         if args.dataset is not None:
             _check_dataset_name(args.dataset)
+            _use_recorded_data_dir(args, args.dataset)
             data_dir = getattr(args, "data_dir", None)
             info = dataset_info(args.dataset, data_dir)
             if info.name == "imagefolder":  # its image size is the model's choice
@@ -495,9 +518,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
         return _cmd_eval_tasks(args, threads)
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
-        if args.data_dir is None:  # the text folder of the run, when the file still sits in it
-            data_dir = _run_config(Path(args.artifact)).get("data_dir")
-            args.data_dir = data_dir if isinstance(data_dir, str) else None
+        _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
     evaluation = _training("evaluation")
     device = _device(args.device)
@@ -594,6 +615,10 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     info: dict[str, Any] = {"path": str(path), "kind": kind.name, "file_bytes": path.stat().st_size,
                             "tensors": len(shapes), "stored_values": sum(numel.values()),
                             "metadata": {k: v for k, v in meta.items() if k != "manifest"}}
+    if kind.name == "quant":
+        from pemn.training.quantfile import quant_info
+
+        info["quantized"] = quant_info(path)
     if kind.name == "sparse" and "manifest" in meta:
         try:
             manifest = json.loads(meta["manifest"])
@@ -615,6 +640,14 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     _out(f"{info['tensors']} tensors, {info['stored_values']:,} stored values"
          + (f"; {info['kept_weights']:,} of {info['prunable_weights']:,} prunable weights survive "
             f"(sparsity {100 * info['sparsity']:.2f} %)" if info.get("sparsity") is not None else ""))
+    q = info.get("quantized")
+    if q is not None:
+        pruned = (f", {q['stored_codes']:,} survivors in {q['pruned_layers']} pruned layers"
+                  if q["pruned_layers"] else "")
+        _out(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at {q['bits_per_weight']:.3f} "
+             f"bits per weight ({', '.join(q['codings'])} codes{pruned}); bytes: codes {q['code_bytes']:,} + "
+             f"scales {q['scale_bytes']:,} + extras {q['extras_bytes']:,} = payload {q['payload_bytes']:,}; "
+             f"index and header {q['file_bytes'] - q['payload_bytes']:,}")
     for k in sorted(shapes):
         _out(f"  {k:<40} {'x'.join(map(str, shapes[k])) or 'scalar':<20} {dtypes[k]}")
     return 0

@@ -5,7 +5,8 @@ It trains a model from :mod:`pemn.training.models` on a dataset from :mod:`pemn.
 tensors, batched augmentation from :mod:`pemn.training.augment`) with one of the paper's methods:
 
 - ``strategy="dense"``: the ordinary model (optionally pruned at init with ``prune="random"|"magnitude"``,
-  the paper's "Random"/"Minimum" baselines, see :mod:`pemn.training.prune`);
+  the paper's "Random"/"Minimum" baselines, see :mod:`pemn.training.prune`; optionally quantized with
+  ``quantize``: trained with quantized weights, or quantized after training, see :mod:`pemn.training.quantize`);
 - ``"mask"``, ``"one_layer"``, ``"mp"``, ``"rp"``: the model is converted by :func:`pemn.convert_` and only
   its scores (plus biases / norms) are trained, as in the paper (weight decay applies to the scores too).
 
@@ -71,10 +72,14 @@ from pemn.training.outputs import (
     write_metrics,
 )
 from pemn.training.progress import Progress, fmt_time, plural
-from pemn.training.prune import prune_
+from pemn.training.prune import prune_, remove_pruning_
+from pemn.training.quantize import QAT_METHODS, calibrate_, quantize_
 from pemn.training.runlock import RunLock
 from pemn.training.sample import lm_app
 from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
+
+#: Post-training quantization re-estimates BatchNorm statistics on up to this many training images.
+PTQ_CALIBRATION_IMAGES = 4096
 
 __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume_command", "schedule_lr", "train"]
 
@@ -286,6 +291,8 @@ def _build_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
         compression = cfg.effective_compression
         assert compression is not None
         prune_(model, cfg.prune, compression, seed=cfg.seed, scope=cfg.prune_scope)
+    if cfg.quantize in QAT_METHODS:  # trained quantized; the survivors of a pruned model only
+        quantize_(model, cfg.quantize, remove_pruning_(model) if cfg.prune is not None else None)
     return model
 
 
@@ -555,6 +562,10 @@ class _Run:
             what = f"dense, {n:,} parameters"
             if cfg.prune:
                 what += f", {cfg.prune} pruning ({cfg.prune_scope}) of {cfg.effective_compression:.2%} at init"
+            if cfg.quantize in QAT_METHODS:
+                what += f", weights trained quantized ({cfg.quantize}, per output channel, straight-through)"
+            elif cfg.quantize:
+                what += f", weights quantized after training ({cfg.quantize}, per output channel)"
         else:
             mws = masked_weights(self.module)
             masked = sum(mw.numel for mw in mws.values())
@@ -808,6 +819,34 @@ class _Run:
         if self.dist.all_reduce_(stop).item() or hook:
             self._interrupt(epoch + 1, 0, self.stop.signum, written=True)
 
+    def _post_training_quantize(self) -> float | None:
+        """``quantize ptq-*``: quantize the trained model's weights, re-estimate its BatchNorm statistics on (up to
+        :data:`PTQ_CALIBRATION_IMAGES`) training images, evaluate it; returns the dense model's final accuracy (None
+        for every other run). Runs on every rank (the same images, so the same result)."""
+        cfg = self.cfg
+        if cfg.quantize is None or cfg.quantize in QAT_METHODS:
+            return None
+        dense_acc = self.history.metrics[-1]["test_acc"] if self.history.metrics else None
+        quantize_(self.module, cfg.quantize)
+        n = 0
+        if self.data.corpus is None:
+            images = self.data.train_x[:PTQ_CALIBRATION_IMAGES]
+            size = cfg.batch_size
+
+            def batches() -> Any:
+                for i in range(0, images.shape[0], size):
+                    x = images[i:i + size]
+                    yield self.data.eval_tf(x) if self.data.eval_tf is not None else x
+
+            n = calibrate_(self.module, batches)
+        self.quantized_acc = self._test_accuracy(f"test of the {cfg.quantize} model")
+        used = min(len(self.data.train_x), PTQ_CALIBRATION_IMAGES)
+        what = (f"BatchNorm statistics of {plural(n, 'layer')} re-estimated on {used:,} training images" if n
+                else "no BatchNorm to calibrate")
+        self.log(f"{cfg.quantize}: weights quantized per output channel ({what}): test accuracy "
+                 f"{self.quantized_acc:.2f}% (dense {'-' if dense_acc is None else f'{dense_acc:.2f}%'})")
+        return dense_acc if dense_acc is not None else float("nan")
+
     def _save_checkpoint(self, epoch: int, step: int) -> Path:
         path = self.out / CHECKPOINT_NAME
         if not self.dist.main:
@@ -842,10 +881,15 @@ class _Run:
         if cfg.keep_start is not None:
             self._set_keep(cfg.keep)  # the schedule ends at keep; this makes the saved counts exact regardless
         self._sync_buffers()
+        dense_acc = self._post_training_quantize()
         digest = state_digest(self.module)
         if not self.dist.all_equal(digest):
             raise RuntimeError("the ranks ended with different masks/weights; DDP should have kept them in sync")
         final_acc = h.metrics[-1]["test_acc"] if h.metrics else 0.0
+        best_acc, best_epoch = h.best_acc, h.best_epoch
+        if dense_acc is not None:  # the saved model is the quantized one, the only one: its accuracy is the run's
+            final_acc = best_acc = self.quantized_acc
+            best_epoch = len(h.metrics)
         path = self.out / self.kind.filename
         files: dict[str, Any] = {}
         summary: dict[str, Any] = {}
@@ -855,6 +899,8 @@ class _Run:
             app = lm_app(cfg.model, corpus.vocab, cfg.block_size) if corpus is not None else image_app(
                 cfg.model, self.data.info, cfg.data_dir)
             summary = self.kind.save(self.module, path, cfg, app=app)
+            if dense_acc is not None:
+                summary["dense_acc"] = dense_acc
             nbytes = path.stat().st_size
             files = {self.kind.path_field: path, **dict.fromkeys(self.kind.bytes_fields, nbytes)}
             with torch.random.fork_rng(devices=[]):  # the file alone rebuilds the model (its app metadata)
@@ -878,7 +924,7 @@ class _Run:
                          f"measured {final_acc:.2f}%")
         result = TrainResult(
             out_dir=self.out, artifact=files.get("artifact"), artifact_bytes=files.get("artifact_bytes"),
-            best_acc=h.best_acc, best_epoch=h.best_epoch, final_acc=final_acc, epochs_run=len(h.metrics),
+            best_acc=best_acc, best_epoch=best_epoch, final_acc=final_acc, epochs_run=len(h.metrics),
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
@@ -895,8 +941,8 @@ class _Run:
                          f"({self.lm['bits_per_char']:.4f} bits/char, {self._eval_scope()}, the saved model) after "
                          f"{result.steps_run} steps. Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
             else:
-                self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {h.best_acc:.2f}% at epoch "
-                         f"{h.best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
+                self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {best_acc:.2f}% at epoch "
+                         f"{best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
                          f"{final_acc:.2f}% (the saved model). Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
             if self.teacher_acc is not None:
                 self.log(f"teacher {cfg.teacher} ({self.teacher_name}): test accuracy {self.teacher_acc:.2f}%")
