@@ -266,17 +266,24 @@ def _specs(art: Any, names: list[str] | None, dataset: str | None) -> list[TaskS
     return [TaskSpec.from_app(t.name, t.app, dataset) for t in entries]
 
 
+def _open_tasks(path: str | Path, names: list[str] | None, dataset: str | None) -> tuple[list[TaskSpec], nn.Module]:
+    """The specs of the tasks ``names`` (default all) of a multi-task file and the model holding them all."""
+    path = Path(path)
+    art = read(path)
+    if not art.tasks:
+        raise ValueError(f"{path} holds a single model, not tasks; use pemn eval without --task / --all-tasks / "
+                         "--infer-task")
+    specs = _specs(art, names, dataset)
+    model, _, _ = load_model(path)
+    return specs, model
+
+
 def evaluate_tasks(path: str | Path, *, names: list[str] | None = None, dataset: str | None = None,
                    data_dir: str | None = None, download: bool = False, eval_subset: int | None = None,
                    batch_size: int = 256, splits: dict[str, _Split] | None = None) -> dict[str, float]:
     """Test accuracy (%) of every task (or ``names``) of the multi-task file at ``path``, each on its own data
     (rebuilt from the task's record: dataset, permutation, classes), loaded from the file into a fresh model."""
-    path = Path(path)
-    art = read(path)
-    if not art.tasks:
-        raise ValueError(f"{path} holds a single model, not tasks; evaluate it without --task / --all-tasks")
-    specs = _specs(art, names, dataset)
-    model, _, _ = load_model(path)
+    specs, model = _open_tasks(path, names, dataset)
     splits = {} if splits is None else splits
     out = {}
     for spec in specs:
@@ -297,12 +304,7 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
     beside the accuracy with ids."""
     from pemn.superpose import Superposition
 
-    path = Path(path)
-    art = read(path)
-    if not art.tasks:
-        raise ValueError(f"{path} holds a single model, not tasks: there is no task to infer")
-    specs = _specs(art, names, dataset)
-    model, _, _ = load_model(path)
+    specs, model = _open_tasks(path, names, dataset)
     sp = Superposition(model, [s.name for s in specs])
     splits: dict[str, _Split] = {}
     batches = identified = correct_ids = correct_free = seen = 0
