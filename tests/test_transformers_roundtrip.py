@@ -22,8 +22,8 @@ from pemn.artifact import read
 transformers = pytest.importorskip("transformers")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_any_model as table  # noqa: E402
-from test_any_model import one_thread  # noqa: E402, F401 (its autouse fixture: one torch thread here too)
 from cli_run import run  # noqa: E402
+from test_any_model import one_thread  # noqa: E402, F401 (its autouse fixture: one torch thread here too)
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ["bert", "gpt2", "llama", "t5"]

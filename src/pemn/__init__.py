@@ -23,6 +23,7 @@ from pemn.convert import (
 from pemn.errors import (
     ArchitectureMismatchError,
     ConversionError,
+    DatasetError,
     FormatError,
     PEMNError,
     PrototypeMismatchError,
@@ -39,6 +40,8 @@ from pemn.layers import (
 from pemn.prototype import PrototypeBank
 from pemn.registry import register_layer, unregister_layer
 from pemn.summary import PEMNSummary, summary
+from pemn.taskfile import save_task
+from pemn.taskset import active_task, add_task, delete_task, rename_task, set_task, tasks, using_task
 
 __all__ = [
     "ArchitectureMismatchError",
@@ -59,7 +62,10 @@ __all__ = [
     "PrototypeBank",
     "PrototypeMismatchError",
     "__version__",
+    "active_task",
+    "add_task",
     "convert_",
+    "delete_task",
     "dense_report",
     "freeze_masks",
     "kept_count",
@@ -67,20 +73,16 @@ __all__ = [
     "masked_weights",
     "materialize",
     "register_layer",
+    "rename_task",
     "save",
+    "save_task",
     "set_keep_",
+    "set_task",
     "summary",
+    "tasks",
     "tied_weights",
     "unregister_layer",
     "unwrap",
+    "using_task",
 ]
 
-
-def __getattr__(name: str) -> object:
-    """``pemn.DatasetError`` is the application's (:mod:`pemn.training.errors`), imported on first use so that
-    ``import pemn`` does not load the training stack."""
-    if name == "DatasetError":
-        from pemn.training.errors import DatasetError
-
-        return DatasetError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
