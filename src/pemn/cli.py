@@ -252,6 +252,13 @@ def _recipe_names() -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     cfg = _resolve(overrides, recipe=args.recipe, config_file=args.config)
+    if args.tasks is not None or args.base is not None:  # many tasks on one prototype (pemn.training.tasks)
+        if args.task is not None and args.base is None:
+            raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
+        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, log=_out)
+        return 0
+    if args.task is not None:
+        raise UsageError("--task NAME goes with --base FILE.pemn")
     result = _training("engine").train(cfg)
     if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
         _report_train(cfg, result)
@@ -460,17 +467,56 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_task_file(path: Path, kind: Any) -> bool:
+    from pemn.artifact import read
+
+    return kind.name == "pemn" and bool(read(path).tasks)
+
+
+def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
+    """``pemn eval FILE --task NAME`` / ``--all-tasks`` / ``--infer-task`` on a multi-task file: each task on its own
+    data (its dataset, permutation or classes, as the file records them)."""
+    tasks = _training("tasks")
+    names = args.task or None
+    common = {"names": names, "dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
+              "eval_subset": args.eval_subset}
+    if args.infer_task:
+        batch = args.batch_size if args.batch_size_given else 128
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, **common)
+        if args.json:
+            _out(json.dumps({"artifact": str(args.artifact), **r}))
+        else:
+            _out(f"{args.artifact}: task inference (one-shot, {r['tasks']} tasks, batches of {batch}): "
+                 f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
+                 f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
+                 f"({r['examples']:,} test images)")
+        return 0
+    accs = tasks.evaluate_tasks(args.artifact, batch_size=args.batch_size, **common)
+    mean = sum(accs.values()) / len(accs)
+    if args.json:
+        _out(json.dumps({"artifact": str(args.artifact), "tasks": accs, "mean_accuracy": mean}))
+    else:
+        for name, acc in accs.items():
+            _out(f"{name}: test accuracy {acc:.2f} %")
+        _out(f"{args.artifact}: {len(accs)} task{'s' if len(accs) != 1 else ''}, mean test accuracy {mean:.2f} % "
+             f"({threads} CPU thread{'s' if threads != 1 else ''})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pemn.training.augment import build_eval_transform
     from pemn.training.data import load_dataset
 
     kind, app = _artifact_kind(Path(args.artifact))
+    args.batch_size_given = args.batch_size is not None
     if args.batch_size is None:
         args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
     for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     threads = args.threads_used
+    if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
+        return _cmd_eval_tasks(args, threads)
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
@@ -877,6 +923,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "option has a flag; only the flags you type override the recipe / config file.")
     p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")
     p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
+    tasks = p.add_argument_group("many tasks on one prototype (one file, each task its masks and extras)")
+    tasks.add_argument("--tasks", default=None, metavar="KIND:N",
+                       help="train N tasks in sequence into OUT/model.pemn: permuted:N (N fixed pixel permutations "
+                            "of --dataset) or split:N (its classes cut into N groups, each task its own head)")
+    tasks.add_argument("--base", default=None, metavar="FILE.pemn",
+                       help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
+    tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -892,6 +945,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--task", action="append", default=None, metavar="NAME",
+                   help="multi-task file: evaluate this task on its own data (repeatable)")
+    p.add_argument("--all-tasks", action="store_true", help="multi-task file: evaluate every task (the default there)")
+    p.add_argument("--infer-task", action="store_true",
+                   help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
+                        "and report identification accuracy and accuracy without ids (batch size default 128)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
