@@ -273,3 +273,40 @@ def test_eval_finds_the_data_folder_the_run_recorded(tmp_path: Path, monkeypatch
     assert json.loads(stdout)["accuracy"] == final and json.loads(stdout)["examples"] == 12
     code, _, err = run(["eval", str(out / filename), "--data-dir", str(elsewhere), "--threads", "1"])
     assert code == 1 and str(elsewhere) in err  # an explicit --data-dir wins
+
+
+# --------------------------------------------------------------------------------------------- 9. not model files
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "inspect", "sample"])
+def test_a_checkpoint_is_named_with_the_model_file_to_use(tmp_path: Path, command: str) -> None:
+    from cli_run import run
+
+    out = _digits_run(tmp_path)
+    checkpoint = out / "checkpoint.safetensors"
+    argv = [command, str(checkpoint)] + (["--format", "pt"] if command == "export" else [])
+    code, stdout, err = run(argv)
+    assert code == 1 and stdout == "", stdout
+    assert err == (f"pemn: error: {checkpoint} is a training checkpoint (what pemn train --resume continues from), "
+                   f"not a model file: use {out / 'model.pemn'}\n")
+    # a run that has not finished yet has no model file: the message says how to finish it
+    (out / "model.pemn").unlink()
+    code, _, err = run(argv)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.strip().endswith(f"the run has not written it yet: finish it with pemn train --resume --out {out}")
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_a_file_of_the_users_own_model_says_how_to_load_it_in_python(tmp_path: Path, command: str) -> None:
+    import pemn
+    from cli_run import run
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    pemn.convert_(model, pemn.PEMNConfig(strategy="mask"))
+    path = tmp_path / "mine.pemn"
+    pemn.save(model, path)
+    code, stdout, err = run([command, str(path)] + (["--format", "pt"] if command == "export" else []))
+    assert code == 2 and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"pemn.load({str(path)!r}, model)" in lines[0], err
+    assert "records no registry model" in lines[0] and not lines[0].startswith("pemn: error: give --model")

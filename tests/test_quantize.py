@@ -291,3 +291,34 @@ def test_train_file_eval_inspect_export(tmp_path: Path, name: str) -> None:
     code, out, err = run(["export", str(path), "--format", "pt", "-o", str(tmp_path / "plain.safetensors")])
     assert code == 0, err
     assert "max abs diff vs the pemn model 0" in out
+
+
+@pytest.mark.parametrize("settings", [{"quantize": "int4"}, {"quantize": "ternary", "prune": "magnitude"},
+                                      {"quantize": "ptq-int4"}], ids=["qat", "deep-compression", "ptq"])
+def test_interrupted_quantized_run_resumes_to_the_same_file(tmp_path: Path, settings: dict[str, Any]) -> None:
+    from pemn.training.engine import TrainingInterrupted
+
+    def cfg(out: str, **extra: Any) -> Any:
+        return resolve_config({"model": "tiny-cnn", "dataset": "digits", "epochs": 2, "train_subset": 160,
+                               "batch_size": 32, "progress": False, "device": "cpu", "strategy": "dense",
+                               "out": str(tmp_path / out), **settings, **extra})
+
+    straight = train(cfg("a"), log=lambda _m: None)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg("b"), log=lambda _m: None, stop_after_step=7)
+    resumed = train(cfg("b", resume=True), log=lambda _m: None)
+    name = KINDS["quant"].filename
+    assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (straight.final_acc, straight.state_sha256) == (resumed.final_acc, resumed.state_sha256)
+
+
+def test_cli_says_in_one_line_what_is_wrong(tmp_path: Path) -> None:
+    code, _, err = run(["train", "--quantize", "int4", "--epochs", "1", "--out", str(tmp_path / "x")])
+    assert code != 0 and "needs strategy 'dense'" in err and "Traceback" not in err
+    code, _, err = run(["train", "--strategy", "dense", "--quantize", "int5", "--out", str(tmp_path / "y")])
+    assert code != 0 and "valid: binary, ternary, int2, int4, int8, ptq-int8" in err
+    bad = tmp_path / "model.quant.safetensors"
+    save_quant(_lenet("int8"), bad, "int8")
+    bad.write_bytes(bad.read_bytes()[:-10])
+    code, _, err = run(["inspect", str(bad)])
+    assert code != 0 and "FormatError" not in err and len(err.strip().splitlines()) == 1

@@ -374,7 +374,14 @@ def _fill_from_run_config(args: argparse.Namespace) -> None:
     if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
         args.dataset = cfg["dataset"]
     if args.model is None:
-        raise UsageError("give --model NAME (no config.json next to the artifact to take it from)")
+        path = str(args.artifact)
+        if _training("artifacts").kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
+            raise UsageError(f"{path} records no registry model (a file pemn.save wrote from your own model, with "
+                             f"no config.json of a pemn train run beside it): load it in Python with "
+                             f"pemn.load({path!r}, model) on a fresh instance of the model you saved; for a file of "
+                             "a registry model, give --model NAME")
+        raise UsageError(f"{path} records no registry model: give --model NAME (see pemn models), or load it in "
+                         "Python into the model it was saved from")
 
 
 _SHAPE_FLAGS = ("num_classes", "in_channels", "image_size")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from pemn._compat import module_fqn_filter
 from pemn._memory import release_freed_memory
 from pemn.config import PEMNConfig, kept_count
 from pemn.errors import ConversionError
@@ -41,7 +42,7 @@ from pemn.layers import (
 from pemn.prototype import Assignment, PrototypeBank, plan, slice_scale
 from pemn.registry import lookup, type_names
 
-FilterFn = Callable[[str, nn.Module], bool]
+FilterFn = Callable[[nn.Module, str], bool]  # torchao's order: filter_fn(module, fqn)
 _TRIM_AFTER = 1 << 20  # weights; below this, a layer's freed memory is not worth a trim
 #: a dense tensor at least this share of the model, left dense without being asked to, is warned about
 DENSE_WARN_SHARE = 0.01
@@ -183,7 +184,7 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
             if registered or excluded:
                 dense_reason[id(module)] = "excluded" if excluded else "not in targets"
             continue
-        if filter_fn is not None and not filter_fn(name, module):
+        if filter_fn is not None and not filter_fn(module, name):
             if registered:
                 dense_reason[id(module)] = "vetoed by filter_fn"
             continue
@@ -323,7 +324,8 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
     several layers becomes one masked weight they all hold (its fan-in by its first user's rule).
     A subclass of a registered type with its own ``forward`` is left dense (with a warning) when only the
     default targets ask for it, and refused when targeted explicitly; ``pemn.register_layer`` masks it.
-    ``filter_fn(name, module)`` can veto individual modules. Everything is checked first: on any
+    ``filter_fn(module, fqn)`` (torchao's order; the old ``(name, module)`` still works, deprecated) can veto
+    individual modules. Everything is checked first: on any
     :class:`ConversionError` the model is unchanged. Torch's global RNG is neither used nor changed.
 
     The model gets a :class:`DenseReport` of what stayed dense (``model.pemn_dense_report``, printed by
@@ -335,7 +337,7 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
     root = unwrap(model)
     if is_converted(root):
         raise ConversionError("this model is already converted by pemn; build a fresh model to convert again")
-    selected, dense_reason = _select(root, config, filter_fn)
+    selected, dense_reason = _select(root, config, module_fqn_filter(filter_fn))
     if not selected:
         skipped = [f"{n or '<root>'!r}: {dense_reason[id(m)]}" for n, m in root.named_modules()
                    if dense_reason.get(id(m), "").startswith(OVERRIDES)]

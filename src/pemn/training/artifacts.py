@@ -42,7 +42,7 @@ from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
 from pemn.stfile import save_bytes
 from pemn.summary import summary as pemn_summary
-from pemn.training.checkpoint import cpu_copy
+from pemn.training.checkpoint import CHECKPOINT_FORMAT, cpu_copy
 from pemn.training.errors import DatasetError
 from pemn.training.prune import load_sparse, pruning_masks, save_sparse
 from pemn.training.quantfile import QUANT_FORMAT, load_quant, quant_info, save_quant
@@ -196,8 +196,28 @@ def kind_of_file(path: str | os.PathLike[str]) -> ArtifactKind:
     if meta is None:
         pemn_read(path)  # not safetensors: pemn's loader says what the file is instead (FormatError)
         raise FormatError(f"{path}: not a safetensors file")  # pragma: no cover - pemn_read raised above
+    if meta.get("format") == CHECKPOINT_FORMAT:
+        raise FormatError(_not_a_model_file(path, meta))
     by_format = {k.format: k for k in KINDS.values()}
     return by_format.get(meta.get("format", ""), KINDS["dense"])
+
+
+def _not_a_model_file(checkpoint: Path, meta: dict[str, str]) -> str:
+    """What to use instead of a training checkpoint: the model file its run writes (named from the run's config
+    in the checkpoint), or, before the run has written it, how to finish the run."""
+    from pemn.training.config import TrainConfig
+    from pemn.training.engine import resume_command
+
+    try:
+        filename = kind_of(TrainConfig.from_dict(json.loads(meta["config"]))).filename
+    except (KeyError, TypeError, ValueError):  # a config this version cannot read: the usual kind
+        filename = KINDS["pemn"].filename
+    model_file = checkpoint.parent / filename
+    message = (f"{checkpoint} is a training checkpoint (what pemn train --resume continues from), not a model "
+               f"file: use {model_file}")
+    if not model_file.exists():
+        message += f"; the run has not written it yet: finish it with {resume_command(checkpoint.parent)}"
+    return message
 
 
 def read_app(path: str | os.PathLike[str], kind: ArtifactKind | None = None) -> dict[str, Any] | None:

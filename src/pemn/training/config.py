@@ -20,6 +20,7 @@ from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
 from pemn.config import PEMNConfig
+from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
 from pemn.training.augment import list_recipes
 from pemn.training.data import dataset_info
 from pemn.training.dist import parse_device
@@ -64,15 +65,13 @@ class Strategy:
     takes_fill: bool = False
 
 
-#: Every training strategy. The PEMN ones are :data:`pemn.config.STRATEGIES` (tests check that this table
-#: agrees with :class:`~pemn.PEMNConfig` on which take a ratio or a fill).
-STRATEGY_TABLE: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("dense", "Dense", pemn=False),
-    Strategy("mask", "Mask", pemn=True),
-    Strategy("one_layer", "One-layer", pemn=True),
-    Strategy("mp", "MP", pemn=True, takes_fill=True),
-    Strategy("rp", "RP", pemn=True, takes_ratio=True, takes_fill=True),
-)}
+#: Every training strategy: ``dense`` (the model's own weights), then the PEMN ones, as the core's
+#: :data:`pemn.strategies.STRATEGY_TABLE` says them (label, ratio, fill: written there once).
+STRATEGY_TABLE: dict[str, Strategy] = {
+    "dense": Strategy("dense", "Dense", pemn=False),
+    **{s.name: Strategy(s.name, s.label, pemn=True, takes_ratio=s.takes_ratio, takes_fill=s.takes_fill)
+       for s in CORE_STRATEGIES.values()},
+}
 TRAIN_STRATEGIES = tuple(STRATEGY_TABLE)
 PEMN_STRATEGIES = tuple(name for name, s in STRATEGY_TABLE.items() if s.pemn)
 OPTIMIZERS = ("adamw", "sgd")

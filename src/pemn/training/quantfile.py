@@ -326,6 +326,8 @@ def _state(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> tuple[
     scales = _tensor(tensors, "scales", torch.float16)
     floats = _tensor(tensors, "extras", torch.float32)
     ints = _tensor(tensors, "extras_int", torch.int64, optional=True)
+    if not bool(torch.isfinite(floats).all()):
+        raise FormatError("an extra (bias, norm) is not finite")
     state: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
     seen: set[str] = set()

@@ -159,20 +159,28 @@ def quantize_weight(w: torch.Tensor, method: str,
         codes = torch.sign(x).to(torch.int64) * kept
     else:
         q = code_range(m)[1]
-        amax = (a if keep is None else a * keep).amax(1)
-        best_err = torch.full_like(amax, float("inf"))
-        scales = _to_scale(amax / q)
-        for ratio in CLIP_RATIOS:
-            s = _to_scale(ratio * amax / q)
-            err = (x - s[:, None] * torch.clamp(torch.round(x / s[:, None]), -q, q)).square()
-            err = err.sum(1) if keep is None else (err * keep).sum(1)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            scales = torch.where(better, s, scales)
+        scales = _clip_scales(x, keep, q)
         codes = torch.clamp(torch.round(x / scales[:, None]), -q, q).to(torch.int64)
         if keep is not None:
             codes = codes * keep
     return codes.to(torch.int8).reshape(w.shape), scales
+
+
+def _clip_scales(x: torch.Tensor, keep: torch.Tensor | None, q: int) -> torch.Tensor:
+    """Per row, the scale ``ratio × max|x| / q`` (ratio from :data:`CLIP_RATIOS`, float16-rounded) whose codes
+    give the smallest squared error over the row (its ``keep`` positions); the first such ratio on ties. One ratio
+    at a time: all at once is 5x slower on a CPU (33 full-size temporaries leave the cache)."""
+    amax = (x.abs() if keep is None else x.abs() * keep).amax(1)
+    best_err = torch.full_like(amax, float("inf"))
+    scales = _to_scale(amax / q)
+    for ratio in CLIP_RATIOS:
+        s = _to_scale(ratio * amax / q)
+        err = (x - s[:, None] * torch.clamp(torch.round(x / s[:, None]), -q, q)).square()
+        err = err.sum(1) if keep is None else (err * keep).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        scales = torch.where(better, s, scales)
+    return scales
 
 
 def dequantize(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
