@@ -252,6 +252,13 @@ def _recipe_names() -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     cfg = _resolve(overrides, recipe=args.recipe, config_file=args.config)
+    if args.tasks is not None or args.base is not None:  # many tasks on one prototype (pemn.training.tasks)
+        if args.task is not None and args.base is None:
+            raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
+        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, log=_out)
+        return 0
+    if args.task is not None:
+        raise UsageError("--task NAME goes with --base FILE.pemn")
     result = _training("engine").train(cfg)
     if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
         _report_train(cfg, result)
@@ -460,17 +467,56 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_task_file(path: Path, kind: Any) -> bool:
+    from pemn.artifact import read
+
+    return kind.name == "pemn" and bool(read(path).tasks)
+
+
+def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
+    """``pemn eval FILE --task NAME`` / ``--all-tasks`` / ``--infer-task`` on a multi-task file: each task on its own
+    data (its dataset, permutation or classes, as the file records them)."""
+    tasks = _training("tasks")
+    names = args.task or None
+    common = {"names": names, "dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
+              "eval_subset": args.eval_subset}
+    if args.infer_task:
+        batch = args.batch_size if args.batch_size_given else 128
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, **common)
+        if args.json:
+            _out(json.dumps({"artifact": str(args.artifact), **r}))
+        else:
+            _out(f"{args.artifact}: task inference (one-shot, {r['tasks']} tasks, batches of {batch}): "
+                 f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
+                 f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
+                 f"({r['examples']:,} test images)")
+        return 0
+    accs = tasks.evaluate_tasks(args.artifact, batch_size=args.batch_size, **common)
+    mean = sum(accs.values()) / len(accs)
+    if args.json:
+        _out(json.dumps({"artifact": str(args.artifact), "tasks": accs, "mean_accuracy": mean}))
+    else:
+        for name, acc in accs.items():
+            _out(f"{name}: test accuracy {acc:.2f} %")
+        _out(f"{args.artifact}: {len(accs)} task{'s' if len(accs) != 1 else ''}, mean test accuracy {mean:.2f} % "
+             f"({threads} CPU thread{'s' if threads != 1 else ''})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pemn.training.augment import build_eval_transform
     from pemn.training.data import load_dataset
 
     kind, app = _artifact_kind(Path(args.artifact))
+    args.batch_size_given = args.batch_size is not None
     if args.batch_size is None:
         args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
     for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     threads = args.threads_used
+    if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
+        return _cmd_eval_tasks(args, threads)
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
@@ -666,6 +712,66 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    """Post-training quantization of a dense model file: quantize, calibrate on training images, save, evaluate."""
+    import torch
+
+    from pemn.training.augment import build_eval_transform
+    from pemn.training.data import load_dataset
+    from pemn.training.quantfile import quant_info, save_quant
+    from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, post_training_quantize_
+
+    arts = _training("artifacts")
+    evaluation = _training("evaluation")
+    path = Path(args.artifact)
+    kind, app = _artifact_kind(path)
+    if kind.name != "dense":
+        raise UsageError(f"{path} is {kind.description}; pemn quantize takes a dense model.safetensors (a run of "
+                         "pemn train --strategy dense)")
+    out = Path(args.output) if args.output else path.with_name(f"{path.name.split('.')[0]}.{args.method}"
+                                                                   f"{arts.KINDS['quant'].filename[len('model'):]}")
+    if out.resolve() == path.resolve():
+        raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
+    language = (app or {}).get("kind") == "char-lm"
+    images = labels = transform = None
+    if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
+        model, _, _ = arts.load_model(path)
+    else:
+        model, _, info, _ = _artifact_model(args, app)
+        if info is None:
+            raise UsageError("give --dataset NAME (the model file does not say which data it was trained on)")
+        transform = build_eval_transform(info)
+        images, _ = load_dataset(info.name, args.data_dir, split="train", download=args.download)
+        if args.eval:
+            labels_split = load_dataset(info.name, args.data_dir, split="test", download=args.download)
+            test_images, labels = labels_split
+    device = torch.device("cpu")
+    dense_acc = None
+    if labels is not None:
+        dense_acc = evaluation.evaluate(model, test_images, labels, transform=transform, device=device)
+    n = post_training_quantize_(model.eval(), args.method, images, transform)
+    save_quant(model, out, args.method, extra_metadata=arts.app_metadata(app))
+    loaded, _, _ = arts.load_model(out)
+    acc = None
+    if labels is not None:
+        acc = evaluation.evaluate(loaded, test_images, labels, transform=transform, device=device)
+    q = quant_info(out)
+    used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
+    doc = {"artifact": str(path), "output": str(out), "method": args.method, "file_bytes": q["file_bytes"],
+           "payload_bytes": q["payload_bytes"], "bits_per_weight": q["bits_per_weight"],
+           "batchnorm_layers_calibrated": n, "calibration_images": used if n else 0,
+           "dense_accuracy": dense_acc, "accuracy": acc}
+    if args.json:
+        _out(json.dumps(doc))
+        return 0
+    _out(f"wrote {out} ({q['file_bytes']:,} bytes, {args.method}: {q['bits_per_weight']:.3f} bits per weight; "
+         + (f"BatchNorm statistics of {n} layers re-estimated on {used:,} training images)" if n
+            else "no BatchNorm to calibrate)"))
+    if acc is not None:
+        _out(f"test accuracy {acc:.2f} % (the dense file: {dense_acc:.2f} %, {path.stat().st_size:,} bytes)")
+    return 0
+
+
 def _export_preprocessing(app: dict[str, Any] | None, info: Any, shape: dict[str, int], data_dir: str | None
                           ) -> dict[str, Any]:
     """How inputs must be prepared for the exported model: what the artifact records (its ``app`` metadata), else
@@ -841,6 +947,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "option has a flag; only the flags you type override the recipe / config file.")
     p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")
     p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
+    tasks = p.add_argument_group("many tasks on one prototype (one file, each task its masks and extras)")
+    tasks.add_argument("--tasks", default=None, metavar="KIND:N",
+                       help="train N tasks in sequence into OUT/model.pemn: permuted:N (N fixed pixel permutations "
+                            "of --dataset) or split:N (its classes cut into N groups, each task its own head)")
+    tasks.add_argument("--base", default=None, metavar="FILE.pemn",
+                       help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
+    tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
 
@@ -856,6 +969,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--task", action="append", default=None, metavar="NAME",
+                   help="multi-task file: evaluate this task on its own data (repeatable)")
+    p.add_argument("--all-tasks", action="store_true", help="multi-task file: evaluate every task (the default there)")
+    p.add_argument("--infer-task", action="store_true",
+                   help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
+                        "and report identification accuracy and accuracy without ids (batch size default 128)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
@@ -890,6 +1009,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "<stem>.dense.safetensors or <stem>.onnx)")
     _add_threads_flag(p)
     p.set_defaults(func=_threaded(_cmd_export))
+
+    p = sub.add_parser("quantize", help="quantize a dense model file after training (ptq-int8/int4/int2)",
+                       description="Post-training quantization of a dense model.safetensors: every Conv/Linear/"
+                                   "Embedding weight per output channel, BatchNorm statistics re-estimated on "
+                                   "training images, written as a pemn-quant file; test accuracy before and after.")
+    _add_artifact_model_args(p, shape_flags=False)
+    p.add_argument("--method", required=True, choices=("ptq-int8", "ptq-int4", "ptq-int2"),
+                   help="the post-training method")
+    p.add_argument("-o", "--output", default=None,
+                   help="the quantized file (default: beside the input, e.g. model.ptq-int4.quant.safetensors)")
+    p.add_argument("--download", action="store_true", help="download missing dataset files")
+    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the dense and the quantized model on the test split (default: yes)")
+    _add_threads_flag(p)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=_threaded(_cmd_quantize))
 
     p = sub.add_parser("models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")

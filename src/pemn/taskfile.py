@@ -93,6 +93,20 @@ class TaskEntry:
         return sum(e["kept"] for e in m) / max(1, sum(math.prod(e["shape"]) for e in m))
 
 
+def task_rows(art: Artifact) -> list[dict[str, Any]]:
+    """One row per task of a format-version-4 artifact: name, own head's classes, kept fraction, the bytes of its
+    masks, of its extras and in all (its tensors), and the order-0 entropy bound of its masks in bytes."""
+    from pemn.coding import entropy_bits
+
+    rows = []
+    for t in art.tasks:
+        bound = sum(entropy_bits(math.prod(e["shape"]), e["kept"]) for e in t.artifact.manifest) / 8
+        rows.append({"name": t.name, "classes": t.num_classes, "kept_fraction": t.kept_fraction,
+                     "mask_bytes": t.mask_bytes, "extras_bytes": t.data_bytes - t.mask_bytes,
+                     "data_bytes": t.data_bytes, "entropy_bound_bytes": math.ceil(bound), "app": t.app})
+    return rows
+
+
 def content(art: Artifact) -> dict[str, Any]:
     """The index content of a format-version-4 artifact (without ``meta``, which :func:`pemn.artifact.encode`
     adds)."""
