@@ -520,6 +520,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
+    if (app or {}).get("kind") == "transformers":
+        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
+                         "classifiers and character-level language models on their datasets. Evaluate it in "
+                         "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
     evaluation = _training("evaluation")
     device = _device(args.device)
     model, _shape, info, model_name = _artifact_model(args, app)
@@ -667,6 +671,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     kind, app = _artifact_kind(path)
     if (app or {}).get("kind") == "char-lm":
         raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
+    if (app or {}).get("kind") == "transformers":
+        return _export_transformers(args, path, app)
     suffix = ".onnx" if args.format == "onnx" else ".safetensors"
     out = Path(args.output) if args.output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "")
                                                                    + suffix)
@@ -709,6 +715,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
              f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
     else:
         _out(f"check: skipped ({result['reason']})")
+    return 0
+
+
+def _load_transformers(path: Path) -> Any:
+    """The transformers model a ``.pemn`` file records, rebuilt (:func:`pemn.load` with no model)."""
+    import pemn
+
+    try:
+        return pemn.load(path)
+    except ImportError as e:
+        raise RuntimeError(_one_line(e)) from None
+
+
+def _export_transformers(args: argparse.Namespace, path: Path, app: dict[str, Any]) -> int:
+    """A transformers model's dense export: ``save_pretrained`` of the materialized model into a directory,
+    checked by reloading it with ``from_pretrained`` (every tensor equal)."""
+    import torch
+
+    import pemn
+
+    if args.format != "pt":
+        raise UsageError(f"{path} holds a transformers {app['model']}; pemn export writes it as a transformers "
+                         "directory (--format pt). For ONNX, export pemn.materialize(pemn.load(FILE)) with "
+                         "torch.onnx.export or optimum, giving the inputs your task uses")
+    out = Path(args.output) if args.output else path.with_name(path.stem + ".dense")
+    if out.exists():
+        raise UsageError(f"the output {out} exists; give a new directory with -o (a transformers model exports "
+                         "as a save_pretrained directory: config.json + model.safetensors)")
+    dense = pemn.materialize(_load_transformers(path))
+    dense.save_pretrained(out)
+    back = type(dense).from_pretrained(out).eval()
+    mine, theirs = dense.state_dict(), back.state_dict()
+    differ = sorted(k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k]))
+    if differ or set(theirs) - set(mine):
+        from pemn.training.export import ExportError
+
+        raise ExportError(f"{out}: from_pretrained does not give back the exported model ({differ[:3]})")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    _out(f"wrote {out}/ ({size:,} bytes: a transformers save_pretrained directory, dense {app['model']})")
+    _out(f"check: transformers.{app['model']}.from_pretrained({str(out)!r}) gives back all {len(mine):,} tensors "
+         "exactly")
     return 0
 
 
@@ -833,7 +880,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     clash = sorted(GRID_KEYS & set(base))
     if clash:
         raise UsageError(f"--set {', '.join(clash)}: set by the sweep grid for every run; use the grid options "
-                         "(--strategies, --ratios, --keeps, --prune, --compressions, --out)")
+                         "(--strategies, --ratios, --keeps, --prune, --compressions, --quantize, --out)")
     for key in ("model", "dataset", "epochs", "data_dir"):
         value = getattr(args, key)
         if value is not None:
@@ -844,7 +891,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.seeds is not None and "seed" in base:
             raise ValueError("--seeds and --set seed=... disagree: give the seeds with --seeds only")
         points = build_grid(strategies=args.strategies, ratios=args.ratios, keeps=args.keeps, dense=args.dense,
-                            prune=args.prune, compressions=args.compressions, seeds=args.seeds)
+                            prune=args.prune, compressions=args.compressions, seeds=args.seeds,
+                            quantize=args.quantize, prune_quantize=args.prune_quantize, widths=args.widths)
     except ValueError as e:
         raise UsageError(_one_line(e)) from None
     # every point is resolved (and checked) before the first run
@@ -857,7 +905,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(_one_line(e)) from None
     _out(f"sweep: {len(points)} runs -> {args.out}/")
     report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
-                       log=_out, keep_going=args.keep_going, plot=not args.no_plot)
+                       log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x)
     _out(f"sweep: {len(report.rows)} run(s) done, {len(report.skipped)} already in {report.csv}"
          + (f", {len(report.failed)} failed" if report.failed else ""))
     if report.png is not None:
@@ -867,7 +915,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
         for r in summarize_seeds(read_rows(report.csv)):
-            what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression") if r[k])
+            what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression", "quantize",
+                                                     "width") if r[k])
             _out(f"  {what}: best {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f}  final {r['final_acc_mean']:.2f} "
                  f"± {r['final_acc_std']:.2f}  (seeds {r['seeds']})")
     for point, msg in report.failed:
@@ -914,6 +963,15 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"pruning baselines (default: {listed(grid.PRUNE_METHODS)}); give no value for none")
     parser.add_argument("--compressions", nargs="*", type=float, default=list(grid.DEFAULT_COMPRESSIONS), metavar="C",
                         help=f"pruning compressions (default: {listed(grid.DEFAULT_COMPRESSIONS)})")
+    parser.add_argument("--quantize", nargs="*", default=[], metavar="METHOD",
+                        help="quantized dense baselines (binary, ternary, int2, int4, int8 trained quantized; "
+                             "ptq-int8, ptq-int4, ptq-int2 after training; default: none)")
+    parser.add_argument("--prune-quantize", nargs="*", default=[], metavar="METHOD",
+                        help="Deep Compression baselines: each pruning baseline once more with its survivors "
+                             "quantized (ternary, int2, int4, int8; default: none)")
+    parser.add_argument("--widths", nargs="+", type=float, default=None, metavar="W",
+                        help="train every grid point at each width, a multiple of the model's (0.5: half the "
+                             "channels; 1: the model; folders <point>-w<W>; default: 1)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                         help="train every grid point once per seed (folders <point>-s<seed>) and write "
                              f"{grid.SEEDS_CSV_NAME}: mean ± std per setting (default: one run, the common seed)")
@@ -1027,7 +1085,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of strategies and baselines; write sweep.csv and sweep.png",
                        description="Train every combination in this process (one sub folder each), append a row "
                                    "to OUT/sweep.csv as each run ends (a re-run skips finished rows) and draw "
-                                   "OUT/sweep.png: accuracy vs size compression ratio, as in the paper.")
+                                   "OUT/sweep.png: accuracy vs file bytes with the Pareto front (--figure-x "
+                                   "ratio: vs the paper's size compression ratio).")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
     p.add_argument("--data-dir", default=None, help="dataset folder of every run (default: $PEMN_DATA_DIR or ./data)")
@@ -1040,6 +1099,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder (sweep.csv, sweep.png, one sub folder per run)")
     p.add_argument("--keep-going", action="store_true", help="log a failed run and go on instead of stopping")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
+    p.add_argument("--figure-x", choices=("bytes", "ratio"), default="bytes",
+                   help="sweep.png's x axis: the saved file's bytes (log scale, the Pareto front drawn; default) "
+                        "or the paper's size compression ratio")
     p.set_defaults(func=_cmd_sweep)
     for command in sub.choices.values():  # `--epoch 1` is not `--epochs 1`: options are spelled out in full
         command.allow_abbrev = False
