@@ -420,13 +420,13 @@ def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
     assert main([*args, "--seed", "4"]) == 0
     assert capsys.readouterr().out != a
     # unknown prompt character: one clear line
-    assert main(["sample", art, "--prompt", "First@"]) == 1
+    assert main(["sample", art, "--prompt", "First@"]) == 4  # the data: a character the model never saw
     err = capsys.readouterr().err
     assert err.startswith("pemn: error: character '@'") and "Traceback" not in err
     # a file that is no language model
     plain = tmp_path / "plain.pemn"
     pemn.save(pemn.convert_(nn.Sequential(nn.Linear(4, 3)), pemn.PEMNConfig()), plain)
-    assert main(["sample", str(plain)]) == 1
+    assert main(["sample", str(plain)]) == 3  # a model file that cannot be used
     assert "no language model" in capsys.readouterr().err
 
 
