@@ -20,15 +20,19 @@ demo: install
 
 test: install
 	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -q
 
 # The developer loop: everything but the tests marked slow (subprocesses, torchrun, ONNX, real-data runs).
 test-fast: install
 	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# ruff, then the import layers of .importlinter (the core never imports the application)
 lint: install
 	$(BIN)/ruff check src tests benchmarks examples scripts
+	$(BIN)/lint-imports --no-logo --no-cache
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

@@ -41,6 +41,12 @@ error, a load over ``--timeout`` seconds, an unpickled marker -- is a failure an
 generator, and safetensors' hash-ordered headers are canonicalised, so replays are byte-identical except
 for ``torch.save`` inputs, which carry a random serialization id).
 
+``--kind quant`` fuzzes the quantized-model files (``pemn train --quantize``, :mod:`pemn.training.quantfile`)
+the same way: eight quantized bases (binary, ternary, int2, int4, int8, ptq-int4 and two pruned Deep Compression
+files, packed and entropy-coded codes), the raw, container, tensor and foreign families plus their own metadata,
+index and codes / scales / extras mutations; a load that succeeds must give the base's outputs or hold exactly
+what a second, plain decoder reads from the file.
+
 Memory: the process's VmHWM (/proc/self/status) before and after the run and, where Linux lets the peak be
 reset (``/proc/self/clear_refs``), each load's own peak above the RSS it started from. An 8 GiB
 address-space limit (``--memory-limit-gib``) turns a runaway allocation into a MemoryError (a failure)
@@ -917,32 +923,36 @@ FAMILIES: dict[str, tuple[float, Mutator, bool]] = {
 }
 
 
-def make_input(seed: int, i: int, bases: list[Base]) -> tuple[Input, str]:
+def make_input(seed: int, i: int, bases: list[Base],
+               table: dict[str, tuple[float, Mutator, bool]] | None = None) -> tuple[Input, str]:
     """Input ``i`` of the run with ``seed`` (each input has its own generator, so any one can be replayed)."""
-    return mutate(random.Random(hashlib.sha256(f"{seed}:{i}".encode()).digest()), bases)
+    return mutate(random.Random(hashlib.sha256(f"{seed}:{i}".encode()).digest()), bases, table)
 
 
-def mutate(rng: random.Random, bases: list[Base]) -> tuple[Input, str]:
-    """A base artifact drawn by ``rng`` with one to three mutations; returns it and its first family."""
+def mutate(rng: random.Random, bases: list[Base],
+           table: dict[str, tuple[float, Mutator, bool]] | None = None) -> tuple[Input, str]:
+    """A base artifact drawn by ``rng`` with one to three mutations (of ``table``'s families, default
+    :data:`FAMILIES`); returns it and its first family."""
+    table = FAMILIES if table is None else table
     base = rng.choice(bases)
     data = base.data
     steps: list[str] = []
-    families = list(FAMILIES)
-    weights = [FAMILIES[f][0] for f in families]
+    families = list(table)
+    weights = [table[f][0] for f in families]
     first = rng.choices(families, weights)[0]
     family = first
     refreshable = True
     for k in range(rng.choice([1, 1, 1, 1, 2, 2, 3])):
         if k:
             family = rng.choices(families, weights)[0]
-        _, mutator, refreshable_family = FAMILIES[family]
+        _, mutator, refreshable_family = table[family]
         try:
             data, what = mutator(rng, data, bases)
         except Exception as e:  # a bug of this script, not of pemn: keep going, but say so
             data, what = m_bitflip(rng, data, bases)
             what = f"MUTATOR ERROR {e!r}; fell back to {what}"
         refreshable = refreshable and refreshable_family
-        steps.append(what if what.split(":")[0] in FAMILIES else f"{family}: {what}")
+        steps.append(what if what.split(":")[0] in table else f"{family}: {what}")
     refreshed = False
     if refreshable and rng.random() < REFRESH_PROBABILITY:
         fixed = refresh_integrity(data)
@@ -1082,6 +1092,7 @@ class Fuzzer:
         self.stats = Stats()
         self.models: dict[str, nn.Module] = {}  # a fresh model per kind, reused while failed loads leave it alone
         self.per_load_peak = reset_peak()
+        self.load: Callable[[Path, nn.Module], Any] = pemn.load
 
     def _model(self, kind: str) -> nn.Module:
         if kind not in self.models:
@@ -1118,7 +1129,7 @@ class Fuzzer:
         start = time.perf_counter()
         error: BaseException | None = None
         try:
-            pemn.load(self.path, model)
+            self.load(self.path, model)
         except LoadTimeout as e:
             error = e
         except FormatError as e:
@@ -1212,20 +1223,316 @@ class Fuzzer:
         return "wrong_load"
 
 
+# --------------------------------------------------------------------------------- quantized files (pemn-quant)
+#
+# The same harness for the quantized-model kind (pemn.training.quantfile, ``--kind quant``): bases are quantized
+# models (each method, Deep Compression's pruned survivors, packed and entropy-coded codes), mutated by the raw,
+# container, tensor and foreign families above and three of their own (metadata, the zlib JSON index, the codes /
+# scales / extras tensors). The file has no integrity hash, so nothing is refreshed: a load that succeeds passes if
+# the model gives the base's outputs bit for bit or holds exactly what an independent decoder
+# (:func:`quant_reference_state`) reads from the file.
+
+QUANT_SPECS: list[tuple[str, str, str, float | None]] = [  # (name, model, method, pruned fraction)
+    ("conv-binary", "conv_bn_linear", "binary", None),
+    ("conv-int4", "conv_bn_linear", "int4", None),
+    ("mha-ternary", "mha_packed", "ternary", None),
+    ("mha-int8", "mha_packed", "int8", None),
+    ("tinycnn-int2", "tiny_cnn", "int2", None),
+    ("tinycnn-ptq-int4", "tiny_cnn", "ptq-int4", None),
+    ("conv16-dc-ternary", "conv_bn16", "ternary", 0.8),
+    ("tinycnn-dc-int4", "tiny_cnn", "int4", 0.7),
+]
+QUANT_META_KEYS = ["format", "format_version", "method", "pemn_app"]
+QUANT_METHOD_VALUES = ["binary", "ternary", "int2", "int4", "int8", "ptq-int4", "int3", "", "BINARY"]
+
+
+def build_quant_base(name: str, kind: str, method: str, compression: float | None) -> Base:
+    """Quantize a fresh model (pruned first for Deep Compression), train it one step, save it."""
+    from pemn.training.prune import prune_, remove_pruning_
+    from pemn.training.quantfile import load_quant, save_quant
+    from pemn.training.quantize import quantize_
+
+    model = fresh_model(kind)
+    masks = None
+    if compression is not None:
+        prune_(model, "magnitude", compression)
+        masks = remove_pruning_(model)
+    quantize_(model, method, masks)
+    shape = MODELS[kind][1]
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(*shape, generator=g)
+    out = model(x)
+    y = torch.randint(0, out.shape[1], (out.shape[0],), generator=g)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    nn.functional.cross_entropy(out, y).backward()
+    opt.step()
+    with tempfile.TemporaryDirectory(prefix="pemn-fuzz-") as tmp:
+        path = Path(tmp) / "base.quant.safetensors"
+        save_quant(model, path, method, extra_metadata={"pemn_app": json.dumps({"model": kind})})
+        data = canonical(path.read_bytes())
+        path.write_bytes(data)
+        loaded = load_quant(path, fresh_model(kind))
+    x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict())
+
+
+def build_quant_bases() -> list[Base]:
+    return [build_quant_base(*spec) for spec in QUANT_SPECS]
+
+
+def _quant_index(p: Parts) -> Any:
+    return json.loads(zlib.decompress(p.tensors["index"].numpy().tobytes()))
+
+
+def _set_quant_index(p: Parts, index: Any, *, text: bytes | None = None) -> None:
+    raw = text if text is not None else json.dumps(index, separators=(",", ":")).encode()
+    p.tensors["index"] = uint8(zlib.compress(raw, 9))
+
+
+def m_quant_metadata(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    p = take_apart(data)
+    if p is None:
+        return m_container(rng, data, bases)
+    key = rng.choice(QUANT_META_KEYS)
+    op = rng.choice(["set", "set", "delete", "add"])
+    if op == "delete":
+        p.meta.pop(key, None)
+        return put_together(p), f"qmetadata: {key} deleted"
+    if op == "add":
+        p.meta[rng.choice(["zzz", "manifest", "integrity", "config"])] = rng.choice(["1", "", "{}", "x" * 100])
+        return put_together(p), "qmetadata: unknown key added"
+    value = {"format": rng.choice(["pemn", "pemn-sparse", "pt", "pemn-quant ", "", "PEMN-QUANT"]),
+             "format_version": rng.choice(["0", "2", "1.0", " 1", "", "01"]),
+             "method": rng.choice(QUANT_METHOD_VALUES),
+             "pemn_app": rng.choice(["{", "[]", "null", json.dumps({"model": 1})])}[key]
+    p.meta[key] = value
+    return put_together(p), f"qmetadata: {key} -> {value!r}"
+
+
+def m_quant_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    p = take_apart(data)
+    if p is None or "index" not in p.tensors:
+        return m_container(rng, data, bases)
+    try:
+        index = _quant_index(p)
+    except Exception:
+        return m_tensor(rng, data, bases)
+    op = rng.choice(["layer", "layer", "layer", "layer", "extra", "extra", "method", "reorder", "drop", "duplicate",
+                     "not_json", "not_zlib", "trailing", "bomb", "nested", "top"])
+    if not isinstance(index, dict):
+        return m_tensor(rng, data, bases)
+    layers, extras = index.get("layers", []), index.get("extras", [])
+    if not (isinstance(layers, list) and isinstance(extras, list)
+            and all(isinstance(e, dict) for e in [*layers, *extras])):
+        return m_tensor(rng, data, bases)
+    if op == "layer" and layers:
+        e = rng.choice(layers)
+        key = rng.choice(["name", "shape", "bits", "coding", "count", "kept", "nonzero", "bytes", "bytes", "zzz"])
+        if key == "shape":
+            e[key] = interesting_shape(rng, list(e.get("shape", [1])))
+        elif key == "bytes":
+            sizes = e.get("bytes")
+            sizes = list(sizes) if isinstance(sizes, list) and len(sizes) == 3 else [0, 0, 0]
+            i = rng.randrange(3)
+            sizes[i] = interesting_int(rng, sizes[i]) if rng.random() < 0.5 else sizes[i] + rng.choice([-1, 1, 4])
+            e[key] = rng.choice([sizes, sizes, sizes[:2], None, "0"])
+        elif key == "coding":
+            e[key] = rng.choice(["packed", "entropy", "Packed", None, 1])
+        elif key == "name":
+            e[key] = rng.choice(["", None, 0, "zzz", layers[0].get("name"), *(x.get("name") for x in extras[:1])])
+        else:
+            e[key] = interesting_int(rng, e.get(key) if isinstance(e.get(key), int) else 0)
+        _set_quant_index(p, index)
+        return put_together(p), f"qindex: {e.get('name')!r}.{key} -> {str(e.get(key))[:60]}"
+    if op == "extra" and extras:
+        e = rng.choice(extras)
+        key = rng.choice(["name", "shape", "dtype"])
+        e[key] = (interesting_shape(rng, list(e.get("shape", [1]))) if key == "shape" else
+                  rng.choice(["float16", "int64", "float32", "", None]) if key == "dtype" else
+                  rng.choice(["", None, "zzz", layers[0].get("name") if layers else "x"]))
+        _set_quant_index(p, index)
+        return put_together(p), f"qindex: extra {key} -> {str(e[key])[:60]}"
+    if op == "method":
+        index["method"] = rng.choice([*QUANT_METHOD_VALUES, None, 1])
+        _set_quant_index(p, index)
+        return put_together(p), f"qindex: method -> {index['method']!r}"
+    if op in ("reorder", "drop", "duplicate"):
+        lst = rng.choice([x for x in (layers, extras) if x] or [layers])
+        if op == "reorder" and len(lst) > 1:
+            i, j = rng.sample(range(len(lst)), 2)
+            lst[i], lst[j] = lst[j], lst[i]
+        elif op == "drop" and lst:
+            lst.pop(rng.randrange(len(lst)))
+        elif lst:
+            lst.append(copy.deepcopy(rng.choice(lst)))
+        _set_quant_index(p, index)
+        return put_together(p), f"qindex: entries {op}"
+    if op == "not_json":
+        _set_quant_index(p, None, text=rng.choice([b"{", b"", b"\xff\xfe", b"[1,2", b"NaN"]))
+        return put_together(p), "qindex: not JSON"
+    if op == "not_zlib":
+        p.tensors["index"] = uint8(rng.randbytes(rng.choice([0, 1, 16, 200])))
+        return put_together(p), "qindex: not zlib"
+    if op == "trailing":
+        p.tensors["index"] = uint8(zlib.compress(json.dumps(index).encode()) + rng.choice([b"\0", b"x" * 9]))
+        return put_together(p), "qindex: trailing bytes"
+    if op == "bomb" and rng.random() < ZLIB_BOMB_PROBABILITY * 10:
+        p.tensors["index"] = uint8(zlib_stream(b'{"method":"int4","layers":[', b" ", 80 << 20))
+        return put_together(p), "qindex: zlib bomb"
+    if op == "nested":
+        _set_quant_index(p, None, text=b"[" * 100_000 + b"]" * 100_000)
+        return put_together(p), "qindex: deep nesting"
+    if op == "top":
+        _set_quant_index(p, rng.choice([[], "x", 1, None, {"layers": layers}, {"extras": extras, "layers": {}}]))
+        return put_together(p), "qindex: top level replaced"
+    return m_tensor(rng, data, bases)
+
+
+def m_quant_tensor(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, str]:
+    p = take_apart(data)
+    if p is None:
+        return m_container(rng, data, bases)
+    op = rng.choice(["codes", "codes", "codes", "scales", "scales", "extras", "int_extras"])
+    if op == "codes" and "codes" in p.tensors and p.tensors["codes"].numel():
+        c = p.tensors["codes"].reshape(-1).clone()
+        i = rng.randrange(c.numel())
+        n = rng.choice([1, 1, 4, c.numel()])
+        c[i:i + n] = uint8(rng.randbytes(len(c[i:i + n])))
+        p.tensors["codes"] = c
+        return put_together(p), f"qtensor: codes[{i}:{i + n}] randomised"
+    if op == "scales" and p.tensors.get("scales", torch.zeros(0, dtype=torch.int8)).is_floating_point() \
+            and p.tensors["scales"].numel():
+        t = p.tensors["scales"].reshape(-1).clone()
+        i = rng.randrange(t.numel())
+        t[i] = rng.choice([float("nan"), float("inf"), -1.0, 0.0, 65504.0, 1e-7, 2.0])
+        p.tensors["scales"] = t
+        return put_together(p), f"qtensor: scales[{i}] -> {float(t[i])}"
+    if op == "extras" and p.tensors.get("extras", torch.zeros(0, dtype=torch.int8)).is_floating_point() \
+            and p.tensors["extras"].numel():
+        t = p.tensors["extras"].reshape(-1).clone()
+        i = rng.randrange(t.numel())
+        t[i] = rng.choice([float("nan"), float("inf"), -1.0, 0.0, 3.5])
+        p.tensors["extras"] = t
+        return put_together(p), f"qtensor: extras[{i}] -> {float(t[i])}"
+    if op == "int_extras":
+        p.tensors["extras_int"] = rng.choice([torch.arange(3), torch.zeros(0, dtype=torch.int64), torch.ones(2)])
+        return put_together(p), "qtensor: extras_int replaced"
+    return m_tensor(rng, data, bases)
+
+
+QUANT_FAMILIES: dict[str, tuple[float, Mutator, bool]] = {
+    "raw": (0.30, FAMILIES["raw"][1], False),
+    "container": (0.14, m_container, False),
+    "qmetadata": (0.10, m_quant_metadata, False),
+    "qindex": (0.18, m_quant_index, False),
+    "qtensor": (0.14, m_quant_tensor, False),
+    "tensor": (0.08, m_tensor, False),
+    "foreign": (0.06, m_foreign, False),
+}
+_QUANT_LEVELS = {"binary": (1, -1), "ternary": (2, -1), "int2": (2, -1), "int4": (4, -7), "int8": (8, -127)}
+
+
+def _bits_at(buf: bytes, i: int, bits: int) -> int:
+    """Code ``i`` of ``bits`` bits, least-significant first (the layout, read one code at a time)."""
+    return (buf[i * bits // 8] >> (i * bits % 8)) & ((1 << bits) - 1)
+
+
+def quant_reference_state(data: bytes) -> dict[str, torch.Tensor]:
+    """The state a quantized file describes, read by a second, plain decoder (a code at a time)."""
+    tensors = st_load(data)
+    index = json.loads(zlib.decompress(tensors["index"].numpy().tobytes()))
+    bits, low = _QUANT_LEVELS[index["method"].removeprefix("ptq-")]
+    blob = tensors["codes"].numpy().tobytes()
+    scales = tensors["scales"].float()
+    state: dict[str, torch.Tensor] = {}
+    at = row = 0
+    for e in index["layers"]:
+        shape, kept = e["shape"], e["kept"]
+        count = math.prod(shape)
+        n_pos, n_codes, n_signs = e["bytes"]
+        pos, codes, signs = blob[at:at + n_pos], blob[at + n_pos:at + n_pos + n_codes], \
+            blob[at + n_pos + n_codes:at + n_pos + n_codes + n_signs]
+        at += n_pos + n_codes + n_signs
+        keep = (mask_coding.decode_entropy(np.frombuffer(pos, np.uint8), count, kept) if n_pos
+                else np.ones(count, bool))
+        if e["coding"] == "packed":
+            values = [_bits_at(codes, i, bits) * 2 - 1 if bits == 1 and low == -1 and index["method"] == "binary"
+                      else _bits_at(codes, i, bits) + low for i in range(kept)]
+        else:
+            nz = mask_coding.decode_entropy(np.frombuffer(codes, np.uint8), kept, e["nonzero"])
+            sign_iter = iter(_bits_at(signs, j, 1) for j in range(e["nonzero"]))
+            values = [(1 if next(sign_iter) else -1) if z else 0 for z in nz]
+        full = torch.zeros(count)
+        full[torch.from_numpy(np.flatnonzero(keep))] = torch.tensor(values, dtype=torch.float32)
+        rows = shape[0] if shape else 1
+        state[e["name"]] = (scales[row:row + rows, None] * full.reshape(rows, -1)).reshape(shape)
+        row += rows
+    f = i = 0
+    for e in index["extras"]:
+        n = math.prod(e["shape"])
+        if e["dtype"] == "float32":
+            state[e["name"]] = tensors["extras"][f:f + n].reshape(e["shape"])
+            f += n
+        else:
+            state[e["name"]] = tensors["extras_int"][i:i + n].reshape(e["shape"])
+            i += n
+    return state
+
+
+class QuantFuzzer(Fuzzer):
+    """The fuzzer for quantized files: loads with :func:`pemn.training.quantfile.load_quant`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from pemn.training.quantfile import load_quant
+
+        super().__init__(*args, **kwargs)
+        self.load = load_quant
+
+    def _judge_success(self, i: int, inp: Input, model: nn.Module) -> str:
+        s = self.stats
+        s.loaded += 1
+        try:
+            out = run_model(model, inp.base.x)
+            same = out.dtype == inp.base.expected.dtype and torch.equal(out, inp.base.expected)
+        except Exception:
+            same = False
+        if same:
+            s.loaded_same_outputs += 1
+            return "loaded_same_outputs"
+        try:
+            want = quant_reference_state(inp.data)
+            mine = model.state_dict()
+            diff = "" if want.keys() == mine.keys() and all(
+                torch.equal(mine[k], want[k].to(mine[k].dtype)) for k in want) else "the state"
+            if any(not torch.isfinite(t).all() for t in mine.values() if t.is_floating_point()):
+                diff = "a weight or extra is not finite (the loader must refuse it)"
+        except Exception as e:
+            diff = f"could not re-read the file: {e!r}"
+        if not diff:
+            s.loaded_refreshed_edit_exact += 1
+            return "loaded_edit_exact"
+        s.wrong_loads += 1
+        self._fail(i, inp, "wrong load", f"the loaded model differs from the file in: {diff}")
+        return "wrong_load"
+
+
 def run(inputs: int, seed: int, *, timeout: float = 30.0, save_failures: Path | None = None,
-        bases: list[Base] | None = None, progress: bool = False) -> dict[str, Any]:
-    """Fuzz ``inputs`` inputs; returns the figures (see the module doc)."""
+        bases: list[Base] | None = None, progress: bool = False, kind: str = "pemn") -> dict[str, Any]:
+    """Fuzz ``inputs`` inputs of the file ``kind`` (``pemn``: ``.pemn`` artifacts; ``quant``: quantized models);
+    returns the figures (see the module doc)."""
     t0 = time.perf_counter()
-    bases = bases if bases is not None else build_bases()
+    quant = kind == "quant"
+    bases = bases if bases is not None else build_quant_bases() if quant else build_bases()
+    table = QUANT_FAMILIES if quant else FAMILIES
     build_seconds = time.perf_counter() - t0
     hwm_before = vm_hwm_kib()
     marker = Path(_Marker.path)
     marker.unlink(missing_ok=True)
     with tempfile.TemporaryDirectory(prefix="pemn-fuzz-") as tmp:
-        fuzzer = Fuzzer(bases, Path(tmp), timeout=timeout, save_failures=save_failures)
+        fuzzer = (QuantFuzzer if quant else Fuzzer)(bases, Path(tmp), timeout=timeout, save_failures=save_failures)
         s = fuzzer.stats
         for i in range(inputs):
-            inp, family = make_input(seed, i, bases)
+            inp, family = make_input(seed, i, bases, table)
             fuzzer.check(i, inp, family)
             if progress and (i + 1) % 1000 == 0:
                 print(f"{i + 1} inputs, {s.bad()} failures, {time.perf_counter() - t0:.0f} s", file=sys.stderr,
@@ -1234,12 +1541,14 @@ def run(inputs: int, seed: int, *, timeout: float = 30.0, save_failures: Path | 
     unpickled = marker.exists()
     seconds = time.perf_counter() - t0
     return {
+        "kind": kind,
         "inputs": s.inputs,
         "seed": seed,
         "format_errors": s.format_errors,
         "loaded": s.loaded,
         "loaded_breakdown": {"identical_content": s.loaded_identical_content, "same_outputs": s.loaded_same_outputs,
-                             "refreshed_edit_loaded_exactly": s.loaded_refreshed_edit_exact},
+                             ("edit_loaded_exactly" if quant else "refreshed_edit_loaded_exactly"):
+                                 s.loaded_refreshed_edit_exact},
         "other_exceptions": s.other_exceptions,
         "wrong_loads": s.wrong_loads,
         "model_changed_by_failed_load": s.model_changed_by_failed_load,
@@ -1289,6 +1598,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-limit-gib", type=float, default=8.0,
                         help="address-space limit, so a runaway allocation fails instead of exhausting the machine")
     parser.add_argument("--progress", action="store_true", help="a line on stderr every 1000 inputs")
+    parser.add_argument("--kind", choices=("pemn", "quant"), default="pemn",
+                        help="the files to fuzz: pemn (.pemn artifacts, default) or quant (quantized models)")
     args = parser.parse_args(argv)
     if args.memory_limit_gib > 0:
         limit = int(args.memory_limit_gib * (1 << 30))
@@ -1296,17 +1607,21 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
     torch.set_num_threads(1)
     if args.replay is not None:
-        bases = build_bases()
-        inp, family = make_input(args.seed, args.replay, bases)
+        quant = args.kind == "quant"
+        bases = build_quant_bases() if quant else build_bases()
+        inp, family = make_input(args.seed, args.replay, bases, QUANT_FAMILIES if quant else FAMILIES)
         with tempfile.TemporaryDirectory(prefix="pemn-fuzz-") as tmp:
-            fuzzer = Fuzzer(bases, Path(tmp), timeout=args.timeout, save_failures=args.save_failures)
+            fuzzer = (QuantFuzzer if quant else Fuzzer)(bases, Path(tmp), timeout=args.timeout,
+                                                        save_failures=args.save_failures)
             outcome = fuzzer.check(args.replay, inp, family)
         print(json.dumps({"input": args.replay, "base": inp.base.name, "family": family, "mutations": inp.steps,
                           "outcome": outcome, "failures": fuzzer.stats.failures}, indent=2))
         return 0 if not fuzzer.stats.bad() else 1
     result = run(args.inputs, args.seed, timeout=args.timeout, save_failures=args.save_failures,
-                 progress=args.progress)
-    doc = {"benchmark": "fuzz_loader", "command": f"python {SCRIPT} --inputs {args.inputs} --seed {args.seed}",
+                 progress=args.progress, kind=args.kind)
+    kind = "" if args.kind == "pemn" else f" --kind {args.kind}"
+    doc = {"benchmark": "fuzz_loader",
+           "command": f"python {SCRIPT} --inputs {args.inputs} --seed {args.seed}{kind}",
            "machine": _machine(), "memory_limit_gib": args.memory_limit_gib, **result}
     print(json.dumps(doc, indent=2, default=str))
     return 0 if result["failures_total"] == 0 else 1

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, machine
 
 BENCHMARKS = ["bench_train_step", "bench_inference", "bench_memory", "bench_size", "bench_load", "bench_scaling",
-              "bench_coding"]
+              "bench_coding", "bench_quantize"]
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -29,6 +29,11 @@ def test_run_all_quick() -> None:
     assert r["bench_load"]["ratio_load_pemn_over_torch"] > 0
     assert {row["coding"] for row in r["bench_scaling"]["results"]} == {"packed", "entropy"}
     assert r["bench_coding"]["results"]
+    for row in r["bench_quantize"]["train_step"]:
+        assert set(row["ratio_over_dense"]) == {"binary", "ternary", "int4", "int8"}
+        assert all(v > 0 for v in row["ratio_over_dense"].values())
+    for row in r["bench_quantize"]["load"]:
+        assert row["binary_bytes"] < row["int4_bytes"] < row["dense_bytes"] and row["ratio_load_over_dense"]["int4"] > 0
 
 
 def _bench(name: str, *args: str) -> dict:

@@ -486,7 +486,7 @@ def test_targets_and_exclude() -> None:
     assert set(masked_weights(m)) == {"0.weight", "3.weight"}
     m = pemn.convert_(cases.build("mha"), PEMNConfig(targets=["MultiheadAttention"]))
     assert set(masked_weights(m)) == {"attn.in_proj_weight", "attn.out_proj.weight"}
-    m = pemn.convert_(cases.build("conv2d"), PEMNConfig(), filter_fn=lambda name, mod: name != "0")
+    m = pemn.convert_(cases.build("conv2d"), PEMNConfig(), filter_fn=lambda mod, fqn: fqn != "0")
     assert set(masked_weights(m)) == {"3.weight", "5.weight"}
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 
 def test_import_is_lean() -> None:
@@ -14,3 +17,15 @@ def test_import_is_lean() -> None:
             "print(heavy, torch.cuda.is_initialized())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[] False", out.stdout
+
+
+def test_import_layers_are_kept() -> None:
+    """The contracts of .importlinter (the core never imports pemn.training; the application imports the core's
+    modules, not the pemn facade) hold: the same check `make lint` and `make test` run."""
+    pytest.importorskip("importlinter")
+    root = Path(__file__).resolve().parents[1]
+    code = "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"
+    out = subprocess.run([sys.executable, "-c", code, "--no-logo", "--no-cache"], cwd=root, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "2 kept, 0 broken" in out.stdout

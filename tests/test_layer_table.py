@@ -309,7 +309,7 @@ def test_dense_report_and_warning(capsys: pytest.CaptureFixture[str]) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # excluded on purpose, or a bias/norm vector: no warning
         pemn.convert_(build(tied=False), PEMNConfig(ratio=0.1, exclude=["TinyLM", "Embedding"]),
-                      filter_fn=lambda n, _: n != "mix")
+                      filter_fn=lambda module, fqn: fqn != "mix")
 
 
 def test_older_files_with_a_shared_tensor_stored_twice_still_load() -> None:

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from pemn.errors import PEMNError
-from pemn.training.models import ModelError, ViT, create_model, get_model_spec, list_models, register_model
+from pemn.training.models import (
+    ModelError,
+    ViT,
+    create_model,
+    get_model_spec,
+    list_models,
+    model_at_width,
+    register_model,
+)
 
 LISTED = [
     "convmixer-256-6",
@@ -24,9 +32,15 @@ LISTED = [
     "resnet18",
     "resnet50",
     "mlp",
+    "mlp-300-100",
     "lenet5",
     "tiny-cnn",
     "tiny-mlp",
+    # narrow versions of the fixed-size families (any whole percent parses; these are the listed ones)
+    "lenet5-w25",
+    "lenet5-w50",
+    "mlp-w25",
+    "resnet20-w50",
 ]
 
 # (in_channels, image_size, num_classes) of the datasets the CLI uses: digits, (fashion-)mnist, cifar100,
@@ -56,9 +70,15 @@ WEIGHT_COUNTS = {
     "resnet18": (11_164_352, 2_359_296),
     "resnet50": (23_467_712, 2_359_296),
     "mlp": (854_528, 786_432),
+    "mlp-300-100": (952_600, 921_600),
     "lenet5": (61_770, 48_000),
     "tiny-cnn": (476, 288),
     "tiny-mlp": (49_312, 49_152),
+    # channels / units at width w: max(1, round half up(c * w / 100)); LeNet-5 at 25 %: 2/4 channels, 30/21 units
+    "lenet5-w25": (4_190, 3_000),
+    "lenet5-w50": (15_765, 12_000),
+    "mlp-w25": (201_344, 196_608),
+    "resnet20-w50": (67_992, 9_216),
 }
 
 MASKABLE = (nn.Conv2d, nn.Linear, nn.MultiheadAttention)
@@ -243,3 +263,86 @@ def test_tiny_models_are_tiny() -> None:
     for name in ("tiny-cnn", "tiny-mlp"):
         n = sum(p.numel() for p in create_model(name, **digits).parameters())
         assert 100 <= n <= 5_000, (name, n)
+
+
+# ------------------------------------------------------------------------------------------------ widths
+
+
+@pytest.mark.parametrize(("base", "full_width"), [
+    ("lenet5", "lenet5-w100"), ("mlp", "mlp-w100"), ("resnet20", "resnet20-w100"), ("resnet32", "resnet32-w100"),
+])
+def test_full_width_is_the_classic_model(base: str, full_width: str) -> None:
+    """``-w100`` builds the very same network, with the same initial weights under the same seed."""
+    torch.manual_seed(3)
+    a = create_model(base).state_dict()
+    torch.manual_seed(3)
+    b = create_model(full_width).state_dict()
+    assert list(a) == list(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(("name", "channels"), [
+    ("lenet5-w50", [3, 8, 60, 42]),
+    ("lenet5-w10", [1, 2, 12, 8]),  # never below one channel
+    ("lenet5-w200", [12, 32, 240, 168]),
+    ("resnet20-w25", [4, 4, 8, 16]),  # stem, then the first conv of each stage
+    ("resnet18-w25", [16, 16, 32, 64, 128]),
+    ("resnet50-w25", [16, 16, 32, 64, 128]),  # bottleneck planes (the expansion of 4 is kept)
+    ("mlp-w50", [128, 128]),
+])
+def test_width_scales_every_hidden_layer(name: str, channels: list[int]) -> None:
+    in_ch = 1 if name.startswith("lenet5") else 3
+    model = create_model(name, num_classes=10, in_channels=in_ch, image_size=32)
+    if name.startswith("lenet5"):
+        got = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+               for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)][:-1]
+    elif name.startswith("mlp"):
+        got = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]
+    else:
+        got = [model.stem[0].out_channels] + [stage[0].conv1.out_channels for stage in model.layers]
+    assert got == channels
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, in_ch, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("name", "width", "expected"), [
+    ("lenet5", 1, "lenet5"),
+    ("lenet5", 0.5, "lenet5-w50"),
+    ("lenet5", 0.25, "lenet5-w25"),
+    ("lenet5-w50", 0.5, "lenet5-w25"),
+    ("lenet5-w50", 2, "lenet5"),
+    ("mlp", 0.25, "mlp-w25"),
+    ("resnet20", 0.5, "resnet20-w50"),
+    ("resnet50", 0.5, "resnet50-w50"),
+    ("convmixer-64-4", 0.5, "convmixer-32-4"),
+    ("convmixer-64-4", 0.25, "convmixer-16-4"),
+    ("vit-256-6", 0.5, "vit-128-6"),
+    ("gpt-128-4", 0.25, "gpt-32-4"),
+    ("LeNet5", 0.5, "lenet5-w50"),
+])
+def test_model_at_width(name: str, width: float, expected: str) -> None:
+    assert model_at_width(name, width) == expected
+    get_model_spec(expected)  # the name parses
+
+
+@pytest.mark.parametrize(("name", "width", "match"), [
+    ("lenet5", 0.125, r"12\.5 % of lenet5's width; its width is a whole percent"),
+    ("lenet5-w50", 0.015, "whole percent"),
+    ("tiny-cnn", 0.5, "'tiny-cnn' has no width argument; families with one: .*lenet5-w<width>"),
+    ("convmixer-64-4", 0.001, "no dim left"),
+    ("lenet5", 0, "positive number"),
+    ("lenet5", -1, "positive number"),
+    ("lenet5", float("nan"), "positive number"),
+    ("lenet5", True, "positive number"),
+    ("nope", 0.5, "unknown model"),
+])
+def test_model_at_width_refuses(name: str, width: float, match: str) -> None:
+    with pytest.raises(ModelError, match=match):
+        model_at_width(name, width)
+
+
+def test_width_is_a_name_field_not_an_option() -> None:
+    with pytest.raises(ModelError, match="does not accept options"):
+        create_model("lenet5", width=50)
+    with pytest.raises(ModelError, match="unknown model"):
+        create_model("lenet5-w0")

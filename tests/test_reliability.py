@@ -108,6 +108,21 @@ def test_fuzz_loader_short() -> None:
     assert time.perf_counter() - start < 60
 
 
+def test_fuzz_quantized_loader_short() -> None:
+    """300 mutated quantized-model files (--kind quant): every one a FormatError, the base's outputs or exactly
+    what an independent decoder reads from the file; never another exception or a model changed by a failure."""
+    r = fuzz.run(300, seed=20240601, kind="quant")
+    failures = r["failures"][:3]
+    assert r["inputs"] == 300 and r["kind"] == "quant"
+    assert r["other_exceptions"] == 0, failures
+    assert r["wrong_loads"] == 0, failures
+    assert r["model_changed_by_failed_load"] == 0, failures
+    assert r["timeouts"] == 0 and not r["unpickled_anything"], failures
+    assert r["mutator_errors"] == 0, r["mutator_error_examples"]
+    assert r["format_errors"] > 200 and r["loaded_breakdown"]["edit_loaded_exactly"] > 0
+    assert set(r["by_family"]) == set(fuzz.QUANT_FAMILIES)
+
+
 @pytest.fixture(scope="module")
 def hypothesis_fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Any:
     return fuzz.Fuzzer(bases(), tmp_path_factory.mktemp("fuzz"), timeout=30)

@@ -254,10 +254,12 @@ def test_every_pemn_field_is_refused_for_dense(name):
 def test_paper_schedule_knots_exact():
     lr = 0.05
     for epochs in (1, 2, 3, 5, 7, 10, 25, 100):
-        knots = [0, epochs * 2 // 5, epochs * 4 // 5, epochs]
-        for t in np.linspace(0, epochs, 97).tolist() + [float(k) for k in knots] + [epochs + 1.0]:
-            expected = float(np.interp(t, knots, [0, lr, lr / 20, 0]))
-            assert schedule_lr("paper", lr, epochs, t) == expected, (epochs, t)
+        # the default: knots at 0.4 E and 0.8 E; --paper (whole_epoch_knots): the official code's whole epochs
+        for whole, knots in ((False, [0, epochs * 2 / 5, epochs * 4 / 5, epochs]),
+                             (True, [0, epochs * 2 // 5, epochs * 4 // 5, epochs])):
+            for t in np.linspace(0, epochs, 97).tolist() + [float(k) for k in knots] + [epochs + 1.0]:
+                expected = float(np.interp(t, knots, [0, lr, lr / 20, 0]))
+                assert schedule_lr("paper", lr, epochs, t, whole_epoch_knots=whole) == expected, (epochs, t)
     assert [schedule_lr("paper", lr, 100, t) for t in (0, 40, 80, 100)] == [0.0, lr, lr / 20, 0.0]
     assert [schedule_lr("paper", lr, 10, t) for t in (0, 4, 8, 10)] == [0.0, lr, lr / 20, 0.0]
     assert schedule_lr("paper", lr, 10, 2) == lr / 2
@@ -525,9 +527,14 @@ def test_resume_checks(tmp_path):
         train(quick(tmp_path, epochs=2, lr=0.1, resume=True), log=quiet)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(quick(tmp_path, epochs=2), log=quiet)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):  # tests/test_first_use_2.py
+        train(quick(tmp_path, "fresh", epochs=1, resume=True), log=quiet)
+    # a run stopped before its first checkpoint (only its config.json) starts again with its settings
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / "config.json").write_text(json.dumps(quick(tmp_path, "early", epochs=1).to_dict()))
     lines: list[str] = []
-    result = train(quick(tmp_path, "fresh", epochs=1, resume=True), log=lines.append)  # nothing to resume
-    assert result.epochs_run == 1 and any("starting from scratch" in line for line in lines)
+    result = train(quick(tmp_path, "early", epochs=1, resume=True), log=lines.append)
+    assert result.epochs_run == 1 and any("starting it again from scratch" in line for line in lines)
 
 
 def test_nan_loss_stops_with_a_clear_error(tmp_path):

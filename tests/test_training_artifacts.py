@@ -35,6 +35,7 @@ RUNS = {  # kind -> the settings of a run that writes it
     "pemn": {"strategy": "rp", "ratio": 0.1},
     "dense": {"strategy": "dense"},
     "sparse": {"strategy": "dense", "prune": "magnitude", "compression": 0.9},
+    "quant": {"strategy": "dense", "quantize": "int4"},
 }
 
 
@@ -187,3 +188,28 @@ def test_input_info_checks_the_data_fits(tmp_path: Path) -> None:
     assert input_info(trained, same, tmp_path / "c") == same
     with pytest.raises(ValueError, match="labels would not match"):
         input_info(trained, dataset_info("imagefolder", tmp_path / "b", image_size=16), tmp_path / "b")
+
+
+@pytest.mark.parametrize("settings", [{"strategy": "dense"}, {"strategy": "rp", "ratio": 0.1}],
+                         ids=["dense", "pemn"])
+def test_a_narrow_model_rebuilds_from_its_file(tmp_path: Path, settings: dict[str, Any]) -> None:
+    """The width is part of the registry name the file records: eval and export rebuild the narrow network."""
+    cfg = resolve_config({"model": "lenet5-w25", "dataset": "digits", "epochs": 1, "train_subset": 128,
+                          "batch_size": 64, "progress": False, "device": "cpu", "threads": 1,
+                          "out": str(tmp_path / "run"), **settings})
+    result = train(cfg, log=lambda _m: None)
+    path = Path(result.artifact or result.weights)
+    alone = tmp_path / path.name
+    path.rename(alone)
+    assert read_app(alone)["model"] == "lenet5-w25"
+    model, _, _ = load_model(alone)
+    assert model.features[0].out_channels == 2 and model.classifier[0].out_features == 30
+    x = torch.randn(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model.eval()(x))
+    code, out, err = run(["eval", str(alone), "--json", "--device", "cpu"])
+    assert code == 0, err
+    assert json.loads(out)["model"] == "lenet5-w25"
+    assert round(json.loads(out)["accuracy"], 6) == round(result.final_acc, 6)
+    code, _, err = run(["export", str(alone), "--format", "pt", "-o", str(tmp_path / "plain.safetensors")])
+    assert code == 0, err

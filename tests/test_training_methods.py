@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pemn
+from pemn.artifact import read
 from pemn.config import PEMNConfig, kept_count
 from pemn.prototype import plan, slice_scale
 from pemn.training.config import VARIANCE_DEFAULTS, model_family, resolve_config
@@ -126,6 +127,64 @@ def test_set_keep_global_scope_and_errors() -> None:
     pemn.freeze_masks(model)
     with pytest.raises(ValueError, match="frozen"):
         pemn.set_keep_(model, 0.5)
+
+
+# Issue 21 item 1: a model whose keep was changed by set_keep_ saves a file that loads bit-identically (the
+# file records the keep the masks were chosen with), and summary() works on it.
+SET_KEEP_CONFIGS = {
+    "mask": {"strategy": "mask"},
+    "one_layer": {"strategy": "one_layer", "keep_scale": True},
+    "mp": {"strategy": "mp", "rescale": True},
+    "rp": {"strategy": "rp", "ratio": 0.1, "keep_scale": True, "rescale": True},
+    "rp_global": {"strategy": "rp", "ratio": 0.1, "scope": "global"},
+    "rp_paper_rounding": {"strategy": "rp", "ratio": 0.1, "keep_rounding": "paper", "keep": 0.8},
+}
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.1, 0.77, 1.0, 0.5])
+@pytest.mark.parametrize("name", sorted(SET_KEEP_CONFIGS))
+def test_set_keep_then_save_loads_bit_identically(tmp_path: Path, name: str, keep: float) -> None:
+    cfg = PEMNConfig(**SET_KEEP_CONFIGS[name])
+    model = pemn.convert_(_net(), cfg)
+    pemn.set_keep_(model, keep)
+    x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    model(x)  # global scope: the masks are chosen on the first forward
+    s = pemn.summary(model, verbose=False)
+    assert s.kept == sum(int(mw.current_mask().sum()) for mw in pemn.masked_weights(model).values())
+    path = pemn.save(model, tmp_path / "x.pemn")
+    torch.manual_seed(123)
+    loaded = pemn.load(path, _net())
+    model.eval()
+    loaded.eval()
+    assert torch.equal(model(x), loaded(x))
+    for (n, a), (m, b) in zip(pemn.masked_weights(model).items(), pemn.masked_weights(loaded).items(), strict=True):
+        assert n == m and torch.equal(a.current_mask(), b.current_mask()) and a.scale == b.scale
+    assert pemn.summary(path, verbose=False).kept == s.kept
+    assert read(path).config.keep == keep
+    # the loaded model is what convert_ with the new keep and these masks gives: set_keep_ back restores it
+    pemn.set_keep_(model, cfg.keep)
+    assert pemn.summary(model, verbose=False).kept == sum(
+        int(mw.current_mask().sum()) for mw in pemn.masked_weights(model).values())
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_save_refuses_masks_its_config_cannot_describe(tmp_path: Path, scope: str) -> None:
+    """A mask count the recorded config does not give (a layer's kept count edited by hand) is refused before
+    anything is written, with the reason; summary() says the same; the file already at the path is intact."""
+    model = pemn.convert_(_net(), PEMNConfig(strategy="rp", ratio=0.1, scope=scope))
+    model(torch.randn(2, 1, 8, 8))
+    path = pemn.save(model, tmp_path / "x.pemn")
+    before = path.read_bytes()
+    if scope == "layer":
+        next(iter(pemn.masked_weights(model).values())).kept = 3
+    else:
+        topk = next(iter(pemn.masked_weights(model).values())).bank.global_topk
+        topk.total_kept, topk._key = 2, None
+    for attempt in (lambda: pemn.save(model, path), lambda: pemn.summary(model, verbose=False)):
+        with pytest.raises(pemn.FormatError, match=r"cannot save: .*nothing was written"):
+            attempt()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pemn"]
 
 
 @pytest.mark.parametrize(("t", "expected"), [

@@ -22,14 +22,16 @@ _EXPORTS = {
     "PEMNConfig": "pemn.config", "kept_count": "pemn.config",
     **dict.fromkeys(("DenseReport", "convert_", "dense_report", "freeze_masks", "masked_weights", "materialize",
                      "set_keep_", "tied_weights", "unwrap"), "pemn.convert"),
-    **dict.fromkeys(("ArchitectureMismatchError", "ConversionError", "FormatError", "PEMNError",
+    **dict.fromkeys(("ArchitectureMismatchError", "ConversionError", "DatasetError", "FormatError", "PEMNError",
                      "PrototypeMismatchError"), "pemn.errors"),
     **dict.fromkeys(("MaskedConv1d", "MaskedConv2d", "MaskedConv3d", "MaskedEmbedding", "MaskedLinear",
                      "MaskedMultiheadAttention", "MaskedWeight"), "pemn.layers"),
     "PrototypeBank": "pemn.prototype",
     "register_layer": "pemn.registry", "unregister_layer": "pemn.registry",
     "PEMNSummary": "pemn.summary", "summary": "pemn.summary",
-    "DatasetError": "pemn.training.errors",  # the application's, so that import pemn does not load training
+    "save_task": "pemn.taskfile",
+    **dict.fromkeys(("active_task", "add_task", "delete_task", "rename_task", "set_task", "tasks", "using_task"),
+                    "pemn.taskset"),
 }
 
 if TYPE_CHECKING:  # what type checkers and IDEs see (the same names as _EXPORTS; a test checks they agree)
@@ -49,6 +51,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the same names as _EXPORTS
     from pemn.errors import (
         ArchitectureMismatchError,
         ConversionError,
+        DatasetError,
         FormatError,
         PEMNError,
         PrototypeMismatchError,
@@ -65,7 +68,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the same names as _EXPORTS
     from pemn.prototype import PrototypeBank
     from pemn.registry import register_layer, unregister_layer
     from pemn.summary import PEMNSummary, summary
-    from pemn.training.errors import DatasetError
+    from pemn.taskfile import save_task
+    from pemn.taskset import active_task, add_task, delete_task, rename_task, set_task, tasks, using_task
 
 __all__ = [
     "ArchitectureMismatchError",
@@ -86,7 +90,10 @@ __all__ = [
     "PrototypeBank",
     "PrototypeMismatchError",
     "__version__",
+    "active_task",
+    "add_task",
     "convert_",
+    "delete_task",
     "dense_report",
     "freeze_masks",
     "kept_count",
@@ -94,12 +101,17 @@ __all__ = [
     "masked_weights",
     "materialize",
     "register_layer",
+    "rename_task",
     "save",
+    "save_task",
     "set_keep_",
+    "set_task",
     "summary",
+    "tasks",
     "tied_weights",
     "unregister_layer",
     "unwrap",
+    "using_task",
 ]
 
 

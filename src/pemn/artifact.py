@@ -45,7 +45,11 @@ compressed against a preset dictionary
 (:data:`INDEX_DICTIONARY`, RFC 1950's FDICT, its Adler-32 in the stream header): the metadata keys, the config's
 JSON and the entry keys every index repeats cost almost nothing, which takes the header and index of a slim
 keep-0.1 ConvMixer-256/8 file from 2.19 % to 1.65 % of it. A version 1 or 2 index must not use a dictionary, a
-version 3 index must use exactly this one.
+version 3 (or 4) index must use exactly this one.
+
+Format version 4 holds many tasks of one prototype (:mod:`pemn.taskset`): the prototype once, then per task its
+masks, extras, name and app under ``tasks.<i>.``; its layout and checks are in :mod:`pemn.taskfile`. Only models
+with named tasks are written as version 4.
 
 The codec is symmetric: :func:`build` makes an :class:`Artifact` from a model, :func:`encode` serialises one
 (rebuilding the index from its ``manifest`` and ``dense`` lists and sealing it with its integrity hash) and
@@ -60,7 +64,7 @@ import json
 import math
 import os
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,7 +94,9 @@ from pemn.prototype import fingerprint, plan, prototype_values
 from pemn.stfile import save_bytes
 
 FORMAT = "pemn"
-FORMAT_VERSION = 3  # the newest this pemn reads and writes; files without its features are written as 1
+FORMAT_VERSION = 4  # the newest this pemn reads and writes; files without its features are written as 1
+#: a single-task file with int8 extras or folded norms is written as format version 3 (4 holds many tasks)
+SINGLE_TASK_VERSION = 3
 
 #: Format version 3's preset zlib dictionary for the index (RFC 1950 FDICT): the strings every index repeats
 #: (metadata keys, the config's JSON, manifest and dense-entry keys, layer-name suffixes, dtypes), most frequent
@@ -136,6 +142,11 @@ class Artifact:
     prototype_sha256: str
     file_bytes: int
     app: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: format version 4 (:mod:`pemn.taskfile`): every task (a :class:`pemn.taskfile.TaskEntry`); ``manifest`` and
+    #: ``dense`` are then the first task's
+    tasks: list[Any] = dataclasses.field(default_factory=list)
+    head: str | None = None  # format version 4: the module of the tasks' own heads
+    base: list[list[Any]] = dataclasses.field(default_factory=list)  # format version 4: [[name, shape], ...]
 
     @property
     def format_version(self) -> int:
@@ -271,6 +282,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
         data = mask_coding.pack_bits(mask) if coding == "packed" else mask_coding.encode_entropy(mask, kept)
         payloads.append(np.ascontiguousarray(data, dtype=np.uint8))
         manifest.append({"name": name, "shape": list(mw.shape), "kept": kept, "bytes": int(data.size)})
+    _check_writable(manifest, bank.config)
     tensors["masks"] = torch.from_numpy(np.concatenate(payloads))
     if prototype == "values":
         protos = bank.prototypes()
@@ -282,7 +294,7 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
     int8 = extras_dtype == "int8"
     float_dtype = None if extras_dtype is None or int8 else getattr(torch, extras_dtype)
     _pack_dense(entries, tensors, dense, float_dtype, extras.Int8Rule(model) if int8 else None)
-    version = FORMAT_VERSION if any(len(e) == 5 or e[1].startswith("fold") for e in dense) else 1
+    version = SINGLE_TASK_VERSION if any(len(e) == 5 or e[1].startswith("fold") for e in dense) else 1
     metadata = {
         "format": FORMAT,
         "format_version": str(version),
@@ -313,6 +325,10 @@ def encode(art: Artifact, *, seal: bool = True, index: bytes | torch.Tensor | bo
     tensors = {k: v for k, v in art.tensors.items() if k != "index"}
     metadata = {k: v for k, v in art.metadata.items() if k != "integrity" or not seal}
     content: dict[str, Any] = {"manifest": art.manifest, "dense": art.dense}
+    if art.tasks:
+        from pemn.taskfile import content as tasks_content
+
+        content = tasks_content(art)
     if art.format_version >= 2:
         content = {"meta": {k: v for k, v in metadata.items() if k not in _CONTAINER_KEYS}, **content}
         metadata = {k: v for k, v in metadata.items() if k in _CONTAINER_KEYS}
@@ -362,11 +378,23 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
         app: a JSON-serializable mapping stored with the model (``Artifact.app`` on reading); applications
             record what rebuilds the architecture and its inputs there. Covered by the integrity hash.
 
+    A model with named tasks (:mod:`pemn.taskset`) is written with all its tasks (format version 4: the prototype
+    once, then each task's masks, extras, name and app; :mod:`pemn.taskfile`); :func:`pemn.save_task` adds one
+    task to an existing file.
+
     Returns the path written. On any error the previous file at ``path`` (if any) is left intact.
     """
     path = Path(path)
-    data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype, fold_norms=fold_norms,
-                    app=app)
+    from pemn.taskset import has_tasks
+
+    if has_tasks(model):  # every task, one file (format version 4)
+        from pemn.taskfile import build_tasks
+
+        data = encode(build_tasks(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype,
+                                  fold_norms=fold_norms, app=app))
+    else:
+        data = to_bytes(model, coding=coding, prototype=prototype, extras_dtype=extras_dtype,
+                        fold_norms=fold_norms, app=app)
     try:
         atomic_write_bytes(path, data)
     except OSError as e:
@@ -440,6 +468,10 @@ def parse(data: bytes, *, source: str = "<bytes>") -> Artifact:
         raise FormatError(where + f"corrupt artifact: bad header field ({e})") from None
     if coding not in CODINGS or storage not in PROTOTYPE_STORAGE:
         raise FormatError(where + f"unknown coding {coding!r} or prototype storage {storage!r}")
+    if int(version) >= 4:  # many tasks (pemn.taskfile)
+        from pemn.taskfile import parse_tasks
+
+        return parse_tasks(meta, tensors, index, config, coding, storage, sha, app, len(data), where)
     if not isinstance(index, dict) or set(index) != {"manifest", "dense"}:
         raise FormatError(where + "corrupt artifact: the index must hold exactly a manifest and a dense list")
     _check_manifest(index["manifest"], config, where)
@@ -502,6 +534,20 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
         total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest), config.keep_rounding)
         if not total <= sum(e["kept"] for e in manifest) <= total + len(manifest):
             raise FormatError(where + "corrupt artifact: the kept counts do not add up to the global budget")
+
+
+def _check_writable(manifest: list[dict[str, Any]], config: PEMNConfig) -> None:
+    """Refuse (before anything is written) masks that :func:`parse` would reject against ``config``."""
+    try:
+        _check_manifest(manifest, config, "")
+    except FormatError:
+        bad = next((e for e in manifest if not _kept_ok(e["kept"], math.prod(e["shape"]), config)), None)
+        what = (f"layer {bad['name']!r} keeps {bad['kept']:,} of {math.prod(bad['shape']):,} weights"
+                if bad is not None else f"the layers keep {sum(e['kept'] for e in manifest):,} weights in all")
+        raise FormatError(f"cannot save: {what}, but the model's config (keep {config.keep:g}, scope "
+                          f"{config.scope!r}, keep_rounding {config.keep_rounding!r}) gives another count, so the "
+                          "file could not be loaded; nothing was written. Change keep with pemn.set_keep_, "
+                          "never by editing a layer's kept count") from None
 
 
 def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
@@ -765,11 +811,19 @@ class _LazyMasks(dict):
         return torch.from_numpy(mask_coding.unpack_bits(super().__getitem__(name), math.prod(shape))).view(shape)
 
 
-def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
+def apply(art: Artifact, model: nn.Module, *, source: str = "", task: str | Sequence[str] | None = None
+          ) -> nn.Module:
     """Install a parsed artifact into ``model`` (fresh and unconverted, or converted with the same config).
 
     Everything is checked and decoded before the model is changed, so a failure leaves it as it was.
+    ``task``: which tasks of a multi-task file (see :func:`load`).
     """
+    if art.tasks:
+        from pemn.taskfile import apply_tasks
+
+        return apply_tasks(art, model, task=task, source=source)
+    if task is not None and ([task] if isinstance(task, str) else list(task)) != ["default"]:
+        raise ValueError(f"{source or 'this artifact'} holds one task, 'default'; it has no task {task!r}")
     where = f"{source}: " if source else ""
     root = unwrap(model)
     shapes = [tuple(e["shape"]) for e in art.manifest]
@@ -816,15 +870,19 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "") -> nn.Module:
     return model
 
 
-def load(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
+def load(path: str | os.PathLike[str], model: nn.Module, *, task: str | Sequence[str] | None = None) -> nn.Module:
     """Load an artifact into ``model`` and return it (the same object), with frozen masks.
+
+    A multi-task file (format version 4, :mod:`pemn.taskset`) loads all its tasks (``task=None``; the first is
+    active), the one named ``task``, or a list of names (the first active); ``model`` must then be fresh and of the
+    file's base architecture. A single-task file is task ``"default"``.
 
     ``model`` is a freshly built, unconverted instance of the saved architecture (or one already converted
     with the same config). It gets exactly the saved masks, prototype and dense state, so its outputs equal
     the saved model's bit for bit. Raises :class:`~pemn.errors.FormatError` (or a subclass) for a corrupt,
     foreign or mismatching file; the model is not modified then. Never unpickles.
     """
-    return apply(read(path), model, source=str(path))
+    return apply(read(path), model, source=str(path), task=task)
 
 
 __all__ = ["Artifact", "apply", "build", "encode", "integrity", "load", "parse", "read", "save", "to_bytes"]

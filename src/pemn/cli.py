@@ -39,7 +39,7 @@ EXIT_CODES: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (3, "a model file that cannot be used: corrupt, truncated, foreign, or not the model it is loaded into",
      ("pemn.errors.FormatError",)),
     (4, "the data: a dataset or text file missing, incomplete, corrupt, or not what the model was trained on",
-     ("pemn.training.errors.DatasetError", "pemn.training.text.VocabularyError")),
+     ("pemn.errors.DatasetError", "pemn.training.text.VocabularyError")),
     (5, "a file or folder that cannot be read or written: missing, no permission, disk full",
      ("OSError",)),
     (6, "the run folder: another run is writing into it, it already holds a run (--resume continues it), or it "
@@ -151,13 +151,13 @@ def _flag_kwargs(name: str, base: type) -> dict[str, Any]:
 
 
 def _check_dataset_name(name: str) -> None:
-    from pemn.training.data import list_datasets
+    from pemn.training.data import canonical_name
+    from pemn.training.errors import DatasetError
 
-    def norm(s: str) -> str:
-        return re.sub(r"[-_\s]", "", str(s).strip().lower())
-
-    if norm(name) not in {norm(n) for n in list_datasets()}:
-        raise UsageError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    try:
+        canonical_name(name)
+    except DatasetError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_model_name(name: str) -> None:
@@ -192,6 +192,33 @@ def _default_eval_batch() -> int | str:
         return int(_training("evaluation").DEFAULT_EVAL_BATCH)
     except UsageError:
         return "?"
+
+
+#: The --threads help of every command that runs a model (train's comes from TrainConfig.threads).
+THREADS_HELP = "CPU threads (default: as pemn train, the idle CPUs, 1 to 4)"
+
+
+def _add_threads_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, metavar="N", help=THREADS_HELP)
+
+
+def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """``command`` run with torch's CPU threads at ``--threads N``, else pemn train's load-aware default
+    (:func:`pemn.training.dist.default_threads`), and the caller's count restored afterwards; the count used is
+    ``args.threads_used``."""
+
+    def run(args: argparse.Namespace) -> int:
+        if args.threads is not None and args.threads < 1:
+            raise UsageError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        args.threads_used, previous = _training("dist").set_threads(args.threads)
+        try:
+            return command(args)
+        finally:
+            torch.set_num_threads(previous)
+
+    return run
 
 
 def _fmt_pct(x: Any) -> str:
@@ -307,6 +334,13 @@ def _recipe_names() -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     overrides = _train_overrides(args)
     cfg = _resolve(overrides, recipe=args.recipe, config_file=args.config)
+    if args.tasks is not None or args.base is not None:  # many tasks on one prototype (pemn.training.tasks)
+        if args.task is not None and args.base is None:
+            raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
+        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, log=_out)
+        return 0
+    if args.task is not None:
+        raise UsageError("--task NAME goes with --base FILE.pemn")
     result = _training("engine").train(cfg)
     if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
         _report_train(cfg, result)
@@ -322,6 +356,8 @@ def _report_train(cfg: Any, result: Any) -> None:
         what += f" ({ratio}keep {pemn_cfg.keep:g})"
     if g(cfg, "prune", None):
         what += f", {cfg.prune} pruning of {100 * float(g(cfg, 'effective_compression', 0) or 0):g} % of the weights"
+    if g(cfg, "quantize", None):
+        what += f", weights {cfg.quantize}"
     summary = g(result, "summary", None) or {}
 
     def sv(name: str) -> Any:
@@ -341,7 +377,9 @@ def _report_train(cfg: Any, result: Any) -> None:
     val_loss = g(result, "val_loss", None)
     if val_loss is not None:  # a language model (dataset text)
         _out(f"  val loss   {float(val_loss):.4f} nats/char = {float(g(result, 'bits_per_char', 0.0)):.4f} bits/char "
-             f"after {g(result, 'steps_run', '?')} steps (the saved model, whole validation split)")
+             f"after {g(result, 'steps_run', '?')} steps (the saved model, "
+             + ("whole validation split)" if cfg.eval_subset is None else
+                f"first {cfg.eval_subset:,} validation characters: --eval-subset)"))
         _out(f"  accuracy   next character, final: {_fmt_pct(g(result, 'final_acc', None))}")
     else:
         _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
@@ -403,6 +441,20 @@ def _run_config(artifact: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _use_recorded_data_dir(args: argparse.Namespace, dataset: str | None) -> None:
+    """The data folder of ``pemn eval``/``export``, one rule for every kind of file: ``--data-dir``, else the folder
+    the run recorded (the config.json beside the artifact) when ``dataset`` is the run's, else None
+    ($PEMN_DATA_DIR or ./data)."""
+    if getattr(args, "data_dir", None) is not None or dataset is None:
+        return
+    from pemn.training.data import find_dataset
+
+    cfg = _run_config(Path(args.artifact))
+    recorded, ran_on = cfg.get("data_dir"), cfg.get("dataset")
+    if isinstance(recorded, str) and isinstance(ran_on, str) and find_dataset(ran_on) == find_dataset(dataset):
+        args.data_dir = recorded
+
+
 def _fill_from_run_config(args: argparse.Namespace) -> None:
     """Default ``--model``/``--dataset`` from the ``config.json`` train wrote next to the artifact."""
     if args.model is not None and (args.dataset is not None or getattr(args, "num_classes", None) is not None):
@@ -412,10 +464,15 @@ def _fill_from_run_config(args: argparse.Namespace) -> None:
         args.model = cfg["model"]
     if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
         args.dataset = cfg["dataset"]
-        if getattr(args, "data_dir", None) is None and isinstance(cfg.get("data_dir"), str):
-            args.data_dir = cfg["data_dir"]
     if args.model is None:
-        raise UsageError("give --model NAME (no config.json next to the artifact to take it from)")
+        path = str(args.artifact)
+        if _training("artifacts").kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
+            raise UsageError(f"{path} records no registry model (a file pemn.save wrote from your own model, with "
+                             f"no config.json of a pemn train run beside it): load it in Python with "
+                             f"pemn.load({path!r}, model) on a fresh instance of the model you saved; for a file of "
+                             "a registry model, give --model NAME")
+        raise UsageError(f"{path} records no registry model: give --model NAME (see pemn models), or load it in "
+                         "Python into the model it was saved from")
 
 
 _SHAPE_FLAGS = ("num_classes", "in_channels", "image_size")
@@ -438,6 +495,7 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
     try:
         if app is None:
             _fill_from_run_config(args)
+            _use_recorded_data_dir(args, args.dataset)
             shape, info = _shape_args(args)
             _check_model_name(args.model)
             model, _, _ = arts.load_model(path, model=args.model, shape=shape)
@@ -450,6 +508,7 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
         info = None
         if args.dataset is not None:
             _check_dataset_name(args.dataset)
+            _use_recorded_data_dir(args, args.dataset)
             data_dir = getattr(args, "data_dir", None)
             info = dataset_info(args.dataset, data_dir)
             if info.name == "imagefolder":  # its image size is the model's choice
@@ -466,7 +525,9 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
 
 
 def _is_text(dataset: str | None) -> bool:
-    return dataset is not None and re.sub(r"[-_\s]", "", dataset.strip().lower()) == "text"
+    from pemn.training.data import find_dataset
+
+    return dataset is not None and find_dataset(dataset) == "text"
 
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
@@ -476,7 +537,8 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
 
     model, app = build_lm(args.artifact)
     corpus = load_text(args.data_dir, app["block_size"])
-    val = corpus.val if corpus.vocab == app["vocab"] else encode(decode(corpus.val, corpus.vocab), app["vocab"])
+    val = corpus.val if args.eval_subset is None else corpus.val[:args.eval_subset + 1]  # N predicted characters
+    val = val if corpus.vocab == app["vocab"] else encode(decode(val, corpus.vocab), app["vocab"])
     device = _device(args.device)
     m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=args.batch_size, device=device)
     if args.json:
@@ -489,21 +551,58 @@ def _cmd_eval_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_task_file(path: Path, kind: Any) -> bool:
+    from pemn.artifact import read
+
+    return kind.name == "pemn" and bool(read(path).tasks)
+
+
+def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
+    """``pemn eval FILE --task NAME`` / ``--all-tasks`` / ``--infer-task`` on a multi-task file: each task on its own
+    data (its dataset, permutation or classes, as the file records them)."""
+    tasks = _training("tasks")
+    names = args.task or None
+    common = {"names": names, "dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
+              "eval_subset": args.eval_subset}
+    if args.infer_task:
+        batch = args.batch_size if args.batch_size_given else 128
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, **common)
+        if args.json:
+            _out(json.dumps({"artifact": str(args.artifact), **r}))
+        else:
+            _out(f"{args.artifact}: task inference (one-shot, {r['tasks']} tasks, batches of {batch}): "
+                 f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
+                 f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
+                 f"({r['examples']:,} test images)")
+        return 0
+    accs = tasks.evaluate_tasks(args.artifact, batch_size=args.batch_size, **common)
+    mean = sum(accs.values()) / len(accs)
+    if args.json:
+        _out(json.dumps({"artifact": str(args.artifact), "tasks": accs, "mean_accuracy": mean}))
+    else:
+        for name, acc in accs.items():
+            _out(f"{name}: test accuracy {acc:.2f} %")
+        _out(f"{args.artifact}: {len(accs)} task{'s' if len(accs) != 1 else ''}, mean test accuracy {mean:.2f} % "
+             f"({threads} CPU thread{'s' if threads != 1 else ''})")
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pemn.training.augment import build_eval_transform
     from pemn.training.data import load_dataset
 
     kind, app = _artifact_kind(Path(args.artifact))
+    args.batch_size_given = args.batch_size is not None
     if args.batch_size is None:
         args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
-    for flag in ("batch_size", "eval_subset", "threads"):
+    for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    threads, _ = _training("dist").set_threads(args.threads)
+    threads = args.threads_used
+    if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
+        return _cmd_eval_tasks(args, threads)
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
-        if args.data_dir is None:  # the text folder of the run, when the file still sits in it
-            data_dir = _run_config(Path(args.artifact)).get("data_dir")
-            args.data_dir = data_dir if isinstance(data_dir, str) else None
+        _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
     evaluation = _training("evaluation")
     device = _device(args.device)
@@ -600,6 +699,10 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     info: dict[str, Any] = {"path": str(path), "kind": kind.name, "file_bytes": path.stat().st_size,
                             "tensors": len(shapes), "stored_values": sum(numel.values()),
                             "metadata": {k: v for k, v in meta.items() if k != "manifest"}}
+    if kind.name == "quant":
+        from pemn.training.quantfile import quant_info
+
+        info["quantized"] = quant_info(path)
     if kind.name == "sparse" and "manifest" in meta:
         try:
             manifest = json.loads(meta["manifest"])
@@ -621,6 +724,14 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     _out(f"{info['tensors']} tensors, {info['stored_values']:,} stored values"
          + (f"; {info['kept_weights']:,} of {info['prunable_weights']:,} prunable weights survive "
             f"(sparsity {100 * info['sparsity']:.2f} %)" if info.get("sparsity") is not None else ""))
+    q = info.get("quantized")
+    if q is not None:
+        pruned = (f", {q['stored_codes']:,} survivors in {q['pruned_layers']} pruned layers"
+                  if q["pruned_layers"] else "")
+        _out(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at {q['bits_per_weight']:.3f} "
+             f"bits per weight ({', '.join(q['codings'])} codes{pruned}); bytes: codes {q['code_bytes']:,} + "
+             f"scales {q['scale_bytes']:,} + extras {q['extras_bytes']:,} = payload {q['payload_bytes']:,}; "
+             f"index and header {q['file_bytes'] - q['payload_bytes']:,}")
     for k in sorted(shapes):
         _out(f"  {k:<40} {'x'.join(map(str, shapes[k])) or 'scalar':<20} {dtypes[k]}")
     return 0
@@ -851,6 +962,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "option has a flag; each comes from the defaults < --recipe < --config < the "
                                    "flags you type.")
     _add_train_flags(p)
+    tasks = p.add_argument_group("many tasks on one prototype (one file, each task its masks and extras)")
+    tasks.add_argument("--tasks", default=None, metavar="KIND:N",
+                       help="train N tasks in sequence into OUT/model.pemn: permuted:N (N fixed pixel permutations "
+                            "of --dataset) or split:N (its classes cut into N groups, each task its own head)")
+    tasks.add_argument("--base", default=None, metavar="FILE.pemn",
+                       help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
+    tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "
@@ -860,12 +978,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size (default: "
                    f"{_default_eval_batch()}, the training default)")
     p.add_argument("--eval-subset", type=int, default=None, metavar="N",
-                   help="evaluate the first N test images only")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: as pemn train, the idle CPUs, 1 to 4)")
+                   help="evaluate the first N test images only (a language model: the first N validation "
+                        "characters)")
+    _add_threads_flag(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_eval)
+    p.add_argument("--task", action="append", default=None, metavar="NAME",
+                   help="multi-task file: evaluate this task on its own data (repeatable)")
+    p.add_argument("--all-tasks", action="store_true", help="multi-task file: evaluate every task (the default there)")
+    p.add_argument("--infer-task", action="store_true",
+                   help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
+                        "and report identification accuracy and accuracy without ids (batch size default 128)")
+    p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
                        description="Rebuild the language model from its file (the vocabulary and context length "
@@ -879,8 +1003,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="sample among the K most likely characters only")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1... (default: cpu)")
+    _add_threads_flag(p)
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.set_defaults(func=_cmd_sample)
+    p.set_defaults(func=_threaded(_cmd_sample))
 
     p = sub.add_parser("inspect", help="sizes and compression ratios of an artifact")
     p.add_argument("artifact", help="a .pemn artifact")
@@ -896,7 +1021,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checked with onnxruntime when installed")
     p.add_argument("-o", "--output", default=None, help="output file (default: next to the artifact, "
                                                         "<stem>.dense.safetensors or <stem>.onnx)")
-    p.set_defaults(func=_cmd_export)
+    _add_threads_flag(p)
+    p.set_defaults(func=_threaded(_cmd_export))
 
     p = sub.add_parser("models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-STRATEGIES = ("mask", "one_layer", "mp", "rp")
+from pemn.strategies import STRATEGIES, STRATEGY_TABLE, strategy_names
+
 FILLS = ("copy", "rand")
 INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
 SCOPES = ("layer", "global")
@@ -21,7 +22,8 @@ KEEP_ROUNDINGS = ("exact", "paper")
 #: (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection). ``Conv1D`` is
 #: ``transformers.pytorch_utils.Conv1D`` (GPT-2).
 SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention", "Embedding", "Conv1D")
-DEFAULT_RP_RATIO = 1e-3
+#: rp's ratio when none is given (:data:`pemn.strategies.STRATEGY_TABLE` holds it).
+DEFAULT_RP_RATIO = STRATEGY_TABLE["rp"].default_ratio
 _SEED_LIMIT = 2**63
 
 
@@ -108,20 +110,24 @@ class PEMNConfig:
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
-        if self.strategy not in STRATEGIES:
+        strategy = STRATEGY_TABLE.get(self.strategy)
+        if strategy is None:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.strategy == "rp":
-            ratio = DEFAULT_RP_RATIO if self.ratio is None else self.ratio
+        if strategy.takes_ratio:
+            ratio = strategy.default_ratio if self.ratio is None else self.ratio
             if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
-                raise ValueError(f"ratio must be a number with 0 < ratio < 1 for strategy 'rp', got {ratio!r}")
+                raise ValueError(f"ratio must be a number with 0 < ratio < 1 for strategy {self.strategy!r}, "
+                                 f"got {ratio!r}")
             set_(self, "ratio", float(ratio))
         elif self.ratio is not None:
-            raise ValueError(f"ratio applies only to strategy 'rp' (got ratio={self.ratio!r} with "
+            takers = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
+            raise ValueError(f"ratio applies only to {strategy_names(takers)} (got ratio={self.ratio!r} with "
                              f"strategy {self.strategy!r}); leave it unset")
         if self.fill not in FILLS:
             raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
-        if self.fill == "rand" and self.strategy not in ("mp", "rp"):
-            raise ValueError(f"fill='rand' applies only to strategies 'mp' and 'rp', not {self.strategy!r}")
+        if self.fill == "rand" and not strategy.takes_fill:
+            takers = [n for n, s in STRATEGY_TABLE.items() if s.takes_fill]
+            raise ValueError(f"fill='rand' applies only to {strategy_names(takers)}, not {self.strategy!r}")
         keep = self.keep
         if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
             raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")

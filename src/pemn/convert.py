@@ -9,6 +9,7 @@ of them reference, masked only if every one of its users is; everything is check
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import re
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from pemn._compat import module_fqn_filter
 from pemn._memory import release_freed_memory
 from pemn.config import PEMNConfig, kept_count
 from pemn.errors import ConversionError
@@ -40,7 +42,7 @@ from pemn.layers import (
 from pemn.prototype import Assignment, PrototypeBank, plan, slice_scale
 from pemn.registry import lookup, type_names
 
-FilterFn = Callable[[str, nn.Module], bool]
+FilterFn = Callable[[nn.Module, str], bool]  # torchao's order: filter_fn(module, fqn)
 _TRIM_AFTER = 1 << 20  # weights; below this, a layer's freed memory is not worth a trim
 #: a dense tensor at least this share of the model, left dense without being asked to, is warned about
 DENSE_WARN_SHARE = 0.01
@@ -182,7 +184,7 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
             if registered or excluded:
                 dense_reason[id(module)] = "excluded" if excluded else "not in targets"
             continue
-        if filter_fn is not None and not filter_fn(name, module):
+        if filter_fn is not None and not filter_fn(module, name):
             if registered:
                 dense_reason[id(module)] = "vetoed by filter_fn"
             continue
@@ -284,9 +286,11 @@ def set_keep_(model: nn.Module, keep: float) -> nn.Module:
     """Change a converted, training model's kept fraction to ``keep`` in place (keep annealing).
 
     Each layer then keeps :func:`~pemn.kept_count` ``(keep, numel)`` weights (``scope="global"``: the model-wide
-    budget), and with ``keep_scale`` its slice is scaled by ``1 / sqrt(keep)``. The config (what
-    :func:`pemn.save` records) keeps its own ``keep``: set it back to ``config.keep`` before saving, which
-    restores exactly the counts and scales of :func:`convert_`. Frozen masks cannot change (ValueError).
+    budget), and with ``keep_scale`` its slice is scaled by ``1 / sqrt(keep)``. The model's config (what
+    :func:`pemn.save` records and :func:`pemn.load` rebuilds from) takes the new ``keep`` too, so the model is
+    exactly what :func:`convert_` with that keep gives and a save at any keep loads bit-identically; setting
+    the first keep back restores the counts and scales of the conversion (the prototype does not depend on
+    keep). Frozen masks cannot change (ValueError).
     """
     if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
         raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")
@@ -294,7 +298,7 @@ def set_keep_(model: nn.Module, keep: float) -> nn.Module:
     bank = find_bank(model)
     if any(mw.frozen for mw in mws.values()):
         raise ValueError("set_keep_ needs trainable scores: this model's masks are frozen")
-    config = bank.config
+    config = bank.config = dataclasses.replace(bank.config, keep=float(keep))
     if bank.global_topk is not None:
         bank.global_topk.total_kept = kept_count(keep, sum(mw.numel for mw in mws.values()), config.keep_rounding)
         bank.global_topk._key = None
@@ -320,7 +324,8 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
     several layers becomes one masked weight they all hold (its fan-in by its first user's rule).
     A subclass of a registered type with its own ``forward`` is left dense (with a warning) when only the
     default targets ask for it, and refused when targeted explicitly; ``pemn.register_layer`` masks it.
-    ``filter_fn(name, module)`` can veto individual modules. Everything is checked first: on any
+    ``filter_fn(module, fqn)`` (torchao's order; the old ``(name, module)`` still works, deprecated) can veto
+    individual modules. Everything is checked first: on any
     :class:`ConversionError` the model is unchanged. Torch's global RNG is neither used nor changed.
 
     The model gets a :class:`DenseReport` of what stayed dense (``model.pemn_dense_report``, printed by
@@ -332,7 +337,7 @@ def convert_(model: nn.Module, config: PEMNConfig, *, filter_fn: FilterFn | None
     root = unwrap(model)
     if is_converted(root):
         raise ConversionError("this model is already converted by pemn; build a fresh model to convert again")
-    selected, dense_reason = _select(root, config, filter_fn)
+    selected, dense_reason = _select(root, config, module_fqn_filter(filter_fn))
     if not selected:
         skipped = [f"{n or '<root>'!r}: {dense_reason[id(m)]}" for n, m in root.named_modules()
                    if dense_reason.get(id(m), "").startswith(OVERRIDES)]

@@ -23,10 +23,10 @@ class PrototypeMismatchError(FormatError):
     """The prototype values do not hash to what the artifact recorded."""
 
 
-def __getattr__(name: str) -> type[PEMNError]:
-    """``pemn.errors.DatasetError``: the application's (:mod:`pemn.training.errors`), imported on first use."""
-    if name == "DatasetError":
-        from pemn.training.errors import DatasetError
 
-        return DatasetError
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class DatasetError(PEMNError, ValueError):
+    """A dataset is missing, incomplete, corrupt or hostile; the message names the file and the fix.
+
+    Raised by the application's loaders (:mod:`pemn.training.data`, :mod:`pemn.training.text`, which re-export it
+    from :mod:`pemn.training.errors`); defined here, beside the other pemn errors, so that ``pemn.DatasetError``
+    needs no import from the core into the application."""

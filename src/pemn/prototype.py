@@ -19,7 +19,7 @@ from torch's or numpy's generators. The algorithm, complete enough to reimplemen
      evaluated by Horner's rule from the highest term.
    - ``kaiming_uniform``: ``(2u - 1) * sqrt(3) * std``.
    - ``signed_constant``: ``+std`` if ``u >= 0.5`` else ``-std``.
-4. **Streams.** The strategy decides which streams exist (layers are numbered in
+4. **Streams.** The strategy (its planner in :mod:`pemn.strategies`) decides which streams exist (layers are numbered in
    ``model.named_modules()`` order, a weight shared by several layers counting once, at its first user;
    ``fan_in`` is that of the layer named, by its type's rule in :mod:`pemn.registry`: ``prod(shape[1:])``
    for torch's layers, ``shape[0]`` for transformers' ``Conv1D``; a shared weight takes its first user's):
@@ -49,6 +49,7 @@ from torch import nn
 
 from pemn.config import PEMNConfig
 from pemn.registry import fan_in_torch as fan_in  # torch's convention, prod(shape[1:])
+from pemn.strategies import STRATEGY_TABLE, stored_length
 
 _G = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -180,21 +181,11 @@ def plan(config: PEMNConfig, shapes: list[tuple[int, ...]], fan_ins: list[int] |
     fans = [fan_in(s) for s in shapes] if fan_ins is None else [max(1, int(f)) for f in fan_ins]
     if len(fans) != len(shapes):
         raise ValueError(f"{len(fan_ins or [])} fan-ins for {len(shapes)} weights")
+    strategy = STRATEGY_TABLE[config.strategy]
+    owners = strategy.planner(shapes, numels)
     sources: dict[str, Source] = {}
-    owners: list[int] = []
-    if config.strategy == "mask":
-        owners = list(range(len(shapes)))
-    elif config.strategy == "one_layer":
-        first: dict[tuple[int, ...], int] = {}
-        owners = [first.setdefault(tuple(s), i) for i, s in enumerate(shapes)]
-    else:
-        j = max(range(len(shapes)), key=lambda i: (numels[i], -i))
-        owners = [j] * len(shapes)
     for i in sorted(set(owners)):
-        length = numels[i]
-        if config.strategy == "rp":
-            assert config.ratio is not None
-            length = min(numels[i], int(config.ratio * numels[i]) + 1)
+        length = stored_length(strategy, config.ratio, numels[i])
         sources[f"s{i}"] = Source(stream=i, length=length, expanded=numels[i], fan_in=fans[i])
     assignments = []
     for i, owner in enumerate(owners):

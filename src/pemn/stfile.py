@@ -9,11 +9,15 @@ metadata, readable by every safetensors reader (the format does not fix an order
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import torch
 from safetensors.torch import save as _st_save
 
-__all__ = ["save_bytes"]
+from pemn.fileio import atomic_write_bytes
+
+__all__ = ["save_bytes", "write_file"]
 
 
 def save_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -30,3 +34,15 @@ def save_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None
         return data
     text += b" " * (n - len(text))  # the same length, padded with spaces as safetensors pads to 8-byte alignment
     return data[:8] + text + data[8 + n:]
+
+
+def write_file(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], metadata: dict[str, str],
+               extra_metadata: dict[str, str] | None = None) -> int:
+    """Write :func:`save_bytes` of ``tensors`` atomically, with ``metadata`` (the format's own keys) plus
+    ``extra_metadata`` (the application's, which must not set the format's keys: ValueError); returns the size."""
+    reserved = sorted(set(extra_metadata or {}) & set(metadata))
+    if reserved:
+        raise ValueError(f"extra_metadata must not set the reserved key(s) {reserved}")
+    path = Path(path)
+    atomic_write_bytes(path, save_bytes(tensors, metadata={**metadata, **(extra_metadata or {})}))
+    return path.stat().st_size

@@ -1,10 +1,12 @@
 """The trained-model files: their kinds (:data:`KINDS`), the ``app`` metadata that makes each file self-describing,
 and :func:`load_model`, which rebuilds the trained model from the file alone.
 
-A run writes one of three kinds of file (the row of :data:`KINDS` says how it is written, read and reported):
+A run writes one of four kinds of file (the row of :data:`KINDS` says how it is written, read and reported):
 ``pemn`` (``model.pemn``, format tag ``pemn``: seed, prototype and 1-bit masks, :func:`pemn.save`), ``sparse``
-(``model.sparse.safetensors``, tag ``pemn-sparse``: a pruned dense model, :func:`~pemn.training.prune.save_sparse`)
-and ``dense`` (``model.safetensors``, tag ``pt``: a plain state_dict; any other safetensors file reads as dense).
+(``model.sparse.safetensors``, tag ``pemn-sparse``: a pruned dense model, :func:`~pemn.training.prune.save_sparse`),
+``quant`` (``model.quant.safetensors``, tag ``pemn-quant``: a quantized dense model, packed codes and per-channel
+scales, :mod:`pemn.training.quantfile`) and ``dense`` (``model.safetensors``, tag ``pt``: a plain state_dict; any
+other safetensors file reads as dense).
 
 Each file carries an ``app`` object (JSON; :func:`pemn.save`'s ``app=`` for ``.pemn`` files, the ``pemn_app``
 metadata key of the safetensors files) saying what rebuilds the model and its inputs:
@@ -40,9 +42,10 @@ from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
 from pemn.stfile import save_bytes
 from pemn.summary import summary as pemn_summary
-from pemn.training.checkpoint import cpu_copy
+from pemn.training.checkpoint import CHECKPOINT_FORMAT, cpu_copy
 from pemn.training.errors import DatasetError
 from pemn.training.prune import load_sparse, pruning_masks, save_sparse
+from pemn.training.quantfile import QUANT_FORMAT, load_quant, quant_info, save_quant
 
 if TYPE_CHECKING:
     from pemn.training.config import TrainConfig
@@ -98,6 +101,19 @@ def _save_sparse(module: nn.Module, path: Path, cfg: TrainConfig,
                           paper_ratio=1.0 - kept / prunable)
 
 
+def _save_quant(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
+    assert cfg.quantize is not None
+    save_quant(module, path, cfg.quantize, extra_metadata=_app_metadata(app))
+    info = quant_info(path)
+    extra = {k: info[k] for k in ("bits", "quantized_weights", "code_bytes", "scale_bytes", "extras_bytes",
+                                  "payload_bytes", "bits_per_weight")}
+    if cfg.prune is not None:
+        kept, total = info["stored_codes"], info["quantized_weights"]
+        extra.update(prune=cfg.prune, prune_scope=cfg.prune_scope, compression=cfg.effective_compression,
+                     kept_weights=kept, paper_ratio=1.0 - kept / total)
+    return _dense_summary(module, path, quantize=cfg.quantize, **extra)
+
+
 # ----------------------------------------------------------------------------------------- reading
 
 
@@ -144,6 +160,8 @@ KINDS: dict[str, ArtifactKind] = {k.name: k for k in (
                  "weights", ("weights_bytes", "sparse_bytes"), "a pruned model (pemn-sparse)"),
     ArtifactKind("dense", "model.safetensors", "pt", _save_dense, _load_dense, "weights", ("weights_bytes",),
                  "a dense state_dict"),
+    ArtifactKind("quant", "model.quant.safetensors", QUANT_FORMAT, _save_quant, load_quant, "weights",
+                 ("weights_bytes",), "a quantized model (pemn-quant: packed integer codes, per-channel scales)"),
 )}
 
 
@@ -151,6 +169,8 @@ def kind_of(cfg: TrainConfig) -> ArtifactKind:
     """The kind of file a run of ``cfg`` writes."""
     if cfg.strategy != "dense":
         return KINDS["pemn"]
+    if cfg.quantize is not None:
+        return KINDS["quant"]
     return KINDS["dense" if cfg.prune is None else "sparse"]
 
 
@@ -176,8 +196,28 @@ def kind_of_file(path: str | os.PathLike[str]) -> ArtifactKind:
     if meta is None:
         pemn_read(path)  # not safetensors: pemn's loader says what the file is instead (FormatError)
         raise FormatError(f"{path}: not a safetensors file")  # pragma: no cover - pemn_read raised above
+    if meta.get("format") == CHECKPOINT_FORMAT:
+        raise FormatError(_not_a_model_file(path, meta))
     by_format = {k.format: k for k in KINDS.values()}
     return by_format.get(meta.get("format", ""), KINDS["dense"])
+
+
+def _not_a_model_file(checkpoint: Path, meta: dict[str, str]) -> str:
+    """What to use instead of a training checkpoint: the model file its run writes (named from the run's config
+    in the checkpoint), or, before the run has written it, how to finish the run."""
+    from pemn.training.config import TrainConfig
+    from pemn.training.engine import resume_command
+
+    try:
+        filename = kind_of(TrainConfig.from_dict(json.loads(meta["config"]))).filename
+    except (KeyError, TypeError, ValueError):  # a config this version cannot read: the usual kind
+        filename = KINDS["pemn"].filename
+    model_file = checkpoint.parent / filename
+    message = (f"{checkpoint} is a training checkpoint (what pemn train --resume continues from), not a model "
+               f"file: use {model_file}")
+    if not model_file.exists():
+        message += f"; the run has not written it yet: finish it with {resume_command(checkpoint.parent)}"
+    return message
 
 
 def read_app(path: str | os.PathLike[str], kind: ArtifactKind | None = None) -> dict[str, Any] | None:
@@ -208,9 +248,9 @@ def image_app(model_name: str, info: DatasetInfo, data_dir: str | os.PathLike[st
                            "scale": 1 / 255, "mean": [float(m) for m in info.mean],
                            "std": [float(s) for s in info.std]}
     if info.name == "imagefolder" and data_dir is not None:
-        from pemn.training.data import _imagefolder_classes
+        from pemn.training.data.folders import imagefolder_classes
 
-        pre["classes"] = _imagefolder_classes(Path(data_dir))
+        pre["classes"] = imagefolder_classes(Path(data_dir))
     return {"kind": IMAGE_APP_KIND, "model": model_name,
             "model_args": {"num_classes": info.num_classes, "in_channels": info.in_channels,
                            "image_size": info.image_size},

@@ -14,13 +14,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
-import pemn
-from pemn.errors import FormatError
+from pemn._version import __version__
+from pemn.convert import unwrap
+from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.fileio import atomic_write_bytes
 from pemn.stfile import save_bytes
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_NAME", "CHECKPOINT_VERSION", "cpu_copy", "load_checkpoint",
-           "read_checkpoint", "save_checkpoint"]
+           "load_exact_state", "read_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "pemn-checkpoint"
@@ -30,6 +31,25 @@ CHECKPOINT_VERSION = 1
 def cpu_copy(t: torch.Tensor) -> torch.Tensor:
     """A detached, contiguous CPU copy of ``t``."""
     return t.detach().to("cpu", copy=True).contiguous()
+
+
+def load_exact_state(path: str | os.PathLike[str], model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` (a plain state_dict read from the model file at ``path``) into ``model`` when every key and
+    shape matches (:class:`~pemn.ArchitectureMismatchError` naming the first differences otherwise, the model
+    untouched); tensors take the model's dtypes."""
+    root = unwrap(model)
+    own = root.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ArchitectureMismatchError(
+            f"{str(path)!r} does not fit the model: "
+            + "; ".join(f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
+                        for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
+    for key, value in state.items():
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise ArchitectureMismatchError(f"{str(path)!r} does not fit the model: {key!r} has shape "
+                                            f"{tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model")
+    root.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -106,7 +126,7 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
         tensors["rng/cuda"] = torch.cuda.get_rng_state(device)
     state = {**state, "optimizer": opt_meta, "scaler": scaler.state_dict() if scaler is not None else None}
     metadata = {"format": CHECKPOINT_FORMAT, "format_version": str(CHECKPOINT_VERSION),
-                "pemn_version": pemn.__version__, "torch_version": torch.__version__,
+                "pemn_version": __version__, "torch_version": torch.__version__,
                 "config": json.dumps(config), "state": json.dumps(state)}
     atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
     return path

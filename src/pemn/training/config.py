@@ -21,6 +21,7 @@ from torch import nn
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
 from pemn.config import PEMNConfig
 from pemn.registry import type_names
+from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
 from pemn.training.augment import list_recipes
 from pemn.training.data import dataset_info
 from pemn.training.dist import parse_device
@@ -28,6 +29,7 @@ from pemn.training.errors import DatasetError
 from pemn.training.evaluation import DEFAULT_EVAL_BATCH
 from pemn.training.models import get_model_spec
 from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
+from pemn.training.quantize import PRUNED_METHODS, QUANTIZE_METHODS
 
 __all__ = [
     "ARTIFACT_FIELDS",
@@ -66,15 +68,13 @@ class Strategy:
     takes_fill: bool = False
 
 
-#: Every training strategy. The PEMN ones are :data:`pemn.config.STRATEGIES` (tests check that this table
-#: agrees with :class:`~pemn.PEMNConfig` on which take a ratio or a fill).
-STRATEGY_TABLE: dict[str, Strategy] = {s.name: s for s in (
-    Strategy("dense", "Dense", pemn=False),
-    Strategy("mask", "Mask", pemn=True),
-    Strategy("one_layer", "One-layer", pemn=True),
-    Strategy("mp", "MP", pemn=True, takes_fill=True),
-    Strategy("rp", "RP", pemn=True, takes_ratio=True, takes_fill=True),
-)}
+#: Every training strategy: ``dense`` (the model's own weights), then the PEMN ones, as the core's
+#: :data:`pemn.strategies.STRATEGY_TABLE` says them (label, ratio, fill: written there once).
+STRATEGY_TABLE: dict[str, Strategy] = {
+    "dense": Strategy("dense", "Dense", pemn=False),
+    **{s.name: Strategy(s.name, s.label, pemn=True, takes_ratio=s.takes_ratio, takes_fill=s.takes_fill)
+       for s in CORE_STRATEGIES.values()},
+}
 TRAIN_STRATEGIES = tuple(STRATEGY_TABLE)
 PEMN_STRATEGIES = tuple(name for name, s in STRATEGY_TABLE.items() if s.pemn)
 OPTIMIZERS = ("adamw", "sgd")
@@ -148,8 +148,9 @@ class TrainConfig:
                             "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
-    paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, and the scores trained "
-                     "at lr and weight_decay like any weight also under SGD (see score_settings)")
+    paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, the scores trained "
+                     "at lr and weight_decay like any weight also under SGD (see score_settings), and the paper "
+                     "schedule's knots at the official code's whole epochs E*2//5, E*4//5")
     variance: str = _f("auto", "variance correction of the prototype slices: auto (the measured best for the model's "
                        f"family: {_variance_auto_text()}), paper (none: the official code), fan-in (= rescale) or "
                        "fan-in-keep (fan-in and 1/sqrt(keep))")
@@ -174,6 +175,10 @@ class TrainConfig:
     prune: str | None = _f(None, "prune the dense model at init: random or magnitude (needs strategy dense)")
     compression: float | None = _f(None, "fraction of Conv/Linear weights pruned (default 0.96; needs prune)")
     prune_scope: str = _f("layer", "pruning scope: layer (same fraction per layer) or global (needs prune)")
+    quantize: str | None = _f(None, "quantize the dense model's weights (every Conv/Linear/Embedding, per output "
+                              "channel): binary, ternary, int2, int4 or int8 trained quantized (QAT), or ptq-int8, "
+                              "ptq-int4 or ptq-int2 after training; with prune: ternary, int2, int4 or int8 (Deep "
+                              "Compression). Needs strategy dense; writes model.quant.safetensors")
     # recipe
     recipe: str = _f("adamw", "named recipe for the training fields you leave unset: adamw, convmixer, "
                               "resnet-sgd, mnist, nanogpt")
@@ -185,7 +190,8 @@ class TrainConfig:
     lr: float = _f(0.01, "peak learning rate")
     weight_decay: float = _f(0.0, "weight decay (applies to the scores too, as in the paper)")
     momentum: float = _f(0.9, "SGD momentum, or AdamW's beta1 (the gradient's running-average coefficient)")
-    schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E), cosine, constant")
+    schedule: str = _f("paper", "lr schedule: paper (0 -> lr -> lr/20 -> 0 at 0, .4E, .8E, E, in steps; --paper: "
+                                "at whole epochs), cosine, constant")
     augment: str = _f("none", "training augmentation: none, flip-crop (pad 4), flip-crop8 (pad 8: Tiny-ImageNet), "
                               "convmixer (torchvision's RandAugment per image) or convmixer-kornia (kornia's)")
     amp: bool | None = _f(None, "mixed precision (CUDA only; default: on for CUDA)")
@@ -208,8 +214,8 @@ class TrainConfig:
     eval_batch_size: int = _f(DEFAULT_EVAL_BATCH, "batch size for test evaluation (small batches are the fastest "
                                                   "on a CPU: they keep the activations in cache, BENCHMARKS.md "
                                                   "section 11)")
-    eval_subset: int | None = _f(None, "evaluate on the first N test images only (every epoch and the saved model; "
-                                 "quick runs)")
+    eval_subset: int | None = _f(None, "evaluate on the first N test images only (text: the first N validation "
+                                 "characters) every epoch and for the saved model (quick runs)")
     eval_every: int = _f(1, "evaluate the test split every K epochs (and always after the last one)")
     threads: int | None = _f(None, "CPU threads of torch (default: 1 when the CPUs are busy with other processes, "
                                    "else up to 4; see BENCHMARKS.md)")
@@ -235,6 +241,8 @@ class TrainConfig:
             _choice("extras_dtype", self.extras_dtype, tuple(d for d in EXTRAS_DTYPES if d is not None))
         if self.prune is not None:
             _choice("prune", self.prune, PRUNE_METHODS)
+        if self.quantize is not None:
+            _choice("quantize", self.quantize, QUANTIZE_METHODS)
         get_model_spec(self.model)  # ModelError (a ValueError) listing the valid names
         try:
             dataset_info(self.dataset, self.data_dir)
@@ -258,6 +266,12 @@ class TrainConfig:
                              f"{self.strategy!r}); leave it unset")
         if self.prune is not None and self.strategy != "dense":
             raise ValueError(f"prune is a baseline for dense models: it needs strategy 'dense', got {self.strategy!r}")
+        if self.quantize is not None and self.strategy != "dense":
+            raise ValueError(f"quantize is a baseline for dense models: it needs strategy 'dense', got "
+                             f"{self.strategy!r}")
+        if self.quantize is not None and self.prune is not None and self.quantize not in PRUNED_METHODS:
+            raise ValueError(f"a pruned model's survivors are quantized by {', '.join(PRUNED_METHODS)} (Deep "
+                             f"Compression), not {self.quantize!r}")
         if self.compression is not None and self.prune is None:
             raise ValueError("compression is the pruned fraction: it needs prune ('random' or 'magnitude')")
         if self.prune_scope != "layer" and self.prune is None:

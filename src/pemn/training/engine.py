@@ -5,7 +5,8 @@ It trains a model from :mod:`pemn.training.models` on a dataset from :mod:`pemn.
 tensors, batched augmentation from :mod:`pemn.training.augment`) with one of the paper's methods:
 
 - ``strategy="dense"``: the ordinary model (optionally pruned at init with ``prune="random"|"magnitude"``,
-  the paper's "Random"/"Minimum" baselines, see :mod:`pemn.training.prune`);
+  the paper's "Random"/"Minimum" baselines, see :mod:`pemn.training.prune`; optionally quantized with
+  ``quantize``: trained with quantized weights, or quantized after training, see :mod:`pemn.training.quantize`);
 - ``"mask"``, ``"one_layer"``, ``"mp"``, ``"rp"``: the model is converted by :func:`pemn.convert_` and only
   its scores (plus biases / norms) are trained, as in the paper (weight decay applies to the scores too).
 
@@ -72,10 +73,14 @@ from pemn.training.outputs import (
     write_metrics,
 )
 from pemn.training.progress import Progress, fmt_time, plural
-from pemn.training.prune import prune_
+from pemn.training.prune import prune_, remove_pruning_
+from pemn.training.quantize import QAT_METHODS, calibrate_, quantize_
 from pemn.training.runlock import RunLock
 from pemn.training.sample import lm_app
 from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
+
+#: Post-training quantization re-estimates BatchNorm statistics on up to this many training images.
+PTQ_CALIBRATION_IMAGES = 4096
 
 __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume_command", "schedule_lr", "train"]
 
@@ -83,11 +88,14 @@ __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume
 # --------------------------------------------------------------------------------------------- schedule
 
 
-def schedule_lr(schedule: str, lr: float, epochs: int, t: float) -> float:
+def schedule_lr(schedule: str, lr: float, epochs: int, t: float, *, whole_epoch_knots: bool = False) -> float:
     """The learning rate after ``t`` epochs (fractional) of an ``epochs``-long run.
 
-    ``"paper"``: the official PEMN code's ``np.interp(t, [0, E*2//5, E*4//5, E], [0, lr, lr/20, 0])`` with
-    ``t = epoch + (step + 1) / steps_per_epoch`` per iteration (same float ops as ``np.interp``).
+    ``"paper"``: ``np.interp(t, [0, 2E/5, 4E/5, E], [0, lr, lr/20, 0])`` with ``t = epoch + (step + 1) /
+    steps_per_epoch`` per iteration (same float ops as ``np.interp``): the knots fall at 0.4 E and 0.8 E, between
+    optimizer steps when E is not a multiple of 5, so a 1- or 2-epoch run still warms up to ``lr``.
+    ``whole_epoch_knots`` (``--paper``) puts them at the official code's whole epochs ``E*2//5`` and ``E*4//5``;
+    the two rules are identical whenever E is a multiple of 5 (every paper run).
     ``"cosine"``: ``lr * (1 + cos(pi * t / E)) / 2``. ``"constant"``: ``lr``.
     """
     if schedule == "constant":
@@ -96,7 +104,10 @@ def schedule_lr(schedule: str, lr: float, epochs: int, t: float) -> float:
         return 0.5 * lr * (1.0 + math.cos(math.pi * min(max(t / epochs, 0.0), 1.0)))
     if schedule != "paper":
         raise ValueError(f"unknown schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
-    xs = (0.0, float(epochs * 2 // 5), float(epochs * 4 // 5), float(epochs))
+    if whole_epoch_knots:
+        xs = (0.0, float(epochs * 2 // 5), float(epochs * 4 // 5), float(epochs))
+    else:  # 2E/5 and 4E/5 of exact integers: the same floats as E*2//5 and E*4//5 when 5 divides E
+        xs = (0.0, epochs * 2 / 5, epochs * 4 / 5, float(epochs))
     ys = (0.0, lr, lr / 20.0, 0.0)
     if t < xs[0]:
         return ys[0]
@@ -231,7 +242,9 @@ class _Data:
                 raise ValueError(f"train_subset {cfg.train_subset} leaves no full context of {cfg.block_size} "
                                  "characters to train on")
             empty = torch.zeros(0, dtype=torch.int64)
-            return cls(info, train, empty, corpus.val, empty, None, None, corpus)
+            # eval_subset N: the first N validation characters are predicted (from the N + 1 first ones)
+            val = corpus.val if cfg.eval_subset is None else corpus.val[:cfg.eval_subset + 1]
+            return cls(info, train, empty, val, empty, None, None, corpus)
         if cfg.download and group.enabled and not group.main:
             group.barrier()  # rank 0 downloads first
         x, y = load_dataset(cfg.dataset, cfg.data_dir, split="train", download=cfg.download)
@@ -279,6 +292,8 @@ def _build_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
         compression = cfg.effective_compression
         assert compression is not None
         prune_(model, cfg.prune, compression, seed=cfg.seed, scope=cfg.prune_scope)
+    if cfg.quantize in QAT_METHODS:  # trained quantized; the survivors of a pruned model only
+        quantize_(model, cfg.quantize, remove_pruning_(model) if cfg.prune is not None else None)
     return model
 
 
@@ -353,6 +368,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         FileExistsError: ``out`` already holds a run and ``resume`` is off.
     """
     cfg = TrainConfig.from_dict(cfg.to_dict())  # a validated private copy
+    if cfg.resume:
+        _check_resumable(Path(str(cfg.out)))
     if cfg.data_dir is not None:  # config.json must find the data from any working directory (pemn eval)
         cfg.data_dir = str(Path(cfg.data_dir).expanduser().absolute())
     group = Dist()
@@ -364,6 +381,16 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] | None = None, stop_af
         if run is not None:
             run.close()
         group.close()
+
+
+def _check_resumable(out: Path) -> None:
+    """FileNotFoundError (before anything is loaded or written) unless ``out`` holds a run to continue: its
+    checkpoint, or its ``config.json`` (a run stopped before its first checkpoint starts again with its settings)."""
+    if (out / CHECKPOINT_NAME).is_file() or (out / CONFIG_NAME).is_file():
+        return
+    why = "no such folder" if not out.exists() else f"it holds no {CHECKPOINT_NAME} or {CONFIG_NAME}"
+    raise FileNotFoundError(f"--resume: nothing to resume in {str(out)!r} ({why}); check the --out folder, or "
+                            "leave out --resume to start a new run there")
 
 
 class _Run:
@@ -459,7 +486,8 @@ class _Run:
     def _resume(self) -> _History:
         path = self.out / CHECKPOINT_NAME
         if not path.exists():
-            self.log(f"resume: no checkpoint in {str(self.out)!r}; starting from scratch")
+            self.log(f"resume: no checkpoint in {str(self.out)!r} yet (the run stopped before its first one); "
+                     "starting it again from scratch with its settings")
             return _History()
         state = load_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
                                 device=self.device, config=self.cfg.to_dict(), free_fields=RESUME_FREE_FIELDS)
@@ -538,6 +566,10 @@ class _Run:
             what = f"dense, {n:,} parameters"
             if cfg.prune:
                 what += f", {cfg.prune} pruning ({cfg.prune_scope}) of {cfg.effective_compression:.2%} at init"
+            if cfg.quantize in QAT_METHODS:
+                what += f", weights trained quantized ({cfg.quantize}, per output channel, straight-through)"
+            elif cfg.quantize:
+                what += f", weights quantized after training ({cfg.quantize}, per output channel)"
         else:
             mws = masked_weights(self.module)
             masked = sum(mw.numel for mw in mws.values())
@@ -569,10 +601,20 @@ class _Run:
                  f"device {self.device}{' (amp)' if self.amp else ''}, "
                  f"{plural(self.threads, 'CPU thread')}, world size {self.dist.world}; out {self.out}")
         if cfg.eval_subset is not None or cfg.eval_every > 1:
-            self.log(f"evaluation: {self.data.test_x.shape[0]:,} test images"
+            self.log(f"evaluation: {self._eval_scope()}"
                      + (f" (--eval-subset {cfg.eval_subset})" if cfg.eval_subset is not None else "")
                      + (f", every {plural(cfg.eval_every, 'epoch')} and after the last" if cfg.eval_every > 1
                         else ""))
+
+    def _eval_scope(self) -> str:
+        """What each evaluation covers: ``359 test images``, ``the whole validation split`` or (a language model
+        under eval_subset) ``the first 20 of 33 validation characters``."""
+        if self.data.corpus is None:
+            return plural(self.data.test_x.shape[0], "test image")
+        predicted, whole = self.data.test_x.numel() - 1, self.data.corpus.val.numel() - 1
+        if predicted == whole:
+            return "the whole validation split"
+        return f"the first {predicted:,} of {whole:,} validation characters"
 
     def _batches(self, epoch: int) -> torch.Tensor:
         """This rank's share of the epoch's permutation (the same permutation on every rank)."""
@@ -595,8 +637,11 @@ class _Run:
         perm = self._batches(epoch) if data.corpus is None else None
         if start_step == 0:
             h.totals = _Totals()
-        epoch_images = min(self.shard, last * B) * self.dist.world
-        self.progress = Progress(cfg.progress and self.dist.main, epoch_images, f"epoch {epoch + 1}/{E}", self._log)
+        # what the loop counts: images, or a language model's predicted characters (block_size per window)
+        per_row, unit = (1, "image") if data.corpus is None else (cfg.block_size, "character")
+        epoch_total = min(self.shard, last * B) * self.dist.world * per_row
+        self.progress = Progress(cfg.progress and self.dist.main, epoch_total, f"epoch {epoch + 1}/{E}", self._log,
+                                 unit=unit)
         self.progress.done = int(h.totals.seen)
         t_epoch = time.perf_counter()
         self.model.train()
@@ -659,8 +704,9 @@ class _Run:
         """The learning rate after ``step`` steps of epoch ``epoch`` (over steps in a --steps run)."""
         cfg = self.cfg
         if cfg.steps is not None:
-            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step))
-        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps)
+            return schedule_lr(cfg.schedule, cfg.lr, cfg.steps, float(epoch * self.steps + step),
+                               whole_epoch_knots=cfg.paper)
+        return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps, whole_epoch_knots=cfg.paper)
 
     def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
@@ -777,6 +823,34 @@ class _Run:
         if self.dist.all_reduce_(stop).item() or hook:
             self._interrupt(epoch + 1, 0, self.stop.signum, written=True)
 
+    def _post_training_quantize(self) -> float | None:
+        """``quantize ptq-*``: quantize the trained model's weights, re-estimate its BatchNorm statistics on (up to
+        :data:`PTQ_CALIBRATION_IMAGES`) training images, evaluate it; returns the dense model's final accuracy (None
+        for every other run). Runs on every rank (the same images, so the same result)."""
+        cfg = self.cfg
+        if cfg.quantize is None or cfg.quantize in QAT_METHODS:
+            return None
+        dense_acc = self.history.metrics[-1]["test_acc"] if self.history.metrics else None
+        quantize_(self.module, cfg.quantize)
+        n = 0
+        if self.data.corpus is None:
+            images = self.data.train_x[:PTQ_CALIBRATION_IMAGES]
+            size = cfg.batch_size
+
+            def batches() -> Any:
+                for i in range(0, images.shape[0], size):
+                    x = images[i:i + size]
+                    yield self.data.eval_tf(x) if self.data.eval_tf is not None else x
+
+            n = calibrate_(self.module, batches)
+        self.quantized_acc = self._test_accuracy(f"test of the {cfg.quantize} model")
+        used = min(len(self.data.train_x), PTQ_CALIBRATION_IMAGES)
+        what = (f"BatchNorm statistics of {plural(n, 'layer')} re-estimated on {used:,} training images" if n
+                else "no BatchNorm to calibrate")
+        self.log(f"{cfg.quantize}: weights quantized per output channel ({what}): test accuracy "
+                 f"{self.quantized_acc:.2f}% (dense {'-' if dense_acc is None else f'{dense_acc:.2f}%'})")
+        return dense_acc if dense_acc is not None else float("nan")
+
     def _save_checkpoint(self, epoch: int, step: int) -> Path:
         path = self.out / CHECKPOINT_NAME
         if not self.dist.main:
@@ -810,10 +884,15 @@ class _Run:
         if cfg.keep_start is not None:
             self._set_keep(cfg.keep)  # the schedule ends at keep; this makes the saved counts exact regardless
         self._sync_buffers()
+        dense_acc = self._post_training_quantize()
         digest = state_digest(self.module)
         if not self.dist.all_equal(digest):
             raise RuntimeError("the ranks ended with different masks/weights; DDP should have kept them in sync")
         final_acc = h.metrics[-1]["test_acc"] if h.metrics else 0.0
+        best_acc, best_epoch = h.best_acc, h.best_epoch
+        if dense_acc is not None:  # the saved model is the quantized one, the only one: its accuracy is the run's
+            final_acc = best_acc = self.quantized_acc
+            best_epoch = len(h.metrics)
         path = self.out / self.kind.filename
         files: dict[str, Any] = {}
         summary: dict[str, Any] = {}
@@ -823,6 +902,8 @@ class _Run:
             app = lm_app(cfg.model, corpus.vocab, cfg.block_size) if corpus is not None else image_app(
                 cfg.model, self.data.info, cfg.data_dir)
             summary = self.kind.save(self.module, path, cfg, app=app)
+            if dense_acc is not None:
+                summary["dense_acc"] = dense_acc
             nbytes = path.stat().st_size
             files = {self.kind.path_field: path, **dict.fromkeys(self.kind.bytes_fields, nbytes)}
             with torch.random.fork_rng(devices=[]):  # the file alone rebuilds the model (its app metadata)
@@ -846,7 +927,7 @@ class _Run:
                          f"measured {final_acc:.2f}%")
         result = TrainResult(
             out_dir=self.out, artifact=files.get("artifact"), artifact_bytes=files.get("artifact_bytes"),
-            best_acc=h.best_acc, best_epoch=h.best_epoch, final_acc=final_acc, epochs_run=len(h.metrics),
+            best_acc=best_acc, best_epoch=best_epoch, final_acc=final_acc, epochs_run=len(h.metrics),
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
@@ -860,11 +941,11 @@ class _Run:
                 ratio += f", {paper_ratio_text(summary['paper_ratio'])}"
             if corpus is not None:
                 self.log(f"done in {fmt_time(result.seconds)}: validation loss {self.lm['val_loss']:.4f} nats/char "
-                         f"({self.lm['bits_per_char']:.4f} bits/char, whole validation split, the saved model) after "
+                         f"({self.lm['bits_per_char']:.4f} bits/char, {self._eval_scope()}, the saved model) after "
                          f"{result.steps_run} steps. Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
             else:
-                self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {h.best_acc:.2f}% at epoch "
-                         f"{h.best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
+                self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {best_acc:.2f}% at epoch "
+                         f"{best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
                          f"{final_acc:.2f}% (the saved model). Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
             if self.teacher_acc is not None:
                 self.log(f"teacher {cfg.teacher} ({self.teacher_name}): test accuracy {self.teacher_acc:.2f}%")

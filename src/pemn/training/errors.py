@@ -1,11 +1,9 @@
-"""Errors of the application half (the core's are :mod:`pemn.errors`)."""
+"""Errors of the application half. :class:`DatasetError` is defined in the core's :mod:`pemn.errors` (as
+``pemn.DatasetError`` is public, and the core never imports the application) and re-exported here, where the
+application's modules import it from."""
 
 from __future__ import annotations
 
-from pemn.errors import PEMNError
+from pemn.errors import DatasetError
 
 __all__ = ["DatasetError"]
-
-
-class DatasetError(PEMNError, ValueError):
-    """A dataset is missing, incomplete, corrupt or hostile; the message names the file and the fix."""

@@ -5,8 +5,11 @@ LayerNorm affine vectors and ViT's class token / position embedding), because th
 layers to mask by those exact module types. No functional weights, no custom Linear subclasses.
 
 Names encode the size and are parsed, e.g. ``convmixer-256-8`` (dim 256, depth 8) or ``vit-512-6`` (hidden
-512, depth 6). Construction only uses torch's global RNG, so ``torch.manual_seed(s)`` before
-:func:`create_model` reproduces the same initial weights.
+512, depth 6); the fixed-size families take their width as a whole percent of the classic one, e.g. ``lenet5-w50``
+(half as many channels and units in every layer), ``resnet20-w25``, ``mlp-w25`` (:func:`model_at_width` gives the
+name of any family at another width). A file records the name, so a narrow model rebuilds from the file alone.
+Construction only uses torch's global RNG, so ``torch.manual_seed(s)`` before :func:`create_model` reproduces the
+same initial weights.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ __all__ = [
     "get_model_spec",
     "list_model_families",
     "list_models",
+    "model_at_width",
     "register_model",
 ]
 
@@ -145,6 +149,51 @@ def get_model_spec(name: str) -> ModelSpec:
 def _check_positive(label: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ModelError(f"{label} must be a positive int, got {value!r}")
+
+
+def scaled(base: int, width: int) -> int:
+    """``base`` channels (or units) at ``width`` percent of them, rounded half up, at least 1."""
+    return max(1, (base * width + 50) // 100)
+
+
+#: The fields that set the width of the families sized by their name (their other sizes are depths).
+_WIDTH_FIELDS = {"convmixer-<dim>-<depth>": "dim", "vit-<hidden>-<depth>": "hidden", "gpt-<dim>-<depth>": "dim"}
+_PERCENT_SUFFIX = "-w<width>"
+
+
+def model_at_width(name: str, width: float) -> str:
+    """The registry name of model ``name`` at ``width`` times its width (``width`` 1 returns ``name``).
+
+    ``convmixer-64-4`` at 0.5 is ``convmixer-32-4`` (dims, ViT hiddens and GPT dims are rounded to the nearest
+    integer, at least 1); ``lenet5`` at 0.5 is ``lenet5-w50`` and ``resnet20-w50`` at 0.5 ``resnet20-w25`` (these
+    families count their width in whole percents: a width that is not one is a :class:`ModelError`, never a
+    silently rounded model). A model without a width (``tiny-cnn``) is a :class:`ModelError`.
+    """
+    if isinstance(width, bool) or not isinstance(width, int | float) or not width > 0 or width != width:
+        raise ModelError(f"width must be a positive number, got {width!r}")
+    spec = get_model_spec(name)
+    if width == 1:
+        return spec.name
+    field = _WIDTH_FIELDS.get(spec.pattern)
+    if field is not None:
+        value = round(spec.sizes[field] * width)
+        if value < 1:
+            raise ModelError(f"{spec.name} at width {width:g} has no {field} left ({spec.sizes[field]} x {width:g} "
+                             "rounds to 0)")
+        sizes = {**spec.sizes, field: value}
+        return _FIELD_RE.sub(lambda m: str(sizes[m.group(1)]), spec.pattern)
+    if spec.pattern.endswith(_PERCENT_SUFFIX):
+        stem, percent = spec.pattern[: -len(_PERCENT_SUFFIX)], spec.sizes["width"] * width
+    elif spec.pattern + _PERCENT_SUFFIX in _REGISTRY:
+        stem, percent = spec.pattern, 100 * width
+    else:
+        families = sorted([*_WIDTH_FIELDS, *(k for k in _REGISTRY if k.endswith(_PERCENT_SUFFIX))])
+        raise ModelError(f"model {spec.name!r} has no width argument; families with one: {', '.join(families)}")
+    whole = round(percent)
+    if abs(percent - whole) > 1e-6 or whole < 1:
+        raise ModelError(f"{spec.name} at width {width:g} is {percent:g} % of {stem}'s width; its width is a whole "
+                         f"percent ({stem}-w<percent>): choose a width that gives one")
+    return stem if whole == 100 else f"{stem}-w{whole}"
 
 
 def create_model(
@@ -449,17 +498,21 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """CIFAR ResNet-(6n+2) of He et al. 2016: 3 stages of 16/32/64 channels, n BasicBlocks each.
+def cifar_resnet(depth: int, *, num_classes: int = 10, in_channels: int = 3, width: int = 100) -> ResNet:
+    """CIFAR ResNet-(6n+2) of He et al. 2016: 3 stages of 16/32/64 channels (at ``width`` percent of them:
+    :func:`scaled`), n BasicBlocks each.
 
     Uses option-B (1x1 conv + BN) projection shortcuts, so weight counts are slightly above the paper's
     option-A numbers (resnet32: 464,432 here vs 461,872).
     """
     if depth < 8 or (depth - 2) % 6:
         raise ModelError(f"CIFAR ResNet depth must be 6n+2 with n >= 1, got {depth}")
+    _check_positive("width", width)
     n = (depth - 2) // 6
-    stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
-    return ResNet(BasicBlock, [n, n, n], [16, 32, 64], stem=stem, stem_channels=16, num_classes=num_classes)
+    widths = [scaled(c, width) for c in (16, 32, 64)]
+    stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
+                         nn.ReLU())
+    return ResNet(BasicBlock, [n, n, n], widths, stem=stem, stem_channels=widths[0], num_classes=num_classes)
 
 
 def imagenet_resnet(
@@ -470,26 +523,29 @@ def imagenet_resnet(
     in_channels: int = 3,
     image_size: int = 224,
     imagenet_stem: bool | None = None,
+    width: int = 100,
 ) -> ResNet:
-    """torchvision-layout ResNet (widths 64/128/256/512).
+    """torchvision-layout ResNet (widths 64/128/256/512, at ``width`` percent of them: :func:`scaled`).
 
     The stem is torchvision's 7x7 stride-2 conv + 3x3 max-pool when ``image_size >= 64`` (or
     ``imagenet_stem=True``); for smaller inputs (32x32, 28x28, 8x8) a 3x3 stride-1 conv without max-pool,
     as is usual on CIFAR, so the feature maps are not shrunk to nothing.
     """
+    _check_positive("width", width)
+    widths = [scaled(c, width) for c in (64, 128, 256, 512)]
     use_imagenet_stem = image_size >= 64 if imagenet_stem is None else imagenet_stem
     if use_imagenet_stem:
         stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64),
+            nn.Conv2d(in_channels, widths[0], 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(widths[0]),
             nn.ReLU(),
             nn.MaxPool2d(3, stride=2, padding=1),
         )
     else:
         stem = nn.Sequential(
-            nn.Conv2d(in_channels, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
         )
-    return ResNet(block, layers, [64, 128, 256, 512], stem=stem, stem_channels=64, num_classes=num_classes)
+    return ResNet(block, layers, widths, stem=stem, stem_channels=widths[0], num_classes=num_classes)
 
 
 def _register_cifar_resnet(depth: int) -> None:
@@ -497,37 +553,32 @@ def _register_cifar_resnet(depth: int) -> None:
     def _build(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
         return cifar_resnet(depth, num_classes=num_classes, in_channels=in_channels)
 
+    @register_model(f"resnet{depth}{_PERCENT_SUFFIX}", listed=(f"resnet{depth}-w50",) if depth == 20 else ())
+    def _build_width(*, width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        return cifar_resnet(depth, num_classes=num_classes, in_channels=in_channels, width=width)
+
 
 for _depth in (20, 32, 56):
     _register_cifar_resnet(_depth)
 
 
-@register_model("resnet18")
-def _resnet18(
-    *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool | None = None
-) -> nn.Module:
-    return imagenet_resnet(
-        [2, 2, 2, 2],
-        BasicBlock,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        imagenet_stem=imagenet_stem,
-    )
+def _register_imagenet_resnet(name: str, layers: Sequence[int], block: type[BasicBlock | Bottleneck]) -> None:
+    def build(*, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool | None = None,
+              width: int = 100) -> nn.Module:
+        return imagenet_resnet(layers, block, num_classes=num_classes, in_channels=in_channels,
+                               image_size=image_size, imagenet_stem=imagenet_stem, width=width)
+
+    @register_model(name)
+    def _build(*, num_classes: int, in_channels: int, image_size: int,
+               imagenet_stem: bool | None = None) -> nn.Module:
+        return build(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
+                     imagenet_stem=imagenet_stem)
+
+    register_model(f"{name}{_PERCENT_SUFFIX}")(build)
 
 
-@register_model("resnet50")
-def _resnet50(
-    *, num_classes: int, in_channels: int, image_size: int, imagenet_stem: bool | None = None
-) -> nn.Module:
-    return imagenet_resnet(
-        [3, 4, 6, 3],
-        Bottleneck,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        image_size=image_size,
-        imagenet_stem=imagenet_stem,
-    )
+_register_imagenet_resnet("resnet18", [2, 2, 2, 2], BasicBlock)
+_register_imagenet_resnet("resnet50", [3, 4, 6, 3], Bottleneck)
 
 
 # ----------------------------------------------------------------------------------------- MLPs / LeNet
@@ -537,36 +588,57 @@ def _resnet50(
 def _mlp(*, num_classes: int, in_channels: int, image_size: int, hidden: int = 256) -> nn.Module:
     """Two hidden ReLU layers of 256 units over the flattened image."""
     _check_positive("hidden", hidden)
+    return _mlp_layers(num_classes, in_channels, image_size, hidden)
+
+
+@register_model(f"mlp{_PERCENT_SUFFIX}", listed=("mlp-w25",))
+def _mlp_width(*, width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """``mlp`` with ``width`` percent of its 256 hidden units."""
+    return _mlp_layers(num_classes, in_channels, image_size, scaled(256, width))
+
+
+def _mlp_layers(num_classes: int, in_channels: int, image_size: int, hidden: int, hidden2: int | None = None
+                ) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_channels * image_size * image_size, hidden),
         nn.ReLU(),
-        nn.Linear(hidden, hidden),
+        nn.Linear(hidden, hidden if hidden2 is None else hidden2),
         nn.ReLU(),
-        nn.Linear(hidden, num_classes),
+        nn.Linear(hidden if hidden2 is None else hidden2, num_classes),
     )
 
 
+@register_model("mlp-<h1>-<h2>", listed=("mlp-300-100",))
+def _mlp_sized(*, h1: int, h2: int, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Two hidden ReLU layers of ``h1`` and ``h2`` units over the flattened image: ``mlp-300-100`` is LeNet-300-100
+    (784-300-100-10 on MNIST, the fully connected net of SupSup's Permuted-MNIST runs)."""
+    return _mlp_layers(num_classes, in_channels, image_size, h1, h2)
+
+
 class LeNet5(nn.Module):
-    """LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, FC 120/84/classes) adapted to the input size.
+    """LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, FC 120/84/classes, at ``width`` percent of those sizes)
+    adapted to the input size.
 
     On 32x32 it is the classic unpadded net; inputs below 32 pad the first conv by 2 (28x28 MNIST then
     matches the classic 16x5x5 feature map), and maps that would be too small for an unpadded 5x5 second
     conv pad it by 2 too (8x8 digits). The flatten size is measured with a dummy forward.
     """
 
-    def __init__(self, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> None:
+    def __init__(self, *, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 100) -> None:
         super().__init__()
         if image_size < 4:
             raise ModelError(f"LeNet-5 needs image_size >= 4, got {image_size}")
+        _check_positive("width", width)
+        c1, c2, f1, f2 = (scaled(n, width) for n in (6, 16, 120, 84))
         pad1 = 0 if image_size >= 32 else 2
         after1 = (image_size + 2 * pad1 - 4) // 2
         pad2 = 0 if after1 >= 10 else 2
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5, padding=pad1),
+            nn.Conv2d(in_channels, c1, 5, padding=pad1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5, padding=pad2),
+            nn.Conv2d(c1, c2, 5, padding=pad2),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Flatten(),
@@ -574,7 +646,7 @@ class LeNet5(nn.Module):
         with torch.no_grad():
             flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
         self.classifier = nn.Sequential(
-            nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, num_classes)
+            nn.Linear(flat, f1), nn.ReLU(), nn.Linear(f1, f2), nn.ReLU(), nn.Linear(f2, num_classes)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -584,6 +656,12 @@ class LeNet5(nn.Module):
 @register_model("lenet5")
 def _lenet5(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return LeNet5(num_classes=num_classes, in_channels=in_channels, image_size=image_size)
+
+
+@register_model(f"lenet5{_PERCENT_SUFFIX}", listed=("lenet5-w25", "lenet5-w50"))
+def _lenet5_width(*, width: int, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """LeNet-5 with ``width`` percent of the channels and units of every hidden layer (6/16/120/84)."""
+    return LeNet5(num_classes=num_classes, in_channels=in_channels, image_size=image_size, width=width)
 
 
 @register_model("tiny-cnn")

@@ -6,7 +6,7 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["PLAIN_PROGRESS_EVERY", "Progress", "fmt_time", "plural"]
+__all__ = ["PLAIN_PROGRESS_EVERY", "UNITS", "Progress", "fmt_time", "plural"]
 
 
 def plural(n: object, noun: str) -> str:
@@ -26,16 +26,22 @@ def fmt_time(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+#: What a progress display counts: its word in plain lines and its tqdm unit.
+UNITS = {"image": "img", "character": "char"}
+
+
 class Progress:
-    """A tqdm bar (on a terminal, when tqdm is installed) or a plain line every minute."""
+    """A tqdm bar (on a terminal, when tqdm is installed) or a plain line every minute, counting ``unit`` (a key
+    of :data:`UNITS`: images, or a language model's characters)."""
 
     def __init__(self, enabled: bool, total: int, desc: str, log: Callable[[str], None], *,
-                 every: float | None = None) -> None:
+                 every: float | None = None, unit: str = "image") -> None:
         self.bar = None
         self.enabled = enabled
         self.log = log
         self.desc = desc
         self.total = total
+        self.unit = unit
         self.every = PLAIN_PROGRESS_EVERY if every is None else every
         self.done = 0
         self.start = self.last = time.perf_counter()
@@ -45,13 +51,14 @@ class Progress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
+                self.bar = tqdm(total=total, desc=desc, unit=UNITS[unit], unit_scale=True, leave=False,
+                                dynamic_ncols=True)
 
-    def update(self, images: int, loss: float | None = None) -> None:
-        """``images`` more are done (``loss``: the running training loss, if any)."""
-        self.done += images
+    def update(self, count: int, loss: float | None = None) -> None:
+        """``count`` more units are done (``loss``: the running training loss, if any)."""
+        self.done += count
         if self.bar is not None:
-            self.bar.update(images)
+            self.bar.update(count)
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
         elif self.enabled:
@@ -60,9 +67,9 @@ class Progress:
                 self.last = now
                 rate = self.done / max(now - self.start, 1e-9)
                 eta = (self.total - self.done) / max(rate, 1e-9)
-                self.log(f"  {self.desc}: {self.done:,}/{self.total:,} images" +
+                self.log(f"  {self.desc}: {self.done:,}/{plural(self.total, self.unit)}" +
                          (f"  loss {loss:.4f}" if loss is not None else "") +
-                         f"  {rate:,.0f} img/s  ETA {fmt_time(eta)}")
+                         f"  {rate:,.0f} {UNITS[self.unit]}/s  ETA {fmt_time(eta)}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -40,7 +40,6 @@ import json
 import math
 import os
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,9 +49,9 @@ from torch import nn
 
 from pemn.coding import pack_bits, unpack_bits
 from pemn.convert import is_converted, unwrap
-from pemn.errors import ArchitectureMismatchError, FormatError
-from pemn.fileio import atomic_write_bytes
-from pemn.stfile import save_bytes
+from pemn.errors import FormatError
+from pemn.stfile import write_file
+from pemn.training.checkpoint import load_exact_state
 
 __all__ = [
     "PRUNE_METHODS",
@@ -258,13 +257,7 @@ def save_sparse(model: nn.Module, masks: dict[str, torch.Tensor], path: str | os
         "manifest": json.dumps(manifest, separators=(",", ":")),
         "sparsity": repr(pruned / total if total else 0.0),
     }
-    reserved = sorted(set(extra_metadata or {}) & set(metadata))
-    if reserved:
-        raise ValueError(f"extra_metadata must not set the reserved key(s) {reserved}")
-    metadata.update(extra_metadata or {})
-    path = Path(path)
-    atomic_write_bytes(path, save_bytes(tensors, metadata=metadata))
-    return path.stat().st_size
+    return write_file(path, tensors, metadata, extra_metadata)
 
 
 def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -329,17 +322,5 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> nn.Module:
     attached (call :func:`prune_` on the dense model to train it further). Returns ``model``.
     """
     state, _ = read_sparse(path)
-    root = unwrap(model)
-    own = root.state_dict()
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise ArchitectureMismatchError(
-            f"{str(path)!r} does not fit the model: "
-            + "; ".join(f"{what} {keys[:5]}{' ...' if len(keys) > 5 else ''}"
-                        for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
-    for key, value in state.items():
-        if tuple(own[key].shape) != tuple(value.shape):
-            raise ArchitectureMismatchError(f"{str(path)!r} does not fit the model: {key!r} has shape "
-                                            f"{tuple(value.shape)} in the file, {tuple(own[key].shape)} in the model")
-    root.load_state_dict(state, strict=True)
+    load_exact_state(path, model, state)
     return model
