@@ -386,7 +386,7 @@ def test_text_too_short_for_the_context_is_a_clear_cli_error(tmp_path, capsys):
     rc = main(["train", "--dataset", "text", "--data-dir", str(tmp_path), "--model", "gpt-16-1", "--steps", "2",
                "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
+    assert rc == 4 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
 
 
 def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
