@@ -13,15 +13,13 @@ import pytest
 import torch
 from torch import nn
 
+import cases
 import pemn
 from pemn import PEMNConfig, kept_count
 from pemn.coding import entropy_bits
 from pemn.convert import find_bank, masked_weights
 from pemn.layers import MaskedLayer
 from pemn.masking import kth_smallest, masked_product, ste_mask, topk_mask
-
-sys.path.insert(0, str(Path(__file__).parent))
-import cases
 
 MODEL_NAMES = list(cases.MODELS)
 STRATEGY_NAMES = list(cases.STRATEGIES)
@@ -135,13 +133,12 @@ def test_save_load_roundtrip(tmp_path: Path, model_name: str, strategy: str, cod
 
 SUBPROCESS = r"""
 import sys, torch
-sys.path.insert(0, sys.argv[1])
-import cases, pemn
+import cases, pemn  # cases from the working directory, tests/
 torch.manual_seed(12345)  # another global seed than the saving process
-model = cases.build(sys.argv[2], seed=777)
-pemn.load(sys.argv[3], model).eval()
+model = cases.build(sys.argv[1], seed=777)
+pemn.load(sys.argv[2], model).eval()
 with torch.no_grad():
-    torch.save(model(cases.make_input(sys.argv[2])), sys.argv[4])
+    torch.save(model(cases.make_input(sys.argv[1])), sys.argv[3])
 """
 
 
@@ -161,7 +158,7 @@ def test_load_in_new_process_exact(tmp_path: Path, model_name: str, strategy: st
     with torch.no_grad():
         expected = model(x)
     out = tmp_path / "out.pt"
-    subprocess.run([sys.executable, "-c", SUBPROCESS, str(Path(__file__).parent), model_name, str(path), str(out)],
+    subprocess.run([sys.executable, "-c", SUBPROCESS, model_name, str(path), str(out)], cwd=Path(__file__).parent,
                    check=True, timeout=120)
     assert torch.equal(torch.load(out), expected)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +17,9 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
+import cases
 import pemn
 from pemn import artifact, extras
-
-sys.path.insert(0, str(Path(__file__).parent))
-import cases
 
 #: A folded BatchNorm's eval output against the unfolded one: float32 rounding of x·s + t vs
 #: (x − μ)·γ/√(σ² + ε) + β, a few ulps of the output's scale.

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import quick_config
 from pemn.training.config import resolve_config
 from pemn.training.engine import schedule_lr, train
 
@@ -69,9 +70,8 @@ def _step_lrs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> lis
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
-    settings = {"model": "tiny-mlp", "dataset": "digits", "strategy": "mask", "train_subset": 320, "batch_size": 32,
-                "lr": 0.04, "progress": False, "device": "cpu", "out": str(out), **kw}
-    train(resolve_config(settings), log=quiet)
+    train(quick_config(**{"strategy": "mask", "train_subset": 320, "batch_size": 32, "lr": 0.04, "out": out, **kw}),
+          log=quiet)
     return seen
 
 
@@ -108,10 +108,7 @@ def _text_dir(tmp_path: Path) -> Path:
 
 
 def _text_cfg(tmp_path: Path, out: str = "run", **kw: Any) -> Any:
-    settings = {"model": "gpt-16-2", "dataset": "text", "data_dir": str(_text_dir(tmp_path)), "block_size": 8,
-                "batch_size": 4, "steps": 12, "strategy": "rp", "ratio": 0.1, "device": "cpu", "progress": False,
-                "out": str(tmp_path / out), **kw}
-    return resolve_config(settings, recipe="nanogpt")
+    return quick_config(text_dir=_text_dir(tmp_path), **{"strategy": "rp", "ratio": 0.1, "out": tmp_path / out, **kw})
 
 
 def test_text_progress_counts_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import pemn
+from conftest import quick_config
 from pemn.errors import DatasetError
 from pemn.training.gpt import GPT, gpt_heads
 from pemn.training.models import ModelError, create_model, list_models
@@ -265,16 +266,11 @@ def test_text_in_the_dataset_registry(tmp_path):
 
 
 def _train_cfg(tmp_path, out="run", **overrides):
-    from pemn.training.config import resolve_config
-
     data_dir = tmp_path / "data"
     if not (data_dir / "input.txt").exists():
         data_dir.mkdir(exist_ok=True)
         _write(data_dir, TEXT)
-    settings = {"model": "gpt-16-2", "dataset": "text", "data_dir": str(data_dir), "block_size": 8,
-                "batch_size": 4, "steps": 12, "device": "cpu", "progress": False, "out": str(tmp_path / out),
-                **overrides}
-    return resolve_config(settings, recipe="nanogpt")
+    return quick_config(text_dir=data_dir, **{"out": tmp_path / out, **overrides})
 
 
 TRAIN_CASES = [

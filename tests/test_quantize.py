@@ -322,3 +322,31 @@ def test_cli_says_in_one_line_what_is_wrong(tmp_path: Path) -> None:
     bad.write_bytes(bad.read_bytes()[:-10])
     code, _, err = run(["inspect", str(bad)])
     assert code != 0 and "FormatError" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", PTQ_METHODS)
+def test_pemn_quantize_of_a_dense_file_equals_the_ptq_run(tmp_path: Path, method: str) -> None:
+    """`pemn quantize DENSE --method ptq-*` writes byte for byte the file of `pemn train --quantize ptq-*` (same
+    seed: the same dense model, calibrated on the same training images), and reports both accuracies."""
+    common = {"model": "tiny-cnn", "dataset": "digits", "epochs": 1, "progress": False, "device": "cpu",
+              "strategy": "dense"}
+    train(resolve_config({**common, "out": str(tmp_path / "dense")}), log=lambda _m: None)
+    ptq = train(resolve_config({**common, "quantize": method, "out": str(tmp_path / "ptq")}), log=lambda _m: None)
+    out = tmp_path / "q.quant.safetensors"
+    code, text, err = run(["quantize", str(tmp_path / "dense" / "model.safetensors"), "--method", method, "-o",
+                           str(out), "--json"])
+    assert code == 0, err
+    doc = json.loads(text)
+    assert out.read_bytes() == (tmp_path / "ptq" / KINDS["quant"].filename).read_bytes()
+    assert doc["accuracy"] == pytest.approx(ptq.final_acc) and doc["dense_accuracy"] == pytest.approx(
+        ptq.summary["dense_acc"])
+    assert doc["batchnorm_layers_calibrated"] == 2 and doc["file_bytes"] == out.stat().st_size
+
+
+def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:
+    path = tmp_path / "m.quant.safetensors"
+    save_quant(_lenet("int8"), path, "int8")
+    code, _, err = run(["quantize", str(path), "--method", "ptq-int4"])
+    assert code != 0 and "takes a dense model.safetensors" in err
+    code, _, err = run(["quantize", str(path), "--method", "int4"])
+    assert code != 0 and "invalid choice" in err

@@ -37,16 +37,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pemn
+from conftest import quick_config
 from pemn import artifact, fileio
 from pemn.training import data
 from pemn.training.checkpoint import read_checkpoint
-from pemn.training.config import resolve_config
 from pemn.training.engine import TrainingInterrupted, train
 from pemn.training.errors import DatasetError
+from test_data import _cifar_batch, _idx_bytes, _write_cifar10, _write_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from test_data import _cifar_batch, _idx_bytes, _write_cifar10, _write_mnist  # noqa: E402
 
 
 def _module(relpath: str) -> ModuleType:
@@ -172,8 +171,7 @@ def test_kill_resume_fast(tmp_path: Path) -> None:
 
 
 def _train_cfg(out: Path, **kw: Any) -> Any:
-    return resolve_config({"model": "tiny-mlp", "dataset": "digits", "epochs": 3, "out": str(out), "progress": False,
-                           "device": "cpu", **kw})
+    return quick_config(**{"epochs": 3, "out": out, **kw})
 
 
 @pytest.fixture(scope="module")

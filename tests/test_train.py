@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import pemn
+from conftest import quick_config
 from pemn.training.augment import build_eval_transform
 from pemn.training.checkpoint import read_checkpoint
 from pemn.training.config import (
@@ -52,10 +53,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def quick(tmp_path: Path, name: str = "run", **kw: Any) -> TrainConfig:
     """A run of a fraction of a second: tiny-mlp masks on 512 digits."""
-    settings = {"model": "tiny-mlp", "dataset": "digits", "strategy": "mask", "train_subset": 512, "epochs": 2,
-                "batch_size": 32, "lr": 0.05, "progress": False, "device": "cpu", "out": str(tmp_path / name)}
-    settings.update(kw)
-    return resolve_config(settings)
+    return quick_config(**{"strategy": "mask", "train_subset": 512, "epochs": 2, "batch_size": 32, "lr": 0.05,
+                           "out": tmp_path / name, **kw})
 
 
 def quiet(_: str) -> None:

@@ -796,6 +796,66 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    """Post-training quantization of a dense model file: quantize, calibrate on training images, save, evaluate."""
+    import torch
+
+    from pemn.training.augment import build_eval_transform
+    from pemn.training.data import load_dataset
+    from pemn.training.quantfile import quant_info, save_quant
+    from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, post_training_quantize_
+
+    arts = _training("artifacts")
+    evaluation = _training("evaluation")
+    path = Path(args.artifact)
+    kind, app = _artifact_kind(path)
+    if kind.name != "dense":
+        raise UsageError(f"{path} is {kind.description}; pemn quantize takes a dense model.safetensors (a run of "
+                         "pemn train --strategy dense)")
+    out = Path(args.output) if args.output else path.with_name(f"{path.name.split('.')[0]}.{args.method}"
+                                                                   f"{arts.KINDS['quant'].filename[len('model'):]}")
+    if out.resolve() == path.resolve():
+        raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
+    language = (app or {}).get("kind") == "char-lm"
+    images = labels = transform = None
+    if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
+        model, _, _ = arts.load_model(path)
+    else:
+        model, _, info, _ = _artifact_model(args, app)
+        if info is None:
+            raise UsageError("give --dataset NAME (the model file does not say which data it was trained on)")
+        transform = build_eval_transform(info)
+        images, _ = load_dataset(info.name, args.data_dir, split="train", download=args.download)
+        if args.eval:
+            labels_split = load_dataset(info.name, args.data_dir, split="test", download=args.download)
+            test_images, labels = labels_split
+    device = torch.device("cpu")
+    dense_acc = None
+    if labels is not None:
+        dense_acc = evaluation.evaluate(model, test_images, labels, transform=transform, device=device)
+    n = post_training_quantize_(model.eval(), args.method, images, transform)
+    save_quant(model, out, args.method, extra_metadata=arts.app_metadata(app))
+    loaded, _, _ = arts.load_model(out)
+    acc = None
+    if labels is not None:
+        acc = evaluation.evaluate(loaded, test_images, labels, transform=transform, device=device)
+    q = quant_info(out)
+    used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
+    doc = {"artifact": str(path), "output": str(out), "method": args.method, "file_bytes": q["file_bytes"],
+           "payload_bytes": q["payload_bytes"], "bits_per_weight": q["bits_per_weight"],
+           "batchnorm_layers_calibrated": n, "calibration_images": used if n else 0,
+           "dense_accuracy": dense_acc, "accuracy": acc}
+    if args.json:
+        _out(json.dumps(doc))
+        return 0
+    _out(f"wrote {out} ({q['file_bytes']:,} bytes, {args.method}: {q['bits_per_weight']:.3f} bits per weight; "
+         + (f"BatchNorm statistics of {n} layers re-estimated on {used:,} training images)" if n
+            else "no BatchNorm to calibrate)"))
+    if acc is not None:
+        _out(f"test accuracy {acc:.2f} % (the dense file: {dense_acc:.2f} %, {path.stat().st_size:,} bytes)")
+    return 0
+
+
 def _export_preprocessing(app: dict[str, Any] | None, info: Any, shape: dict[str, int], data_dir: str | None
                           ) -> dict[str, Any]:
     """How inputs must be prepared for the exported model: what the artifact records (its ``app`` metadata), else
@@ -857,7 +917,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     clash = sorted(GRID_KEYS & set(base))
     if clash:
         raise UsageError(f"--set {', '.join(clash)}: set by the sweep grid for every run; use the grid options "
-                         "(--strategies, --ratios, --keeps, --prune, --compressions, --out)")
+                         "(--strategies, --ratios, --keeps, --prune, --compressions, --quantize, --out)")
     for key in ("model", "dataset", "epochs", "data_dir"):
         value = getattr(args, key)
         if value is not None:
@@ -868,7 +928,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         if args.seeds is not None and "seed" in base:
             raise ValueError("--seeds and --set seed=... disagree: give the seeds with --seeds only")
         points = build_grid(strategies=args.strategies, ratios=args.ratios, keeps=args.keeps, dense=args.dense,
-                            prune=args.prune, compressions=args.compressions, seeds=args.seeds)
+                            prune=args.prune, compressions=args.compressions, seeds=args.seeds,
+                            quantize=args.quantize, prune_quantize=args.prune_quantize, widths=args.widths)
     except ValueError as e:
         raise UsageError(_one_line(e)) from None
     # every point is resolved (and checked) before the first run
@@ -882,7 +943,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     plural = _training("progress").plural
     _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
     report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
-                       log=_out, keep_going=args.keep_going, plot=not args.no_plot)
+                       log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x)
     _out(f"sweep: {plural(len(report.rows), 'run')} done, {len(report.skipped)} already in {report.csv}"
          + (f", {len(report.failed)} failed" if report.failed else ""))
     if report.png is not None:
@@ -892,7 +953,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
         for r in summarize_seeds(read_rows(report.csv)):
-            what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression") if r[k])
+            what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression", "quantize",
+                                                     "width") if r[k])
             _out(f"  {what}: best {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f}  final {r['final_acc_mean']:.2f} "
                  f"± {r['final_acc_std']:.2f}  (seeds {r['seeds']})")
     for point, msg in report.failed:
@@ -939,6 +1001,15 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
                         help=f"pruning baselines (default: {listed(grid.PRUNE_METHODS)}); give no value for none")
     parser.add_argument("--compressions", nargs="*", type=float, default=list(grid.DEFAULT_COMPRESSIONS), metavar="C",
                         help=f"pruning compressions (default: {listed(grid.DEFAULT_COMPRESSIONS)})")
+    parser.add_argument("--quantize", nargs="*", default=[], metavar="METHOD",
+                        help="quantized dense baselines (binary, ternary, int2, int4, int8 trained quantized; "
+                             "ptq-int8, ptq-int4, ptq-int2 after training; default: none)")
+    parser.add_argument("--prune-quantize", nargs="*", default=[], metavar="METHOD",
+                        help="Deep Compression baselines: each pruning baseline once more with its survivors "
+                             "quantized (ternary, int2, int4, int8; default: none)")
+    parser.add_argument("--widths", nargs="+", type=float, default=None, metavar="W",
+                        help="train every grid point at each width, a multiple of the model's (0.5: half the "
+                             "channels; 1: the model; folders <point>-w<W>; default: 1)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                         help="train every grid point once per seed (folders <point>-s<seed>) and write "
                              f"{grid.SEEDS_CSV_NAME}: mean ± std per setting (default: one run, the common seed)")
@@ -1024,6 +1095,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threads_flag(p)
     p.set_defaults(func=_threaded(_cmd_export))
 
+    p = sub.add_parser("quantize", help="quantize a dense model file after training (ptq-int8/int4/int2)",
+                       description="Post-training quantization of a dense model.safetensors: every Conv/Linear/"
+                                   "Embedding weight per output channel, BatchNorm statistics re-estimated on "
+                                   "training images, written as a pemn-quant file; test accuracy before and after.")
+    _add_artifact_model_args(p, shape_flags=False)
+    p.add_argument("--method", required=True, choices=("ptq-int8", "ptq-int4", "ptq-int2"),
+                   help="the post-training method")
+    p.add_argument("-o", "--output", default=None,
+                   help="the quantized file (default: beside the input, e.g. model.ptq-int4.quant.safetensors)")
+    p.add_argument("--download", action="store_true", help="download missing dataset files")
+    p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate the dense and the quantized model on the test split (default: yes)")
+    _add_threads_flag(p)
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=_threaded(_cmd_quantize))
+
     p = sub.add_parser("models", help="list registry model names")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'vit-*'")
     p.add_argument("--json", action="store_true")
@@ -1036,7 +1123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of strategies and baselines; write sweep.csv and sweep.png",
                        description="Train every combination in this process (one sub folder each), append a row "
                                    "to OUT/sweep.csv as each run ends (a re-run skips finished rows) and draw "
-                                   "OUT/sweep.png: accuracy vs size compression ratio, as in the paper.")
+                                   "OUT/sweep.png: accuracy vs file bytes with the Pareto front (--figure-x "
+                                   "ratio: vs the paper's size compression ratio).")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
     p.add_argument("--data-dir", default=None, help="dataset folder of every run (default: $PEMN_DATA_DIR or ./data)")
@@ -1049,6 +1137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="sweep folder (sweep.csv, sweep.png, one sub folder per run)")
     p.add_argument("--keep-going", action="store_true", help="log a failed run and go on instead of stopping")
     p.add_argument("--no-plot", action="store_true", help="do not draw sweep.png")
+    p.add_argument("--figure-x", choices=("bytes", "ratio"), default="bytes",
+                   help="sweep.png's x axis: the saved file's bytes (log scale, the Pareto front drawn; default) "
+                        "or the paper's size compression ratio")
     p.set_defaults(func=_cmd_sweep)
     for command in sub.choices.values():  # `--epoch 1` is not `--epochs 1`: options are spelled out in full
         command.allow_abbrev = False

@@ -74,13 +74,10 @@ from pemn.training.outputs import (
 )
 from pemn.training.progress import Progress, fmt_time, plural
 from pemn.training.prune import prune_, remove_pruning_
-from pemn.training.quantize import QAT_METHODS, calibrate_, quantize_
+from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, QAT_METHODS, post_training_quantize_, quantize_
 from pemn.training.runlock import RunLock
 from pemn.training.sample import lm_app
 from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
-
-#: Post-training quantization re-estimates BatchNorm statistics on up to this many training images.
-PTQ_CALIBRATION_IMAGES = 4096
 
 __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume_command", "schedule_lr", "train"]
 
@@ -824,32 +821,22 @@ class _Run:
             self._interrupt(epoch + 1, 0, self.stop.signum, written=True)
 
     def _post_training_quantize(self) -> float | None:
-        """``quantize ptq-*``: quantize the trained model's weights, re-estimate its BatchNorm statistics on (up to
-        :data:`PTQ_CALIBRATION_IMAGES`) training images, evaluate it; returns the dense model's final accuracy (None
-        for every other run). Runs on every rank (the same images, so the same result)."""
+        """``quantize ptq-*``: quantize the trained model's weights, re-estimate its BatchNorm statistics on training
+        images (:func:`~pemn.training.quantize.post_training_quantize_`), evaluate it; returns the dense model's
+        final accuracy (None for every other run). Runs on every rank (the same images, so the same result)."""
         cfg = self.cfg
         if cfg.quantize is None or cfg.quantize in QAT_METHODS:
             return None
-        dense_acc = self.history.metrics[-1]["test_acc"] if self.history.metrics else None
-        quantize_(self.module, cfg.quantize)
-        n = 0
-        if self.data.corpus is None:
-            images = self.data.train_x[:PTQ_CALIBRATION_IMAGES]
-            size = cfg.batch_size
-
-            def batches() -> Any:
-                for i in range(0, images.shape[0], size):
-                    x = images[i:i + size]
-                    yield self.data.eval_tf(x) if self.data.eval_tf is not None else x
-
-            n = calibrate_(self.module, batches)
+        dense_acc = float(self.history.metrics[-1]["test_acc"])
+        images = None if self.data.corpus is not None else self.data.train_x
+        n = post_training_quantize_(self.module, cfg.quantize, images, self.data.eval_tf, cfg.batch_size)
         self.quantized_acc = self._test_accuracy(f"test of the {cfg.quantize} model")
-        used = min(len(self.data.train_x), PTQ_CALIBRATION_IMAGES)
+        used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
         what = (f"BatchNorm statistics of {plural(n, 'layer')} re-estimated on {used:,} training images" if n
                 else "no BatchNorm to calibrate")
         self.log(f"{cfg.quantize}: weights quantized per output channel ({what}): test accuracy "
-                 f"{self.quantized_acc:.2f}% (dense {'-' if dense_acc is None else f'{dense_acc:.2f}%'})")
-        return dense_acc if dense_acc is not None else float("nan")
+                 f"{self.quantized_acc:.2f}% (dense {dense_acc:.2f}%)")
+        return dense_acc
 
     def _save_checkpoint(self, epoch: int, step: int) -> Path:
         path = self.out / CHECKPOINT_NAME
