@@ -604,6 +604,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
+    if (app or {}).get("kind") == "transformers":
+        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
+                         "classifiers and character-level language models on their datasets. Evaluate it in "
+                         "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
     evaluation = _training("evaluation")
     device = _device(args.device)
     model, _shape, info, model_name = _artifact_model(args, app)
@@ -751,6 +755,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     kind, app = _artifact_kind(path)
     if (app or {}).get("kind") == "char-lm":
         raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
+    if (app or {}).get("kind") == "transformers":
+        return _export_transformers(args, path, app)
     suffix = ".onnx" if args.format == "onnx" else ".safetensors"
     out = Path(args.output) if args.output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "")
                                                                    + suffix)
@@ -793,6 +799,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
              f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
     else:
         _out(f"check: skipped ({result['reason']})")
+    return 0
+
+
+def _load_transformers(path: Path) -> Any:
+    """The transformers model a ``.pemn`` file records, rebuilt (:func:`pemn.load` with no model)."""
+    import pemn
+
+    try:
+        return pemn.load(path)
+    except ImportError as e:
+        raise RuntimeError(_one_line(e)) from None
+
+
+def _export_transformers(args: argparse.Namespace, path: Path, app: dict[str, Any]) -> int:
+    """A transformers model's dense export: ``save_pretrained`` of the materialized model into a directory,
+    checked by reloading it with ``from_pretrained`` (every tensor equal)."""
+    import torch
+
+    import pemn
+
+    if args.format != "pt":
+        raise UsageError(f"{path} holds a transformers {app['model']}; pemn export writes it as a transformers "
+                         "directory (--format pt). For ONNX, export pemn.materialize(pemn.load(FILE)) with "
+                         "torch.onnx.export or optimum, giving the inputs your task uses")
+    out = Path(args.output) if args.output else path.with_name(path.stem + ".dense")
+    if out.exists():
+        raise UsageError(f"the output {out} exists; give a new directory with -o (a transformers model exports "
+                         "as a save_pretrained directory: config.json + model.safetensors)")
+    dense = pemn.materialize(_load_transformers(path))
+    dense.save_pretrained(out)
+    back = type(dense).from_pretrained(out).eval()
+    mine, theirs = dense.state_dict(), back.state_dict()
+    differ = sorted(k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k]))
+    if differ or set(theirs) - set(mine):
+        from pemn.training.export import ExportError
+
+        raise ExportError(f"{out}: from_pretrained does not give back the exported model ({differ[:3]})")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    _out(f"wrote {out}/ ({size:,} bytes: a transformers save_pretrained directory, dense {app['model']})")
+    _out(f"check: transformers.{app['model']}.from_pretrained({str(out)!r}) gives back all {len(mine):,} tensors "
+         "exactly")
     return 0
 
 
