@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -17,13 +16,15 @@ import matplotlib.pyplot as plt
 sys.path.insert(0, str(Path(__file__).parent))
 from results_tables import label
 
+from pemn.training.sweep import read_rows
+
 
 def main(out: str, folders: list[str]) -> None:
-    rows = [r for f in folders for r in csv.DictReader((Path(f) / "sweep.csv").open())]
+    rows = [r for f in folders for r in read_rows(Path(f) / "sweep.csv")]
     fig, ax = plt.subplots(figsize=(8, 5))
     points = []
     for r in rows:
-        x, y = int(r["artifact_bytes"]), float(r["best_acc"])
+        x, y = int(r["bytes"]), float(r["best_acc"])
         marker = "x" if r["prune"] else ("s" if r["strategy"] == "dense" else "o")
         ax.scatter(x, y, marker=marker, color="tab:orange" if r["prune"] else "tab:blue")
         ax.annotate(label(r), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")

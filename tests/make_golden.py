@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
+import cases  # tests/ is on the path: this script's folder (python tests/make_golden.py) or pytest's pythonpath
+import pemn
 
-import cases  # noqa: E402
-import pemn  # noqa: E402
+HERE = Path(__file__).parent
 
 GOLDEN = {
     # name: (model, strategy, coding, prototype storage, other pemn.save options)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -18,11 +17,9 @@ import torch
 from safetensors.torch import save as st_save
 from torch import nn
 
+import cases
 import pemn
 from pemn import artifact, extras
-
-sys.path.insert(0, str(Path(__file__).parent))
-import cases
 
 #: A folded BatchNorm's eval output against the unfolded one: float32 rounding of x·s + t vs
 #: (x − μ)·γ/√(σ² + ε) + β, a few ulps of the output's scale.
@@ -239,6 +236,7 @@ INT8_RULE = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:pemn. (pos|proj) ._Embed:UserWarning")  # its plain parameters stay dense
 def test_int8_rule_per_tensor(tmp_path: Path) -> None:
     model = pemn.convert_(_embed_model(), pemn.PEMNConfig(strategy="rp", ratio=0.5, targets=["Linear"]))
     art = artifact.build(model, extras_dtype="int8")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import quick_config
 from pemn.training.config import resolve_config
 from pemn.training.engine import schedule_lr, train
 
@@ -69,9 +70,8 @@ def _step_lrs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **kw: Any) -> lis
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     out = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
-    settings = {"model": "tiny-mlp", "dataset": "digits", "strategy": "mask", "train_subset": 320, "batch_size": 32,
-                "lr": 0.04, "progress": False, "device": "cpu", "out": str(out), **kw}
-    train(resolve_config(settings), log=quiet)
+    train(quick_config(**{"strategy": "mask", "train_subset": 320, "batch_size": 32, "lr": 0.04, "out": out, **kw}),
+          log=quiet)
     return seen
 
 
@@ -108,10 +108,7 @@ def _text_dir(tmp_path: Path) -> Path:
 
 
 def _text_cfg(tmp_path: Path, out: str = "run", **kw: Any) -> Any:
-    settings = {"model": "gpt-16-2", "dataset": "text", "data_dir": str(_text_dir(tmp_path)), "block_size": 8,
-                "batch_size": 4, "steps": 12, "strategy": "rp", "ratio": 0.1, "device": "cpu", "progress": False,
-                "out": str(tmp_path / out), **kw}
-    return resolve_config(settings, recipe="nanogpt")
+    return quick_config(text_dir=_text_dir(tmp_path), **{"strategy": "rp", "ratio": 0.1, "out": tmp_path / out, **kw})
 
 
 def test_text_progress_counts_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -221,7 +218,7 @@ def test_resume_of_nothing_is_one_line_and_writes_nothing(tmp_path: Path, where:
     if where == "empty":
         out.mkdir()
     code, stdout, err = run(["train", "--resume", "--out", str(out), "--no-progress", "--device", "cpu"])
-    assert code == 1 and stdout == "", stdout
+    assert code == 5 and stdout == "", stdout  # a file that is not there (README, exit codes)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pemn: error: --resume: nothing to resume in"), err
     assert "check the --out folder" in lines[0] and "leave out --resume" in lines[0]
@@ -272,7 +269,7 @@ def test_eval_finds_the_data_folder_the_run_recorded(tmp_path: Path, monkeypatch
     assert code == 0, err
     assert json.loads(stdout)["accuracy"] == final and json.loads(stdout)["examples"] == 12
     code, _, err = run(["eval", str(out / filename), "--data-dir", str(elsewhere), "--threads", "1"])
-    assert code == 1 and str(elsewhere) in err  # an explicit --data-dir wins
+    assert code == 4 and str(elsewhere) in err  # an explicit --data-dir wins (and has no data: exit code 4)
 
 
 # --------------------------------------------------------------------------------------------- 9. not model files
@@ -286,13 +283,13 @@ def test_a_checkpoint_is_named_with_the_model_file_to_use(tmp_path: Path, comman
     checkpoint = out / "checkpoint.safetensors"
     argv = [command, str(checkpoint)] + (["--format", "pt"] if command == "export" else [])
     code, stdout, err = run(argv)
-    assert code == 1 and stdout == "", stdout
+    assert code == 3 and stdout == "", stdout  # a file that is not a usable model file
     assert err == (f"pemn: error: {checkpoint} is a training checkpoint (what pemn train --resume continues from), "
                    f"not a model file: use {out / 'model.pemn'}\n")
     # a run that has not finished yet has no model file: the message says how to finish it
     (out / "model.pemn").unlink()
     code, _, err = run(argv)
-    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert code == 3 and len(err.strip().splitlines()) == 1
     assert err.strip().endswith(f"the run has not written it yet: finish it with pemn train --resume --out {out}")
 
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import cases
 import pemn
+from make_golden import GOLDEN, build, dense_state
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import cases  # noqa: E402
-from make_golden import GOLDEN, build, dense_state  # noqa: E402
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))

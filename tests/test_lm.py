@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import pemn
+from conftest import quick_config
 from pemn.errors import DatasetError
 from pemn.training.gpt import GPT, gpt_heads
 from pemn.training.models import ModelError, create_model, list_models
@@ -265,16 +266,11 @@ def test_text_in_the_dataset_registry(tmp_path):
 
 
 def _train_cfg(tmp_path, out="run", **overrides):
-    from pemn.training.config import resolve_config
-
     data_dir = tmp_path / "data"
     if not (data_dir / "input.txt").exists():
         data_dir.mkdir(exist_ok=True)
         _write(data_dir, TEXT)
-    settings = {"model": "gpt-16-2", "dataset": "text", "data_dir": str(data_dir), "block_size": 8,
-                "batch_size": 4, "steps": 12, "device": "cpu", "progress": False, "out": str(tmp_path / out),
-                **overrides}
-    return resolve_config(settings, recipe="nanogpt")
+    return quick_config(text_dir=data_dir, **{"out": tmp_path / out, **overrides})
 
 
 TRAIN_CASES = [
@@ -386,7 +382,7 @@ def test_text_too_short_for_the_context_is_a_clear_cli_error(tmp_path, capsys):
     rc = main(["train", "--dataset", "text", "--data-dir", str(tmp_path), "--model", "gpt-16-1", "--steps", "2",
                "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
+    assert rc == 4 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
 
 
 def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
@@ -420,13 +416,13 @@ def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
     assert main([*args, "--seed", "4"]) == 0
     assert capsys.readouterr().out != a
     # unknown prompt character: one clear line
-    assert main(["sample", art, "--prompt", "First@"]) == 1
+    assert main(["sample", art, "--prompt", "First@"]) == 4  # the data: a character the model never saw
     err = capsys.readouterr().err
     assert err.startswith("pemn: error: character '@'") and "Traceback" not in err
     # a file that is no language model
     plain = tmp_path / "plain.pemn"
     pemn.save(pemn.convert_(nn.Sequential(nn.Linear(4, 3)), pemn.PEMNConfig()), plain)
-    assert main(["sample", str(plain)]) == 1
+    assert main(["sample", str(plain)]) == 3  # a model file that cannot be used
     assert "no language model" in capsys.readouterr().err
 
 

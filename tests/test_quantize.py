@@ -322,3 +322,62 @@ def test_cli_says_in_one_line_what_is_wrong(tmp_path: Path) -> None:
     bad.write_bytes(bad.read_bytes()[:-10])
     code, _, err = run(["inspect", str(bad)])
     assert code != 0 and "FormatError" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method", PTQ_METHODS)
+def test_pemn_quantize_of_a_dense_file_equals_the_ptq_run(tmp_path: Path, method: str) -> None:
+    """`pemn quantize DENSE --method ptq-*` writes byte for byte the file of `pemn train --quantize ptq-*` (same
+    seed: the same dense model, calibrated on the same training images), and reports both accuracies."""
+    common = {"model": "tiny-cnn", "dataset": "digits", "epochs": 1, "progress": False, "device": "cpu",
+              "strategy": "dense"}
+    train(resolve_config({**common, "out": str(tmp_path / "dense")}), log=lambda _m: None)
+    ptq = train(resolve_config({**common, "quantize": method, "out": str(tmp_path / "ptq")}), log=lambda _m: None)
+    out = tmp_path / "q.quant.safetensors"
+    code, text, err = run(["quantize", str(tmp_path / "dense" / "model.safetensors"), "--method", method, "-o",
+                           str(out), "--json"])
+    assert code == 0, err
+    doc = json.loads(text)
+    assert out.read_bytes() == (tmp_path / "ptq" / KINDS["quant"].filename).read_bytes()
+    assert doc["accuracy"] == pytest.approx(ptq.final_acc) and doc["dense_accuracy"] == pytest.approx(
+        ptq.summary["dense_acc"])
+    assert doc["batchnorm_layers_calibrated"] == 2 and doc["file_bytes"] == out.stat().st_size
+
+
+def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:
+    path = tmp_path / "m.quant.safetensors"
+    save_quant(_lenet("int8"), path, "int8")
+    code, _, err = run(["quantize", str(path), "--method", "ptq-int4"])
+    assert code != 0 and "takes a dense model.safetensors" in err
+    code, _, err = run(["quantize", str(path), "--method", "int4"])
+    assert code != 0 and "invalid choice" in err
+
+
+def test_categorical_codes_round_trip_and_refuse_corruption() -> None:
+    from pemn.training.quantfile import decode_categorical, encode_categorical
+
+    rng = np.random.default_rng(0)
+    symbols = np.clip(np.round(rng.normal(7, 1.5, 5000)), 0, 14).astype(np.int64)
+    data = np.frombuffer(encode_categorical(symbols, 15), np.uint8)
+    assert data.size < 5000 * 4 / 8  # below the packed 4 bits: about the codes' entropy
+    assert np.array_equal(decode_categorical(data, 5000, 15), symbols)
+    assert decode_categorical(np.frombuffer(encode_categorical(np.zeros(0, np.int64), 3), np.uint8), 0, 3).size == 0
+    broken = data.copy()
+    broken[-3] ^= 0x10
+    for bad, n in ((data[:-4], 5000), (broken, 5000), (data, 4999), (data[:10], 5000)):
+        with pytest.raises(FormatError):
+            decode_categorical(bad, n, 15)
+
+
+@pytest.mark.parametrize("method", ["int4", "int8", "ternary"])
+def test_peaked_codes_are_range_coded_below_their_bits(tmp_path: Path, method: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(512, 64), nn.Linear(64, 3))  # N(0, 1) embedding: peaked codes
+    quantize_(model, method)
+    path = tmp_path / "e.quant.safetensors"
+    save_quant(model, path, method)
+    info = quant_info(path)
+    assert "categorical" in info["codings"] or method == "ternary"
+    assert info["code_bytes"] < math.ceil(512 * 64 * bits_of(method) / 8)
+    fresh = nn.Sequential(nn.Embedding(512, 64), nn.Linear(64, 3))
+    load_quant(path, fresh)
+    assert torch.equal(fresh[0].weight, model[0].weight) and torch.equal(fresh[1].weight, model[1].weight)

@@ -33,7 +33,7 @@ def test_quickstart_warns_nothing_and_gives_the_figures_readme_states(tmp_path: 
     assert done.returncode == 0 and done.stderr == "", done.stderr
     readme = " ".join((ROOT / "README.md").read_text().split())
     claim = re.search(r"held-out accuracy of ([\d.]+) % and the summary: a \*\*([\d,]+)-byte file, honest ratio "
-                      r"([\d.]+)×\*\* \(dense fp32 ([\d,]+) B; paper ratio ([\d.]+)\)", readme)
+                      r"([\d.]+)×\*\* \(dense fp32 ([\d,]+) B; paper ratio ([\d.]+ %)\)", readme)
     assert claim is not None, "README does not state the quickstart's figures"
     acc, file_bytes, honest, dense, paper = claim.groups()
     assert (tmp_path / "model.pemn").stat().st_size == int(file_bytes.replace(",", ""))
@@ -80,3 +80,22 @@ def test_readme_commands_are_valid() -> None:
             cfg = _resolve(_train_overrides(args), recipe=args.recipe, config_file=args.config)
             assert cfg.model == vars(args).get("model", cfg.model) and cfg.dataset == vars(args).get("dataset",
                                                                                                      cfg.dataset)
+
+
+
+def test_readme_layout_names_every_module() -> None:
+    """README's layout section matches the tree: every module of the core, the application and its data/ package
+    is named there (a module added without a line in the layout fails here), and every module its table names for
+    the application is in src/pemn/training/ (none that is gone)."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout: the library and the application"):]
+    section = section[:section.index("\n## ", 3)]
+    named = {Path(w).stem for w in re.findall(r"`([\w./]+)`", section)}
+    src = ROOT / "src" / "pemn"
+    modules = {p.stem for folder in (src, src / "training", src / "training" / "data") for p in folder.glob("*.py")
+               if p.stem != "__init__"}
+    assert modules - named == set(), "modules missing from README's layout section"
+    table = {w for row in re.findall(r"^\| (.+?) \|", section, re.M) for w in re.findall(r"`([a-z_]+)/?`", row)}
+    training = src / "training"
+    gone = {w for w in table if not (training / f"{w}.py").is_file() and not (training / w).is_dir()}
+    assert table and not gone, f"README's layout table names modules that are not in the tree: {sorted(gone)}"

@@ -37,16 +37,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pemn
+from conftest import quick_config
 from pemn import artifact, fileio
 from pemn.training import data
 from pemn.training.checkpoint import read_checkpoint
-from pemn.training.config import resolve_config
 from pemn.training.engine import TrainingInterrupted, train
 from pemn.training.errors import DatasetError
+from test_data import _cifar_batch, _idx_bytes, _write_cifar10, _write_mnist
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-from test_data import _cifar_batch, _idx_bytes, _write_cifar10, _write_mnist  # noqa: E402
 
 
 def _module(relpath: str) -> ModuleType:
@@ -106,6 +105,17 @@ def test_fuzz_loader_short() -> None:
     assert set(r["by_family"]) == set(fuzz.FAMILIES)
     assert r["peak_memory"]["largest_single_load_mib"] < 1024, r["peak_memory"]
     assert time.perf_counter() - start < 60
+
+
+def test_fuzz_loader_multi_task_files() -> None:
+    """300 mutated multi-task files (format version 4, issue 22): task entries, base, head, task tensors."""
+    r = fuzz.run(300, seed=20261207, bases=[b for b in bases() if "tasks" in b.name])
+    failures = r["failures"][:3]
+    assert r["other_exceptions"] == 0 and r["wrong_loads"] == 0, failures
+    assert r["model_changed_by_failed_load"] == 0 and r["timeouts"] == 0, failures
+    assert r["mutator_errors"] == 0, r["mutator_error_examples"]
+    assert r["format_errors"] > 200 and r["loaded"] > 0
+    assert r["peak_memory"]["largest_single_load_mib"] < 1024, r["peak_memory"]
 
 
 def test_fuzz_quantized_loader_short() -> None:
@@ -172,8 +182,7 @@ def test_kill_resume_fast(tmp_path: Path) -> None:
 
 
 def _train_cfg(out: Path, **kw: Any) -> Any:
-    return resolve_config({"model": "tiny-mlp", "dataset": "digits", "epochs": 3, "out": str(out), "progress": False,
-                           "device": "cpu", **kw})
+    return quick_config(**{"epochs": 3, "out": out, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,9 @@ from cli_run import run
 from pemn.training.config import TrainConfig
 from pemn.training.sweep import (
     CSV_COLUMNS,
+    OLD_COLUMNS,
     SweepPoint,
+    annotate_rows,
     build_grid,
     plot_sweep,
     read_rows,
@@ -103,7 +105,7 @@ def test_plot_from_rows(tmp_path: Path) -> None:
         {"strategy": "dense", "prune": "magnitude", "compression": "0.9", "best_acc": "85"},
         {"strategy": "dense", "prune": "random", "compression": "0.9", "best_acc": "80"},
     ]
-    ax = sweep_figure(rows, title="tiny-cnn on digits").axes[0]
+    ax = sweep_figure(rows, title="tiny-cnn on digits", x="ratio").axes[0]
     plotted = {line.get_label(): [list(map(float, d)) for d in line.get_data()] for line in ax.get_lines()}
     assert plotted == {
         "PEMN (ours)": [[80.0, 95.0], [92.0, 90.0]],  # MP and RP on one line, sorted by paper ratio (%)
@@ -112,7 +114,9 @@ def test_plot_from_rows(tmp_path: Path) -> None:
         "Dense": [[0.0, 1.0], [95.0, 95.0]],  # a horizontal line across the axes
     }
     assert sorted(t.get_text() for t in ax.texts) == ["MP", "RP 1e-1"] and "tiny-cnn on digits" in ax.get_title()
-    png = plot_sweep(rows, tmp_path / "f.png").read_bytes()
+    xlabel = ax.get_xlabel()  # the axis says what it measures, for PEMN points and for pruning baselines
+    assert "1 − (N + 32·P) / (32·N)" in xlabel and "pruning: share of weights removed" in xlabel
+    png = plot_sweep(rows, tmp_path / "f.png", x="ratio").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 600)  # 7.5 x 5 in at 120 dpi
 
 
@@ -130,7 +134,7 @@ def test_sweep_cli_end_to_end(tmp_path: Path) -> None:
                                       ("rp-r0.01-k0.5", "model.pemn")], strict=True):
         result = json.loads((out / name / "result.json").read_text())  # each row is its run's result, exactly
         assert (float(r["best_acc"]), float(r["final_acc"])) == (result["best_acc"], result["final_acc"])
-        assert int(r["artifact_bytes"]) == (out / name / file).stat().st_size
+        assert int(r["bytes"]) == (out / name / file).stat().st_size
         assert r["command"].startswith("pemn train ")
     assert 0 < float(rows[1]["paper_ratio"]) < float(rows[2]["paper_ratio"]) < 1
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
@@ -139,6 +143,16 @@ def test_sweep_cli_end_to_end(tmp_path: Path) -> None:
     assert code == 0, err
     assert "3 of 3 runs already" in stdout
     assert len(read_rows(out / "sweep.csv")) == 3
+
+
+def test_sweep_of_one_run_says_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemn.training.engine
+
+    monkeypatch.setattr(pemn.training.engine, "train", _fake_train([]))
+    code, stdout, err = run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--no-plot",
+                             "--epochs", "1", "--out", str(tmp_path)])
+    assert code == 0, err
+    assert "sweep: 1 run -> " in stdout and "sweep: 1 run done, 0 already in" in stdout
 
 
 def test_killed_run_resumes_and_other_settings_are_refused(tmp_path: Path) -> None:
@@ -205,7 +219,7 @@ def test_plot_keeps_identical_points_visible_and_draws_chance() -> None:
         {"strategy": "dense", "prune": "magnitude", "compression": "0.9", "best_acc": "80"},
         {"strategy": "dense", "prune": "random", "compression": "0.9", "best_acc": "80"},  # identical result
     ]
-    ax = sweep_figure(rows, chance=10.0).axes[0]
+    ax = sweep_figure(rows, chance=10.0, x="ratio").axes[0]
     texts = sorted(ax.texts, key=lambda t: t.xy)
     assert [t.get_text() for t in texts] == ["RP 1e-1, RP 1e-2", "MP"]  # one label per place
     assert [t.xyann[1] > 0 for t in texts] == [True, False]  # alternating above / below
@@ -214,4 +228,189 @@ def test_plot_keeps_identical_points_visible_and_draws_chance() -> None:
     assert magnitude.get_fillstyle() == "none" and magnitude.get_markersize() > random_.get_markersize()
     chance = lines["Chance (10 %)"]
     assert list(map(float, chance.get_ydata())) == [10.0, 10.0]
-    assert "Chance (10 %)" not in {line.get_label() for line in sweep_figure(rows).axes[0].get_lines()}
+    assert "Chance (10 %)" not in {line.get_label() for line in sweep_figure(rows, x="ratio").axes[0].get_lines()}
+
+
+
+# ------------------------------------------------------------------------------ equal bytes (issue 20)
+
+
+@pytest.mark.parametrize(("grid", "names"), [
+    ({"quantize": ["binary", "ptq-int8"]}, ["quant-binary", "quant-ptq-int8"]),
+    ({"dense": True, "widths": [0.25, 1]}, ["dense-w0.25", "dense"]),
+    ({"quantize": ["int4"], "widths": [0.5], "seeds": [0, 1]}, ["quant-int4-w0.5-s0", "quant-int4-w0.5-s1"]),
+    ({"prune": ["magnitude"], "compressions": [0.9], "prune_quantize": ["ternary"]},
+     ["prune-magnitude-c0.9", "prune-magnitude-c0.9-ternary"]),
+    ({"strategies": ["rp"], "ratios": [0.01], "widths": [2]}, ["rp-r0.01-k0.5-w2"]),
+])
+def test_grid_quantize_and_width_axes(grid: dict[str, Any], names: list[str]) -> None:
+    settings = {"strategies": [], "dense": False, "prune": [], **grid}
+    points = build_grid(**settings)
+    assert [p.name for p in points] == names
+    for p in points:
+        assert p.overrides().get("quantize") == p.quantize and "model" not in p.overrides()
+        assert p.key() == SweepPoint(p.strategy, ratio=p.ratio, keep=p.keep, prune=p.prune, compression=p.compression,
+                                     seed=p.seed, quantize=p.quantize, width=p.width).key()
+
+
+@pytest.mark.parametrize(("grid", "match"), [
+    ({"quantize": ["int3"]}, "unknown quantization 'int3'"),
+    ({"prune": ["magnitude"], "prune_quantize": ["binary"]}, "survivors with ternary"),
+    ({"prune_quantize": ["ternary"]}, "give the pruning methods"),
+    ({"dense": True, "widths": []}, "at least one width"),
+    ({"dense": True, "widths": [0]}, "positive number"),
+    ({"dense": True, "widths": [float("nan")]}, "positive number"),
+])
+def test_grid_refuses_bad_quantize_and_widths(grid: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_grid(**{"strategies": [], "dense": False, "prune": [], **grid})
+
+
+@pytest.mark.parametrize(("methods", "expected"), [
+    ([("rp", 0.1, 0.5), ("quant-binary", None, None), ("prune-magnitude", None, None), ("dense", None, None)],
+     ["RP", "binary QAT", "Magnitude pruning", "Dense"]),
+])
+def test_method_families(methods: list[Any], expected: list[str]) -> None:
+    points = [SweepPoint("rp", ratio=0.1, keep=0.5), SweepPoint("dense", quantize="binary"),
+              SweepPoint("dense", prune="magnitude", compression=0.9), SweepPoint("dense", width=0.5)]
+    assert [p.method for p in points] == expected
+    assert SweepPoint("dense", quantize="ptq-int4").method == "PTQ int4"
+    assert SweepPoint("dense", prune="magnitude", compression=0.9, quantize="int4").method == \
+        "Deep Compression (magnitude, int4)"
+    assert SweepPoint("dense", width=0.25).label() == "Dense ×0.25"
+
+
+def _row(name: str, nbytes: float | None, acc: float | None) -> dict[str, Any]:
+    """A sweep row of the run folder ``name`` (``rp``, ``dense``, ``dense-w0.5``, ``quant-binary``, ``prune``)."""
+    point = {"rp": SweepPoint("rp", ratio=0.01, keep=0.5), "rp-k0.1": SweepPoint("rp", ratio=0.01, keep=0.1),
+             "dense": SweepPoint("dense"), "dense-w0.5": SweepPoint("dense", width=0.5),
+             "quant-binary": SweepPoint("dense", quantize="binary"),
+             "prune": SweepPoint("dense", prune="magnitude", compression=0.96)}[name]
+    return {"strategy": point.strategy, "ratio": point.ratio, "keep": point.keep, "prune": point.prune,
+            "compression": point.compression, "quantize": point.quantize, "width": point.width,
+            "best_acc": acc, "final_acc": acc, "bytes": nbytes}
+
+
+# each case: rows (run, bytes, accuracy) -> on_front per row, and per PEMN row (baseline, bytes, acc, difference)
+ANNOTATE_CASES = {
+    "pemn wins its budget": (
+        [("rp", 9_000, 98.0), ("quant-binary", 8_500, 97.0), ("dense", 250_000, 99.3), ("prune", 20_000, 96.0)],
+        [True, True, True, False],
+        {0: ("quant-binary", 8_500, 97.0, 1.0)}),
+    "a baseline beats pemn with fewer bytes": (
+        [("rp", 9_000, 97.0), ("quant-binary", 8_000, 98.5), ("dense", 250_000, 99.3)],
+        [False, True, True],
+        {0: ("quant-binary", 8_000, 98.5, -1.5)}),
+    "no baseline is that small": (
+        [("rp-k0.1", 5_000, 95.0), ("rp", 9_000, 97.0), ("dense-w0.5", 60_000, 99.0)],
+        [True, True, True],
+        {0: None, 1: None}),
+    "a bigger baseline never counts, the smaller file wins a tie": (
+        [("rp", 9_000, 97.0), ("dense-w0.5", 9_001, 99.0), ("quant-binary", 7_000, 96.0), ("prune", 8_000, 96.0)],
+        [True, True, True, False],
+        {0: ("quant-binary", 7_000, 96.0, 1.0)}),
+    "identical rows are both on the front; rows without bytes are left out": (
+        [("rp", 9_000, 97.0), ("rp", 9_000, 97.0), ("quant-binary", None, 99.9), ("dense", 9_000, None)],
+        [True, True, None, None],
+        {0: None, 1: None}),
+}
+
+
+@pytest.mark.parametrize("case", list(ANNOTATE_CASES))
+def test_annotate_rows_front_and_best_baseline(case: str) -> None:
+    spec, on_front, baselines = ANNOTATE_CASES[case]
+    rows = annotate_rows([_row(*r) for r in spec])
+    assert [r["on_front"] for r in rows] == on_front
+    for i, r in enumerate(rows):
+        got = (r["baseline"], r["baseline_bytes"], r["baseline_acc"], r["acc_vs_baseline"])
+        want = baselines.get(i, None) if i in baselines else None
+        assert got == (want or (None, None, None, None)), (i, got)
+
+
+def test_old_sweep_csv_is_read_and_rewritten_with_the_new_columns(tmp_path: Path) -> None:
+    """A sweep.csv of an earlier version (artifact_bytes, no quantize/width) keeps its rows: the next run in the
+    folder rewrites it with every column, its rows skipped, not retrained."""
+    old = OLD_COLUMNS[0]
+    with (tmp_path / "sweep.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(old)
+        w.writerow(["rp", "0.1", "0.5", "", "", "90", "89", "9000", "0.9", "3", "1", "pemn train ...", ""])
+    grid = build_grid(strategies=["rp"], ratios=[0.1], dense=False, prune=[], quantize=["binary"])
+    calls: list[Any] = []
+    report = run_sweep(grid, tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_fake_train(calls))
+    assert len(calls) == 1 and calls[0].quantize == "binary" and len(report.skipped) == 1
+    with (tmp_path / "sweep.csv").open() as f:
+        assert tuple(next(csv.reader(f))) == CSV_COLUMNS
+    rows = read_rows(tmp_path / "sweep.csv")
+    assert [(r["quantize"], r["bytes"], r["final_acc"]) for r in rows] == [
+        ("", "9000", "89"), ("binary", "1234", "49.0")]
+    # the binary file (1,234 B, 49 %) is the best baseline of at most 9,000 B for the rp row
+    assert (rows[0]["baseline"], rows[0]["acc_vs_baseline"]) == ("quant-binary", "40.0")
+    assert rows[0]["on_front"] == rows[1]["on_front"] == "True"
+
+
+def test_width_points_train_the_narrow_model(tmp_path: Path) -> None:
+    calls: list[Any] = []
+    grid = build_grid(strategies=[], dense=True, prune=[], quantize=["int4"], widths=[0.5, 1])
+    report = run_sweep(grid, tmp_path, {"model": "lenet5", "dataset": "mnist", "epochs": 1}, log=None, plot=False,
+                       train_fn=_fake_train(calls))
+    assert [(c.model, c.quantize, Path(c.out).name) for c in calls] == [
+        ("lenet5-w50", None, "dense-w0.5"), ("lenet5-w50", "int4", "quant-int4-w0.5"),
+        ("lenet5", None, "dense"), ("lenet5", "int4", "quant-int4")]
+    assert "--model lenet5-w50" in report.rows[0]["command"] and "--quantize int4" in report.rows[1]["command"]
+    assert [r["model"] for r in read_rows(tmp_path / "sweep.csv")] == ["lenet5-w50"] * 2 + ["lenet5"] * 2
+    with pytest.raises(ValueError, match=r"sweep point dense-w0\.5: model 'tiny-cnn' has no width"):
+        resolve_points(build_grid(strategies=[], prune=[], widths=[0.5]), {"model": "tiny-cnn"}, tmp_path)
+
+
+def test_bytes_figure_draws_each_method_and_the_front(tmp_path: Path) -> None:
+    rows = annotate_rows([_row(*r) for r in [("rp", 9_000, 97.0), ("rp-k0.1", 5_000, 95.0),
+                                             ("quant-binary", 8_000, 98.5), ("dense", 250_000, 99.3),
+                                             ("dense-w0.5", 60_000, 99.0), ("prune", 20_000, 96.0)]])
+    ax = sweep_figure(rows, title="lenet5 on mnist", chance=10.0).axes[0]
+    assert ax.get_xscale() == "log" and "bytes" in ax.get_xlabel() and "saved file" in ax.get_ylabel()
+    lines = {line.get_label(): [list(map(float, d)) for d in line.get_data()] for line in ax.get_lines()}
+    assert lines["PEMN RP"] == [[5_000.0, 9_000.0], [95.0, 97.0]]
+    assert lines["binary QAT"] == [[8_000.0], [98.5]] and lines["Magnitude pruning"] == [[20_000.0], [96.0]]
+    assert lines["Dense"] == [[60_000.0, 250_000.0], [99.0, 99.3]]
+    # the front: rp k0.1 (5 KB), binary (8 KB), narrow dense (60 KB), dense (250 KB); rp keep 0.5 is beaten
+    assert lines["Pareto front"] == [[5_000.0, 8_000.0, 60_000.0, 250_000.0], [95.0, 98.5, 99.0, 99.3]]
+    assert sorted(t.get_text() for t in ax.texts) == ["Dense", "Dense ×0.5", "RP 1e-2 k0.1", "binary"]
+    markers = {line.get_label(): (line.get_marker(), line.get_fillstyle()) for line in ax.get_lines()}
+    assert markers["PEMN RP"] == ("o", "full") and markers["binary QAT"][1] == "none"
+    assert plot_sweep(rows, tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="x axis"):
+        sweep_figure(rows, x="paper")
+
+
+@pytest.mark.slow
+def test_sweep_cli_quantized_and_narrow_runs_end_to_end(tmp_path: Path) -> None:
+    """Real tiny runs: rp, a binary-quantized and a half-width dense LeNet-5 on digits; bytes are the files',
+    bits per weight = 8 x bytes / the model's weights, and the front / baseline columns are filled."""
+    out = tmp_path / "sweep"
+    code, _, err = run(["sweep", "--model", "lenet5", "--dataset", "digits", "--strategies", "rp", "--ratios", "0.1",
+                        "--no-dense", "--prune", "--quantize", "binary", "--epochs", "1",
+                        "--set", "train_subset=200", "progress=false", "device=cpu", "threads=1", "--out", str(out)])
+    assert code == 0, err
+    code, _, err = run(["sweep", "--model", "lenet5", "--dataset", "digits", "--strategies", "--dense", "--prune",
+                        "--widths", "0.5", "--epochs", "1", "--figure-x", "ratio",
+                        "--set", "train_subset=200", "progress=false", "device=cpu", "threads=1", "--out", str(out)])
+    assert code == 0, err
+    rows = {r["command"].split("--out ")[-1].rsplit("/", 1)[-1]: r for r in read_rows(out / "sweep.csv")}
+    # LeNet-5 on 8x8 digits: 21,150 Conv/Linear weights; at half width 5,535
+    files = {"rp-r0.1-k0.5": ("model.pemn", 21_150), "quant-binary": ("model.quant.safetensors", 21_150),
+             "dense-w0.5": ("model.safetensors", 5_535)}
+    assert set(rows) == set(files)
+    for name, (file, weights) in files.items():
+        r = rows[name]
+        nbytes = (out / name / file).stat().st_size
+        assert int(r["bytes"]) == nbytes
+        assert abs(float(r["bits_per_weight"]) - 8 * nbytes / weights) < 1e-3
+        assert r["on_front"] in ("True", "False")
+    assert rows["dense-w0.5"]["model"] == "lenet5-w50" and rows["rp-r0.1-k0.5"]["model"] == "lenet5"
+    assert float(rows["quant-binary"]["bits_per_weight"]) < 2 < float(rows["dense-w0.5"]["bits_per_weight"])
+    rp = rows["rp-r0.1-k0.5"]
+    if rp["baseline"]:
+        assert int(rp["baseline_bytes"]) <= int(rp["bytes"])
+        assert abs(float(rp["acc_vs_baseline"]) - (float(rp["final_acc"]) - float(rp["baseline_acc"]))) < 1e-6
+    assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"

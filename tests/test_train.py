@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import pemn
+from conftest import quick_config
 from pemn.training.augment import build_eval_transform
 from pemn.training.checkpoint import read_checkpoint
 from pemn.training.config import (
@@ -53,10 +54,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 def quick(tmp_path: Path, name: str = "run", **kw: Any) -> TrainConfig:
     """A run of a fraction of a second: tiny-mlp masks on 512 digits."""
-    settings = {"model": "tiny-mlp", "dataset": "digits", "strategy": "mask", "train_subset": 512, "epochs": 2,
-                "batch_size": 32, "lr": 0.05, "progress": False, "device": "cpu", "out": str(tmp_path / name)}
-    settings.update(kw)
-    return resolve_config(settings)
+    return quick_config(**{"strategy": "mask", "train_subset": 512, "epochs": 2, "batch_size": 32, "lr": 0.05,
+                           "out": tmp_path / name, **kw})
 
 
 def quiet(_: str) -> None:
@@ -514,6 +513,7 @@ def test_resume_equals_uninterrupted(tmp_path, stop):
     assert not (tmp_path / "b" / "model.pemn").exists() and not (tmp_path / "b" / "result.json").exists()
     if "stop_after_step" in stop:  # stopped inside epoch 2 (5 steps per epoch)
         assert (info.value.epoch, info.value.step) == (1, 1)
+        assert "in epoch 2/3 after step 1 of 5;" in str(info.value)
         assert read_checkpoint(info.value.checkpoint)[1]["state"]["step"] == 1
     resumed = train(quick(tmp_path, "b", **kw, resume=True, progress=True), log=quiet)
     state_equal(straight.model, resumed.model)

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pemn
+from conftest import quick_config
 from pemn.artifact import read
 from pemn.config import PEMNConfig, kept_count
 from pemn.prototype import plan, slice_scale
@@ -31,11 +32,8 @@ def _net() -> nn.Module:
 
 
 def quick(tmp_path: Path, name: str = "run", **kw: Any):
-    settings = {"model": "tiny-mlp", "dataset": "digits", "strategy": "rp", "ratio": 0.1, "train_subset": 256,
-                "epochs": 2, "batch_size": 32, "lr": 0.05, "progress": False, "device": "cpu",
-                "out": str(tmp_path / name)}
-    settings.update(kw)
-    return resolve_config(settings)
+    return quick_config(**{"strategy": "rp", "ratio": 0.1, "train_subset": 256, "epochs": 2, "batch_size": 32,
+                           "lr": 0.05, "out": tmp_path / name, **kw})
 
 
 def quiet(_: str) -> None:

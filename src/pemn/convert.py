@@ -27,6 +27,7 @@ from pemn._compat import module_fqn_filter
 from pemn._memory import release_freed_memory
 from pemn.config import PEMNConfig, kept_count
 from pemn.errors import ConversionError
+from pemn.hf import refuse_save_pretrained
 from pemn.layers import (
     CHILD_PREFIX,
     GlobalTopK,
@@ -39,6 +40,7 @@ from pemn.layers import (
     to_masked_,
     weight_params,
 )
+from pemn.normed import bake_norms_, hooked_tensor, parametrized_tensor, prepare_norms_
 from pemn.prototype import Assignment, PrototypeBank, plan, slice_scale
 from pemn.registry import lookup, type_names
 
@@ -107,14 +109,15 @@ def _refusal(name: str, module: nn.Module) -> str | None:
     assert spec is not None  # only registered modules are asked about
     where = f"module {name or '<root>'!r} ({type(module).__name__})"
     way_out = f"leave it dense with exclude=[{re.escape(name)!r}]" if name else "leave it dense"
-    if parametrize.is_parametrized(module):
+    if parametrize.is_parametrized(module) and _through_parametrizations(module) is None:
         params = ", ".join(sorted(module.parametrizations.keys()))
         return (f"cannot mask {where}: its {params} is computed by a torch.nn.utils.parametrize "
-                f"parametrization (weight_norm, spectral_norm, ...), which pemn cannot mask. {way_out.capitalize()}, "
+                f"parametrization that pemn cannot mask through (it masks a weight computed by exactly one "
+                f"weight_norm or spectral_norm of torch.nn.utils.parametrizations). {way_out.capitalize()}, "
                 f"or remove it first with torch.nn.utils.parametrize.remove_parametrizations(module, "
                 f"{sorted(module.parametrizations.keys())[0]!r}) (bakes the current weight)")
-    computed = [w for w in spec[0].weights
-                if module._parameters.get(w) is None and isinstance(getattr(module, w, None), torch.Tensor)]
+    computed = [w for w in spec[0].weights if module._parameters.get(w) is None and hooked_tensor(module, w) is None
+                and not parametrize.is_parametrized(module, w) and isinstance(getattr(module, w, None), torch.Tensor)]
     if computed:
         return (f"cannot mask {where}: its {', '.join(computed)} is not a parameter but computed by a hook "
                 f"(torch.nn.utils.weight_norm?). {way_out.capitalize()}, or remove the hook first "
@@ -127,12 +130,34 @@ def _refusal(name: str, module: nn.Module) -> str | None:
         reason = spec[0].check(module)
         if reason:
             return f"cannot mask {where}: {reason} ({way_out})"
-    if not weight_params(module):
+    if not any(weight_params(m) for _, m in _mask_slots(name, module)):
         return f"module {name!r} has no weight"
     for w in weight_params(module):
         if isinstance(module._parameters[w], nn.parameter.UninitializedParameter):
             return f"module {name!r} is lazy and not initialised yet; run one forward first"
     return None
+
+
+def _through_parametrizations(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """For a registered layer whose weights torch.nn.utils.parametrize computes: the ``parametrizations.<w>``
+    lists that pemn masks instead of the layer (relative name, list), or None when some parametrization is not
+    one pemn masks through (:func:`pemn.layers.parametrized_tensor`) or sits on a tensor that is not a weight."""
+    spec = lookup(module)
+    weights = spec[0].weights if spec is not None else ()
+    plists = dict(module.parametrizations.items())
+    if any(w not in weights or parametrized_tensor(plist) is None for w, plist in plists.items()):
+        return None
+    if any(module._parameters.get(w) is not None for w in weights):  # partly parametrized: not worth the case
+        return None
+    return [(f"parametrizations.{w}", plist) for w, plist in plists.items()]
+
+
+def _mask_slots(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose tensors masking ``module`` replaces: the module itself, or the parametrization lists of
+    a weight_norm / spectral_norm layer."""
+    if parametrize.is_parametrized(module):
+        return [(_qualified(name, sub), plist) for sub, plist in _through_parametrizations(module) or []]
+    return [(name, module)]
 
 
 def param_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str, str]]]:
@@ -151,11 +176,9 @@ FROZEN = ("frozen (requires_grad=False): a fixed table such as a sinusoidal posi
 
 def _frozen(module: nn.Module) -> bool:
     """Whether every weight pemn would mask in ``module`` is frozen (``requires_grad=False``)."""
-    spec = lookup(module)
     # _parameters, not getattr: reading a parametrized weight runs its parametrization (spectral_norm's power
     # iteration updates buffers), and a refused module must be left as it was
-    weights = [module._parameters.get(w) for w in (spec[0].weights if spec is not None else ())]
-    weights = [w for w in weights if w is not None]
+    weights = [m._parameters[w] for _, m in _mask_slots("", module) for w in weight_params(m)]
     return bool(weights) and not any(w.requires_grad for w in weights)
 
 
@@ -171,8 +194,8 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
     chosen: set[int] = set()
     dense_reason: dict[int, str] = {}
     for name, module in model.named_modules():
-        if id(module) in chosen:
-            continue
+        if id(module) in chosen or isinstance(module, parametrize.ParametrizationList):
+            continue  # a layer's parametrizations: the layer decides
         registered = lookup(module) is not None
         # exclude also takes any class name of the module (exclude=["LayerNorm"] only silences the report)
         excluded = _matches(name, module, config.exclude, known) or bool(_type_names(module) & set(config.exclude))
@@ -210,7 +233,9 @@ def _select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None
         refusal = _refusal(name, module)
         if refusal:
             raise ConversionError(refusal)
-        selected.append((name, module))
+        for slot in _mask_slots(name, module):
+            selected.append(slot)
+            chosen.add(id(slot[1]))
         chosen.add(id(module))
         dense_reason.pop(id(module), None)
         if isinstance(module, nn.MultiheadAttention):  # its out-projection belongs to it
@@ -419,6 +444,7 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
                                              config, index, None if group else kept_counts[index], group, masks)
             weights[param] = made[index]
         to_masked_(module, weights)
+        prepare_norms_(module)
         if sum(mw.numel for mw in weights.values()) >= _TRIM_AFTER:
             release_freed_memory()
 
@@ -477,9 +503,11 @@ def materialize(model: nn.Module) -> nn.Module:
         raise ConversionError("this model has no pemn masked layers to materialize")
     dense = copy.deepcopy(root)
     baked: dict[int, nn.Parameter] = {}
+    masked = {id(m) for m in dense.modules() if isinstance(m, MaskedLayer)}
     for module in list(dense.modules()):
         if isinstance(module, MaskedLayer):
             to_dense_(module, baked)
+    bake_norms_(dense, masked)
     for module in dense.modules():
         for attr in _GUARDED:
             if isinstance(module.__dict__.get(attr), types.MethodType) and \
@@ -620,7 +648,7 @@ def finish_conversion_(root: nn.Module, dense_reason: dict[int, str], *, warn: b
 
 # --- transformers' weight tying ---------------------------------------------------------------------------
 
-_GUARDED = ("tie_weights", "resize_token_embeddings")
+_GUARDED = ("tie_weights", "resize_token_embeddings", "save_pretrained")
 
 
 def _resolve(owner: nn.Module, name: str) -> tuple[str, object]:
@@ -711,9 +739,12 @@ _pemn_resize_token_embeddings._pemn_guard = True  # type: ignore[attr-defined]
 
 def _guard_transformers_(root: nn.Module) -> None:
     """Give every transformers model inside ``root`` (duck-typed: it has ``tie_weights`` and
-    ``resize_token_embeddings``) pemn-aware versions of both, on the instance."""
+    ``resize_token_embeddings``) pemn-aware versions of both, on the instance, and a ``save_pretrained`` that
+    refuses (:func:`pemn.hf.refuse_save_pretrained`)."""
     for module in root.modules():
         if callable(getattr(type(module), "tie_weights", None)) and \
                 callable(getattr(type(module), "resize_token_embeddings", None)):
             module.__dict__["tie_weights"] = types.MethodType(_pemn_tie_weights, module)
             module.__dict__["resize_token_embeddings"] = types.MethodType(_pemn_resize_token_embeddings, module)
+            if callable(getattr(type(module), "save_pretrained", None)):
+                module.__dict__["save_pretrained"] = types.MethodType(refuse_save_pretrained, module)

@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from pemn.errors import ConversionError
 from pemn.masking import (
@@ -24,11 +25,12 @@ from pemn.masking import (
     bernoulli_mask,
     global_topk_masks,
     init_scores,
+    masked_product,
     ste_given_mask,
-    ste_mask,
     topk_mask,
     topk_ste,
 )
+from pemn.normed import hooked_tensor, parametrized_tensor
 from pemn.prototype import PrototypeBank
 from pemn.registry import fan_in_torch, lookup
 
@@ -141,7 +143,7 @@ class MaskedWeight(nn.Module):
             else:
                 mask = topk_ste(self.scores, self.kept)
             return base * mask.to(base.dtype)
-        return base * ste_mask(self.scores, self.kept).to(base.dtype)
+        return masked_product(base, self.scores, self.kept)
 
     def freeze(self, mask: torch.Tensor | None = None, *, copy: bool = True) -> None:
         """Replace the scores by the boolean mask they select (or by ``mask``, when given; ``copy=False``
@@ -246,6 +248,21 @@ class MaskedMultiheadAttention(MaskedLayer, nn.MultiheadAttention):
     v_proj_weight = _masked_param("v_proj_weight")  # type: ignore[assignment]
 
 
+class MaskedParametrizationList(MaskedLayer, parametrize.ParametrizationList):
+    """The ``layer.parametrizations.weight`` of a weight_norm / spectral_norm layer, with the tensor the
+    parametrization reads masked (:func:`pemn.normed.parametrized_tensor`): the layer's weight is still the
+    parametrization's output, so it still normalises what it computes."""
+
+    base_class = parametrize.ParametrizationList
+    masked_params = ("original", "original1")
+    original = _masked_param("original")  # type: ignore[assignment]
+    original1 = _masked_param("original1")  # type: ignore[assignment]
+
+    def right_inverse(self, value: torch.Tensor) -> None:
+        raise ConversionError("this weight is computed from a pemn masked tensor (prototype x mask) and cannot be "
+                              "assigned: set it before pemn.convert_, or bake the model with pemn.materialize first")
+
+
 #: The named masked class of each built-in torch layer type; other registered types (transformers'
 #: ``Conv1D``, users' layers) get a class made on first use, ``Masked<Name>``, a subclass of their own.
 MASKED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
@@ -275,12 +292,17 @@ def masked_class_for(module: nn.Module) -> type[nn.Module] | None:
     A subclass of a registered type qualifies only if it keeps the parent's ``forward`` (otherwise its
     own forward might read the weight in ways pemn does not know; register the subclass to allow it).
     """
+    if isinstance(module, parametrize.ParametrizationList):
+        return MaskedParametrizationList if parametrized_tensor(module) is not None else None
     found = lookup(module)
     if found is None:
         return None
     spec, cls = found
     if type(module).forward is not cls.forward:
         return None
+    hooked = tuple(h for w in spec.weights if (h := hooked_tensor(module, w)) is not None)
+    if hooked:  # torch.nn.utils.weight_norm / spectral_norm hooks: their source tensor is masked, not weight
+        return _made_class(type(module), hooked)
     if cls in MASKED_CLASSES:
         return MASKED_CLASSES[cls]
     return _made_class(type(module), spec.weights)
@@ -288,10 +310,14 @@ def masked_class_for(module: nn.Module) -> type[nn.Module] | None:
 
 def weight_params(module: nn.Module) -> list[str]:
     """Names of the weight parameters of a registered module that masking replaces (present ones)."""
+    if isinstance(module, parametrize.ParametrizationList):
+        name = parametrized_tensor(module)
+        return [name] if name is not None and module._parameters.get(name) is not None else []
     found = lookup(module)
     if found is None:
         return []
-    return [p for p in found[0].weights if module._parameters.get(p) is not None]
+    names = [p if module._parameters.get(p) is not None else hooked_tensor(module, p) for p in found[0].weights]
+    return [p for p in names if p is not None]
 
 
 def layer_fan_in(module: nn.Module, shape: tuple[int, ...]) -> int:

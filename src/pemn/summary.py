@@ -64,6 +64,9 @@ class PEMNSummary:
     source: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     dense: DenseReport | None = None
+    #: a multi-task file (:mod:`pemn.taskfile`): one row per task (its bytes and keep); the layers are the first
+    #: task's, ``bytes`` and ``dense_bytes`` count every task
+    tasks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def kept_fraction(self) -> float:
@@ -88,10 +91,19 @@ class PEMNSummary:
                     f"{self.prototype_storage}; unique values P = {self.unique_values:,}")
         parts = ", ".join(f"{k} {self.bytes[k]:,}" for k in COMPONENTS)
         rows.append(f"bytes: {parts}; file {self.file_bytes:,}")
-        rows.append(f"paper ratio {self.paper_ratio:.5f}  |  honest ratio {self.honest_ratio:.2f}x "
+        rows.append(f"{paper_ratio_text(self.paper_ratio)}  |  {honest_ratio_text(self.honest_ratio)} "
                     f"(dense fp32 {self.dense_bytes:,} B / file {self.file_bytes:,} B)")
         if self.dense is not None:
             rows.append(self.dense.table())
+        if self.tasks:
+            rows.append("")
+            rows.append(f"{len(self.tasks)} tasks (the layers above are task {self.tasks[0]['name']!r}'s):")
+            rows.append(f"  {'task':<24} {'classes':>7} {'keep':>7} {'mask B':>9} {'bound B':>9} {'extras B':>9} "
+                        f"{'total B':>9}")
+            for t in self.tasks:
+                classes = "-" if t["classes"] is None else str(t["classes"])
+                rows.append(f"  {t['name'][:24]:<24} {classes:>7} {t['kept_fraction']:>7.4f} {t['mask_bytes']:>9,} "
+                            f"{t['entropy_bound_bytes']:>9,} {t['extras_bytes']:>9,} {t['data_bytes']:>9,}")
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -102,13 +114,23 @@ class PEMNSummary:
         where = f"{self.source!r}, " if self.source else ""
         return (f"<PEMNSummary {where}{self.strategy}: {self.masked_weights:,} masked weights, "
                 f"P={self.unique_values:,}, kept {self.kept_fraction:.3f}, {self.file_bytes:,} bytes, "
-                f"paper ratio {self.paper_ratio:.5f}, "
-                f"honest ratio {self.honest_ratio:.2f}x; .table() / .to_dict() for details>")
+                f"{paper_ratio_text(self.paper_ratio)}, "
+                f"{honest_ratio_text(self.honest_ratio)}; .table() / .to_dict() for details>")
 
 
 def paper_ratio(masked_weights: int, unique_values: int) -> float:
     """The paper's size compression ratio ``1 - (N + 32 P) / (32 N)``."""
     return 1.0 - (masked_weights + 32 * unique_values) / (32 * masked_weights)
+
+
+def paper_ratio_text(ratio: float) -> str:
+    """``paper ratio 96.80 %``: how every pemn output prints :attr:`PEMNSummary.paper_ratio` (README, "Sizes")."""
+    return f"paper ratio {100 * ratio:.2f} %"
+
+
+def honest_ratio_text(ratio: float) -> str:
+    """``honest ratio 25.13x``: how every pemn output prints :attr:`PEMNSummary.honest_ratio`."""
+    return f"honest ratio {ratio:.2f}x"
 
 
 def _dense_fp32_values(entry: list) -> int:
@@ -142,6 +164,8 @@ def summarize(art: Artifact) -> PEMNSummary:
 
     by_component = dict.fromkeys(COMPONENTS, 0)
     for name, t in art.tensors.items():
+        if art.tasks and name.startswith("tasks."):  # a multi-task file: tasks.<i>.masks, tasks.<i>.params...
+            name = name.split(".", 2)[2]
         component = _COMPONENT_OF.get(name.split(".")[0])
         if component:
             by_component[component] += t.numel() * t.element_size()
@@ -157,7 +181,7 @@ def summarize(art: Artifact) -> PEMNSummary:
     n_total = sum(lay.masked_weights for lay in layers)
     p_total = sum(s.length for s in sources.values())
     dense_numel = sum(_dense_fp32_values(e) for e in art.dense)
-    dense_bytes = 4 * (n_total + dense_numel)
+    dense_bytes = 4 * (n_total + dense_numel) * max(1, len(art.tasks))  # every task is a model
     by_kind: dict[str, list[int]] = {}
     large = []
     for e in art.dense:
@@ -176,7 +200,16 @@ def summarize(art: Artifact) -> PEMNSummary:
         masked_weights=n_total, unique_values=p_total, kept=sum(lay.kept for lay in layers), layers=layers,
         bytes=by_component, file_bytes=art.file_bytes, dense_bytes=dense_bytes,
         paper_ratio=paper_ratio(n_total, p_total), honest_ratio=dense_bytes / art.file_bytes,
-        config=art.config.to_dict(), dense=DenseReport(total, n_total, kinds, sorted(large, key=lambda d: -d.elements)))
+        config=art.config.to_dict(), dense=DenseReport(total, n_total, kinds, sorted(large, key=lambda d: -d.elements)),
+        tasks=_task_rows(art))
+
+
+def _task_rows(art: Artifact) -> list[dict[str, Any]]:
+    if not art.tasks:
+        return []
+    from pemn.taskfile import task_rows
+
+    return task_rows(art)
 
 
 def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = "packed",

@@ -59,6 +59,7 @@ from pemn.config import PEMNConfig
 from pemn.convert import convert_selected_, find_bank, finish_conversion_, is_converted, masked_weights, unwrap
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
 from pemn.fileio import atomic_write_bytes
+from pemn.prototype import plan
 
 TASKS_VERSION = 4
 _TASK_KEYS = {"name", "classes", "manifest", "dense"}
@@ -91,6 +92,20 @@ class TaskEntry:
     def kept_fraction(self) -> float:
         m = self.artifact.manifest
         return sum(e["kept"] for e in m) / max(1, sum(math.prod(e["shape"]) for e in m))
+
+
+def task_rows(art: Artifact) -> list[dict[str, Any]]:
+    """One row per task of a format-version-4 artifact: name, own head's classes, kept fraction, the bytes of its
+    masks, of its extras and in all (its tensors), and the order-0 entropy bound of its masks in bytes."""
+    from pemn.coding import entropy_bits
+
+    rows = []
+    for t in art.tasks:
+        bound = sum(entropy_bits(math.prod(e["shape"]), e["kept"]) for e in t.artifact.manifest) / 8
+        rows.append({"name": t.name, "classes": t.num_classes, "kept_fraction": t.kept_fraction,
+                     "mask_bytes": t.mask_bytes, "extras_bytes": t.data_bytes - t.mask_bytes,
+                     "data_bytes": t.data_bytes, "entropy_bound_bytes": math.ceil(bound), "app": t.app})
+    return rows
 
 
 def content(art: Artifact) -> dict[str, Any]:
@@ -326,6 +341,14 @@ def apply_tasks(art: Artifact, model: nn.Module, *, task: str | Sequence[str] | 
     selected, masked = _selection_from_manifest(root, base_art, where)
     fan_ins = _fan_ins(selected)
     protos = _prototypes(base_art, [tuple(s) for _, s in art.base], where, fan_ins)
+    sources, assignments = plan(art.config, [tuple(s) for _, s in art.base], fan_ins)
+    if art.head is not None:  # a task's own head reads the first rows of the base head's source: it must fit
+        j = [n for n, _ in art.base].index(f"{art.head}.weight")
+        room = sources[assignments[j].source].expanded
+        for entry in picked:
+            if entry.num_classes is not None and entry.num_classes * math.prod(art.base[j][1][1:]) > room:
+                raise FormatError(f"{where}corrupt artifact: task {entry.name!r}'s head of {entry.num_classes} classes "
+                                  f"needs more prototype values than its source has ({room:,})")
     params, buffers = _dense_state(root, lambda k: k in masked)
     decoded = []
     for entry in picked:

@@ -51,8 +51,8 @@ if TYPE_CHECKING:
     from pemn.training.config import TrainConfig
     from pemn.training.data import DatasetInfo
 
-__all__ = ["APP_KEY", "IMAGE_APP_KIND", "KINDS", "ArtifactKind", "app_dataset", "describe_inputs", "image_app",
-           "input_info", "kind_of", "kind_of_file", "load_model", "model_args", "read_app"]
+__all__ = ["APP_KEY", "IMAGE_APP_KIND", "KINDS", "ArtifactKind", "app_dataset", "app_metadata", "describe_inputs",
+           "image_app", "input_info", "kind_of", "kind_of_file", "load_model", "model_args", "read_app"]
 
 #: Metadata key of the app object in the plain safetensors files (dense and pruned models).
 APP_KEY = "pemn_app"
@@ -64,8 +64,8 @@ _SHAPE_ARGS = ("num_classes", "in_channels", "image_size")
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _app_metadata(app: dict[str, Any] | None) -> dict[str, str]:
-    """The app object as safetensors metadata of a plain (dense or pruned) model file."""
+def app_metadata(app: dict[str, Any] | None) -> dict[str, str]:
+    """The app object as safetensors metadata of a plain (dense, pruned or quantized) model file."""
     return {} if app is None else {APP_KEY: json.dumps(app, sort_keys=True, separators=(",", ":"))}
 
 
@@ -85,7 +85,7 @@ def _dense_summary(module: nn.Module, path: Path, **extra: Any) -> dict[str, Any
 
 def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
     state = {k: (cpu_copy(v).float() if v.is_floating_point() else cpu_copy(v)) for k, v in module.state_dict().items()}
-    metadata = {"format": "pt", "model": cfg.model, **_app_metadata(app)}
+    metadata = {"format": "pt", "model": cfg.model, **app_metadata(app)}
     atomic_write_bytes(path, save_bytes(state, metadata=metadata))
     return _dense_summary(module, path)
 
@@ -93,7 +93,7 @@ def _save_dense(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, 
 def _save_sparse(module: nn.Module, path: Path, cfg: TrainConfig,
                  app: dict[str, Any] | None = None) -> dict[str, Any]:
     masks = pruning_masks(module)
-    save_sparse(module, masks, path, extra_metadata=_app_metadata(app))
+    save_sparse(module, masks, path, extra_metadata=app_metadata(app))
     prunable = sum(m.numel() for m in masks.values())
     kept = sum(int(m.sum()) for m in masks.values())
     return _dense_summary(module, path, prune=cfg.prune, prune_scope=cfg.prune_scope,
@@ -103,7 +103,7 @@ def _save_sparse(module: nn.Module, path: Path, cfg: TrainConfig,
 
 def _save_quant(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, Any] | None = None) -> dict[str, Any]:
     assert cfg.quantize is not None
-    save_quant(module, path, cfg.quantize, extra_metadata=_app_metadata(app))
+    save_quant(module, path, cfg.quantize, extra_metadata=app_metadata(app))
     info = quant_info(path)
     extra = {k: info[k] for k in ("bits", "quantized_weights", "code_bytes", "scale_bytes", "extras_bytes",
                                   "payload_bytes", "bits_per_weight")}

@@ -597,15 +597,23 @@ def _mlp_width(*, width: int, num_classes: int, in_channels: int, image_size: in
     return _mlp_layers(num_classes, in_channels, image_size, scaled(256, width))
 
 
-def _mlp_layers(num_classes: int, in_channels: int, image_size: int, hidden: int) -> nn.Module:
+def _mlp_layers(num_classes: int, in_channels: int, image_size: int, hidden: int, hidden2: int | None = None
+                ) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(in_channels * image_size * image_size, hidden),
         nn.ReLU(),
-        nn.Linear(hidden, hidden),
+        nn.Linear(hidden, hidden if hidden2 is None else hidden2),
         nn.ReLU(),
-        nn.Linear(hidden, num_classes),
+        nn.Linear(hidden if hidden2 is None else hidden2, num_classes),
     )
+
+
+@register_model("mlp-<h1>-<h2>", listed=("mlp-300-100",))
+def _mlp_sized(*, h1: int, h2: int, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """Two hidden ReLU layers of ``h1`` and ``h2`` units over the flattened image: ``mlp-300-100`` is LeNet-300-100
+    (784-300-100-10 on MNIST, the fully connected net of SupSup's Permuted-MNIST runs)."""
+    return _mlp_layers(num_classes, in_channels, image_size, h1, h2)
 
 
 class LeNet5(nn.Module):

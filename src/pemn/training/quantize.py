@@ -47,6 +47,7 @@ from pemn.convert import is_converted, unwrap
 __all__ = [
     "CLIP_RATIOS",
     "PRUNED_METHODS",
+    "PTQ_CALIBRATION_IMAGES",
     "PTQ_METHODS",
     "QAT_METHODS",
     "QUANTIZE_METHODS",
@@ -56,6 +57,7 @@ __all__ = [
     "code_range",
     "dequantize",
     "fake_quantizers",
+    "post_training_quantize_",
     "quantizable_weights",
     "quantize_",
     "quantize_weight",
@@ -69,6 +71,8 @@ QUANTIZE_METHODS = QAT_METHODS + PTQ_METHODS
 PRUNED_METHODS = ("ternary", "int2", "int4", "int8")
 #: Clipping ratios (of max|w_c|) tried for the int-k scales: 0.20, 0.225, ..., 1.0.
 CLIP_RATIOS = tuple(round(0.2 + 0.025 * i, 3) for i in range(33))
+#: Post-training quantization re-estimates BatchNorm statistics on (at most) this many training images.
+PTQ_CALIBRATION_IMAGES = 4096
 #: ``0.7 · mean|w|``: TWN's ternary threshold.
 TERNARY_THRESHOLD = 0.7
 _QUANTIZED_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
@@ -284,3 +288,27 @@ def calibrate_(model: nn.Module, batches: Callable[[], Iterator[torch.Tensor]]) 
             m.momentum = momentum
         model.train(was_training)
     return len(norms)
+
+
+def post_training_quantize_(model: nn.Module, method: str, images: torch.Tensor | None,
+                            transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                            batch_size: int = 128) -> int:
+    """Quantize a trained dense model in place (``method``: a PTQ method) and re-estimate its BatchNorm statistics
+    on the first :data:`PTQ_CALIBRATION_IMAGES` of ``images`` (training images, raw; ``transform`` makes them the
+    model's inputs). Returns the number of BatchNorm layers recalibrated; ``images`` may be None for a model
+    without BatchNorm (ValueError otherwise)."""
+    if method not in PTQ_METHODS:
+        raise ValueError(f"post-training quantization takes {', '.join(PTQ_METHODS)}, not {method!r} (the QAT "
+                         "methods train with quantized weights: pemn train --strategy dense --quantize METHOD)")
+    quantize_(model, method)
+    calibration = None if images is None else images[:PTQ_CALIBRATION_IMAGES]
+
+    def batches() -> Iterator[torch.Tensor]:
+        if calibration is None:
+            raise ValueError("the model has BatchNorm layers: post-training quantization needs training images to "
+                             "re-estimate their statistics")
+        for i in range(0, calibration.shape[0], batch_size):
+            x = calibration[i:i + batch_size]
+            yield transform(x) if transform is not None else x
+
+    return calibrate_(model, batches)

@@ -1,12 +1,18 @@
-"""Sweeps over PEMN strategies and pruning baselines, their results table and the paper's compression figure.
+"""Sweeps over PEMN strategies and the baselines a user would pick instead, their results table and figure.
 
 A sweep is a list of :class:`SweepPoint` (see :func:`build_grid`): dense training, the PEMN strategies
-(``mask``, ``one_layer``, ``mp``, ``rp`` at several ratios, at several kept fractions) and the pruning
-baselines (``random`` / ``magnitude`` at several compressions). :func:`run_sweep` trains each point in this
-process with :func:`pemn.training.engine.train`, in its own sub folder of the sweep folder, and appends one row to
-``sweep.csv`` as soon as the run ends, so a killed sweep keeps its finished rows and a re-run skips them.
-:func:`plot_sweep` draws the paper's figure: test accuracy (best epoch) against the size compression ratio
-(%): PEMN points at their paper ratio, pruning baselines at their compression, dense as a horizontal line.
+(``mask``, ``one_layer``, ``mp``, ``rp`` at several ratios, at several kept fractions), the pruning baselines
+(``random`` / ``magnitude`` at several compressions), the quantized baselines (``--quantize binary`` ..., and
+pruning plus quantized survivors: Deep Compression), each at one or more widths of the model (narrow dense models:
+:func:`pemn.training.models.model_at_width`). :func:`run_sweep` trains each point in this process with
+:func:`pemn.training.engine.train`, in its own sub folder of the sweep folder, and rewrites ``sweep.csv``
+(atomically) as soon as the run ends, so a killed sweep keeps its finished rows and a re-run skips them.
+
+Every row holds the saved file's real size (``bytes``) and bits per weight, whether it is on the Pareto front of
+accuracy vs bytes (``on_front``), and, for a PEMN row, the best baseline of at most its bytes and the accuracy
+difference to it (:func:`annotate_rows`; the accuracy is the saved file's: the final epoch). :func:`plot_sweep`
+draws accuracy against file bytes (log axis, one marker family per method, the front drawn) or, with
+``x="ratio"``, the paper's figure against the size compression ratio.
 """
 
 from __future__ import annotations
@@ -31,15 +37,19 @@ from pemn.training.prune import PRUNE_METHODS
 __all__ = [
     "CSV_COLUMNS",
     "CSV_NAME",
+    "FIGURE_AXES",
     "PEMN_STRATEGIES",
     "PNG_NAME",
     "PRUNE_METHODS",
     "SEEDS_CSV_NAME",
     "SweepPoint",
     "SweepReport",
+    "annotate_rows",
     "build_grid",
+    "bytes_figure",
     "check_settings",
     "plot_sweep",
+    "ratio_figure",
     "read_rows",
     "resolve_points",
     "run_sweep",
@@ -51,16 +61,33 @@ __all__ = [
 
 CSV_NAME = "sweep.csv"
 PNG_NAME = "sweep.png"
-CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
-               "paper_ratio", "honest_ratio", "seconds", "command", "seed")
-#: The columns of a sweep written before ``--seeds`` (still read; appended to only by seedless points).
-LEGACY_COLUMNS = CSV_COLUMNS[:-1]
+#: ``bytes``: the saved file's size; ``bits_per_weight``: 8 × bytes / the model's Conv/Linear/Embedding weights;
+#: ``on_front``: no other row has at most its bytes and a higher accuracy (final epoch = the file's); ``baseline``
+#: ..``acc_vs_baseline``: for a PEMN row, the most accurate non-PEMN row of at most its bytes (its run folder, bytes,
+#: accuracy) and this row's accuracy minus that one (:func:`annotate_rows`).
+CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed", "model", "best_acc",
+               "final_acc", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front", "baseline",
+               "baseline_bytes", "baseline_acc", "acc_vs_baseline", "seconds", "command")
+#: The columns of sweeps written by earlier versions (still read; the next run rewrites them with CSV_COLUMNS).
+OLD_COLUMNS = (
+    ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
+     "paper_ratio", "honest_ratio", "seconds", "command", "seed"),
+    ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
+     "paper_ratio", "honest_ratio", "seconds", "command"),
+)
+#: The columns of a sweep written before ``--seeds``.
+LEGACY_COLUMNS = OLD_COLUMNS[1]
 #: The columns that identify a run (a re-run skips points whose key is already in the CSV).
-KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "seed")
+KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed")
+#: The columns :func:`annotate_rows` derives from all the rows (rewritten whenever a row is added).
+DERIVED_COLUMNS = ("on_front", "baseline", "baseline_bytes", "baseline_acc", "acc_vs_baseline")
 #: The per-setting summary of a sweep over seeds (:func:`summarize_seeds`).
 SEEDS_CSV_NAME = "sweep_seeds.csv"
-SEEDS_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "seeds", "best_acc_mean", "best_acc_std",
-                 "final_acc_mean", "final_acc_std", "artifact_bytes", "paper_ratio", "honest_ratio", "command")
+SEEDS_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "model", "seeds",
+                 "best_acc_mean", "best_acc_std", "final_acc_mean", "final_acc_std", "bytes", "bits_per_weight",
+                 "paper_ratio", "honest_ratio", "command")
+#: What the figure's x axis measures: the file's bytes (log scale), or the paper's size compression ratio.
+FIGURE_AXES = ("bytes", "ratio")
 #: The grid's defaults (:func:`build_grid`, ``pemn sweep``).
 DEFAULT_RATIOS = (1e-1, 1e-2, 1e-3)
 DEFAULT_KEEPS = (0.5,)
@@ -68,7 +95,7 @@ DEFAULT_COMPRESSIONS = (0.9, 0.92, 0.94, 0.96)
 #: The strategy a pruning baseline trains with (weights are trained, a fraction of them is removed).
 PRUNE_STRATEGY = "dense"
 #: Keys a sweep sets itself for every point; they cannot also be given as common overrides.
-GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "out", "resume"})
+GRID_KEYS = frozenset({"strategy", "ratio", "keep", "prune", "compression", "quantize", "out", "resume"})
 #: Settings that may change between a sweep and its re-run in the same folder (they do not change results).
 FREE_KEYS = GRID_FREE_FIELDS
 SETTINGS_NAME = "sweep.json"
@@ -96,33 +123,63 @@ class SweepPoint:
     compression: float | None = None
     #: the run's seed (``--seeds``); None: the sweep's common setting
     seed: int | None = None
+    #: ``--quantize``: a quantized dense model (with ``prune``: Deep Compression's quantized survivors)
+    quantize: str | None = None
+    #: the model's width as a multiple of the sweep's model (:func:`~pemn.training.models.model_at_width`);
+    #: None: the sweep's model itself
+    width: float | None = None
 
     @property
     def name(self) -> str:
-        """The run's sub folder name, e.g. ``rp-r0.01-k0.5``, ``prune-magnitude-c0.9``, ``dense``, ``dense-s1``."""
+        """The run's sub folder name, e.g. ``rp-r0.01-k0.5``, ``prune-magnitude-c0.9``, ``dense``, ``dense-s1``,
+        ``quant-binary``, ``dense-w0.25``, ``prune-magnitude-c0.9-ternary``."""
         if self.prune is not None:
             parts = [f"prune-{self.prune}-c{_num(self.compression or 0)}"]
+            if self.quantize is not None:
+                parts.append(self.quantize)
+        elif self.quantize is not None:
+            parts = [f"quant-{self.quantize}"]
         else:
             parts = [self.strategy.replace("_", "-")]
             if self.ratio is not None:
                 parts.append(f"r{_num(self.ratio)}")
             if self.keep is not None:
                 parts.append(f"k{_num(self.keep)}")
+        if self.width is not None:
+            parts.append(f"w{_num(self.width)}")
         if self.seed is not None:
             parts.append(f"s{self.seed}")
         return "-".join(parts)
 
     @property
     def kind(self) -> str:
-        """``"dense"``, ``"pemn"`` or ``"prune"``."""
+        """``"dense"``, ``"pemn"``, ``"prune"`` or ``"quant"`` (quantized, also pruned and quantized)."""
+        if self.quantize is not None:
+            return "quant"
         if self.prune is not None:
             return "prune"
         return "dense" if self.strategy == "dense" else "pemn"
 
+    @property
+    def method(self) -> str:
+        """The figure's marker family: ``RP``, ``Mask`` ..., ``Dense``, ``Random pruning``, ``binary QAT``,
+        ``PTQ int8``, ``Deep Compression (magnitude, ternary)``."""
+        if self.kind == "quant":
+            q = self.quantize or ""
+            if self.prune is not None:
+                return f"Deep Compression ({self.prune}, {q})"
+            return f"PTQ {q.removeprefix('ptq-')}" if q.startswith("ptq-") else f"{q} QAT"
+        if self.kind == "prune":
+            return f"{(self.prune or '').capitalize()} pruning"
+        if self.kind == "dense":
+            return "Dense"
+        return STRATEGY_TABLE[self.strategy].label if self.strategy in STRATEGY_TABLE else self.strategy
+
     def overrides(self) -> dict[str, Any]:
-        """The TrainConfig overrides of this point (only the fields that apply to it)."""
+        """The TrainConfig overrides of this point (only the fields that apply to it; the width is the caller's:
+        it changes the model name)."""
         d: dict[str, Any] = {"strategy": self.strategy}
-        for k in ("ratio", "keep", "prune", "compression", "seed"):
+        for k in ("ratio", "keep", "prune", "compression", "quantize", "seed"):
             v = getattr(self, k)
             if v is not None:
                 d[k] = v
@@ -132,12 +189,22 @@ class SweepPoint:
         return tuple(_norm(getattr(self, k)) for k in KEY_COLUMNS)
 
     def label(self) -> str:
-        """A short figure label: ``Mask``, ``One-layer``, ``MP``, ``RP 1e-2``, ``Random 90%``, ``Dense``."""
+        """A short figure label: ``Mask``, ``One-layer``, ``MP``, ``RP 1e-2``, ``random 90%``, ``Dense``,
+        ``binary``, ``Dense ×0.25``."""
         if self.kind == "prune":
-            return f"{self.prune} {_num(100 * (self.compression or 0))}%"
-        text = STRATEGY_TABLE[self.strategy].label if self.strategy in STRATEGY_TABLE else self.strategy
-        if self.ratio is not None:
-            text += f" {_ratio_label(self.ratio)}"
+            text = f"{self.prune} {_num(100 * (self.compression or 0))}%"
+        elif self.kind == "quant":
+            text = self.quantize or ""
+            if self.prune is not None:
+                text = f"{self.prune} {_num(100 * (self.compression or 0))}% {text}"
+        else:
+            text = STRATEGY_TABLE[self.strategy].label if self.strategy in STRATEGY_TABLE else self.strategy
+            if self.ratio is not None:
+                text += f" {_ratio_label(self.ratio)}"
+            if self.kind == "pemn" and self.keep is not None and self.keep != 0.5:
+                text += f" k{_num(self.keep)}"
+        if self.width is not None:
+            text += f" ×{_num(self.width)}"
         return text
 
 
@@ -170,15 +237,37 @@ def build_grid(
     prune: Iterable[str] = PRUNE_METHODS,
     compressions: Iterable[float] = DEFAULT_COMPRESSIONS,
     seeds: Iterable[int] | None = None,
+    quantize: Iterable[str] = (),
+    prune_quantize: Iterable[str] = (),
+    widths: Iterable[float] | None = None,
 ) -> list[SweepPoint]:
-    """Every combination: dense (optional), each PEMN strategy × keep (× ratio for those that take one), and each
-    pruning method × compression; with ``seeds``, each of them once per seed (seed-major within a setting).
-    Duplicates are dropped; the order is dense, PEMN, pruning."""
+    """Every combination: dense (optional), each PEMN strategy × keep (× ratio for those that take one), each
+    pruning method × compression, each ``quantize`` method (a quantized dense model) and each pruning method ×
+    compression × ``prune_quantize`` method (Deep Compression); each of them at every one of ``widths`` (multiples
+    of the sweep's model width; 1 is the model itself) and, with ``seeds``, once per seed (seed-major within a
+    setting). Duplicates are dropped; the order is dense, PEMN, pruning, quantized, Deep Compression, width-major."""
+    from pemn.training.quantize import PRUNED_METHODS, QUANTIZE_METHODS
+
     seed_list = None if seeds is None else list(dict.fromkeys(int(x) for x in seeds))
     if seed_list is not None and (not seed_list or any(not 0 <= x < 2**63 for x in seed_list)):
         raise ValueError("--seeds needs at least one seed, each in [0, 2**63)")
     strategies, ratios, keeps = list(strategies), [float(r) for r in ratios], [float(k) for k in keeps]
     prune, compressions = list(prune), [float(c) for c in compressions]
+    quantize, prune_quantize = list(quantize), list(prune_quantize)
+    width_list: list[float | None] = [None]
+    if widths is not None:
+        ws = [float(w) for w in widths]
+        if not ws or any(not (math.isfinite(w) and w > 0) for w in ws):
+            raise ValueError(f"--widths needs at least one width, each a positive number (1 = the model), got {ws}")
+        width_list = list(dict.fromkeys(None if w == 1 else w for w in ws))
+    for q in quantize:
+        if q not in QUANTIZE_METHODS:
+            raise ValueError(f"unknown quantization {q!r}; valid: {', '.join(QUANTIZE_METHODS)}")
+    for q in prune_quantize:
+        if q not in PRUNED_METHODS:
+            raise ValueError(f"Deep Compression quantizes the survivors with {', '.join(PRUNED_METHODS)}, not {q!r}")
+    if prune_quantize and not prune:
+        raise ValueError("--prune-quantize quantizes pruned models: give the pruning methods (--prune)")
     for s in strategies:
         if s not in PEMN_STRATEGIES:
             raise ValueError(f"unknown sweep strategy {s!r}; valid: {', '.join(PEMN_STRATEGIES)} "
@@ -203,11 +292,15 @@ def build_grid(
     for p in prune:
         for c in compressions:
             points.append(SweepPoint(PRUNE_STRATEGY, prune=p, compression=c))
+    points += [SweepPoint(PRUNE_STRATEGY, quantize=q) for q in quantize]
+    points += [SweepPoint(PRUNE_STRATEGY, prune=p, compression=c, quantize=q)
+               for p in prune for c in compressions for q in prune_quantize]
+    points = [dataclasses.replace(p, width=w) for w in width_list for p in points]
     if seed_list is not None:
         points = [dataclasses.replace(p, seed=x) for p in points for x in seed_list]
     unique = list(dict.fromkeys(points))
     if not unique:
-        raise ValueError("the sweep is empty: give strategies, --dense or pruning baselines")
+        raise ValueError("the sweep is empty: give strategies, --dense, pruning or quantized baselines")
     return unique
 
 
@@ -223,7 +316,9 @@ def _cell(v: Any) -> str:
 
 
 def read_rows(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
-    """The complete rows of a sweep CSV (a missing file has none; a torn last line is ignored)."""
+    """The complete rows of a sweep CSV, each with every one of :data:`CSV_COLUMNS` (a missing file has none; a
+    torn last line is ignored; a sweep written by an earlier version reads with its ``artifact_bytes`` as
+    ``bytes`` and the newer columns empty)."""
     path = Path(csv_path)
     if not path.exists():
         return []
@@ -231,52 +326,123 @@ def read_rows(csv_path: str | os.PathLike[str]) -> list[dict[str, str]]:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []
-        if tuple(reader.fieldnames) not in (CSV_COLUMNS, LEGACY_COLUMNS):
+        header = tuple(reader.fieldnames)
+        if header != CSV_COLUMNS and header not in OLD_COLUMNS:
             raise ValueError(f"{path} has columns {reader.fieldnames}, not a pemn sweep's {list(CSV_COLUMNS)}; "
                              "use another output folder")
         rows = []
         for row in reader:
-            row.setdefault("seed", "")
-            if None in row or any(row.get(c) is None for c in CSV_COLUMNS):
+            if None in row or any(row.get(c) is None for c in header):
                 continue  # torn or malformed line
             try:
                 float(row["best_acc"])
             except ValueError:
                 continue
-            rows.append(row)
+            if "artifact_bytes" in row:
+                row["bytes"] = row.pop("artifact_bytes")
+            rows.append({c: row.get(c) or "" for c in CSV_COLUMNS})
         return rows
 
 
-def _append_row(csv_path: Path, row: Mapping[str, Any]) -> None:
-    """Append one row (writing the header first for a new file), flushed and fsynced."""
+def _write_rows(csv_path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``rows`` (all of them, with :data:`CSV_COLUMNS`) to ``csv_path`` atomically: a kill leaves the old
+    file or the new one, never a torn one."""
+    from pemn.fileio import atomic_write_bytes
+
     buf = io.StringIO()
-    new = not csv_path.exists() or csv_path.stat().st_size == 0
-    columns = CSV_COLUMNS
-    if not new:
-        with csv_path.open(newline="") as f:
-            header = tuple(next(csv.reader(f), []))
-        if header == LEGACY_COLUMNS:
-            if row.get("seed") is not None:
-                raise ValueError(f"{csv_path} was written before --seeds (no seed column); use another folder")
-            columns = LEGACY_COLUMNS
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    if new:
-        writer.writeheader()
-    writer.writerow({c: _cell(row.get(c)) for c in columns})
-    text = buf.getvalue()
-    if not new:
-        with csv_path.open("rb") as f:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":  # a killed writer left a torn line: start on a fresh one
-                text = "\n" + text
-    with csv_path.open("a", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row.get(c)) for c in CSV_COLUMNS})
+    atomic_write_bytes(csv_path, buf.getvalue().encode())
 
 
 def _row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(_norm(row.get(k) or None) for k in KEY_COLUMNS)
+
+
+def annotate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with the :data:`DERIVED_COLUMNS` (re)computed from all of them.
+
+    The accuracy is ``final_acc`` (the saved file's: its final epoch), the size ``bytes``; rows lacking either are
+    left out of both. ``on_front``: no other row has at most its bytes and a higher accuracy, or fewer bytes and
+    the same accuracy (the Pareto front of accuracy vs bytes; identical rows are both on it). For every PEMN row
+    (``baseline`` ... ``acc_vs_baseline``): the most accurate row of another kind (dense, narrow, pruned,
+    quantized) of at most its bytes (the smaller file on a tie): its run folder, bytes and accuracy, and this row's
+    accuracy minus that one; empty where no baseline is that small.
+    """
+    out = [dict(r) for r in rows]
+    measured = []
+    for r in out:
+        acc, nbytes = _float(r.get("final_acc")), _float(r.get("bytes"))
+        for c in DERIVED_COLUMNS:
+            r[c] = None
+        if acc is not None and nbytes is not None:
+            measured.append((nbytes, acc, r))
+    for nbytes, acc, r in measured:
+        r["on_front"] = not any(b <= nbytes and a >= acc and (b < nbytes or a > acc) for b, a, _ in measured)
+    baselines = [(b, a, r) for b, a, r in measured if _point_of(r).kind != "pemn"]
+    for nbytes, acc, r in measured:
+        if _point_of(r).kind != "pemn":
+            continue
+        fits = [(a, -b, other) for b, a, other in baselines if b <= nbytes]
+        if fits:
+            best_acc, neg_bytes, best = max(fits, key=lambda t: (t[0], t[1]))
+            r.update(baseline=_point_of(best).name, baseline_bytes=int(-neg_bytes), baseline_acc=best_acc,
+                     acc_vs_baseline=round(acc - best_acc, 6))
+    return out
+
+
+def _header(csv_path: Path) -> tuple[str, ...]:
+    with csv_path.open(newline="") as f:
+        return tuple(next(csv.reader(f), []))
+
+
+def _fill_bits_per_weight(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """Rows of an earlier version's sweep get ``bits_per_weight`` (and ``model``) from the file in their run
+    folder, where it is still there."""
+    from pemn.training.artifacts import KINDS
+
+    for r in rows:
+        if r.get("bits_per_weight") or not _float(r.get("bytes")):
+            continue
+        point = _point_of(r)
+        kind = {"dense": "dense", "prune": "sparse", "quant": "quant"}.get(point.kind, "pemn")
+        path = out / point.name / KINDS[kind].filename
+        if not path.is_file():
+            continue
+        model, weights = _model_of_file(path)
+        if weights:
+            r["bits_per_weight"] = round(8 * float(r["bytes"]) / weights, 4)
+        r["model"] = r.get("model") or model or ""
+    return rows
+
+
+def _model_of_file(path: Path) -> tuple[str | None, int | None]:
+    """The registry model a saved file names, and its Conv/Linear/Embedding (and attention in-projection) weights:
+    what ``bits_per_weight`` divides by. A pemn file counts its masked weights; the others rebuild the registry
+    model the file names (no weights are loaded). None for what the file does not say."""
+    from pemn.training.artifacts import kind_of_file, model_args, read_app
+    from pemn.training.models import create_model
+    from pemn.training.quantize import quantizable_weights
+
+    try:
+        kind = kind_of_file(path)
+        app = read_app(path, kind) or {}
+        name = app.get("model") if isinstance(app.get("model"), str) else None
+        if kind.name == "pemn":
+            from pemn.summary import summary as pemn_summary
+
+            return name, int(pemn_summary(path, verbose=False).masked_weights)
+        if name is None:
+            return None, None
+        import torch
+
+        with torch.random.fork_rng(devices=[]):
+            model = create_model(name, **model_args(app, str(path)))
+        return name, sum(getattr(module, attr).numel() for module, attr in quantizable_weights(model).values())
+    except (OSError, ValueError):
+        return None, None
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -326,8 +492,9 @@ class SweepReport:
     seeds_csv: Path | None = None
 
 
-def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, *,
-                     resume: bool = False) -> dict[str, Any]:
+def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, *, resume: bool = False,
+                     model: str | None = None) -> dict[str, Any]:
+    """The point's TrainConfig overrides; ``model`` is the sweep's model (needed by a point with a width)."""
     bad = sorted(GRID_KEYS & set(base))
     if bad:
         raise ValueError(f"{bad} are set by the sweep grid for every run; give them as grid options instead")
@@ -338,6 +505,12 @@ def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, 
               and not (k == "fill" and not STRATEGY_TABLE[point.strategy].takes_fill)
               and not (point.kind != "prune" and k in PRUNE_ONLY_KEYS)}
     d = {**common, **point.overrides(), "out": str(out_dir / point.name)}
+    if point.width is not None:
+        from pemn.training.models import model_at_width
+
+        if model is None:
+            raise ValueError(f"sweep point {point.name}: a width needs the sweep's model")
+        d["model"] = model_at_width(model, point.width)
     if resume and (out_dir / point.name / CHECKPOINT_NAME).exists():
         d["resume"] = True  # a run killed with the sweep continues from its checkpoint
     return d
@@ -375,6 +548,16 @@ def check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
     (out / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n")
 
 
+def _sweep_model(base: Mapping[str, Any], recipe: str | None, config_file: str | os.PathLike[str] | None) -> str:
+    """The sweep's model: ``base``'s, else the one its recipe / config file / the defaults give."""
+    if base.get("model"):
+        return str(base["model"])
+    from pemn.training.config import resolve_config
+
+    common = {k: v for k, v in base.items() if k not in PEMN_ONLY_KEYS | PRUNE_ONLY_KEYS}
+    return resolve_config({**common, "strategy": PRUNE_STRATEGY}, recipe=recipe, config_file=config_file).model
+
+
 def resolve_points(points: Sequence[SweepPoint], base_overrides: Mapping[str, Any], out_dir: str | os.PathLike[str],
                    *, recipe: str | None = None, config_file: str | os.PathLike[str] | None = None) -> list[Any]:
     """Resolve every point's TrainConfig up front (ValueError for the first contradictory one), so a bad
@@ -382,8 +565,12 @@ def resolve_points(points: Sequence[SweepPoint], base_overrides: Mapping[str, An
     from pemn.training.config import resolve_config
 
     configs = []
+    model = _sweep_model(base_overrides, recipe, config_file) if any(p.width is not None for p in points) else None
     for p in points:
-        ov = _point_overrides(p, base_overrides, Path(out_dir), resume=True)
+        try:
+            ov = _point_overrides(p, base_overrides, Path(out_dir), resume=True, model=model)
+        except ValueError as e:
+            raise ValueError(f"sweep point {p.name}: {e}") from e
         try:
             configs.append(resolve_config(ov, recipe=recipe, config_file=config_file))
         except ValueError as e:
@@ -401,6 +588,7 @@ def run_sweep(
     log: Log | None = print,
     keep_going: bool = False,
     plot: bool = True,
+    figure_x: str = "bytes",
     train_fn: Callable[..., Any] | None = None,
 ) -> SweepReport:
     """Train every point not already in ``out_dir/sweep.csv`` and append its row when it ends.
@@ -413,10 +601,14 @@ def run_sweep(
     re-running the folder with other ones is a ValueError, since the CSV's rows are keyed by grid point
     only. All configs are resolved before the first run, so a contradictory grid raises ValueError without
     training anything. A run that raises stops the sweep (the exception propagates) unless ``keep_going``,
-    which records it in the report and goes on. Finally the figure is drawn to ``out_dir/sweep.png`` from
-    every row of the CSV (skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
+    which records it in the report and goes on. Each finished run rewrites the CSV with every row's
+    :func:`annotate_rows` columns (a CSV of an earlier version is rewritten with the new columns too). Finally the
+    figure is drawn to ``out_dir/sweep.png`` from every row of the CSV (:func:`sweep_figure`, x axis ``figure_x``;
+    skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
     :func:`pemn.training.engine.train` (for tests).
     """
+    if figure_x not in FIGURE_AXES:
+        raise ValueError(f"figure_x must be one of {', '.join(FIGURE_AXES)}, got {figure_x!r}")
     out = Path(out_dir)
     base = dict(base_overrides or {})
     # other common settings first: resolving the points reads each run's config.json for --resume
@@ -427,6 +619,7 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     check_settings(out, base, recipe, config_file)
     csv_path = out / CSV_NAME
+    model = _sweep_model(base, recipe, config_file) if any(p.width is not None for p in points) else None
     done = {_row_key(r) for r in read_rows(csv_path)}
     report = SweepReport(csv=csv_path, png=None)
     say = log or (lambda _msg: None)
@@ -448,25 +641,34 @@ def run_sweep(
             continue
         seconds = getattr(result, "seconds", None)
         summary = getattr(result, "summary", None)
+        saved = getattr(result, "artifact", None) or getattr(result, "weights", None)
+        nbytes = getattr(result, "artifact_bytes", None) or getattr(result, "weights_bytes", None)
+        weights = _summary_value(summary, "masked_weights")
+        if saved is not None and Path(saved).is_file():
+            nbytes = Path(saved).stat().st_size  # the file's real size
+            weights = _model_of_file(Path(saved))[1] or weights
         row = {
             "strategy": point.strategy, "ratio": point.ratio, "keep": point.keep, "prune": point.prune,
-            "compression": point.compression, "seed": point.seed,
-            "best_acc": float(result.best_acc), "final_acc": float(result.final_acc),
-            "artifact_bytes": getattr(result, "artifact_bytes", None) or getattr(result, "weights_bytes", None),
+            "compression": point.compression, "quantize": point.quantize, "width": point.width, "seed": point.seed,
+            "model": cfg.model, "best_acc": float(result.best_acc), "final_acc": float(result.final_acc),
+            "bytes": nbytes, "bits_per_weight": round(8 * nbytes / weights, 4) if nbytes and weights else None,
             "paper_ratio": _summary_value(summary, "paper_ratio"),
             "honest_ratio": _summary_value(summary, "honest_ratio"),
             "seconds": round(float(seconds if seconds is not None else time.perf_counter() - start), 3),
-            "command": train_command(_point_overrides(point, base, out), recipe=recipe, config_file=config_file),
+            "command": train_command(_point_overrides(point, base, out, model=model), recipe=recipe,
+                                     config_file=config_file),
         }
-        _append_row(csv_path, row)
+        _write_rows(csv_path, annotate_rows([*read_rows(csv_path), row]))
         report.rows.append(row)
-        say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  "
-            f"{row['artifact_bytes']} B")
+        say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  {row['bytes']} B")
     if any(p.seed is not None for p in points):
         report.seeds_csv = write_seed_summary(read_rows(csv_path), out / SEEDS_CSV_NAME)
+    if csv_path.exists() and _header(csv_path) != CSV_COLUMNS:  # a sweep of an earlier version: the new columns
+        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight(read_rows(csv_path), out)))
     if plot:
         try:
-            report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base), chance=_chance(base))
+            report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base), chance=_chance(base),
+                                    x=figure_x)
         except ImportError as e:
             report.plot_error = f"no figure: matplotlib is not installed ({e})"
             say(f"sweep: {report.plot_error}")
@@ -475,8 +677,8 @@ def run_sweep(
 
 def summarize_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per setting (the key columns but the seed), in first-seen order: how many seeds, the mean and
-    sample standard deviation (n - 1; 0 for one seed) of the best- and final-epoch accuracy, the mean file bytes
-    and ratios, and the first seed's command."""
+    sample standard deviation (n - 1; 0 for one seed) of the best- and final-epoch accuracy, the mean file bytes,
+    bits per weight and ratios, and the first seed's model and command."""
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault(_row_key(row)[:-1], []).append(row)
@@ -498,7 +700,8 @@ def summarize_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         out.append({**{k: first.get(k) for k in KEY_COLUMNS[:-1]},
                     "seeds": " ".join(str(r.get("seed") or "-") for r in rs),
                     "best_acc_mean": best, "best_acc_std": best_sd, "final_acc_mean": final, "final_acc_std": final_sd,
-                    "artifact_bytes": mean_of(rs, "artifact_bytes"), "paper_ratio": mean_of(rs, "paper_ratio"),
+                    "model": first.get("model"), "bytes": mean_of(rs, "bytes"),
+                    "bits_per_weight": mean_of(rs, "bits_per_weight"), "paper_ratio": mean_of(rs, "paper_ratio"),
                     "honest_ratio": mean_of(rs, "honest_ratio"), "command": first.get("command")})
     return out
 
@@ -536,14 +739,17 @@ def _float(v: Any) -> float | None:
 
 
 def _point_of(row: Mapping[str, Any]) -> SweepPoint:
+    seed = _float(row.get("seed"))
     return SweepPoint(str(row.get("strategy") or ""), ratio=_float(row.get("ratio")), keep=_float(row.get("keep")),
-                      prune=(row.get("prune") or None), compression=_float(row.get("compression")))
+                      prune=(row.get("prune") or None), compression=_float(row.get("compression")),
+                      seed=None if seed is None else int(seed), quantize=(row.get("quantize") or None),
+                      width=_float(row.get("width")))
 
 
 def plot_sweep(rows: Iterable[Mapping[str, Any]], path: str | os.PathLike[str], *, title: str | None = None,
-               chance: float | None = None) -> Path:
+               chance: float | None = None, x: str = "bytes") -> Path:
     """Draw :func:`sweep_figure` of ``rows`` to ``path`` (PNG)."""
-    fig = sweep_figure(rows, title=title, chance=chance)
+    fig = sweep_figure(rows, title=title, chance=chance, x=x)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), format="png")
@@ -562,8 +768,87 @@ def _chance(base: Mapping[str, Any]) -> float | None:
     return 100.0 / classes if classes else None
 
 
-def sweep_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None) -> Any:
-    """Test accuracy (best epoch) vs size compression ratio (%) of sweep rows, as a matplotlib Figure.
+#: The paper figure's x axis: the size compression ratio, and what it measures for each kind of point.
+SWEEP_XLABEL = ("Size compression ratio (%) = 1 − stored bits / dense fp32 bits\n"
+                "PEMN: 1 − (N + 32·P) / (32·N), N 1-bit mask entries, P prototype floats; "
+                "pruning: share of weights removed")
+
+
+def sweep_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None,
+                 x: str = "bytes") -> Any:
+    """The sweep's figure as a matplotlib Figure: ``x="bytes"`` (:func:`bytes_figure`: accuracy vs file bytes,
+    the front drawn) or ``x="ratio"`` (:func:`ratio_figure`: the paper's accuracy vs size compression ratio)."""
+    if x == "bytes":
+        return bytes_figure(rows, title=title, chance=chance)
+    if x == "ratio":
+        return ratio_figure(rows, title=title, chance=chance)
+    raise ValueError(f"the figure's x axis is one of {', '.join(FIGURE_AXES)}, not {x!r}")
+
+
+#: Marker of each method family of :func:`bytes_figure` (PEMN strategies filled, baselines hollow); others cycle.
+_PEMN_MARKERS = {"RP": "o", "MP": "s", "Mask": "^", "One-layer": "v"}
+_BASELINE_MARKERS = ("D", "x", "P", "h", "*", "<", ">", "p", "X", "d", "8", "H", "+", "1", "2", "3", "4")
+
+
+def bytes_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None) -> Any:
+    """Test accuracy of the saved file (final epoch) vs its size in bytes (log axis), one marker family per
+    method (:attr:`SweepPoint.method`: PEMN strategies filled, baselines hollow or line markers), the Pareto front
+    (:func:`annotate_rows`) as a black step line with its points labelled, and ``chance`` as a grey line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    table = annotate_rows(rows)
+    families: dict[str, list[tuple[float, float]]] = {}
+    front: list[tuple[float, float, str]] = []
+    for row in table:
+        nbytes, acc = _float(row.get("bytes")), _float(row.get("final_acc"))
+        if nbytes is None or acc is None:
+            continue
+        p = _point_of(row)
+        families.setdefault(p.method, []).append((nbytes, acc))
+        if row.get("on_front"):
+            front.append((nbytes, acc, p.label()))
+    fig = Figure(figsize=(8.0, 5.2), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    pemn_methods = {STRATEGY_TABLE[s].label for s in PEMN_STRATEGIES}
+    others = iter(_BASELINE_MARKERS)
+    for method in sorted(families, key=lambda m: (m not in pemn_methods, m)):
+        pts = sorted(families[method])
+        if method in pemn_methods:
+            marker, fill = _PEMN_MARKERS.get(method, "o"), "full"
+            name = f"PEMN {method}"
+        else:
+            marker, fill, name = next(others, "o"), "none", method
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], linestyle="none", marker=marker, fillstyle=fill,
+                markersize=8 if fill == "full" else 9, label=name)
+    if front:
+        front.sort()
+        xs = [f[0] for f in front]
+        ys = [f[1] for f in front]
+        ax.step(xs, ys, where="post", color="black", linewidth=1.0, linestyle="--", label="Pareto front", zorder=1)
+        for i, (fx, fy, text) in enumerate(front):
+            ax.annotate(text, (fx, fy), textcoords="offset points", xytext=(4, 6) if i % 2 == 0 else (4, -13),
+                        fontsize=7)
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="-.", linewidth=1.0, label=f"Chance ({chance:.3g} %)")
+    if families:
+        ax.set_xscale("log")
+    ax.set_xlabel("File size (bytes of the saved model file, log scale)")
+    ax.set_ylabel("Test accuracy (%) of the saved file (final epoch)")
+    ax.set_title(f"Accuracy vs bytes: {title}" if title else "Accuracy vs bytes")
+    ax.grid(True, which="both", alpha=0.3)
+    if families:
+        ax.legend(loc="best", fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    return fig
+
+
+def ratio_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None) -> Any:
+    """Test accuracy (best epoch) vs size compression ratio (%) of sweep rows, as a matplotlib Figure (the paper's
+    figure; quantized and narrow baselines have no paper ratio and are left out).
 
     PEMN runs are placed at their paper ratio (MP/RP joined by one line per kept fraction, Mask/One-layer as
     squares, each point labelled; points at the same place share one label, neighbouring labels alternate above
@@ -579,7 +864,7 @@ def sweep_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
     dense: list[float] = []
     for row in rows:
         p, acc = _point_of(row), _float(row.get("best_acc"))
-        if acc is None:
+        if acc is None or (p.kind != "pemn" and p.width is not None):
             continue
         if p.kind == "dense":
             dense.append(acc)
@@ -622,7 +907,7 @@ def sweep_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
         ax.axhline(acc, color="black", linestyle=":", linewidth=1.2, label="Dense" if i == 0 else None)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="-.", linewidth=1.0, label=f"Chance ({chance:.3g} %)")
-    ax.set_xlabel("Size compression ratio (%)")
+    ax.set_xlabel(SWEEP_XLABEL, fontsize=8)
     ax.set_ylabel("Test accuracy (%), best epoch")
     ax.set_title(f"PEMN compression: {title}" if title else "PEMN compression")
     ax.grid(True, alpha=0.3)

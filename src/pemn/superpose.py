@@ -1,0 +1,82 @@
+"""Which task is this batch from? SupSup's one-shot task inference over a model's tasks (:mod:`pemn.taskset`).
+
+All tasks' masks are superposed with coefficients ``alpha_i = 1 / N``: each masked weight becomes
+``prototype * sum_i alpha_i * M_i`` (and each floating-point extra ``sum_i alpha_i * e_i``, a linear mix of the
+tasks' biases and norms); the batch goes through that one network, and the task whose coefficient has the most
+negative gradient of the mean output entropy (the entropy falls fastest by leaning towards it) is the answer
+(Wortsman et al. 2020, "Supermasks in Superposition", one-shot rule). One forward and one backward pass.
+
+:class:`Superposition` decodes the tasks' masks once (``N x weights`` booleans) and answers any number of batches;
+:func:`infer_task` is the one-call form. The model is not changed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from pemn.convert import masked_weights, materialize, unwrap
+from pemn.taskset import tasks as task_names
+from pemn.taskset import using_task
+
+__all__ = ["Superposition", "infer_task"]
+
+
+class Superposition:
+    """The tasks ``names`` (default: all) of a model, ready to superpose. Their heads must have one shape."""
+
+    def __init__(self, model: nn.Module, names: list[str] | None = None) -> None:
+        root = unwrap(model)
+        self.names = list(task_names(root) if names is None else names)
+        if not self.names:
+            raise ValueError("task inference needs at least one task")
+        masks: dict[str, list[torch.Tensor]] = {}
+        extras: dict[str, list[torch.Tensor]] = {}
+        shapes: dict[str, tuple[int, ...]] | None = None
+        for name in self.names:
+            with using_task(root, name):
+                mws = masked_weights(root)
+                mine = {n: tuple(mw.shape) for n, mw in mws.items()}
+                if shapes is None:
+                    shapes = mine
+                    self.bases = {n: mw.base().detach() for n, mw in mws.items()}
+                    self.plain = materialize(root).eval()
+                elif mine != shapes:
+                    raise ValueError(f"task {name!r} has other weight shapes (another head?) than {self.names[0]!r}: "
+                                     "task inference compares tasks of one output size")
+                for n, mw in mws.items():
+                    masks.setdefault(n, []).append(mw.current_mask().detach().reshape(-1))
+                for k, t in root.state_dict().items():
+                    if k not in mws and t.is_floating_point() and ".pemn_" not in f".{k}":
+                        extras.setdefault(k, []).append(t.detach())
+        self.masks = {n: torch.stack(v) for n, v in masks.items()}  # [N, numel] bool
+        self.extras = {k: torch.stack(v) for k, v in extras.items() if not all(torch.equal(v[0], u) for u in v)}
+        self.plain.requires_grad_(False)
+
+    def entropy_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """d(mean output entropy)/d(alpha) at ``alpha_i = 1/N`` for the batch ``x``: one value per task."""
+        n = len(self.names)
+        alpha = torch.full((n,), 1.0 / n, requires_grad=True)
+        params = {}
+        for name, m in self.masks.items():
+            base = self.bases[name]
+            mix = (alpha.to(base.dtype) @ m.to(base.dtype)).view(base.shape)
+            params[name] = base * mix
+        for k, stacked in self.extras.items():
+            params[k] = torch.tensordot(alpha.to(stacked.dtype), stacked, dims=1)
+        logits = functional_call(self.plain, params, (x,))
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1).mean()
+        (grad,) = torch.autograd.grad(entropy, alpha)
+        return grad
+
+    def infer(self, x: torch.Tensor) -> str:
+        """The task the batch ``x`` most likely comes from (the one-shot rule)."""
+        return self.names[int(torch.argmin(self.entropy_gradient(x)))]
+
+
+def infer_task(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> str:
+    """The name of the task (of ``names``, default all of the model's) that the batch ``x`` comes from, by SupSup's
+    one-shot rule; see :class:`Superposition` to answer many batches."""
+    return Superposition(model, names).infer(x)

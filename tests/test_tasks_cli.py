@@ -1,0 +1,156 @@
+"""``pemn train --tasks`` / ``--base --task``, ``pemn eval --task / --all-tasks / --infer-task``, ``pemn inspect`` on
+multi-task files, and the one-shot task inference of the API (pemn.superpose)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pemn
+from cli_run import run
+from pemn.artifact import read
+from pemn.superpose import Superposition, infer_task
+from pemn.training.tasks import TaskSpec, parse_tasks, task_data
+
+COMMON = ["--model", "tiny-mlp", "--dataset", "digits", "--strategy", "mask", "--keep", "0.2", "--coding", "entropy",
+          "--prototype", "seed", "--steps", "30", "--lr", "0.03", "--schedule", "cosine", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def permuted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    out = tmp_path_factory.mktemp("tasks") / "perm"
+    code, stdout, stderr = run(["train", "--tasks", "permuted:3", *COMMON, "--out", str(out)])
+    assert code == 0, stderr
+    return {"out": out, "file": out / "model.pemn", "stdout": stdout,
+            "result": json.loads((out / "result.json").read_text())}
+
+
+def test_parse_tasks() -> None:
+    perm = parse_tasks("permuted:3", "mnist", 10, 0)
+    assert [t.name for t in perm] == ["permuted-0", "permuted-1", "permuted-2"]
+    assert len({t.permutation for t in perm}) == 3 and perm == parse_tasks("permuted:3", "mnist", 10, 0)
+    split = parse_tasks("split:5", "mnist", 10, 0)
+    assert [t.classes for t in split] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    for bad in ("permuted", "split:0", "rotated:3", "split:6"):
+        with pytest.raises(ValueError):
+            parse_tasks(bad, "mnist", 10, 0)
+
+
+def test_task_data_permutes_pixels_and_splits_classes() -> None:
+    x = torch.arange(2 * 1 * 2 * 2).view(2, 1, 2, 2)
+    y = torch.tensor([3, 5])
+    px, py = task_data(TaskSpec("p", "d", permutation=1), x, y)
+    assert torch.equal(py, y) and sorted(px[0].flatten().tolist()) == [0, 1, 2, 3] and not torch.equal(px, x)
+    sx, sy = task_data(TaskSpec("s", "d", classes=(5, 4)), x, y)
+    assert torch.equal(sy, torch.tensor([0])) and torch.equal(sx, x[1:])
+
+
+def test_train_tasks_writes_one_file_with_every_task(permuted: dict[str, object]) -> None:
+    art = read(permuted["file"])
+    assert [t.name for t in art.tasks] == ["permuted-0", "permuted-1", "permuted-2"]
+    result = permuted["result"]
+    assert result["reloaded_equal_after_training"] is True  # every task from the file = right after training
+    assert result["accuracy_from_file"] == result["accuracy_after_training"]
+    lines = (permuted["out"] / "tasks.jsonl").read_text().splitlines()
+    assert [json.loads(row)["task"] for row in lines] == ["permuted-0", "permuted-1", "permuted-2"]
+    assert all(t.app["dataset"] == "digits" and "permutation" in t.app for t in art.tasks)
+
+
+def test_eval_all_tasks_and_one_task(permuted: dict[str, object]) -> None:
+    code, out, err = run(["eval", str(permuted["file"]), "--all-tasks", "--json", "--threads", "1"])
+    assert code == 0, err
+    accs = json.loads(out)["tasks"]
+    assert accs == permuted["result"]["accuracy_from_file"]
+    code, out, err = run(["eval", str(permuted["file"]), "--task", "permuted-1", "--json", "--threads", "1"])
+    assert code == 0, err
+    assert json.loads(out)["tasks"] == {"permuted-1": accs["permuted-1"]}
+    code, out, err = run(["eval", str(permuted["file"]), "--task", "nope", "--threads", "1"])
+    assert code != 0 and "no task 'nope'" in err and "Traceback" not in err
+
+
+def test_eval_infer_task(permuted: dict[str, object]) -> None:
+    code, out, err = run(["eval", str(permuted["file"]), "--infer-task", "--json", "--threads", "1"])
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["tasks"] == 3 and r["batch_size"] == 128 and 0 <= r["identification_accuracy"] <= 100
+    assert r["accuracy_without_ids"] <= r["accuracy_with_ids"] + 1e-9 or r["identification_accuracy"] < 100
+
+
+def test_inspect_lists_tasks(permuted: dict[str, object]) -> None:
+    code, out, err = run(["inspect", str(permuted["file"])])
+    assert code == 0, err
+    assert "3 tasks" in out and "permuted-2" in out
+    code, out, _ = run(["inspect", str(permuted["file"]), "--json"])
+    rows = json.loads(out)["tasks"]
+    assert [r["name"] for r in rows] == ["permuted-0", "permuted-1", "permuted-2"]
+    for r in rows:
+        assert r["mask_bytes"] <= r["entropy_bound_bytes"] + 4 * 3  # a range coder's word per layer at most
+
+
+def test_base_adds_a_task_keeping_the_others(permuted: dict[str, object], tmp_path: Path) -> None:
+    path = tmp_path / "m.pemn"
+    path.write_bytes(Path(permuted["file"]).read_bytes())
+    before = {t.name: {k: v.numpy().tobytes() for k, v in t.tensors.items()} for t in read(path).tasks}
+    code, _, err = run(["train", "--base", str(path), "--task", "plain", *COMMON])
+    assert code == 0, err
+    art = read(path)
+    assert [t.name for t in art.tasks] == ["permuted-0", "permuted-1", "permuted-2", "plain"]
+    after = {t.name: {k: v.numpy().tobytes() for k, v in t.tensors.items()} for t in art.tasks}
+    assert {k: after[k] for k in before} == before
+    code, _, err = run(["train", "--base", str(path), "--task", "plain", *COMMON])
+    assert code != 0 and "already has a task 'plain'" in err
+
+
+def test_split_tasks_have_their_own_heads(tmp_path: Path) -> None:
+    out = tmp_path / "split"
+    code, _, err = run(["train", "--tasks", "split:5", *COMMON, "--out", str(out)])
+    assert code == 0, err
+    art = read(out / "model.pemn")
+    assert [t.num_classes for t in art.tasks] == [2] * 5 and art.head == "3"
+    result = json.loads((out / "result.json").read_text())
+    assert result["reloaded_equal_after_training"] is True
+    assert result["min_accuracy"] > 50  # two-way tasks, each above chance
+
+
+def test_usage_errors(tmp_path: Path) -> None:
+    code, _, err = run(["train", "--task", "x", *COMMON])
+    assert code == 2 and "--base" in err
+    code, _, err = run(["train", "--tasks", "rotated:3", *COMMON, "--out", str(tmp_path / "r")])
+    assert code != 0 and "permuted:N or split:N" in err and "Traceback" not in err
+
+
+def test_one_shot_inference_api() -> None:
+    """Three tasks, each a different fixed permutation of one Gaussian class problem: the superposition names the
+    task a batch comes from."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+    pemn.convert_(model, pemn.PEMNConfig(strategy="mask", keep=0.3, init="signed_constant"))
+    centers = torch.randn(4, 20) * 3
+    perms = [torch.randperm(20, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+
+    def batch(task: int, n: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed)
+        y = torch.randint(0, 4, (n,), generator=g)
+        return (centers[y] + torch.randn(n, 20, generator=g))[:, perms[task]], y
+
+    for t in range(3):
+        name = f"t{t}"
+        pemn.add_task(model, name, activate=True)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        for step in range(60):
+            x, y = batch(t, seed=step + 100)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        pemn.freeze_masks(model)
+    pemn.set_task(model, "t0")
+    pemn.delete_task(model, "default")
+    sp = Superposition(model)
+    assert sp.names == ["t0", "t1", "t2"]
+    hits = sum(sp.infer(batch(t, seed=s)[0]) == f"t{t}" for t in range(3) for s in range(5))
+    assert hits >= 14
+    assert infer_task(model, batch(2, seed=9)[0]) == "t2"
+    assert pemn.active_task(model) == "t0"  # the model is left as it was
