@@ -4,11 +4,13 @@ save exactly its count."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -329,3 +331,29 @@ def test_gain_auto(tmp_path: Path, model: str, kw: dict, gain: bool) -> None:
     cfg = quick(tmp_path, **kw)
     assert cfg.pemn_config(net).gain is gain
     assert cfg.pemn_config().gain is kw.get("gain", False)  # without the model: only an explicit gain
+
+
+# ------------------------------------------------------------------------------- mask structure (item 5)
+
+
+def test_mask_structure_script_sees_rows_and_counts_their_cost(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("_sub_bit_mask_structure",
+                                                  Path(__file__).resolve().parent.parent / "scripts/mask_structure.py")
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = np.zeros((20, 50), dtype=bool)
+    rows[:2] = True  # whole output channels kept: one probability per row codes it almost for free
+    rep = script.layer_report(rows)
+    assert rep["layer"] == pytest.approx(_bits(0.1))
+    assert rep["row"] == pytest.approx(20 * math.log2(51) / 1000)  # only the stored row counts
+    g = np.random.default_rng(0)
+    scattered = g.random((20, 50)) < 0.1  # no structure: the per-row counts cost more than they save
+    rep = script.layer_report(scattered)
+    assert rep["row"] > rep["layer"] and rep["column"] > rep["layer"]
+    model = pemn.convert_(_lenet(), PEMNConfig(strategy="rp", ratio=0.1, keep=0.1, keep_rule="erk"))
+    path = tmp_path / "m.pemn"
+    pemn.save(model, path, coding="entropy")
+    report = script.file_report(str(path))
+    coded = sum(e["bytes"] for e in pemn.artifact.read(path).manifest) * 8 / report["weights"]
+    assert report["bits_per_weight"]["layer"] <= coded <= report["bits_per_weight"]["layer"] + 0.05
