@@ -126,8 +126,8 @@ def test_bernoulli_run_is_seeded_and_saves_what_it_tested(tmp_path: Path) -> Non
     assert (tmp_path / "a" / "model.pemn").read_bytes() == (tmp_path / "b" / "model.pemn").read_bytes()
     assert first.artifact_acc == first.final_acc  # the saved (top-k) masks are what the test split saw
     art = pemn.artifact.read(first.artifact)
-    assert art.config.mask_sampling == "bernoulli"
-    assert all(e["kept"] == kept_count(0.1, math.prod(e["shape"])) for e in art.manifest)
+    assert art.config.mask_sampling == "bernoulli" and art.config.keep_rule == "erk"  # erk: the sub-bit default
+    assert [e["kept"] for e in art.manifest] == art.config.kept_counts([tuple(e["shape"]) for e in art.manifest])
 
 
 def test_bernoulli_is_a_pemn_option(tmp_path: Path) -> None:
