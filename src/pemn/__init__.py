@@ -40,6 +40,7 @@ from pemn.layers import (
 from pemn.prototype import PrototypeBank
 from pemn.registry import register_layer, unregister_layer
 from pemn.summary import PEMNSummary, summary
+from pemn.superpose import Superposition, infer_task
 from pemn.taskfile import save_task
 from pemn.taskset import active_task, add_task, delete_task, rename_task, set_task, tasks, using_task
 
@@ -61,6 +62,7 @@ __all__ = [
     "PEMNSummary",
     "PrototypeBank",
     "PrototypeMismatchError",
+    "Superposition",
     "__version__",
     "active_task",
     "add_task",
@@ -68,6 +70,7 @@ __all__ = [
     "delete_task",
     "dense_report",
     "freeze_masks",
+    "infer_task",
     "kept_count",
     "load",
     "masked_weights",
