@@ -640,7 +640,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pemn.training.sample import build_lm, sample_text
 
-    _artifact_kind(Path(args.artifact))
+    _, app = _artifact_kind(Path(args.artifact))
+    if (app or {}).get("kind") == "transformers":
+        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn sample writes with pemn's "
+                         "character-level GPTs. Generate in Python: model = pemn.load(FILE) rebuilds it (no code "
+                         "needed), then use transformers' model.generate with its tokenizer")
     if args.tokens < 0:
         raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
     if args.temperature < 0 or args.temperature != args.temperature:
