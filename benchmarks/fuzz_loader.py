@@ -42,10 +42,10 @@ generator, and safetensors' hash-ordered headers are canonicalised, so replays a
 for ``torch.save`` inputs, which carry a random serialization id).
 
 ``--kind quant`` fuzzes the quantized-model files (``pemn train --quantize``, :mod:`pemn.training.quantfile`)
-the same way: eight quantized bases (binary, ternary, int2, int4, int8, ptq-int4 and two pruned Deep Compression
-files, packed and entropy-coded codes), the raw, container, tensor and foreign families plus their own metadata,
-index and codes / scales / extras mutations; a load that succeeds must give the base's outputs or hold exactly
-what a second, plain decoder reads from the file.
+the same way: ten quantized bases (binary, ternary, int2, int4, int8, ptq-int4 and pruned Deep Compression
+files; packed, entropy-coded and range-coded ``categorical`` codes), the raw, container, tensor and foreign
+families plus their own metadata, index and codes / scales / extras mutations; a load that succeeds must give the
+base's outputs or hold exactly what a second, plain decoder reads from the file.
 
 Memory: the process's VmHWM (/proc/self/status) before and after the run and, where Linux lets the peak be
 reset (``/proc/self/clear_refs``), each load's own peak above the RSS it started from. An 8 GiB
@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import constriction
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
@@ -129,6 +130,14 @@ def _tiny_cnn() -> nn.Module:
     return create_model("tiny-cnn", num_classes=10, in_channels=1, image_size=8)
 
 
+def _normal_mlp() -> nn.Module:
+    """A Linear layer of normally distributed weights: its int4 codes are peaked, so a quantized file range codes
+    them (the ``categorical`` coding)."""
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 3))
+    nn.init.normal_(model[0].weight, std=0.1)
+    return model
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv_bn_linear": (_conv_net, (5, 3, 4, 4)),
     "mha_packed": (AttnNet, (3, 5, 4)),
@@ -136,6 +145,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "tiny_cnn": (_tiny_cnn, (4, 1, 8, 8)),
     "conv_bn16": (lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                                         nn.Flatten(), nn.Linear(16 * 16, 4)), (5, 3, 4, 4)),
+    "normal_mlp": (_normal_mlp, (5, 64)),
 }
 
 # (name, model, PEMNConfig kwargs, coding, prototype storage, extras: a dtype, "fold" or "fold+DTYPE")
@@ -1320,6 +1330,8 @@ QUANT_SPECS: list[tuple[str, str, str, float | None]] = [  # (name, model, metho
     ("tinycnn-ptq-int4", "tiny_cnn", "ptq-int4", None),
     ("conv16-dc-ternary", "conv_bn16", "ternary", 0.8),
     ("tinycnn-dc-int4", "tiny_cnn", "int4", 0.7),
+    ("normal-int4-categorical", "normal_mlp", "int4", None),
+    ("normal-dc-int4-categorical", "normal_mlp", "int4", 0.3),
 ]
 QUANT_META_KEYS = ["format", "format_version", "method", "pemn_app"]
 QUANT_METHOD_VALUES = ["binary", "ternary", "int2", "int4", "int8", "ptq-int4", "int3", "", "BINARY"]
@@ -1537,6 +1549,13 @@ def quant_reference_state(data: bytes) -> dict[str, torch.Tensor]:
         if e["coding"] == "packed":
             values = [_bits_at(codes, i, bits) * 2 - 1 if bits == 1 and low == -1 and index["method"] == "binary"
                       else _bits_at(codes, i, bits) + low for i in range(kept)]
+        elif e["coding"] == "categorical":
+            levels = 3 if bits == 2 else 2 ** bits - 1
+            counts = np.frombuffer(codes[:4 * levels], "<u4").astype(np.float64)
+            words = np.frombuffer(codes[4 * levels:], "<u4").astype(np.uint32)
+            model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
+            symbols = constriction.stream.queue.RangeDecoder(words).decode(model, kept) if kept else []
+            values = [int(v) + low for v in symbols]
         else:
             nz = mask_coding.decode_entropy(np.frombuffer(codes, np.uint8), kept, e["nonzero"])
             sign_iter = iter(_bits_at(signs, j, 1) for j in range(e["nonzero"]))

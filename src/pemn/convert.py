@@ -40,7 +40,7 @@ from pemn.layers import (
     to_masked_,
     weight_params,
 )
-from pemn.normed import bake_norms_, hooked_tensor, parametrized_tensor, prepare_norms_
+from pemn.normed import detach_hooked_, hooked_tensor, parametrized_tensor, prepare_norms_, unmask_norms_
 from pemn.prototype import Assignment, PrototypeBank, plan, slice_scale
 from pemn.registry import lookup, type_names
 
@@ -489,13 +489,14 @@ def materialize(model: nn.Module) -> nn.Module:
     root = unwrap(model)
     if not is_converted(root):
         raise ConversionError("this model has no pemn masked layers to materialize")
+    detach_hooked_(root)
     dense = copy.deepcopy(root)
     baked: dict[int, nn.Parameter] = {}
     masked = {id(m) for m in dense.modules() if isinstance(m, MaskedLayer)}
     for module in list(dense.modules()):
         if isinstance(module, MaskedLayer):
             to_dense_(module, baked)
-    bake_norms_(dense, masked)
+    unmask_norms_(dense, masked)
     for module in dense.modules():
         for attr in _GUARDED:
             if isinstance(module.__dict__.get(attr), types.MethodType) and \

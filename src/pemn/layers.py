@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pemn.errors import ConversionError
-from pemn.masking import global_topk_masks, init_scores, ste_given_mask, ste_mask, topk_mask
+from pemn.masking import global_topk_masks, init_scores, masked_product, ste_given_mask, topk_mask
 from pemn.normed import hooked_tensor, parametrized_tensor
 from pemn.prototype import PrototypeBank
 from pemn.registry import fan_in_torch, lookup
@@ -104,7 +104,7 @@ class MaskedWeight(nn.Module):
         # Same dtype and op as the frozen path, so freezing or saving never changes an output bit.
         if self.kept is None:
             return base * ste_given_mask(self.scores, self.bank.global_topk.mask_for(self)).to(base.dtype)
-        return base * ste_mask(self.scores, self.kept).to(base.dtype)
+        return masked_product(base, self.scores, self.kept)
 
     def freeze(self, mask: torch.Tensor | None = None, *, copy: bool = True) -> None:
         """Replace the scores by the boolean mask they select (or by ``mask``, when given; ``copy=False``
