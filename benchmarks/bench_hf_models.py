@@ -3,7 +3,7 @@ model (each tensor counted once: the competitor) against the pemn file with the 
 ``PEMNConfig(strategy="rp", ratio=1e-3, keep=0.5)``, and against pemn with embeddings and GPT-2's ``Conv1D`` left
 dense (``exclude=["Embedding", "Conv1D"]``, what pemn masked before they were in its layer table). The models are
 tests/test_any_model.py's table (hidden 64, 2 layers, MLP 256, vocabulary 1024) plus RoBERTa, DistilBERT, ResNet
-and Wav2Vec2 (its weight_norm position conv excluded, which pemn refuses to mask).
+and Wav2Vec2 (its weight_norm position conv masked through the norm: the direction v masked, the magnitude g dense).
 
     python benchmarks/bench_hf_models.py [--quick]
 """
@@ -35,7 +35,7 @@ EXTRA = {
         embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1], num_labels=10)), []),
     "wav2vec2": (lambda: transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(
         vocab_size=32, conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4, **DIMS)), ["ParametrizedConv1d"]),
+        num_conv_pos_embedding_groups=4, **DIMS)), []),
 }
 
 

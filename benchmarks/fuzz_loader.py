@@ -4,7 +4,7 @@ half-changed by a failed load, never gigabytes of memory for a size the file mer
 
     python benchmarks/fuzz_loader.py [--inputs 10000] [--seed 0] [--save-failures DIR] [--replay I]
 
-Prints one JSON document. The inputs come from eight base artifacts (packed / entropy coding x values /
+Prints one JSON document. The inputs come from the base artifacts below (packed / entropy coding x values /
 seed prototype storage; strategies rp, mask, mp, one_layer; layer and global scope; Conv/BatchNorm/Linear,
 MultiheadAttention (packed and separate q/k/v projections) and the registry's ``tiny-cnn``; float32,
 float16 and bfloat16 extras; format version 2: folded BatchNorms and int8 extras with their ``qparams``),
@@ -42,10 +42,10 @@ generator, and safetensors' hash-ordered headers are canonicalised, so replays a
 for ``torch.save`` inputs, which carry a random serialization id).
 
 ``--kind quant`` fuzzes the quantized-model files (``pemn train --quantize``, :mod:`pemn.training.quantfile`)
-the same way: eight quantized bases (binary, ternary, int2, int4, int8, ptq-int4 and two pruned Deep Compression
-files, packed and entropy-coded codes), the raw, container, tensor and foreign families plus their own metadata,
-index and codes / scales / extras mutations; a load that succeeds must give the base's outputs or hold exactly
-what a second, plain decoder reads from the file.
+the same way: ten quantized bases (binary, ternary, int2, int4, int8, ptq-int4 and pruned Deep Compression
+files; packed, entropy-coded and range-coded ``categorical`` codes), the raw, container, tensor and foreign
+families plus their own metadata, index and codes / scales / extras mutations; a load that succeeds must give the
+base's outputs or hold exactly what a second, plain decoder reads from the file.
 
 Memory: the process's VmHWM (/proc/self/status) before and after the run and, where Linux lets the peak be
 reset (``/proc/self/clear_refs``), each load's own peak above the RSS it started from. An 8 GiB
@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import constriction
 import numpy as np
 import torch
 from safetensors.torch import load as st_load
@@ -90,6 +91,7 @@ from pemn import artifact
 from pemn import coding as mask_coding
 from pemn.convert import find_bank, is_converted
 from pemn.errors import FormatError
+from pemn.taskfile import build_tasks
 from pemn.training.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,6 +130,14 @@ def _tiny_cnn() -> nn.Module:
     return create_model("tiny-cnn", num_classes=10, in_channels=1, image_size=8)
 
 
+def _normal_mlp() -> nn.Module:
+    """A Linear layer of normally distributed weights: its int4 codes are peaked, so a quantized file range codes
+    them (the ``categorical`` coding)."""
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 3))
+    nn.init.normal_(model[0].weight, std=0.1)
+    return model
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "conv_bn_linear": (_conv_net, (5, 3, 4, 4)),
     "mha_packed": (AttnNet, (3, 5, 4)),
@@ -135,6 +145,7 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "tiny_cnn": (_tiny_cnn, (4, 1, 8, 8)),
     "conv_bn16": (lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
                                         nn.Flatten(), nn.Linear(16 * 16, 4)), (5, 3, 4, 4)),
+    "normal_mlp": (_normal_mlp, (5, 64)),
 }
 
 # (name, model, PEMNConfig kwargs, coding, prototype storage, extras: a dtype, "fold" or "fold+DTYPE")
@@ -164,6 +175,10 @@ BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
     # format version 3: a folded norm stored row by row (a float16 scale of wide range, an int8 shift)
     ("conv16-rp-packed-values-fold-rows", "conv_bn16", {"strategy": "rp", "ratio": 0.1}, "packed", "values",
      "fold+int8+wide"),
+    # format version 4: three tasks on one prototype, one with its own two-class head (extras "tasks[+DTYPE]")
+    ("conv-mask-entropy-seed-tasks", "conv_bn_linear", {"strategy": "mask", "keep": 0.3}, "entropy", "seed", "tasks"),
+    ("conv-rp-packed-values-tasks-int8", "conv_bn_linear", {"strategy": "rp", "ratio": 0.1}, "packed", "values",
+     "tasks+int8"),
 ]
 
 
@@ -206,10 +221,22 @@ def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: 
             for m in model.modules():
                 if isinstance(m, nn.BatchNorm2d):
                     m.running_var.copy_(torch.logspace(-2, 1, m.num_features))
-    fold_norms = (extras or "").startswith("fold")
-    dtype = (extras or "").removeprefix("fold").removeprefix("+") or None
-    data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=dtype,
-                                       fold_norms=fold_norms))
+    if (extras or "").startswith("tasks"):  # format version 4: more tasks, each trained one step
+        extras = extras.removeprefix("tasks").removeprefix("+") or None
+        pemn.add_task(model, "b")
+        pemn.add_task(model, "two", num_classes=2, app={"note": "own head"})
+        for task_name in ("b", "two"):
+            with pemn.using_task(model, task_name):
+                o = model(x)
+                opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+                nn.functional.cross_entropy(o, y % o.shape[1]).backward()
+                opt.step()
+        data = canonical(artifact.encode(build_tasks(model, coding=coding, prototype=storage, extras_dtype=extras)))
+    else:
+        fold_norms = (extras or "").startswith("fold")
+        dtype = (extras or "").removeprefix("fold").removeprefix("+") or None
+        data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=dtype,
+                                           fold_norms=fold_norms))
     x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     loaded = artifact.apply(artifact.parse(data), fresh_model(kind))
     return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict(),
@@ -607,7 +634,7 @@ def _index_json(p: Parts) -> Any:
 
 def _set_index(p: Parts, index: Any, *, text: bytes | None = None) -> None:
     raw = text if text is not None else json.dumps(index, separators=(",", ":")).encode()
-    if p.meta.get("format_version") == "3":  # recompressed as the format asks, so the edit reaches the checks
+    if p.meta.get("format_version") in ("3", "4"):  # recompressed as the format asks, so the edit reaches the checks
         deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
                                     artifact.INDEX_DICTIONARY)
         p.tensors["index"] = uint8(deflater.compress(raw) + deflater.flush())
@@ -621,8 +648,14 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
     if p is None or not isinstance(index, dict):
         return m_container(rng, data, bases)
     manifest, dense = index.get("manifest"), index.get("dense")
+    tasks = index.get("tasks")
+    task: Any = None
+    if isinstance(tasks, list) and tasks:  # format version 4: edit one task's manifest or dense list, or its entry
+        task = rng.choice(tasks)
+        if isinstance(task, dict):
+            manifest, dense = task.get("manifest"), task.get("dense")
     op = rng.choice(["manifest_field"] * 4 + ["dense_field"] * 3 + ["manifest_list", "dense_list", "top", "raw", "raw"]
-                    + (["meta"] * 2 if "meta" in index else []))
+                    + (["meta"] * 2 if "meta" in index else []) + (["task"] * 4 if "tasks" in index else []))
     if rng.random() < ZLIB_BOMB_PROBABILITY:
         op = "bomb"
     i = rng.randrange(len(manifest)) if isinstance(manifest, list) and manifest else 0
@@ -684,9 +717,51 @@ def m_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[bytes, 
             index["meta"] = rng.choice([[], "x", None, 1])
         _set_index(p, index)
         return put_together(p), f"index: meta {how} {key}"
+    if op == "task":
+        how = rng.choice(["name", "classes", "app", "drop_key", "extra_key", "base", "head", "tasks_list"])
+        if how == "name" and isinstance(task, dict):
+            task["name"] = rng.choice([t.get("name") for t in tasks if isinstance(t, dict)] + ["", "a b", 5, None,
+                                                                                                "x" * 200, "b"])
+        elif how == "classes" and isinstance(task, dict):
+            task["classes"] = rng.choice([None, 0, 1, 2, 3, 4, -1, True, "2", 2**40, 1.5])
+        elif how == "app" and isinstance(task, dict):
+            task["app"] = rng.choice([{}, [], "x", None, {"a": 1}, {"note": [1] * 3}])
+        elif how == "drop_key" and isinstance(task, dict) and task:
+            task.pop(rng.choice(sorted(task)))
+        elif how == "extra_key" and isinstance(task, dict):
+            task[rng.choice(["bytes", "meta", "x"])] = 1
+        elif how == "base" and isinstance(index.get("base"), list) and index["base"]:
+            b = index["base"]
+            choice = rng.randrange(5)
+            if choice == 0:
+                b.pop(rng.randrange(len(b)))
+            elif choice == 1:
+                b.append(copy.deepcopy(rng.choice(b)))
+            elif choice == 2:
+                b.reverse()
+            elif choice == 3 and isinstance(b[0], list) and len(b[0]) == 2:
+                b[0][1] = interesting_shape(rng, list(b[0][1]) if isinstance(b[0][1], list) else [1])
+            else:
+                index["base"] = rng.choice([[], {}, None, "x"])
+        elif how == "head":
+            index["head"] = rng.choice([None, "", "0", "1", "5", "nope", 3, []])
+        else:
+            how = "tasks_list " + rng.choice(["reverse", "drop", "duplicate", "empty", "not_list"])
+            if how.endswith("reverse"):
+                tasks.reverse()
+            elif how.endswith("drop"):
+                tasks.pop(rng.randrange(len(tasks)))
+            elif how.endswith("duplicate"):
+                tasks.append(copy.deepcopy(rng.choice(tasks)))
+            elif how.endswith("empty"):
+                tasks.clear()
+            else:
+                index["tasks"] = rng.choice([{}, "x", None])
+        _set_index(p, index)
+        return put_together(p), f"index: task {how}"
     if op in ("manifest_list", "dense_list"):
         key = "manifest" if op == "manifest_list" else "dense"
-        lst = index.get(key)
+        lst = index.get(key) if task is None else (task if isinstance(task, dict) else {}).get(key)
         how = rng.choice(["reverse", "drop", "duplicate", "empty", "not_list", "shuffle", "swap_equal_shapes"])
         if isinstance(lst, list) and lst:
             if how == "reverse":
@@ -788,7 +863,8 @@ def zlib_stream(head: bytes, fill: bytes, size: int) -> bytes:
     return first + segment * count + (c.compress(block[:rest]) + c.flush())[:-4] + adler.to_bytes(4, "big")
 
 
-TENSOR_NAMES = ["masks", "prototype", "index", "params.float32", "buffers.int64", "buffers.float32",
+TENSOR_NAMES = ["masks", "prototype", "index", "params.float32", "buffers.int64", "buffers.float32", "tasks.0.masks",
+                "tasks.1.masks", "tasks.2.params.float32", "tasks.3.masks", "tasks.0.qparams", "tasks.x.masks",
                 "params.float16", "params.bfloat16", "buffers.float16", "buffers.bfloat16", "qparams", "folds.int8",
                 "folds.float32", "params.int8", "buffers.int8"]
 CAST_DTYPES = [torch.uint8, torch.int8, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64,
@@ -972,8 +1048,21 @@ def same_content(a: artifact.Artifact, b: artifact.Artifact) -> bool:
 
 def holds_what_the_file_says(data: bytes, model: nn.Module) -> str:
     """Empty if ``model`` (just loaded from ``data``) holds exactly the file's masks, dense tensors, prototype
-    and config; else what differs."""
+    and config (every task's, for a multi-task file); else what differs."""
     art = artifact.parse(data)
+    if art.tasks:
+        if pemn.tasks(model) != [t.name for t in art.tasks]:
+            return "task names"
+        for t in art.tasks:
+            with pemn.using_task(model, t.name):
+                what = _holds(t.artifact, model)
+            if what:
+                return f"task {t.name}: {what}"
+        return ""
+    return _holds(art, model)
+
+
+def _holds(art: artifact.Artifact, model: nn.Module) -> str:
     bank = find_bank(model)
     if bank.config != art.config:
         return "config"
@@ -1241,6 +1330,8 @@ QUANT_SPECS: list[tuple[str, str, str, float | None]] = [  # (name, model, metho
     ("tinycnn-ptq-int4", "tiny_cnn", "ptq-int4", None),
     ("conv16-dc-ternary", "conv_bn16", "ternary", 0.8),
     ("tinycnn-dc-int4", "tiny_cnn", "int4", 0.7),
+    ("normal-int4-categorical", "normal_mlp", "int4", None),
+    ("normal-dc-int4-categorical", "normal_mlp", "int4", 0.3),
 ]
 QUANT_META_KEYS = ["format", "format_version", "method", "pemn_app"]
 QUANT_METHOD_VALUES = ["binary", "ternary", "int2", "int4", "int8", "ptq-int4", "int3", "", "BINARY"]
@@ -1458,6 +1549,13 @@ def quant_reference_state(data: bytes) -> dict[str, torch.Tensor]:
         if e["coding"] == "packed":
             values = [_bits_at(codes, i, bits) * 2 - 1 if bits == 1 and low == -1 and index["method"] == "binary"
                       else _bits_at(codes, i, bits) + low for i in range(kept)]
+        elif e["coding"] == "categorical":
+            levels = 3 if bits == 2 else 2 ** bits - 1
+            counts = np.frombuffer(codes[:4 * levels], "<u4").astype(np.float64)
+            words = np.frombuffer(codes[4 * levels:], "<u4").astype(np.uint32)
+            model = constriction.stream.model.Categorical(counts / counts.sum(), perfect=False)
+            symbols = constriction.stream.queue.RangeDecoder(words).decode(model, kept) if kept else []
+            values = [int(v) + low for v in symbols]
         else:
             nz = mask_coding.decode_entropy(np.frombuffer(codes, np.uint8), kept, e["nonzero"])
             sign_iter = iter(_bits_at(signs, j, 1) for j in range(e["nonzero"]))

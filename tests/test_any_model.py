@@ -266,19 +266,48 @@ def test_gpt2_conv1d_masked_with_its_fan_in() -> None:
                                                for p in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
 
 
-def test_wav2vec2_weight_norm_refused_then_excluded(tmp_path: Path) -> None:
-    def make() -> torch.nn.Module:
-        torch.manual_seed(0)
-        return transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(
-            vocab_size=32, conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4, **DIMS))
+def _wav2vec2() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return transformers.Wav2Vec2ForCTC(transformers.Wav2Vec2Config(
+        vocab_size=32, conv_dim=(32, 32), conv_stride=(5, 2), conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4, **DIMS))
 
-    model = make()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(pemn.ConversionError, match=r"pos_conv_embed\.conv.*parametriz.*exclude="):
+
+def test_wav2vec2_weight_norm_masked_with_the_defaults(tmp_path: Path) -> None:
+    """Wav2Vec2's positional conv is weight-normed (parametrizations.weight_norm, dim=2): the default conversion
+    masks its direction v and keeps its magnitude g dense; it trains, saves and loads bit-identically."""
+    model = _wav2vec2()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing large left dense
         pemn.convert_(model, CONFIG)
-    assert not pemn.convert.is_converted(model)
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    conv = model.wav2vec2.encoder.pos_conv_embed.conv
+    name = "wav2vec2.encoder.pos_conv_embed.conv.parametrizations.weight.original1"
+    assert name in pemn.masked_weights(model)
+    assert conv.parametrizations.weight.original0.shape == (1, 1, 16)  # g: dense, trained
+    wave = torch.randn(2, 400, generator=torch.Generator().manual_seed(0))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    model.train()
+    for _ in range(2):
+        opt.zero_grad()
+        model(wave).logits.pow(2).mean().backward()
+        opt.step()
+    assert pemn.masked_weights(model)[name].scores.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        expected = model(wave).logits
+    assert torch.isfinite(expected).all()
+    fresh = pemn.load(pemn.save(model, tmp_path / "w2v.pemn"), _wav2vec2()).eval()
+    pemn.materialize(model).save_pretrained(tmp_path / "dense")  # torch's weight norm again: transformers' keys
+    back, info = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path / "dense", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    with torch.no_grad():
+        assert torch.equal(fresh(wave).logits, expected)
+        assert torch.equal(pemn.load(tmp_path / "w2v.pemn").eval()(wave).logits, expected)  # no model given
+        assert torch.equal(back.eval()(wave).logits, expected)
+
+
+def test_wav2vec2_weight_norm_excluded(tmp_path: Path) -> None:
+    model = _wav2vec2()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # left dense on purpose: reported, not warned about
         pemn.convert_(model, pemn.PEMNConfig(exclude=["ParametrizedConv1d"]))
@@ -288,6 +317,6 @@ def test_wav2vec2_weight_norm_refused_then_excluded(tmp_path: Path) -> None:
     model.eval()
     with torch.no_grad():
         expected = model(wave).logits
-    fresh = pemn.load(pemn.save(model, tmp_path / "w2v.pemn"), make()).eval()
+    fresh = pemn.load(pemn.save(model, tmp_path / "w2v.pemn"), _wav2vec2()).eval()
     with torch.no_grad():
         assert torch.equal(fresh(wave).logits, expected)

@@ -54,3 +54,15 @@ def test_bench_eval_batch_and_threads_quick() -> None:
     doc = _bench("bench_threads")
     for load in doc["results"].values():
         assert load["ratio_2_over_1"] > 0 and len(load["threads_1_s"]) == doc["repeats"]
+
+
+@pytest.mark.slow  # fresh processes
+def test_bench_tasks_quick() -> None:
+    """Issue 22's bars: one more task costs at most its mask bound + extras + 300 B and at least 2x less than SupSup's
+    CSC storage of the same masks; memory per task is far below a dense copy; switching works."""
+    doc = _bench("bench_tasks")
+    for row in doc["bytes"]:
+        assert row["meets_300_bytes"] and row["ratio_csc_over_pemn_masks"] >= 2
+        assert row["mask_bytes"] >= row["entropy_bound_bytes"]
+    assert doc["memory"]["ratio_dense_copy_over_rss_per_task"] > 1
+    assert doc["switch"]["ratio_set_task_over_dense_swap"] > 0

@@ -127,7 +127,7 @@ def test_config_file_and_recipe_precedence(tmp_path: Path) -> None:
     assert saved["lr"] == 0.05 and saved["train_subset"] == 100  # the file beats the recipe
     # a finished run is not silently overwritten
     code, _, err = run(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out)])
-    assert code == 1 and "already holds a run" in err
+    assert code == 6 and "already holds a run" in err
     code, _, err = run(["train", "--config", str(tmp_path / "nope.json")])
     assert code == 2 and "nope.json" in err
 
@@ -190,7 +190,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str], expected: list[str],
     argv = [str(tmp_path / a) if a in ("x.pemn", "unused") else a for a in argv]
     code, out, err = run(argv)
     if argv[0] == "eval":  # the artifact does not exist: a runtime error
-        assert code == 1 and "no such artifact" in err
+        assert code == 5 and "no such artifact" in err
     else:
         assert code == 2, (out, err)
     assert err.startswith("pemn: error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -229,7 +229,7 @@ def test_corrupt_artifact_is_a_format_error(trained: dict[str, object], tmp_path
     bad.write_bytes(bytes(data))
     for argv in (["inspect", str(bad)], ["eval", str(bad), "--model", "tiny-cnn", "--dataset", "digits"]):
         code, _, err = run(argv)
-        assert code == 1, err
+        assert code == 3, err
         assert err.startswith("pemn: error: ") and "Traceback" not in err
         assert str(bad) in err and ("corrupt" in err or "not a pemn artifact" in err)
 

@@ -19,7 +19,7 @@ from pemn import PEMNConfig, kept_count
 from pemn.coding import entropy_bits
 from pemn.convert import find_bank, masked_weights
 from pemn.layers import MaskedLayer
-from pemn.masking import ste_mask, topk_mask
+from pemn.masking import kth_smallest, masked_product, ste_mask, topk_mask
 
 MODEL_NAMES = list(cases.MODELS)
 STRATEGY_NAMES = list(cases.STRATEGIES)
@@ -200,6 +200,66 @@ def test_topk_ties_go_to_lowest_index() -> None:
     assert topk_mask(a, 3).tolist() == [False, True, True, True, False, False]
     assert topk_mask(torch.zeros(2, 3), 4).flatten().tolist() == [True] * 4 + [False] * 2
     assert topk_mask(a, 6).all() and not topk_mask(a, 0).any()
+
+
+def _reference_topk(magnitudes: torch.Tensor, kept: int) -> torch.Tensor:
+    """The mask as pemn first computed it: torch.kthvalue, then ties at the threshold to the lowest index."""
+    flat = magnitudes.reshape(-1)
+    threshold = torch.kthvalue(flat, flat.numel() - kept + 1).values
+    above, at = flat > threshold, flat == threshold
+    return (above | (at & (torch.cumsum(at, 0) <= kept - above.sum()))).view_as(magnitudes)
+
+
+def _magnitudes(case: str, dtype: torch.dtype) -> torch.Tensor:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(37, 29, generator=g, dtype=torch.float64)
+    if case == "ties":  # many equal values, some of them at the threshold
+        x = (x * 8).floor()
+    elif case == "zeros":
+        x[::3] = 0
+    return x.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", ["random", "ties", "zeros"])
+@pytest.mark.parametrize("keep", [1 / 1073, 0.1, 0.5, 0.97])
+def test_topk_mask_equals_kthvalue_reference(dtype: torch.dtype, case: str, keep: float) -> None:
+    """The fast selection (numpy's introselect on the CPU, one comparison when nothing ties) gives exactly the
+    mask of the kthvalue algorithm, as bool and as 0/1 floats."""
+    mags = _magnitudes(case, dtype)
+    kept = kept_count(keep, mags.numel())
+    expected = _reference_topk(mags, kept)
+    assert torch.equal(topk_mask(mags, kept), expected)
+    as_float = topk_mask(mags, kept, torch.float32)
+    assert as_float.dtype == torch.float32 and torch.equal(as_float, expected.to(torch.float32))
+    rank = mags.numel() - kept + 1
+    assert torch.equal(kth_smallest(mags.reshape(-1), rank), torch.kthvalue(mags.reshape(-1), rank).values)
+
+
+@pytest.mark.parametrize(("base_dtype", "scores_dtype"), [(torch.float32, torch.float32),
+                                                          (torch.float64, torch.float64),
+                                                          (torch.float16, torch.float32)])
+@pytest.mark.parametrize("case", ["random", "ties", "zeros"])
+def test_masked_product_bit_identical_to_three_nodes(base_dtype: torch.dtype, scores_dtype: torch.dtype,
+                                                     case: str) -> None:
+    """A training MaskedWeight's one autograd node gives the forward values and score gradients of the
+    composition it replaced (abs, straight-through top-k, mul), bit for bit, zero scores and ties included."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(37, 29, generator=g, dtype=torch.float64).to(base_dtype)
+    signs = torch.where(torch.rand(37, 29, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
+    raw = (_magnitudes(case, torch.float64) * signs).to(scores_dtype)
+    grad = torch.randn(37, 29, generator=g, dtype=torch.float64).to(base_dtype)
+    kept = kept_count(0.3, raw.numel())
+    fused_scores, ref_scores = raw.clone().requires_grad_(), raw.clone().requires_grad_()
+    fused = masked_product(base, fused_scores, kept)
+    reference = base * ste_mask(ref_scores, kept).to(base.dtype)
+    fused.backward(grad)
+    reference.backward(grad)
+    assert fused.dtype == reference.dtype == base_dtype
+    assert torch.equal(fused, reference)
+    assert torch.equal(torch.signbit(fused), torch.signbit(reference))  # -0.0 where a negative value is masked
+    assert torch.equal(fused_scores.grad, ref_scores.grad)
+    assert torch.equal(torch.signbit(fused_scores.grad), torch.signbit(ref_scores.grad))
 
 
 @pytest.mark.parametrize(("keep", "numel", "expected"), [

@@ -236,6 +236,7 @@ INT8_RULE = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:pemn. (pos|proj) ._Embed:UserWarning")  # its plain parameters stay dense
 def test_int8_rule_per_tensor(tmp_path: Path) -> None:
     model = pemn.convert_(_embed_model(), pemn.PEMNConfig(strategy="rp", ratio=0.5, targets=["Linear"]))
     art = artifact.build(model, extras_dtype="int8")

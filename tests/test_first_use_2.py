@@ -218,7 +218,7 @@ def test_resume_of_nothing_is_one_line_and_writes_nothing(tmp_path: Path, where:
     if where == "empty":
         out.mkdir()
     code, stdout, err = run(["train", "--resume", "--out", str(out), "--no-progress", "--device", "cpu"])
-    assert code == 1 and stdout == "", stdout
+    assert code == 5 and stdout == "", stdout  # a file that is not there (README, exit codes)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("pemn: error: --resume: nothing to resume in"), err
     assert "check the --out folder" in lines[0] and "leave out --resume" in lines[0]
@@ -269,7 +269,7 @@ def test_eval_finds_the_data_folder_the_run_recorded(tmp_path: Path, monkeypatch
     assert code == 0, err
     assert json.loads(stdout)["accuracy"] == final and json.loads(stdout)["examples"] == 12
     code, _, err = run(["eval", str(out / filename), "--data-dir", str(elsewhere), "--threads", "1"])
-    assert code == 1 and str(elsewhere) in err  # an explicit --data-dir wins
+    assert code == 4 and str(elsewhere) in err  # an explicit --data-dir wins (and has no data: exit code 4)
 
 
 # --------------------------------------------------------------------------------------------- 9. not model files
@@ -283,13 +283,13 @@ def test_a_checkpoint_is_named_with_the_model_file_to_use(tmp_path: Path, comman
     checkpoint = out / "checkpoint.safetensors"
     argv = [command, str(checkpoint)] + (["--format", "pt"] if command == "export" else [])
     code, stdout, err = run(argv)
-    assert code == 1 and stdout == "", stdout
+    assert code == 3 and stdout == "", stdout  # a file that is not a usable model file
     assert err == (f"pemn: error: {checkpoint} is a training checkpoint (what pemn train --resume continues from), "
                    f"not a model file: use {out / 'model.pemn'}\n")
     # a run that has not finished yet has no model file: the message says how to finish it
     (out / "model.pemn").unlink()
     code, _, err = run(argv)
-    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert code == 3 and len(err.strip().splitlines()) == 1
     assert err.strip().endswith(f"the run has not written it yet: finish it with pemn train --resume --out {out}")
 
 

@@ -382,7 +382,7 @@ def test_text_too_short_for_the_context_is_a_clear_cli_error(tmp_path, capsys):
     rc = main(["train", "--dataset", "text", "--data-dir", str(tmp_path), "--model", "gpt-16-1", "--steps", "2",
                "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu"])
     err = capsys.readouterr().err
-    assert rc == 1 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
+    assert rc == 4 and err.startswith("pemn: error: text:") and "--block-size" in err and "Traceback" not in err
 
 
 def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
@@ -416,13 +416,13 @@ def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
     assert main([*args, "--seed", "4"]) == 0
     assert capsys.readouterr().out != a
     # unknown prompt character: one clear line
-    assert main(["sample", art, "--prompt", "First@"]) == 1
+    assert main(["sample", art, "--prompt", "First@"]) == 4  # the data: a character the model never saw
     err = capsys.readouterr().err
     assert err.startswith("pemn: error: character '@'") and "Traceback" not in err
     # a file that is no language model
     plain = tmp_path / "plain.pemn"
     pemn.save(pemn.convert_(nn.Sequential(nn.Linear(4, 3)), pemn.PEMNConfig()), plain)
-    assert main(["sample", str(plain)]) == 1
+    assert main(["sample", str(plain)]) == 3  # a model file that cannot be used
     assert "no language model" in capsys.readouterr().err
 
 

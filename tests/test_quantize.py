@@ -350,3 +350,34 @@ def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:
     assert code != 0 and "takes a dense model.safetensors" in err
     code, _, err = run(["quantize", str(path), "--method", "int4"])
     assert code != 0 and "invalid choice" in err
+
+
+def test_categorical_codes_round_trip_and_refuse_corruption() -> None:
+    from pemn.training.quantfile import decode_categorical, encode_categorical
+
+    rng = np.random.default_rng(0)
+    symbols = np.clip(np.round(rng.normal(7, 1.5, 5000)), 0, 14).astype(np.int64)
+    data = np.frombuffer(encode_categorical(symbols, 15), np.uint8)
+    assert data.size < 5000 * 4 / 8  # below the packed 4 bits: about the codes' entropy
+    assert np.array_equal(decode_categorical(data, 5000, 15), symbols)
+    assert decode_categorical(np.frombuffer(encode_categorical(np.zeros(0, np.int64), 3), np.uint8), 0, 3).size == 0
+    broken = data.copy()
+    broken[-3] ^= 0x10
+    for bad, n in ((data[:-4], 5000), (broken, 5000), (data, 4999), (data[:10], 5000)):
+        with pytest.raises(FormatError):
+            decode_categorical(bad, n, 15)
+
+
+@pytest.mark.parametrize("method", ["int4", "int8", "ternary"])
+def test_peaked_codes_are_range_coded_below_their_bits(tmp_path: Path, method: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(512, 64), nn.Linear(64, 3))  # N(0, 1) embedding: peaked codes
+    quantize_(model, method)
+    path = tmp_path / "e.quant.safetensors"
+    save_quant(model, path, method)
+    info = quant_info(path)
+    assert "categorical" in info["codings"] or method == "ternary"
+    assert info["code_bytes"] < math.ceil(512 * 64 * bits_of(method) / 8)
+    fresh = nn.Sequential(nn.Embedding(512, 64), nn.Linear(64, 3))
+    load_quant(path, fresh)
+    assert torch.equal(fresh[0].weight, model[0].weight) and torch.equal(fresh[1].weight, model[1].weight)

@@ -33,7 +33,7 @@ def test_quickstart_warns_nothing_and_gives_the_figures_readme_states(tmp_path: 
     assert done.returncode == 0 and done.stderr == "", done.stderr
     readme = " ".join((ROOT / "README.md").read_text().split())
     claim = re.search(r"held-out accuracy of ([\d.]+) % and the summary: a \*\*([\d,]+)-byte file, honest ratio "
-                      r"([\d.]+)×\*\* \(dense fp32 ([\d,]+) B; paper ratio ([\d.]+)\)", readme)
+                      r"([\d.]+)×\*\* \(dense fp32 ([\d,]+) B; paper ratio ([\d.]+ %)\)", readme)
     assert claim is not None, "README does not state the quickstart's figures"
     acc, file_bytes, honest, dense, paper = claim.groups()
     assert (tmp_path / "model.pemn").stat().st_size == int(file_bytes.replace(",", ""))

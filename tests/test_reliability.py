@@ -107,6 +107,17 @@ def test_fuzz_loader_short() -> None:
     assert time.perf_counter() - start < 60
 
 
+def test_fuzz_loader_multi_task_files() -> None:
+    """300 mutated multi-task files (format version 4, issue 22): task entries, base, head, task tensors."""
+    r = fuzz.run(300, seed=20261207, bases=[b for b in bases() if "tasks" in b.name])
+    failures = r["failures"][:3]
+    assert r["other_exceptions"] == 0 and r["wrong_loads"] == 0, failures
+    assert r["model_changed_by_failed_load"] == 0 and r["timeouts"] == 0, failures
+    assert r["mutator_errors"] == 0, r["mutator_error_examples"]
+    assert r["format_errors"] > 200 and r["loaded"] > 0
+    assert r["peak_memory"]["largest_single_load_mib"] < 1024, r["peak_memory"]
+
+
 def test_fuzz_quantized_loader_short() -> None:
     """300 mutated quantized-model files (--kind quant): every one a FormatError, the base's outputs or exactly
     what an independent decoder reads from the file; never another exception or a model changed by a failure."""

@@ -114,6 +114,8 @@ def test_plot_from_rows(tmp_path: Path) -> None:
         "Dense": [[0.0, 1.0], [95.0, 95.0]],  # a horizontal line across the axes
     }
     assert sorted(t.get_text() for t in ax.texts) == ["MP", "RP 1e-1"] and "tiny-cnn on digits" in ax.get_title()
+    xlabel = ax.get_xlabel()  # the axis says what it measures, for PEMN points and for pruning baselines
+    assert "1 − (N + 32·P) / (32·N)" in xlabel and "pruning: share of weights removed" in xlabel
     png = plot_sweep(rows, tmp_path / "f.png", x="ratio").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 600)  # 7.5 x 5 in at 120 dpi
 
@@ -141,6 +143,16 @@ def test_sweep_cli_end_to_end(tmp_path: Path) -> None:
     assert code == 0, err
     assert "3 of 3 runs already" in stdout
     assert len(read_rows(out / "sweep.csv")) == 3
+
+
+def test_sweep_of_one_run_says_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemn.training.engine
+
+    monkeypatch.setattr(pemn.training.engine, "train", _fake_train([]))
+    code, stdout, err = run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--no-plot",
+                             "--epochs", "1", "--out", str(tmp_path)])
+    assert code == 0, err
+    assert "sweep: 1 run -> " in stdout and "sweep: 1 run done, 0 already in" in stdout
 
 
 def test_killed_run_resumes_and_other_settings_are_refused(tmp_path: Path) -> None:

@@ -319,7 +319,7 @@ def _rewritten(path: Path, edit) -> bytes:
 
 
 @pytest.mark.parametrize("case", ["orphan tensor", "repeated name", "classes without head", "wrong shape",
-                                  "missing task tensor", "bad name", "empty tasks", "base twice"])
+                                  "missing task tensor", "bad name", "empty tasks", "base twice", "huge head"])
 def test_hostile_multi_task_files_are_format_errors(tmp_path: Path, case: str) -> None:
     m, _, _ = trained_tasks()
     path = pemn.save(m, tmp_path / "t.pemn")
@@ -342,6 +342,11 @@ def test_hostile_multi_task_files_are_format_errors(tmp_path: Path, case: str) -
             art.metadata["format_version"] = "4"
         elif case == "base twice":
             art.base.append(list(art.base[0]))
+        elif case == "huge head":  # a consistent manifest of 10**7 classes: refused before any mask is decoded
+            entry = art.tasks[2].artifact.manifest[-1]
+            entry["shape"] = [10**7, 12]
+            entry["kept"] = pemn.kept_count(0.3, 12 * 10**7)
+            art.tasks[2].num_classes = 10**7
 
     bad = tmp_path / "bad.pemn"
     if case == "empty tasks":  # encode writes a single-task index then; make the tasks list empty by hand

@@ -509,6 +509,7 @@ def test_resume_equals_uninterrupted(tmp_path, stop):
     assert not (tmp_path / "b" / "model.pemn").exists() and not (tmp_path / "b" / "result.json").exists()
     if "stop_after_step" in stop:  # stopped inside epoch 2 (5 steps per epoch)
         assert (info.value.epoch, info.value.step) == (1, 1)
+        assert "in epoch 2/3 after step 1 of 5;" in str(info.value)
         assert read_checkpoint(info.value.checkpoint)[1]["state"]["step"] == 1
     resumed = train(quick(tmp_path, "b", **kw, resume=True, progress=True), log=quiet)
     state_equal(straight.model, resumed.model)

@@ -81,6 +81,9 @@ from pemn.config import PEMNConfig, kept_count
 from pemn.convert import convert_selected_, finish_conversion_
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
 from pemn.fileio import atomic_write_bytes
+from pemn.hf import APP_KIND as TRANSFORMERS_APP
+from pemn.hf import app_of as transformers_app
+from pemn.hf import build as build_transformers
 from pemn.layers import MaskedWeight, masked_class_for, weight_params
 from pemn.prototype import fingerprint, plan, prototype_values
 from pemn.stfile import save_bytes
@@ -266,6 +269,8 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
         raise TypeError(f"fold_norms must be True or False, got {fold_norms!r}")
     model = unwrap(model)
     bank = find_bank(model)
+    if app is None:  # a transformers model records its class and config, so pemn.load(path) rebuilds it
+        app = transformers_app(model)
     tensors: dict[str, torch.Tensor] = {}
     manifest = []
     payloads = []
@@ -369,7 +374,9 @@ def save(model: nn.Module, path: str | os.PathLike[str], *, coding: str = "packe
             modules hold an equivalent state (``weight`` = scale, ``bias`` = shift, ``running_mean`` = 0,
             ``running_var`` = 1 − eps), not the trained γ, β, μ, σ² (see :mod:`pemn.extras`).
         app: a JSON-serializable mapping stored with the model (``Artifact.app`` on reading); applications
-            record what rebuilds the architecture and its inputs there. Covered by the integrity hash.
+            record what rebuilds the architecture and its inputs there. Covered by the integrity hash. Left
+            ``None`` for a transformers model, it records the model class and its config (:mod:`pemn.hf`), so
+            ``pemn.load(path)`` rebuilds the model with no code.
 
     A model with named tasks (:mod:`pemn.taskset`) is written with all its tasks (format version 4: the prototype
     once, then each task's masks, extras, name and app; :mod:`pemn.taskfile`); :func:`pemn.save_task` adds one
@@ -851,7 +858,8 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "", task: str | Sequ
     return model
 
 
-def load(path: str | os.PathLike[str], model: nn.Module, *, task: str | Sequence[str] | None = None) -> nn.Module:
+def load(path: str | os.PathLike[str], model: nn.Module | None = None, *,
+         task: str | Sequence[str] | None = None) -> nn.Module:
     """Load an artifact into ``model`` and return it (the same object), with frozen masks.
 
     A multi-task file (format version 4, :mod:`pemn.taskset`) loads all its tasks (``task=None``; the first is
@@ -862,8 +870,26 @@ def load(path: str | os.PathLike[str], model: nn.Module, *, task: str | Sequence
     with the same config). It gets exactly the saved masks, prototype and dense state, so its outputs equal
     the saved model's bit for bit. Raises :class:`~pemn.errors.FormatError` (or a subclass) for a corrupt,
     foreign or mismatching file; the model is not modified then. Never unpickles.
+
+    Without ``model``, the file must record its architecture: a transformers model saved by :func:`save` is
+    rebuilt from its class and config (:mod:`pemn.hf`; transformers must be installed). FormatError otherwise.
     """
-    return apply(read(path), model, source=str(path), task=task)
+    art = read(path)
+    if model is None:
+        model = _rebuild(art, str(path))
+    return apply(art, model, source=str(path), task=task)
+
+
+def _rebuild(art: Artifact, path: str) -> nn.Module:
+    """The fresh model a file records (:func:`load` without a model): a transformers model (:mod:`pemn.hf`)."""
+    if art.app.get("kind") == TRANSFORMERS_APP:
+        return build_transformers(art.app, path)
+    if isinstance(art.app.get("model"), str):  # pemn train's registry models (pemn.training.artifacts)
+        how = (f"it holds a pemn train model ({art.app['model']}): pemn.training.artifacts.load_model(path) "
+               "rebuilds it, or pass pemn.training.models.create_model(...) as the model")
+    else:
+        how = "pass a freshly built model of the saved architecture: pemn.load(path, MyModel(...))"
+    raise FormatError(f"{path}: the file does not record an architecture pemn.load can rebuild by itself; {how}")
 
 
 __all__ = ["Artifact", "apply", "build", "encode", "integrity", "load", "parse", "read", "save", "to_bytes"]

@@ -1,9 +1,8 @@
 """The ``pemn`` command line: train, evaluate, inspect, export and sweep PEMN models.
 
-``main(argv)`` parses with stdlib argparse, keeps no global state and returns an exit code: 0 on
-success, 2 for usage errors (unknown names, contradictory flags, bad values), 1 for runtime errors
-(missing or corrupt files, failed training). Errors print one ``pemn: error: ...`` line on stderr,
-never a traceback.
+``main(argv)`` parses with stdlib argparse, keeps no global state and returns an exit code, one per kind of
+error (:data:`EXIT_CODES`, the table in README.md). Errors print one ``pemn: error: ...`` line on stderr (a mistyped
+option names the closest one), never a traceback.
 """
 
 from __future__ import annotations
@@ -13,18 +12,93 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-__all__ = ["build_parser", "main"]
+__all__ = ["EXIT_CODES", "build_parser", "main"]
 
 PROG = "pemn"
 
 
 class UsageError(Exception):
     """A command line that cannot be run as given (exit code 2)."""
+
+
+#: ``pemn``'s exit codes: (code, kind, the exceptions that end with it, by dotted name so that nothing is imported
+#: to read the table). An error of none of these kinds exits 1; a signal N exits 128 + N (130 for Ctrl-C, 143 for
+#: SIGTERM: pemn train saves a checkpoint first); a closed output pipe (``pemn models | head``) exits 141.
+EXIT_CODES: tuple[tuple[int, str, tuple[str, ...]], ...] = (
+    (0, "success", ()),
+    (1, "the work itself failed: training diverged, an export does not match its model, a sweep run failed, "
+        "an unforeseen error", ("RuntimeError",)),
+    (2, "the command line: an unknown option or name, a bad value, contradictory options",
+     ("pemn.cli.UsageError", "pemn.errors.ConversionError", "pemn.training.models.ModelError")),
+    (3, "a model file that cannot be used: corrupt, truncated, foreign, or not the model it is loaded into",
+     ("pemn.errors.FormatError",)),
+    (4, "the data: a dataset or text file missing, incomplete, corrupt, or not what the model was trained on",
+     ("pemn.errors.DatasetError", "pemn.training.text.VocabularyError")),
+    (5, "a file or folder that cannot be read or written: missing, no permission, disk full",
+     ("OSError",)),
+    (6, "the run folder: another run is writing into it, it already holds a run (--resume continues it), or it "
+        "is a file", ("pemn.training.runlock.RunBusyError", "FileExistsError")),
+)
+#: The codes of the table, by name, for the code that returns them.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_SIGNAL_BASE, EXIT_BROKEN_PIPE = 128, 141
+
+
+def _exit_code(e: BaseException) -> int:
+    """The :data:`EXIT_CODES` code of an error: the kind whose class is the most specific base of ``e``'s
+    (``FileExistsError`` is a run-folder error before it is an ``OSError``), 1 if none is."""
+    import builtins
+    import importlib
+
+    mro = type(e).__mro__
+    best = (len(mro), EXIT_FAILED)
+    for code, _, names in EXIT_CODES:
+        for name in names:
+            module, _, attr = name.rpartition(".")
+            if module and module not in sys.modules:  # not imported: nothing raised is of that class
+                continue
+            cls = getattr(importlib.import_module(module) if module else builtins, attr, None)
+            if cls in mro:
+                best = min(best, (mro.index(cls), code))
+    return best[1]
+
+
+def _closest_option(parser: argparse.ArgumentParser, word: str) -> str | None:
+    """The option of ``parser`` closest to the mistyped ``word`` (``--epoch`` -> ``--epochs``), or None."""
+    import difflib
+
+    options = [o for action in parser._actions for o in action.option_strings if o.startswith("--")]
+    found = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with short errors: the problem on one line (a mistyped option or command names the closest one),
+    then where the help is; never the usage block (``pemn train``'s is 30 lines)."""
+
+    def error(self, message: str) -> NoReturn:
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            import difflib
+
+            valid = re.findall(r"'([^']*)'", choice.group(2))
+            close = difflib.get_close_matches(choice.group(1), valid, n=1, cutoff=0.6)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def unrecognized(self, extras: Sequence[str]) -> NoReturn:
+        """The error for arguments nothing took, with the closest option to each mistyped one."""
+        hints = [(word, close) for word in extras if word.startswith("-") and (close := _closest_option(self, word))]
+        said = (f"; did you mean {hints[0][1]}?" if len(hints) == 1 else
+                f"; did you mean {', '.join(f'{close} for {word}' for word, close in hints)}?" if hints else "")
+        self.error(f"unrecognized arguments: {' '.join(extras)}{said}")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -208,22 +282,30 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     except UsageError as e:
         parser.description = (parser.description or "") + f" [unavailable: {e}]"
         return
-    cls = tm.TrainConfig
-    group = parser.add_argument_group("training options (defaults < --recipe < --config < these flags)")
-    recipe_fields = set(getattr(tm, "RECIPE_FIELDS", ()))
-    default_recipe = next((_field_default(f) for f in dataclasses.fields(cls) if f.name == "recipe"), None)
-    for f in dataclasses.fields(cls):
-        if f.name == "recipe":
-            continue
-        kwargs = _flag_kwargs(f.name, tm.field_type(f.name)[0])
-        help_text = f.metadata.get("help", "")
-        default = _field_default(f)
-        if f.name in recipe_fields and "default" not in help_text.lower():
-            help_text = f"{help_text} (default: the recipe's; {default} with {default_recipe})".strip()
-        elif default is not None and "default" not in help_text.lower():
-            help_text = f"{help_text} (default: {default})".strip()
-        group.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
-                           help=help_text.replace("%", "%%"), **kwargs)
+    fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
+    recipe_fields = set(tm.RECIPE_FIELDS)
+    default_recipe = _field_default(fields["recipe"])
+    for title, names in tm.field_sections():
+        group = parser.add_argument_group(title)
+        if "recipe" in names:  # the recipe and the config file are where these come from
+            group.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()}; "
+                               f"default: {default_recipe}): sets every option of this section you do not type")
+            group.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options "
+                               "(between the recipe and the flags)")
+        for name in names:
+            if name == "recipe":
+                continue
+            f = fields[name]
+            kwargs = _flag_kwargs(name, tm.field_type(name)[0])
+            help_text = f.metadata.get("help", "")
+            default = _field_default(f)
+            said = "default:" in help_text.lower() or "(default " in help_text.lower()  # the help says it itself
+            if name in recipe_fields and not said:
+                help_text = f"{help_text} (default: the recipe's; {default} with {default_recipe})".strip()
+            elif default is not None and not said:
+                help_text = f"{help_text} (default: {default})".strip()
+            group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                               help=help_text.replace("%", "%%"), **kwargs)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -306,13 +388,15 @@ def _report_train(cfg: Any, result: Any) -> None:
              "model's)")
         if g(result, "teacher_acc", None) is not None:
             _out(f"  teacher    {cfg.teacher}: {_fmt_pct(result.teacher_acc)} (the dense model distilled from)")
+    from pemn.summary import honest_ratio_text, paper_ratio_text
+
     paper, honest = sv("paper_ratio"), sv("honest_ratio")
     parts = []
     if paper is not None:
-        label = "paper ratio" if cfg.strategy != "dense" else "pruned fraction (the paper's x for baselines)"
-        parts.append(f"{label} {100 * float(paper):.2f} %")
+        parts.append(paper_ratio_text(float(paper)) if cfg.strategy != "dense" else
+                     f"pruned fraction {100 * float(paper):.2f} % (the paper's x for baselines)")
     if honest is not None:
-        parts.append(f"honest ratio {float(honest):.2f}x (dense fp32 bytes / file bytes)")
+        parts.append(f"{honest_ratio_text(float(honest))} (dense fp32 bytes / file bytes)")
     if parts:
         _out("  size       " + "  |  ".join(parts))
 
@@ -520,6 +604,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
+    if (app or {}).get("kind") == "transformers":
+        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
+                         "classifiers and character-level language models on their datasets. Evaluate it in "
+                         "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
     evaluation = _training("evaluation")
     device = _device(args.device)
     model, _shape, info, model_name = _artifact_model(args, app)
@@ -552,7 +640,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pemn.training.sample import build_lm, sample_text
 
-    _artifact_kind(Path(args.artifact))
+    _, app = _artifact_kind(Path(args.artifact))
+    if (app or {}).get("kind") == "transformers":
+        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn sample writes with pemn's "
+                         "character-level GPTs. Generate in Python: model = pemn.load(FILE) rebuilds it (no code "
+                         "needed), then use transformers' model.generate with its tokenizer")
     if args.tokens < 0:
         raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
     if args.temperature < 0 or args.temperature != args.temperature:
@@ -667,6 +759,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     kind, app = _artifact_kind(path)
     if (app or {}).get("kind") == "char-lm":
         raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
+    if (app or {}).get("kind") == "transformers":
+        return _export_transformers(args, path, app)
     suffix = ".onnx" if args.format == "onnx" else ".safetensors"
     out = Path(args.output) if args.output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "")
                                                                    + suffix)
@@ -709,6 +803,47 @@ def _cmd_export(args: argparse.Namespace) -> int:
              f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
     else:
         _out(f"check: skipped ({result['reason']})")
+    return 0
+
+
+def _load_transformers(path: Path) -> Any:
+    """The transformers model a ``.pemn`` file records, rebuilt (:func:`pemn.load` with no model)."""
+    import pemn
+
+    try:
+        return pemn.load(path)
+    except ImportError as e:
+        raise RuntimeError(_one_line(e)) from None
+
+
+def _export_transformers(args: argparse.Namespace, path: Path, app: dict[str, Any]) -> int:
+    """A transformers model's dense export: ``save_pretrained`` of the materialized model into a directory,
+    checked by reloading it with ``from_pretrained`` (every tensor equal)."""
+    import torch
+
+    import pemn
+
+    if args.format != "pt":
+        raise UsageError(f"{path} holds a transformers {app['model']}; pemn export writes it as a transformers "
+                         "directory (--format pt). For ONNX, export pemn.materialize(pemn.load(FILE)) with "
+                         "torch.onnx.export or optimum, giving the inputs your task uses")
+    out = Path(args.output) if args.output else path.with_name(path.stem + ".dense")
+    if out.exists():
+        raise UsageError(f"the output {out} exists; give a new directory with -o (a transformers model exports "
+                         "as a save_pretrained directory: config.json + model.safetensors)")
+    dense = pemn.materialize(_load_transformers(path))
+    dense.save_pretrained(out)
+    back = type(dense).from_pretrained(out).eval()
+    mine, theirs = dense.state_dict(), back.state_dict()
+    differ = sorted(k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k]))
+    if differ or set(theirs) - set(mine):
+        from pemn.training.export import ExportError
+
+        raise ExportError(f"{out}: from_pretrained does not give back the exported model ({differ[:3]})")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    _out(f"wrote {out}/ ({size:,} bytes: a transformers save_pretrained directory, dense {app['model']})")
+    _out(f"check: transformers.{app['model']}.from_pretrained({str(out)!r}) gives back all {len(mine):,} tensors "
+         "exactly")
     return 0
 
 
@@ -856,10 +991,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
     except (ValueError, TypeError) as e:
         raise UsageError(_one_line(e)) from None
-    _out(f"sweep: {len(points)} runs -> {args.out}/")
+    plural = _training("progress").plural
+    _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
     report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
                        log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x)
-    _out(f"sweep: {len(report.rows)} run(s) done, {len(report.skipped)} already in {report.csv}"
+    _out(f"sweep: {plural(len(report.rows), 'run')} done, {len(report.skipped)} already in {report.csv}"
          + (f", {len(report.failed)} failed" if report.failed else ""))
     if report.png is not None:
         _out(f"sweep: figure {report.png}")
@@ -934,7 +1070,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The full ``pemn`` argument parser (a new one per call; no global state)."""
     from pemn._version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, allow_abbrev=False,
         description="Parameter-Efficient Masking Networks: train, evaluate, inspect, export and sweep "
                     "networks stored as a seed, a tiny prototype and 1-bit masks.")
@@ -943,10 +1079,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("train", help=f"train a model (default: {_train_default_text()}) and save its artifact",
+                       usage="pemn train [--recipe NAME] [--config FILE.json] [--OPTION VALUE ...]",
                        description="Train a registry model on a dataset and save the artifact. Every training "
-                                   "option has a flag; only the flags you type override the recipe / config file.")
-    p.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options")
-    p.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()})")
+                                   "option has a flag; each comes from the defaults < --recipe < --config < the "
+                                   "flags you type.")
+    _add_train_flags(p)
     tasks = p.add_argument_group("many tasks on one prototype (one file, each task its masks and extras)")
     tasks.add_argument("--tasks", default=None, metavar="KIND:N",
                        help="train N tasks in sequence into OUT/model.pemn: permuted:N (N fixed pixel permutations "
@@ -954,7 +1091,6 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--base", default=None, metavar="FILE.pemn",
                        help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
     tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
-    _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "
@@ -1058,36 +1194,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_sweep)
     for command in sub.choices.values():  # `--epoch 1` is not `--epochs 1`: options are spelled out in full
         command.allow_abbrev = False
+    parser.set_defaults(commands=sub.choices)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the ``pemn`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    """Run the ``pemn`` command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code
+    (:data:`EXIT_CODES`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--version"]:  # answered before the parser is built: that imports torch
+        from pemn._version import __version__
+
+        _out(f"{PROG} {__version__}")
+        return EXIT_OK
     from pemn.errors import PEMNError
 
     try:
         parser = build_parser()
         try:
-            args = parser.parse_args(argv)
-        except SystemExit as e:  # argparse has printed its usage message (or --help / --version)
-            return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+            args, extras = parser.parse_known_args(argv)
+            if extras:
+                commands = getattr(args, "commands", None) or {}
+                commands.get(getattr(args, "command", None), parser).unrecognized(extras)
+        except SystemExit as e:  # argparse has printed its message (or --help)
+            return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except UsageError as e:
         _err(f"{PROG}: error: {_one_line(e)}")
-        return 2
+        return EXIT_USAGE
     except BrokenPipeError:  # `pemn ... | head`: the reader left; stop quietly, as other CLIs do
         with contextlib.suppress(OSError, ValueError, AttributeError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
-        return 141
-    except (PEMNError, ValueError, FileNotFoundError, OSError, RuntimeError) as e:
-        _err(f"{PROG}: error: {_one_line(e)}")
-        return 1
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt as e:  # Ctrl-C, or pemn.training.engine's TrainingInterrupted (checkpoint saved)
         # said once: the engine has printed TrainingInterrupted's message (rank 0), and under torchrun only
         # rank 0 speaks for the run
         if not getattr(e, "logged", False) and os.environ.get("RANK", "0") == "0":
             _err(f"{PROG}: {_one_line(e) if str(e) else 'interrupted'}")
-        code = getattr(e, "exit_code", 130)
-        return code if isinstance(code, int) else 130
+        code = getattr(e, "exit_code", EXIT_SIGNAL_BASE + 2)
+        return code if isinstance(code, int) else EXIT_SIGNAL_BASE + 2
+    except (PEMNError, ValueError, OSError, RuntimeError) as e:  # one line, and the code of its kind
+        _err(f"{PROG}: error: {_one_line(e)}")
+        return _exit_code(e)

@@ -35,6 +35,7 @@ from pemn.densereport import (
 )
 from pemn.errors import ConversionError
 from pemn.layers import GlobalTopK, MaskedLayer, MaskedWeight, make_masked_weight, to_dense_, to_masked_
+from pemn.normed import detach_hooked_, prepare_norms_, unmask_norms_
 from pemn.prototype import Assignment, PrototypeBank, plan, slice_scale
 from pemn.registry import type_names
 from pemn.selection import FROZEN, OVERRIDES, FilterFn, select
@@ -171,6 +172,7 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
                                              config, index, group, masks)
             weights[param] = made[index]
         to_masked_(module, weights)
+        prepare_norms_(module)
         if sum(mw.numel for mw in weights.values()) >= _TRIM_AFTER:
             release_freed_memory()
 
@@ -219,11 +221,14 @@ def materialize(model: nn.Module) -> nn.Module:
     root = unwrap(model)
     if not is_converted(root):
         raise ConversionError("this model has no pemn masked layers to materialize")
+    detach_hooked_(root)
     dense = copy.deepcopy(root)
     baked: dict[int, nn.Parameter] = {}
+    masked = {id(m) for m in dense.modules() if isinstance(m, MaskedLayer)}
     for module in list(dense.modules()):
         if isinstance(module, MaskedLayer):
             to_dense_(module, baked)
+    unmask_norms_(dense, masked)
     unguard_(dense)
     dense.__dict__.pop(REPORT_ATTR, None)
     return dense

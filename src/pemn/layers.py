@@ -18,9 +18,11 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from pemn.errors import ConversionError
-from pemn.masking import global_topk_masks, init_scores, ste_given_mask, ste_mask, topk_mask
+from pemn.masking import global_topk_masks, init_scores, masked_product, ste_given_mask, topk_mask
+from pemn.normed import hooked_tensor, parametrized_tensor
 from pemn.prototype import PrototypeBank
 from pemn.registry import LayerSpec, fan_in_torch, lookup
 
@@ -103,7 +105,7 @@ class MaskedWeight(nn.Module):
         # Same dtype and op as the frozen path, so freezing or saving never changes an output bit.
         if self.kept is None:
             return base * ste_given_mask(self.scores, self.bank.global_topk.mask_for(self)).to(base.dtype)
-        return base * ste_mask(self.scores, self.kept).to(base.dtype)
+        return masked_product(base, self.scores, self.kept)
 
     def freeze(self, mask: torch.Tensor | None = None, *, copy: bool = True) -> None:
         """Replace the scores by the boolean mask they select (or by ``mask``, when given; ``copy=False``
@@ -208,6 +210,21 @@ class MaskedMultiheadAttention(MaskedLayer, nn.MultiheadAttention):
     v_proj_weight = _masked_param("v_proj_weight")  # type: ignore[assignment]
 
 
+class MaskedParametrizationList(MaskedLayer, parametrize.ParametrizationList):
+    """The ``layer.parametrizations.weight`` of a weight_norm / spectral_norm layer, with the tensor the
+    parametrization reads masked (:func:`pemn.normed.parametrized_tensor`): the layer's weight is still the
+    parametrization's output, so it still normalises what it computes."""
+
+    base_class = parametrize.ParametrizationList
+    masked_params = ("original", "original1")
+    original = _masked_param("original")  # type: ignore[assignment]
+    original1 = _masked_param("original1")  # type: ignore[assignment]
+
+    def right_inverse(self, value: torch.Tensor) -> None:
+        raise ConversionError("this weight is computed from a pemn masked tensor (prototype x mask) and cannot be "
+                              "assigned: set it before pemn.convert_, or bake the model with pemn.materialize first")
+
+
 #: The named masked class of each built-in torch layer type; other registered types (transformers'
 #: ``Conv1D``, users' layers) get a class made on first use, ``Masked<Name>``, a subclass of their own.
 MASKED_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
@@ -235,7 +252,9 @@ def _made_class(cls: type[nn.Module], weights: tuple[str, ...]) -> type[nn.Modul
 class Resolved:
     """A module's entry in the layer table, read once: the :class:`~pemn.registry.LayerSpec`, the registered
     class it was found by (the most specific in the module's MRO), the masked class that can stand in for the
-    module (None when the module overrides that class's ``forward``) and the names of its weights present."""
+    module (None when the module overrides that class's ``forward``) and the names of the weights masking
+    replaces (present ones; for a weight computed by a weight_norm / spectral_norm hook, the hook's source
+    tensor)."""
 
     spec: LayerSpec
     cls: type[nn.Module]
@@ -256,24 +275,34 @@ def resolve(module: nn.Module) -> Resolved | None:
     if found is None:
         return None
     spec, cls = found
+    hooked = tuple(h for w in spec.weights if (h := hooked_tensor(module, w)) is not None)
     if type(module).forward is not cls.forward:
         masked = None
+    elif hooked:  # torch.nn.utils.weight_norm / spectral_norm hooks: their source tensor is masked, not weight
+        masked = _made_class(type(module), hooked)
     elif cls in MASKED_CLASSES:
         masked = MASKED_CLASSES[cls]
     else:
         masked = _made_class(type(module), spec.weights)
-    return Resolved(spec, cls, masked, tuple(p for p in spec.weights if module._parameters.get(p) is not None))
+    names = [p if module._parameters.get(p) is not None else hooked_tensor(module, p) for p in spec.weights]
+    return Resolved(spec, cls, masked, tuple(p for p in names if p is not None))
 
 
 def masked_class_for(module: nn.Module) -> type[nn.Module] | None:
     """The masked class that can stand in for ``module``, or None if its type is not registered or it
-    overrides its registered parent's ``forward`` (see :func:`resolve`)."""
+    overrides its registered parent's ``forward`` (see :func:`resolve`); a weight_norm / spectral_norm
+    parametrization list has its own (:class:`MaskedParametrizationList`)."""
+    if isinstance(module, parametrize.ParametrizationList):
+        return MaskedParametrizationList if parametrized_tensor(module) is not None else None
     found = resolve(module)
     return None if found is None else found.masked_class
 
 
 def weight_params(module: nn.Module) -> list[str]:
     """Names of the weight parameters of a registered module that masking replaces (present ones)."""
+    if isinstance(module, parametrize.ParametrizationList):
+        name = parametrized_tensor(module)
+        return [name] if name is not None and module._parameters.get(name) is not None else []
     found = resolve(module)
     return [] if found is None else list(found.weights)
 

@@ -21,9 +21,10 @@ from torch.nn.utils import parametrize
 
 from pemn.config import PEMNConfig
 from pemn.errors import ConversionError
-from pemn.layers import Resolved, resolve
+from pemn.layers import Resolved, resolve, weight_params
+from pemn.normed import hooked_tensor, parametrized_tensor
 from pemn.registry import type_names
-from pemn.walk import param_slots
+from pemn.walk import param_slots, qualified
 
 FilterFn = Callable[[nn.Module, str], bool]  # torchao's order: filter_fn(module, fqn)
 #: the start of the reason a registered subclass with its own forward stays dense
@@ -78,14 +79,15 @@ def _refusal(m: _Module) -> str | None:
     assert entry is not None  # only registered modules are asked about
     where = f"module {name or '<root>'!r} ({type(module).__name__})"
     way_out = f"leave it dense with exclude=[{re.escape(name)!r}]" if name else "leave it dense"
-    if parametrize.is_parametrized(module):
+    if parametrize.is_parametrized(module) and _through_parametrizations(entry, module) is None:
         params = ", ".join(sorted(module.parametrizations.keys()))
         return (f"cannot mask {where}: its {params} is computed by a torch.nn.utils.parametrize "
-                f"parametrization (weight_norm, spectral_norm, ...), which pemn cannot mask. {way_out.capitalize()}, "
+                f"parametrization that pemn cannot mask through (it masks a weight computed by exactly one "
+                f"weight_norm or spectral_norm of torch.nn.utils.parametrizations). {way_out.capitalize()}, "
                 f"or remove it first with torch.nn.utils.parametrize.remove_parametrizations(module, "
                 f"{sorted(module.parametrizations.keys())[0]!r}) (bakes the current weight)")
-    computed = [w for w in entry.spec.weights
-                if module._parameters.get(w) is None and isinstance(getattr(module, w, None), torch.Tensor)]
+    computed = [w for w in entry.spec.weights if module._parameters.get(w) is None and hooked_tensor(module, w) is None
+                and not parametrize.is_parametrized(module, w) and isinstance(getattr(module, w, None), torch.Tensor)]
     if computed:
         return (f"cannot mask {where}: its {', '.join(computed)} is not a parameter but computed by a hook "
                 f"(torch.nn.utils.weight_norm?). {way_out.capitalize()}, or remove the hook first "
@@ -98,7 +100,7 @@ def _refusal(m: _Module) -> str | None:
         reason = entry.spec.check(module)
         if reason:
             return f"cannot mask {where}: {reason} ({way_out})"
-    if not entry.weights:
+    if not any(weights for _, _, weights in _mask_slots(m)):
         return f"module {name!r} has no weight"
     for w in entry.weights:
         if isinstance(module._parameters[w], nn.parameter.UninitializedParameter):
@@ -106,11 +108,34 @@ def _refusal(m: _Module) -> str | None:
     return None
 
 
-def _frozen(entry: Resolved, module: nn.Module) -> bool:
-    """Whether every weight pemn would mask in ``module`` is frozen (``requires_grad=False``)."""
+def _through_parametrizations(entry: Resolved, module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """For a registered layer whose weights torch.nn.utils.parametrize computes: the ``parametrizations.<w>``
+    lists that pemn masks instead of the layer (relative name, list), or None when some parametrization is not
+    one pemn masks through (:func:`pemn.layers.parametrized_tensor`) or sits on a tensor that is not a weight."""
+    weights = entry.spec.weights
+    plists = dict(module.parametrizations.items())
+    if any(w not in weights or parametrized_tensor(plist) is None for w, plist in plists.items()):
+        return None
+    if any(module._parameters.get(w) is not None for w in weights):  # partly parametrized: not worth the case
+        return None
+    return [(f"parametrizations.{w}", plist) for w, plist in plists.items()]
+
+
+def _mask_slots(m: _Module) -> list[tuple[str, nn.Module, tuple[str, ...]]]:
+    """The modules whose tensors masking ``m`` replaces, with those tensors' names: the module itself, or the
+    parametrization lists of a weight_norm / spectral_norm layer."""
+    assert m.entry is not None  # only registered modules are asked about
+    if parametrize.is_parametrized(m.module):
+        return [(qualified(m.name, sub), plist, tuple(weight_params(plist)))
+                for sub, plist in _through_parametrizations(m.entry, m.module) or []]
+    return [(m.name, m.module, m.entry.weights)]
+
+
+def _frozen(m: _Module) -> bool:
+    """Whether every weight pemn would mask in ``m`` is frozen (``requires_grad=False``)."""
     # _parameters, not getattr: reading a parametrized weight runs its parametrization (spectral_norm's power
     # iteration updates buffers), and a refused module must be left as it was
-    weights = [module._parameters[w] for w in entry.weights]
+    weights = [module._parameters[w] for _, module, names in _mask_slots(m) for w in names]
     return bool(weights) and not any(w.requires_grad for w in weights)
 
 
@@ -138,7 +163,7 @@ def _why_dense(m: _Module, config: PEMNConfig, known: tuple[str, ...], filter_fn
         cls = type(m.module).__name__
         return (f"{OVERRIDES} {m.entry.cls.__name__}'s forward (pemn.register_layer({cls}) masks it if that "
                 "forward reads self.weight)")
-    if config.targets is None and _frozen(m.entry, m.module):
+    if config.targets is None and _frozen(m):
         # a weight the model freezes is a fixed table (Whisper's sinusoidal positions...), not a learned one: by
         # default it keeps its values (naming it in targets masks it)
         return FROZEN
@@ -156,45 +181,53 @@ def select(model: nn.Module, config: PEMNConfig, filter_fn: FilterFn | None) -> 
     """
     known = type_names()
     _check_type_patterns(model, config, known)
-    chosen: dict[int, _Module] = {}
+    selected: Selection = []
+    masked: dict[int, tuple[str, ...]] = {}  # every module chosen (by its id) -> the names of its weights masked
     dense_reason: dict[int, str] = {}
     for name, module in model.named_modules():
-        if id(module) in chosen:
-            continue
+        if id(module) in masked or isinstance(module, parametrize.ParametrizationList):
+            continue  # a layer's parametrizations: the layer decides
         m = _Module.of(name, module)
         reason = _why_dense(m, config, known, filter_fn)
         if reason is not None:
             if reason:
                 dense_reason[id(module)] = reason
             continue
-        chosen[id(module)] = m
+        assert m.entry is not None  # _why_dense masks registered modules only
+        for slot_name, slot, weights in _mask_slots(m):
+            selected.append((slot_name, slot))
+            masked[id(slot)] = weights
+        masked.setdefault(id(module), m.entry.weights)
         dense_reason.pop(id(module), None)
         if isinstance(module, nn.MultiheadAttention):  # its out-projection belongs to it
             out = _Module.of(f"{name}.out_proj" if name else "out_proj", module.out_proj)
-            if id(out.module) not in chosen and not out.matches(config.exclude, known):
-                chosen[id(out.module)] = out
+            if id(out.module) not in masked and not out.matches(config.exclude, known):
+                selected.append((out.name, out.module))
+                masked[id(out.module)] = out.entry.weights if out.entry is not None else ()
                 dense_reason.pop(id(out.module), None)
-    _drop_partial_ties(model, chosen, dense_reason)
-    # keep named_modules order (the out-projection may have been chosen early)
+    _drop_partial_ties(model, selected, masked, dense_reason)
+    # keep named_modules order (the out-projection may have been appended early)
     order = {id(m): i for i, (_, m) in enumerate(model.named_modules())}
-    return sorted(((m.name, m.module) for m in chosen.values()), key=lambda nm: order[id(nm[1])]), dense_reason
+    selected.sort(key=lambda nm: order[id(nm[1])])
+    return selected, dense_reason
 
 
-def _drop_partial_ties(model: nn.Module, chosen: dict[int, _Module], dense_reason: dict[int, str]) -> None:
+def _drop_partial_ties(model: nn.Module, selected: Selection, masked: dict[int, tuple[str, ...]],
+                       dense_reason: dict[int, str]) -> None:
     """A weight is masked only if every module holding it masks it: otherwise masking would untie it.
     Modules holding such a weight stay dense (with the reason recorded), until nothing changes."""
     slots = param_slots(model)
     changed = True
     while changed:
         changed = False
-        for m in list(chosen.values()):
-            assert m.entry is not None  # chosen modules are registered
-            for p in m.entry.weights:
-                others = [q for holder, pn, q in slots[id(m.module._parameters[p])]
-                          if id(holder) not in chosen or pn not in chosen[id(holder)].entry.weights]  # type: ignore[union-attr]
+        for name, module in list(selected):
+            for p in masked[id(module)]:
+                others = [q for holder, pn, q in slots[id(module._parameters[p])]
+                          if pn not in masked.get(id(holder), ())]
                 if others:
-                    del chosen[id(m.module)]
-                    dense_reason[id(m.module)] = f"its {p} is shared with {others[0]}, which stays dense"
+                    selected.remove((name, module))
+                    del masked[id(module)]
+                    dense_reason[id(module)] = f"its {p} is shared with {others[0]}, which stays dense"
                     changed = True
                     break
 

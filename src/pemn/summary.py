@@ -91,7 +91,7 @@ class PEMNSummary:
                     f"{self.prototype_storage}; unique values P = {self.unique_values:,}")
         parts = ", ".join(f"{k} {self.bytes[k]:,}" for k in COMPONENTS)
         rows.append(f"bytes: {parts}; file {self.file_bytes:,}")
-        rows.append(f"paper ratio {self.paper_ratio:.5f}  |  honest ratio {self.honest_ratio:.2f}x "
+        rows.append(f"{paper_ratio_text(self.paper_ratio)}  |  {honest_ratio_text(self.honest_ratio)} "
                     f"(dense fp32 {self.dense_bytes:,} B / file {self.file_bytes:,} B)")
         if self.dense is not None:
             rows.append(self.dense.table())
@@ -114,13 +114,23 @@ class PEMNSummary:
         where = f"{self.source!r}, " if self.source else ""
         return (f"<PEMNSummary {where}{self.strategy}: {self.masked_weights:,} masked weights, "
                 f"P={self.unique_values:,}, kept {self.kept_fraction:.3f}, {self.file_bytes:,} bytes, "
-                f"paper ratio {self.paper_ratio:.5f}, "
-                f"honest ratio {self.honest_ratio:.2f}x; .table() / .to_dict() for details>")
+                f"{paper_ratio_text(self.paper_ratio)}, "
+                f"{honest_ratio_text(self.honest_ratio)}; .table() / .to_dict() for details>")
 
 
 def paper_ratio(masked_weights: int, unique_values: int) -> float:
     """The paper's size compression ratio ``1 - (N + 32 P) / (32 N)``."""
     return 1.0 - (masked_weights + 32 * unique_values) / (32 * masked_weights)
+
+
+def paper_ratio_text(ratio: float) -> str:
+    """``paper ratio 96.80 %``: how every pemn output prints :attr:`PEMNSummary.paper_ratio` (README, "Sizes")."""
+    return f"paper ratio {100 * ratio:.2f} %"
+
+
+def honest_ratio_text(ratio: float) -> str:
+    """``honest ratio 25.13x``: how every pemn output prints :attr:`PEMNSummary.honest_ratio`."""
+    return f"honest ratio {ratio:.2f}x"
 
 
 def _dense_fp32_values(entry: list) -> int:

@@ -59,6 +59,7 @@ from pemn.config import PEMNConfig
 from pemn.convert import convert_selected_, find_bank, finish_conversion_, is_converted, masked_weights, unwrap
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
 from pemn.fileio import atomic_write_bytes
+from pemn.prototype import plan
 
 TASKS_VERSION = 4
 _TASK_KEYS = {"name", "classes", "manifest", "dense"}
@@ -340,6 +341,14 @@ def apply_tasks(art: Artifact, model: nn.Module, *, task: str | Sequence[str] | 
     selected, masked = _selection_from_manifest(root, base_art, where)
     fan_ins = _fan_ins(selected)
     protos = _prototypes(base_art, [tuple(s) for _, s in art.base], where, fan_ins)
+    sources, assignments = plan(art.config, [tuple(s) for _, s in art.base], fan_ins)
+    if art.head is not None:  # a task's own head reads the first rows of the base head's source: it must fit
+        j = [n for n, _ in art.base].index(f"{art.head}.weight")
+        room = sources[assignments[j].source].expanded
+        for entry in picked:
+            if entry.num_classes is not None and entry.num_classes * math.prod(art.base[j][1][1:]) > room:
+                raise FormatError(f"{where}corrupt artifact: task {entry.name!r}'s head of {entry.num_classes} classes "
+                                  f"needs more prototype values than its source has ({room:,})")
     params, buffers = _dense_state(root, lambda k: k in masked)
     decoded = []
     for entry in picked:

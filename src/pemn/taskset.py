@@ -87,6 +87,9 @@ class _Task:
     kept: dict[str, int | None] = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
     app: dict[str, Any] = field(default_factory=dict)
+    #: while active: the mask tensors installed from bit-packed masks, with those packed masks (a frozen mask is
+    #: never written in place, so stashing the same tensor again reuses its bits instead of packing it anew)
+    unpacked: dict[str, tuple[torch.Tensor, _Packed]] = field(default_factory=dict)
 
 
 class TaskSet:
@@ -140,12 +143,17 @@ class TaskSet:
             task.kept[name] = mw.kept
             if mw.frozen:
                 mask = mw._buffers["mask"]
+                installed = task.unpacked.get(name)
+                if installed is not None and installed[0] is mask:
+                    task.weights[name] = installed[1]
+                    continue
                 task.weights[name] = _Packed(torch.from_numpy(pack_bits(mask.detach().cpu().numpy().reshape(-1))),
                                              int(mask.sum()))
             else:
                 task.weights[name] = mw.scores
         task.dense = {key: (s[0][0]._parameters if s[0][2] else s[0][0]._buffers)[s[0][1]]
                       for key, s in self.dense_slots(root).items()}
+        task.unpacked = {}
 
     def place_head(self, root: nn.Module, task: _Task) -> None:
         if self.head_path is None:
@@ -175,6 +183,7 @@ class TaskSet:
             if isinstance(stored, _Packed):
                 mask = torch.from_numpy(unpack_bits(stored.bits.numpy(), mw.numel)).view(mw.shape)
                 mw.freeze(mask.to(device), copy=False)
+                task.unpacked[wname] = (mw._buffers["mask"], stored)
             else:
                 if stored.device != device:
                     stored.data = stored.data.to(device)

@@ -1,4 +1,5 @@
-"""transformers' weight tying on a converted model: pemn-aware ``tie_weights`` and ``resize_token_embeddings``.
+"""transformers' weight tying on a converted model: pemn-aware ``tie_weights`` and ``resize_token_embeddings``
+(and a ``save_pretrained`` that refuses).
 
 A transformers model (duck-typed: a class with ``tie_weights`` and ``resize_token_embeddings``) gets, on the
 instance, versions of both that keep the ties pemn already holds, make dense ties as transformers does, and
@@ -16,10 +17,11 @@ from collections.abc import Mapping
 from torch import nn
 
 from pemn.errors import ConversionError
+from pemn.hf import refuse_save_pretrained
 from pemn.layers import CHILD_PREFIX, MaskedLayer, MaskedWeight
 from pemn.walk import qualified as _qualified
 
-_GUARDED = ("tie_weights", "resize_token_embeddings")
+_GUARDED = ("tie_weights", "resize_token_embeddings", "save_pretrained")
 
 
 def _resolve(owner: nn.Module, name: str) -> tuple[str, object]:
@@ -110,12 +112,15 @@ _pemn_resize_token_embeddings._pemn_guard = True  # type: ignore[attr-defined]
 
 def guard_transformers_(root: nn.Module) -> None:
     """Give every transformers model inside ``root`` (duck-typed: it has ``tie_weights`` and
-    ``resize_token_embeddings``) pemn-aware versions of both, on the instance."""
+    ``resize_token_embeddings``) pemn-aware versions of both, on the instance, and a ``save_pretrained`` that
+    refuses (:func:`pemn.hf.refuse_save_pretrained`)."""
     for module in root.modules():
         if callable(getattr(type(module), "tie_weights", None)) and \
                 callable(getattr(type(module), "resize_token_embeddings", None)):
             module.__dict__["tie_weights"] = types.MethodType(_pemn_tie_weights, module)
             module.__dict__["resize_token_embeddings"] = types.MethodType(_pemn_resize_token_embeddings, module)
+            if callable(getattr(type(module), "save_pretrained", None)):
+                module.__dict__["save_pretrained"] = types.MethodType(refuse_save_pretrained, module)
 
 
 def unguard_(root: nn.Module) -> None:

@@ -20,6 +20,7 @@ from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
 from pemn.config import PEMNConfig
+from pemn.registry import type_names
 from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
 from pemn.training.augment import list_recipes
 from pemn.training.data import dataset_info
@@ -33,6 +34,7 @@ from pemn.training.quantize import PRUNED_METHODS, QUANTIZE_METHODS
 __all__ = [
     "ARTIFACT_FIELDS",
     "DEFAULT_COMPRESSION",
+    "FIELD_SECTIONS",
     "GRID_FREE_FIELDS",
     "OPTIMIZERS",
     "PEMN_FIELDS",
@@ -46,6 +48,7 @@ __all__ = [
     "TRAIN_STRATEGIES",
     "Strategy",
     "TrainConfig",
+    "field_sections",
     "field_type",
     "parse_setting",
     "resolve_config",
@@ -110,6 +113,13 @@ RESUME_FREE_FIELDS = (*sorted(GRID_FREE_FIELDS), "resume", "out", "eval_subset",
 RUN_CONFIG_NAME = "config.json"
 
 
+def _variance_auto_text() -> str:
+    """What ``variance="auto"`` picks, by family (from :data:`VARIANCE_DEFAULTS`), for the help text."""
+    families = {"plain": "no norm layers (MLP, LeNet-5)", "bn": "BatchNorm (ConvMixer, ResNet)",
+                "ln": "LayerNorm (ViT, GPT)"}
+    return ", ".join(f"{VARIANCE_DEFAULTS[k]} with {families.get(k, k)}" for k in VARIANCE_DEFAULTS)
+
+
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -142,7 +152,7 @@ class TrainConfig:
                      "at lr and weight_decay like any weight also under SGD (see score_settings), and the paper "
                      "schedule's knots at the official code's whole epochs E*2//5, E*4//5")
     variance: str = _f("auto", "variance correction of the prototype slices: auto (the measured best for the model's "
-                       "family, see VARIANCE_DEFAULTS), paper (none: the official code), fan-in (= rescale) or "
+                       f"family: {_variance_auto_text()}), paper (none: the official code), fan-in (= rescale) or "
                        "fan-in-keep (fan-in and 1/sqrt(keep))")
     rescale: bool | None = _f(None, "scale each layer's prototype slice to its own fan-in (default: from variance)")
     keep_scale: bool | None = _f(None, "divide each layer's prototype slice by sqrt(keep) (default: from variance)")
@@ -158,7 +168,9 @@ class TrainConfig:
     distill_weight: float = _f(0.5, "distillation: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student)")
     scope: str = _f("layer", "mask top-k per layer (the paper) or global (one threshold over all masked layers)")
     targets: list[str] | None = field(
-        default=None, metadata={"help": "layer types or name regexes to mask (default: every Conv/Linear/MHA)"})
+        default=None, metadata={"help": "layer types or name regexes to mask (default: every type in pemn's layer "
+                                        f"table: {', '.join(type_names())}; embeddings included, --exclude "
+                                        "Embedding keeps them dense)"})
     exclude: list[str] | None = field(default=None, metadata={"help": "layer types or name regexes to leave dense"})
     prune: str | None = _f(None, "prune the dense model at init: random or magnitude (needs strategy dense)")
     compression: float | None = _f(None, "fraction of Conv/Linear weights pruned (default 0.96; needs prune)")
@@ -199,8 +211,9 @@ class TrainConfig:
     seed: int = _f(0, "seed of the model init, prototype, scores, data order and augmentation")
     device: str = _f("auto", "auto (cuda if available), cpu, cuda or cuda:N")
     progress: bool = _f(True, "show a progress bar (tqdm on a terminal) and progress lines")
-    eval_batch_size: int = _f(DEFAULT_EVAL_BATCH, "batch size for test evaluation (on a CPU a few hundred beat "
-                                                  "larger batches: benchmarks/bench_eval_batch.py)")
+    eval_batch_size: int = _f(DEFAULT_EVAL_BATCH, "batch size for test evaluation (small batches are the fastest "
+                                                  "on a CPU: they keep the activations in cache, BENCHMARKS.md "
+                                                  "section 11)")
     eval_subset: int | None = _f(None, "evaluate on the first N test images only (text: the first N validation "
                                  "characters) every epoch and for the saved model (quick runs)")
     eval_every: int = _f(1, "evaluate the test split every K epochs (and always after the last one)")
@@ -381,6 +394,31 @@ def model_family(model: nn.Module) -> str:
 
 def _field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+#: The sections of ``pemn train --help``: (title, the section's first field), in field order. A section runs up to
+#: the next one's first field, so a new field joins the section it is declared in.
+FIELD_SECTIONS = (
+    ("model and data", "model"),
+    ("method: strategy, prototype and masks", "strategy"),
+    ("distillation from a dense teacher", "teacher"),
+    ("what is masked; pruning baselines", "scope"),
+    ("optimization (a recipe sets these; the flags you type override it)", "recipe"),
+    ("the model file (model.pemn)", "coding"),
+    ("the run: folder, resume, seed, device, evaluation", "out"),
+)
+
+
+def field_sections() -> list[tuple[str, list[str]]]:
+    """``[(title, [field, ...]), ...]``: every :class:`TrainConfig` field once, in order, under its
+    :data:`FIELD_SECTIONS` title."""
+    starts = {first: title for title, first in FIELD_SECTIONS}
+    sections: list[tuple[str, list[str]]] = []
+    for name in _field_names():
+        if name in starts or not sections:
+            sections.append((starts.get(name, "options"), []))
+        sections[-1][1].append(name)
+    return sections
 
 
 _FIELD_TYPES: dict[str, tuple[type, bool]] = {}

@@ -53,6 +53,7 @@ import torch.distributed as dist
 from torch import nn
 
 from pemn.convert import convert_, masked_weights, set_keep_
+from pemn.summary import honest_ratio_text, paper_ratio_text
 from pemn.training.artifacts import image_app, kind_of, load_model
 from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform
 from pemn.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
@@ -501,8 +502,7 @@ class _Run:
             self.log(f"resume: {str(path)!r} is of a finished run ({history.epoch}/{plural(self.cfg.epochs, 'epoch')}"
                      "); nothing left to train, writing its outputs again")
         elif history.step:
-            self.log(f"resuming {str(path)!r} in epoch {history.epoch + 1}/{self.cfg.epochs} after step "
-                     f"{history.step}/{self.steps}")
+            self.log(f"resuming {str(path)!r} {self._where(history.epoch, history.step)}")
         else:
             self.log(f"resuming {str(path)!r} at epoch {history.epoch + 1}/{self.cfg.epochs}")
         return history
@@ -528,15 +528,19 @@ class _Run:
         except OSError as e:
             raise RunWriteError(self._write_failure(e), e.errno) from None
 
+    def _where(self, epoch: int, step: int) -> str:
+        """Where a checkpoint stands: ``after epoch 2``, or ``in epoch 3/10 after step 6 of 1,307``."""
+        if step == 0:
+            return f"after epoch {epoch}"
+        return f"in epoch {epoch + 1}/{self.cfg.epochs} after step {step:,} of {self.steps:,}"
+
     def _write_failure(self, e: OSError) -> str:
         what = f"{e.strerror or e}" + (f": {e.filename}" if e.filename else "")
         if self.saved_at is None:
             return (f"cannot write into the run folder {str(self.out)!r} ({what}); no checkpoint was written yet, so "
                     "make it writable (or choose another --out) and start the run again")
-        epoch, step = self.saved_at
-        where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}/{self.steps}"
-        return (f"cannot write into the run folder {str(self.out)!r} ({what}); the last checkpoint ({where}) "
-                "is intact: once the folder is writable again, continue with: "
+        return (f"cannot write into the run folder {str(self.out)!r} ({what}); the last checkpoint "
+                f"({self._where(*self.saved_at)}) is intact: once the folder is writable again, continue with: "
                 f"{resume_command(self.out, self.dist.world)}")
 
     def _run(self) -> TrainResult:
@@ -853,9 +857,8 @@ class _Run:
         if self.progress is not None:
             self.progress.close()
         why = signal.Signals(signum).name if signum else "requested stop"
-        where = f"after epoch {epoch}" if step == 0 else f"in epoch {epoch + 1} after step {step}/{self.steps}"
-        message = (f"training interrupted ({why}) {where}; checkpoint saved to {str(path)!r}. Continue with: "
-                   f"{resume_command(self.out, self.dist.world)}")
+        message = (f"training interrupted ({why}) {self._where(epoch, step)}; checkpoint saved to {str(path)!r}. "
+                   f"Continue with: {resume_command(self.out, self.dist.world)}")
         self.log(message)
         stop = TrainingInterrupted(message, checkpoint=path, epoch=epoch, step=step, signum=signum)
         stop.logged = self._log is _default_log  # printed on rank 0: the pemn command says nothing more
@@ -920,9 +923,9 @@ class _Run:
             steps_run=min(self.total_steps, len(h.metrics) * self.steps))
         if self.dist.main:
             write_json(self.out / RESULT_NAME, result.to_dict())
-            ratio = f"honest ratio {summary['honest_ratio']:.1f}x"
+            ratio = honest_ratio_text(summary["honest_ratio"])
             if self.kind.name == "pemn":
-                ratio += f", paper ratio {summary['paper_ratio']:.5f}"
+                ratio += f", {paper_ratio_text(summary['paper_ratio'])}"
             if corpus is not None:
                 self.log(f"done in {fmt_time(result.seconds)}: validation loss {self.lm['val_loss']:.4f} nats/char "
                          f"({self.lm['bits_per_char']:.4f} bits/char, {self._eval_scope()}, the saved model) after "

@@ -8,11 +8,13 @@ Layout (format version 1). Four tensors, so the header stays a few hundred bytes
   an extra is ``{"name", "shape", "dtype"}`` (``float32`` or ``int64``).
 - ``codes``: uint8, every layer's bytes one after another: its ``positions`` (a pruned layer: the survivors'
   positions, a :func:`pemn.coding.encode_entropy` mask of ``count`` elements with ``kept`` ones; none for an
-  unpruned layer), then its codes for the ``kept`` stored weights in row-major order, either ``packed`` (code
-  ``c`` stored as ``c - min_code``, ``bits`` per code, least-significant bits first, zero padding) or, for the
-  three-level methods (ternary, int2), ``entropy``: the non-zero positions as an entropy-coded mask of ``kept``
-  elements with ``nonzero`` ones, then one :func:`pemn.coding.pack_bits` sign bit per non-zero (1 = positive),
-  whichever is smaller per layer.
+  unpruned layer), then its codes for the ``kept`` stored weights in row-major order, whichever of these is
+  smallest per layer: ``packed`` (code ``c`` stored as ``c - min_code``, ``bits`` per code, least-significant
+  bits first, zero padding); for the three-level methods (ternary, int2) ``entropy``: the non-zero positions as
+  an entropy-coded mask of ``kept`` elements with ``nonzero`` ones, then one :func:`pemn.coding.pack_bits` sign
+  bit per non-zero (1 = positive); for every method but binary ``categorical`` (Deep Compression's entropy
+  stage): the count of each code value (uint32 each), then the codes range coded with those frequencies
+  (:func:`encode_categorical`).
 - ``scales``: float16, one per row (output channel) of every layer, in layer order.
 - ``extras``: float32, every other floating-point ``state_dict`` entry (biases, norms, float buffers) flattened
   in index order; ``extras_int``: int64, the integer buffers (BatchNorm's ``num_batches_tracked``), if any.
@@ -30,6 +32,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import constriction
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
@@ -91,6 +94,45 @@ def packed_code_bytes(count: int, bits: int) -> int:
     return -(-count // (8 // bits))
 
 
+def _categorical(counts: np.ndarray) -> Any:
+    """The range coder's model of a layer's codes: their own frequencies (``perfect=False``: a deterministic
+    quantization of ``counts / total`` in float64, the same on both sides)."""
+    return constriction.stream.model.Categorical(counts.astype(np.float64) / float(counts.sum()), perfect=False)
+
+
+def encode_categorical(symbols: np.ndarray, levels: int) -> bytes:
+    """``levels`` little-endian uint32 symbol counts, then the range code of ``symbols`` (0 .. levels-1) under
+    those frequencies (little-endian 32-bit words): the layer's codes at about their empirical entropy."""
+    counts = np.bincount(symbols, minlength=levels).astype(np.uint32)
+    encoder = constriction.stream.queue.RangeEncoder()
+    if symbols.size:
+        encoder.encode(symbols.astype(np.int32), _categorical(counts))
+    return counts.astype("<u4").tobytes() + encoder.get_compressed().astype("<u4").tobytes()
+
+
+def decode_categorical(data: np.ndarray, count: int, levels: int) -> np.ndarray:
+    """Inverse of :func:`encode_categorical` for ``count`` symbols (int64); FormatError unless ``data`` is exactly
+    the encoding of what it decodes to (the counts included)."""
+    if data.size < 4 * levels or (data.size - 4 * levels) % 4:
+        raise FormatError(f"categorical codes need {levels} counts and whole 32-bit words, got {data.size} bytes")
+    counts = np.frombuffer(data[:4 * levels].tobytes(), "<u4").astype(np.int64)
+    if int(counts.sum()) != count:
+        raise FormatError(f"categorical counts sum to {int(counts.sum())}, the layer stores {count} codes")
+    words = np.frombuffer(data[4 * levels:].tobytes(), "<u4").astype(np.uint32)
+    symbols = np.zeros(0, np.int64)
+    if count:
+        try:
+            decoded = constriction.stream.queue.RangeDecoder(words).decode(_categorical(counts), count)
+        except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+            raise
+        except BaseException as exc:  # AssertionError on bad data; a Rust panic arrives as a BaseException
+            raise FormatError(f"categorical codes are corrupt: constriction rejected them: {exc!r}") from None
+        symbols = np.asarray(decoded, dtype=np.int64)
+    if encode_categorical(symbols, levels) != data.tobytes():
+        raise FormatError("categorical codes are corrupt: they do not re-encode to the stored bytes")
+    return symbols
+
+
 # ----------------------------------------------------------------------------------------------- writing
 
 
@@ -117,6 +159,11 @@ def _layer_bytes(codes: torch.Tensor, method: str, mask: torch.Tensor | None) ->
         sign_bits = pack_bits(flat[nz] > 0).tobytes()
         if len(coded) + len(sign_bits) < len(packed):
             coding, stored, signs = "entropy", coded, sign_bits
+    if not binary and kept:
+        high = code_range(method)[1]
+        categorical = encode_categorical(flat - low, high - low + 1)
+        if len(categorical) < len(stored) + len(signs):
+            coding, stored, signs = "categorical", categorical, b""
     entry = {"shape": list(codes.shape), "bits": bits, "coding": coding, "count": count, "kept": kept,
              "nonzero": nonzero, "bytes": [len(positions), len(stored), len(signs)]}
     return entry, [positions, stored, signs]
@@ -282,6 +329,13 @@ def _decode_layer(entry: dict[str, Any], method: str, blob: memoryview, offset: 
         positive = unpack_bits(signs, nonzero)
         codes = np.zeros(kept, np.int64)
         codes[nz] = np.where(positive, 1, -1)
+    elif coding == "categorical" and weight_method(method) != "binary":
+        if signs.size:
+            raise FormatError(f"{entry['name']!r}: a categorical layer has no sign bytes")
+        codes = decode_categorical(stored, kept, high - low + 1) + low
+        if int(np.count_nonzero(codes)) != nonzero:
+            raise FormatError(f"{entry['name']!r}: {int(np.count_nonzero(codes))} non-zero codes, index says "
+                              f"{nonzero}")
     else:
         raise FormatError(f"{entry['name']!r}: unknown coding {coding!r} for method {method!r}")
     full = np.zeros(count, np.int64)

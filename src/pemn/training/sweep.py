@@ -768,6 +768,12 @@ def _chance(base: Mapping[str, Any]) -> float | None:
     return 100.0 / classes if classes else None
 
 
+#: The paper figure's x axis: the size compression ratio, and what it measures for each kind of point.
+SWEEP_XLABEL = ("Size compression ratio (%) = 1 − stored bits / dense fp32 bits\n"
+                "PEMN: 1 − (N + 32·P) / (32·N), N 1-bit mask entries, P prototype floats; "
+                "pruning: share of weights removed")
+
+
 def sweep_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None,
                  x: str = "bytes") -> Any:
     """The sweep's figure as a matplotlib Figure: ``x="bytes"`` (:func:`bytes_figure`: accuracy vs file bytes,
@@ -901,7 +907,7 @@ def ratio_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
         ax.axhline(acc, color="black", linestyle=":", linewidth=1.2, label="Dense" if i == 0 else None)
     if chance is not None:
         ax.axhline(chance, color="grey", linestyle="-.", linewidth=1.0, label=f"Chance ({chance:.3g} %)")
-    ax.set_xlabel("Size compression ratio (%)")
+    ax.set_xlabel(SWEEP_XLABEL, fontsize=8)
     ax.set_ylabel("Test accuracy (%), best epoch")
     ax.set_title(f"PEMN compression: {title}" if title else "PEMN compression")
     ax.grid(True, alpha=0.3)
