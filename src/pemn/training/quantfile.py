@@ -57,7 +57,7 @@ __all__ = ["QUANT_FORMAT", "QUANT_FORMAT_VERSION", "load_quant", "quant_info", "
 
 QUANT_FORMAT = "pemn-quant"
 QUANT_FORMAT_VERSION = 1
-_MAX_INDEX_BYTES = 64 << 20  # a decompressed index larger than this is refused (a zlib bomb)
+_MAX_INDEX_BYTES = 16 << 20  # a decompressed index larger than this is refused (a zlib bomb)
 _MAX_ELEMENTS = 1 << 31
 
 
@@ -251,7 +251,7 @@ def _index(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[s
         d = zlib.decompressobj()
         text = d.decompress(raw, _MAX_INDEX_BYTES)
         if d.unconsumed_tail or not d.eof or d.unused_data:
-            raise FormatError("the index is not one complete zlib stream under 64 MiB")
+            raise FormatError("the index is not one complete zlib stream under 16 MiB")
         index = json.loads(text)
     except (zlib.error, ValueError, RecursionError) as e:
         if isinstance(e, FormatError):
