@@ -78,23 +78,16 @@ from pemn import coding as mask_coding
 from pemn import extras
 from pemn._version import __version__
 from pemn.config import PEMNConfig, kept_count
-from pemn.convert import (
-    convert_selected_,
-    find_bank,
-    finish_conversion_,
-    is_converted,
-    masked_weights,
-    param_slots,
-    unwrap,
-)
+from pemn.convert import convert_selected_, finish_conversion_
 from pemn.errors import ArchitectureMismatchError, FormatError, PrototypeMismatchError
 from pemn.fileio import atomic_write_bytes
 from pemn.hf import APP_KIND as TRANSFORMERS_APP
 from pemn.hf import app_of as transformers_app
 from pemn.hf import build as build_transformers
-from pemn.layers import MaskedWeight, layer_fan_in, masked_class_for, weight_params
+from pemn.layers import MaskedWeight, masked_class_for, weight_params
 from pemn.prototype import fingerprint, plan, prototype_values
 from pemn.stfile import save_bytes
+from pemn.walk import distinct_weights, find_bank, is_converted, masked_weights, param_slots, unwrap
 
 FORMAT = "pemn"
 FORMAT_VERSION = 4  # the newest this pemn reads and writes; files without its features are written as 1
@@ -621,12 +614,7 @@ def _selection_from_manifest(model: nn.Module, art: Artifact, where: str
         raise ArchitectureMismatchError(f"{where}architecture mismatch: " + "; ".join(problems[:5]))
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
     ordered = sorted(selected.items(), key=lambda nm: order[nm[0]])
-    expected, seen = [], set()
-    for n, m in ordered:
-        for p in weight_params(m):
-            if id(m._parameters[p]) not in seen:
-                seen.add(id(m._parameters[p]))
-                expected.append(f"{n}.{p}" if n else p)
+    expected = [w.name for w in distinct_weights(ordered)[0]]
     if expected != [e["name"] for e in art.manifest]:
         raise ArchitectureMismatchError(
             f"{where}architecture mismatch: the model's masked weights would be {expected[:6]}..., "
@@ -637,14 +625,7 @@ def _selection_from_manifest(model: nn.Module, art: Artifact, where: str
 
 def _fan_ins(selected: list[tuple[str, nn.Module]]) -> list[int]:
     """Each distinct weight's fan-in, by its first user's layer rule (as conversion computes them)."""
-    out, seen = [], set()
-    for _, module in selected:
-        for p in weight_params(module):
-            w = module._parameters[p]
-            if id(w) not in seen:
-                seen.add(id(w))
-                out.append(layer_fan_in(module, tuple(w.shape)))
-    return out
+    return [w.fan_in for w in distinct_weights(selected)[0]]
 
 
 def _dense_state(model: nn.Module, skip: Callable[[str], bool]
