@@ -154,3 +154,19 @@ def test_one_shot_inference_api() -> None:
     assert hits >= 14
     assert infer_task(model, batch(2, seed=9)[0]) == "t2"
     assert pemn.active_task(model) == "t0"  # the model is left as it was
+
+
+def test_resume_trains_the_missing_tasks_as_an_uninterrupted_run(permuted: dict[str, object], tmp_path: Path
+                                                                    ) -> None:
+    out = tmp_path / "perm"
+    code, _, err = run(["train", "--tasks", "permuted:2", *COMMON, "--out", str(out)])
+    assert code == 0, err
+    code, _, err = run(["train", "--tasks", "permuted:3", *COMMON, "--out", str(out)])
+    assert code != 0 and "--resume" in err
+    code, _, err = run(["train", "--tasks", "permuted:3", *COMMON, "--out", str(out), "--resume"])
+    assert code == 0, err
+    resumed, whole = read(out / "model.pemn"), read(permuted["file"])
+    assert [t.name for t in resumed.tasks] == [t.name for t in whole.tasks]
+    for a, b in zip(resumed.tasks, whole.tasks, strict=True):
+        assert a.tensors.keys() == b.tensors.keys()
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), a.name
