@@ -297,9 +297,13 @@ def test_wav2vec2_weight_norm_masked_with_the_defaults(tmp_path: Path) -> None:
         expected = model(wave).logits
     assert torch.isfinite(expected).all()
     fresh = pemn.load(pemn.save(model, tmp_path / "w2v.pemn"), _wav2vec2()).eval()
+    pemn.materialize(model).save_pretrained(tmp_path / "dense")  # torch's weight norm again: transformers' keys
+    back, info = transformers.Wav2Vec2ForCTC.from_pretrained(tmp_path / "dense", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
     with torch.no_grad():
         assert torch.equal(fresh(wave).logits, expected)
-        assert torch.equal(pemn.materialize(model)(wave).logits, expected)
+        assert torch.equal(pemn.load(tmp_path / "w2v.pemn").eval()(wave).logits, expected)  # no model given
+        assert torch.equal(back.eval()(wave).logits, expected)
 
 
 def test_wav2vec2_weight_norm_excluded(tmp_path: Path) -> None:

@@ -354,14 +354,23 @@ def test_parametrized_layers_masked_through_their_parametrization(tmp_path: Path
         model(x).pow(2).mean().backward()
         assert mw.scores.grad is not None and mw.scores.grad.abs().sum() > 0 and mw.scores.grad.isfinite().all()
         opt.step()
+    model(x).sum().backward()  # the old hooks now hold a weight with a graph, which deepcopy refuses
+    pemn.materialize(model)  # works right after a training step too
     model.eval()
     with torch.no_grad():
         expected = model(x)
     assert torch.isfinite(expected).all()
     fresh = pemn.load(pemn.save(model, tmp_path / "p.pemn"), _parametrized_net(name, seed=5)).eval()
+    dense = pemn.materialize(model)  # torch's own norms again (the structure kept), no pemn class
+    assert not any(type(m).__module__.startswith("pemn") for m in dense.modules())
+    norms = [type(h) for m in dense.modules() for h in m._forward_pre_hooks.values()]
+    norms += [type(m[0]) for m in dense.modules() if isinstance(m, parametrize.ParametrizationList)]
+    assert len(norms) == 1 and norms[0].__module__.startswith("torch.nn.utils.")
+    assert {k for k in dense.state_dict()} == {k for k in _parametrized_net(name).state_dict()}
     with torch.no_grad():
         assert torch.equal(fresh(x), expected)
-        assert torch.equal(pemn.materialize(model)(x), expected)
+        assert torch.equal(dense(x), expected)
+        assert torch.equal(model(x), expected)  # the model itself is untouched by materialize
     assert pemn.summary(model, verbose=False).kept == sum(int(m.current_mask().sum()) for m in mws.values())
 
 

@@ -126,8 +126,9 @@ def test_cli_inspect_export_eval(tmp_path: Path, saved: dict) -> None:
     assert code == 2 and "exists" in err
     code, _, err = run(["export", str(path), "--format", "onnx"])
     assert code == 2 and "transformers" in err and "materialize" in err
-    code, _, err = run(["eval", str(path)])
-    assert code == 2 and "GPT2LMHeadModel" in err and "pemn.load" in err
+    for command in ("eval", "sample"):
+        code, _, err = run([command, str(path)])
+        assert code == 2 and "GPT2LMHeadModel" in err and "pemn.load" in err, (command, err)
 
 
 @pytest.mark.slow  # a subprocess running the example, seconds

@@ -30,6 +30,7 @@ _EXPORTS = {
     "register_layer": "pemn.registry", "unregister_layer": "pemn.registry",
     "PEMNSummary": "pemn.summary", "summary": "pemn.summary",
     "save_task": "pemn.taskfile",
+    "Superposition": "pemn.superpose", "infer_task": "pemn.superpose",
     **dict.fromkeys(("active_task", "add_task", "delete_task", "rename_task", "set_task", "tasks", "using_task"),
                     "pemn.taskset"),
 }
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see (the same names as _EXPORTS
     from pemn.prototype import PrototypeBank
     from pemn.registry import register_layer, unregister_layer
     from pemn.summary import PEMNSummary, summary
+    from pemn.superpose import Superposition, infer_task
     from pemn.taskfile import save_task
     from pemn.taskset import active_task, add_task, delete_task, rename_task, set_task, tasks, using_task
 
@@ -89,6 +91,7 @@ __all__ = [
     "PEMNSummary",
     "PrototypeBank",
     "PrototypeMismatchError",
+    "Superposition",
     "__version__",
     "active_task",
     "add_task",
@@ -96,6 +99,7 @@ __all__ = [
     "delete_task",
     "dense_report",
     "freeze_masks",
+    "infer_task",
     "kept_count",
     "load",
     "masked_weights",

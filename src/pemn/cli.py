@@ -337,7 +337,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.tasks is not None or args.base is not None:  # many tasks on one prototype (pemn.training.tasks)
         if args.task is not None and args.base is None:
             raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
-        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, log=_out)
+        if args.task_outputs is not None and args.tasks is None:
+            raise UsageError("--task-outputs goes with --tasks")
+        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task,
+                                       outputs=args.task_outputs, log=_out)
         return 0
     if args.task is not None:
         raise UsageError("--task NAME goes with --base FILE.pemn")
@@ -640,7 +643,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def _cmd_sample(args: argparse.Namespace) -> int:
     from pemn.training.sample import build_lm, sample_text
 
-    _artifact_kind(Path(args.artifact))
+    _, app = _artifact_kind(Path(args.artifact))
+    if (app or {}).get("kind") == "transformers":
+        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn sample writes with pemn's "
+                         "character-level GPTs. Generate in Python: model = pemn.load(FILE) rebuilds it (no code "
+                         "needed), then use transformers' model.generate with its tokenizer")
     if args.tokens < 0:
         raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
     if args.temperature < 0 or args.temperature != args.temperature:
@@ -678,8 +685,72 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         _out(json.dumps(s.to_dict(), indent=2, default=str))
     else:
         _out(f"{path}  ({s.file_bytes:,} bytes)")
+        _out("recorded in the file:")
+        for label, text in _recorded_rows(s.recorded, s.config, s.tasks):
+            _out(f"  {label:<14} {text}")
+        _out("")
         _out(s.table())
     return 0
+
+
+def _compact(value: Any, width: int = 100) -> str:
+    """``value`` as one line of JSON, cut to ``width`` characters with a visible ``...``."""
+    from pemn.summary import CUT_MARK
+
+    text = json.dumps(value, separators=(", ", ": "), default=str)
+    return text if len(text) <= width else text[:width - len(CUT_MARK)] + CUT_MARK
+
+
+def _numbers(values: Any) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if isinstance(values, list) else _compact(values)
+
+
+def _recorded_rows(recorded: dict[str, Any], config: dict[str, Any],
+                   tasks: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """What a .pemn file says about itself, as (label, text) rows: the model and its arguments, the dataset and
+    its preprocessing (``pemn train``'s app metadata), the method, the tasks, the versions that wrote it; every
+    other app key as compact JSON."""
+    app = dict(recorded.get("app") or {})
+    rows: list[tuple[str, str]] = []
+    model, kind = app.pop("model", None), app.pop("kind", None)
+    args = app.pop("model_args", None)
+    if model is None:
+        rows.append(("model", "not recorded (saved without app metadata: rebuild the model in Python and "
+                              "pemn.load(path, model))"))
+    else:
+        described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in args.items()) if isinstance(args, dict) else ""
+        rows.append(("model", f"{model}" + (f" ({described})" if described else "") + (f", {kind}" if kind else "")))
+    vocab, block = app.pop("vocab", None), app.pop("block_size", None)
+    if isinstance(vocab, str):
+        rows.append(("vocabulary", f"{len(vocab)} characters, context {block}: {_compact(vocab, 60)}"))
+    pre = app.pop("preprocessing", None)
+    if isinstance(pre, dict):
+        pre = dict(pre)
+        rows.append(("dataset", str(pre.pop("dataset", "not recorded"))))
+        shape = pre.pop("input_shape", None)
+        parts = ["input " + "x".join(map(str, shape))] if isinstance(shape, list) else []
+        scale, mean, std = pre.pop("scale", None), pre.pop("mean", None), pre.pop("std", None)
+        if mean is not None and std is not None:
+            parts.append(f"x = (pixels x {scale:.6g} - mean) / std" if isinstance(scale, int | float) else
+                         "x = (pixels - mean) / std")
+            parts.append(f"mean {_numbers(mean)}, std {_numbers(std)}")
+        classes = pre.pop("classes", None)
+        if isinstance(classes, list):
+            parts.append(f"{len(classes)} classes {_compact(classes, 60)}")
+        parts += [f"{k} {_compact(v, 60)}" for k, v in pre.items()]
+        rows.append(("preprocessing", "; ".join(parts) or "not recorded"))
+    method = ", ".join(f"{k} {v}" for k, v in config.items()
+                       if k != "strategy" and v is not None and v is not False and v != [])
+    rows.append(("method", f"{config.get('strategy', '?')}" + (f": {method}" if method else "")))
+    if tasks:
+        names = ", ".join(str(t["name"]) for t in tasks)
+        rows.append(("tasks", f"{len(tasks)}: {_compact(names, 90) if len(names) > 90 else names}"))
+    for key in sorted(app):
+        rows.append((key, _compact(app[key])))
+    rows.append(("written by", f"pemn {recorded.get('pemn_version') or '?'} (torch "
+                               f"{recorded.get('torch_version') or '?'}), format version "
+                               f"{recorded.get('format_version') or '?'}"))
+    return rows
 
 
 def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
@@ -1087,6 +1158,9 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--base", default=None, metavar="FILE.pemn",
                        help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
     tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
+    tasks.add_argument("--task-outputs", type=int, default=None, metavar="K",
+                       help="--tasks: give the model K outputs, more than the classes (SupSup's superfluous neurons, "
+                            "trained toward zero probability: they make pemn eval --infer-task reliable)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "

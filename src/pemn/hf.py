@@ -53,9 +53,12 @@ def app_of(model: nn.Module) -> dict[str, Any] | None:
     cls = type(model)
     if transformers is None or getattr(transformers, cls.__name__, None) is not cls:
         return None
+    try:
+        config = json.loads(model.config.to_json_string(use_diff=True))
+    except (TypeError, ValueError):  # a config holding something JSON cannot say: the file needs the model to load
+        return None
     floating = next((p.dtype for p in model.parameters() if p.dtype.is_floating_point), torch.float32)
-    app: dict[str, Any] = {"kind": APP_KIND, "model": cls.__name__,
-                           "config": json.loads(model.config.to_json_string(use_diff=True)),
+    app: dict[str, Any] = {"kind": APP_KIND, "model": cls.__name__, "config": config,
                            "transformers_version": transformers.__version__,
                            "dtype": str(floating).removeprefix("torch.")}
     attn = getattr(model.config, "_attn_implementation", None)

@@ -13,6 +13,7 @@ ordinary parameters.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -32,7 +33,7 @@ from pemn.masking import (
 )
 from pemn.normed import hooked_tensor, parametrized_tensor
 from pemn.prototype import PrototypeBank
-from pemn.registry import fan_in_torch, lookup
+from pemn.registry import LayerSpec, fan_in_torch, lookup
 
 #: A masked weight ``w`` of a layer is its child module ``CHILD_PREFIX + "w"``.
 CHILD_PREFIX = "pemn_"
@@ -286,26 +287,54 @@ def _made_class(cls: type[nn.Module], weights: tuple[str, ...]) -> type[nn.Modul
     return made
 
 
-def masked_class_for(module: nn.Module) -> type[nn.Module] | None:
-    """The masked class that can stand in for ``module``, or None if its type is not registered.
+@dataclass(frozen=True)
+class Resolved:
+    """A module's entry in the layer table, read once: the :class:`~pemn.registry.LayerSpec`, the registered
+    class it was found by (the most specific in the module's MRO), the masked class that can stand in for the
+    module (None when the module overrides that class's ``forward``) and the names of the weights masking
+    replaces (present ones; for a weight computed by a weight_norm / spectral_norm hook, the hook's source
+    tensor)."""
 
-    A subclass of a registered type qualifies only if it keeps the parent's ``forward`` (otherwise its
-    own forward might read the weight in ways pemn does not know; register the subclass to allow it).
+    spec: LayerSpec
+    cls: type[nn.Module]
+    masked_class: type[nn.Module] | None
+    weights: tuple[str, ...]
+
+    def fan_in(self, shape: tuple[int, ...]) -> int:
+        return self.spec.fan_in(shape)
+
+
+def resolve(module: nn.Module) -> Resolved | None:
+    """``module``'s entry in the layer table (:class:`Resolved`), or None if its type is not registered.
+
+    A subclass of a registered type gets a masked class only if it keeps the parent's ``forward`` (otherwise
+    its own forward might read the weight in ways pemn does not know; register the subclass to allow it).
     """
-    if isinstance(module, parametrize.ParametrizationList):
-        return MaskedParametrizationList if parametrized_tensor(module) is not None else None
     found = lookup(module)
     if found is None:
         return None
     spec, cls = found
-    if type(module).forward is not cls.forward:
-        return None
     hooked = tuple(h for w in spec.weights if (h := hooked_tensor(module, w)) is not None)
-    if hooked:  # torch.nn.utils.weight_norm / spectral_norm hooks: their source tensor is masked, not weight
-        return _made_class(type(module), hooked)
-    if cls in MASKED_CLASSES:
-        return MASKED_CLASSES[cls]
-    return _made_class(type(module), spec.weights)
+    if type(module).forward is not cls.forward:
+        masked = None
+    elif hooked:  # torch.nn.utils.weight_norm / spectral_norm hooks: their source tensor is masked, not weight
+        masked = _made_class(type(module), hooked)
+    elif cls in MASKED_CLASSES:
+        masked = MASKED_CLASSES[cls]
+    else:
+        masked = _made_class(type(module), spec.weights)
+    names = [p if module._parameters.get(p) is not None else hooked_tensor(module, p) for p in spec.weights]
+    return Resolved(spec, cls, masked, tuple(p for p in names if p is not None))
+
+
+def masked_class_for(module: nn.Module) -> type[nn.Module] | None:
+    """The masked class that can stand in for ``module``, or None if its type is not registered or it
+    overrides its registered parent's ``forward`` (see :func:`resolve`); a weight_norm / spectral_norm
+    parametrization list has its own (:class:`MaskedParametrizationList`)."""
+    if isinstance(module, parametrize.ParametrizationList):
+        return MaskedParametrizationList if parametrized_tensor(module) is not None else None
+    found = resolve(module)
+    return None if found is None else found.masked_class
 
 
 def weight_params(module: nn.Module) -> list[str]:
@@ -313,11 +342,8 @@ def weight_params(module: nn.Module) -> list[str]:
     if isinstance(module, parametrize.ParametrizationList):
         name = parametrized_tensor(module)
         return [name] if name is not None and module._parameters.get(name) is not None else []
-    found = lookup(module)
-    if found is None:
-        return []
-    names = [p if module._parameters.get(p) is not None else hooked_tensor(module, p) for p in found[0].weights]
-    return [p for p in names if p is not None]
+    found = resolve(module)
+    return [] if found is None else list(found.weights)
 
 
 def layer_fan_in(module: nn.Module, shape: tuple[int, ...]) -> int:

@@ -13,7 +13,7 @@ the tensor the norm reads, so the layer's weight is still the norm's output and 
   the masked weight at conversion (15 steps, as torch does when the norm is registered), so ``sigma`` is the
   masked weight's, and continues as in torch (one step per training forward; buffers ``_u``/``_v`` are saved).
 
-:func:`bake_norms_` removes the norms from a materialized model (their output becomes a plain weight).
+:func:`unmask_norms_` gives a materialized model torch's own norm classes back (same outputs).
 """
 
 from __future__ import annotations
@@ -98,23 +98,39 @@ def prepare_norms_(module: nn.Module) -> None:
                 setattr(module, hook.name, hook.compute_weight(module, do_power_iteration=False))
 
 
-def bake_norms_(model: nn.Module, masked: set[int]) -> None:
-    """Replace each weight_norm / spectral_norm that reads a tensor of a module in ``masked`` (ids, as they were
-    before :func:`pemn.layers.to_dense_`) by its output as a plain weight (a spectral norm as in eval mode), not
-    requiring grad: a materialized model holds no pemn class and exports like any model."""
-    for module in list(model.modules()):
-        if parametrize.is_parametrized(module):
-            for name, plist in list(module.parametrizations.items()):
-                if id(plist) in masked:
-                    training = plist.training
-                    plist.eval()
-                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-                    plist.train(training)
-                    getattr(module, name).requires_grad_(False)
-        if id(module) in masked:
-            for hook in _norm_hooks(module):
-                if isinstance(hook, WeightNorm):
-                    torch.nn.utils.remove_weight_norm(module, hook.name)
-                else:
-                    torch.nn.utils.remove_spectral_norm(module, hook.name)
-                getattr(module, hook.name).requires_grad_(False)
+def detach_hooked_(model: nn.Module) -> None:
+    """The old hooks keep their last output as a plain attribute; after a forward with grad it is a non-leaf
+    tensor, which deepcopy refuses: replace it by a detached one (the next forward recomputes it anyway)."""
+    for module in model.modules():
+        for hook in _norm_hooks(module):
+            w = module.__dict__.get(hook.name)
+            if isinstance(w, torch.Tensor) and w.grad_fn is not None:
+                module.__dict__[hook.name] = w.detach()
+
+
+def _revive_dead_(v: torch.Tensor, g: torch.Tensor, dim: int) -> None:
+    """Make torch's own weight norm give what :func:`_weight_norm` gives: a slice of ``v`` that is all zeros
+    becomes ones with a magnitude ``g`` of 0, so its weights are 0 (not 0/0) and the others are unchanged."""
+    with torch.no_grad():
+        dead = torch.norm_except_dim(v, 2, dim) == 0
+        v.copy_(torch.where(dead, torch.ones_like(v), v))
+        g.copy_(torch.where(dead, torch.zeros_like(g), g))  # g has the shape of the norm (torch's weight_norm)
+
+
+def unmask_norms_(model: nn.Module, masked: set[int]) -> None:
+    """Give the norms that read a tensor of a module in ``masked`` (ids, as they were before
+    :func:`pemn.layers.to_dense_` baked them) torch's own classes back, with the same outputs: a materialized
+    model holds no pemn class, and keeps its structure (a transformers model's ``parametrizations.weight.
+    original0/1`` keys, which ``save_pretrained`` / ``from_pretrained`` expect)."""
+    for module in model.modules():
+        if id(module) not in masked:
+            continue
+        if isinstance(module, parametrize.ParametrizationList) and isinstance(module[0], MaskedWeightNorm):
+            module[0].__class__ = _WeightNormP
+            _revive_dead_(module.original1, module.original0, module[0].dim)
+        for hook in _norm_hooks(module):
+            if isinstance(hook, MaskedWeightNormHook):
+                hook.__class__ = WeightNorm
+                _revive_dead_(getattr(module, hook.name + "_v"), getattr(module, hook.name + "_g"), hook.dim)
+                with torch.no_grad():
+                    setattr(module, hook.name, hook.compute_weight(module))

@@ -67,6 +67,9 @@ class PEMNSummary:
     #: a multi-task file (:mod:`pemn.taskfile`): one row per task (its bytes and keep); the layers are the first
     #: task's, ``bytes`` and ``dense_bytes`` count every task
     tasks: list[dict[str, Any]] = field(default_factory=list)
+    #: what the file says about itself (a file's summary): ``pemn_version``, ``torch_version``, ``format_version``
+    #: and ``app``, the JSON object its writer stored (``pemn train``: the model, its arguments, the preprocessing)
+    recorded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kept_fraction(self) -> float:
@@ -81,7 +84,7 @@ class PEMNSummary:
         """A readable per-layer and total table."""
         rows = [f"{'layer':<40} {'shape':<20} {'N':>10} {'P':>8} {'kept':>7} {'mask B':>9}"]
         for lay in self.layers:
-            rows.append(f"{lay.name[-40:]:<40} {'x'.join(map(str, lay.shape)):<20} {lay.masked_weights:>10,} "
+            rows.append(f"{fit_name(lay.name, 40):<40} {'x'.join(map(str, lay.shape)):<20} {lay.masked_weights:>10,} "
                         f"{lay.unique_values:>8,} {lay.kept_fraction:>7.3f} {lay.mask_bytes:>9,}")
         rows.append("-" * len(rows[0]))
         rows.append(f"{'total':<40} {'':<20} {self.masked_weights:>10,} {self.unique_values:>8,} "
@@ -102,8 +105,9 @@ class PEMNSummary:
                         f"{'total B':>9}")
             for t in self.tasks:
                 classes = "-" if t["classes"] is None else str(t["classes"])
-                rows.append(f"  {t['name'][:24]:<24} {classes:>7} {t['kept_fraction']:>7.4f} {t['mask_bytes']:>9,} "
-                            f"{t['entropy_bound_bytes']:>9,} {t['extras_bytes']:>9,} {t['data_bytes']:>9,}")
+                rows.append(f"  {fit_name(t['name'], 24):<24} {classes:>7} {t['kept_fraction']:>7.4f} "
+                            f"{t['mask_bytes']:>9,} {t['entropy_bound_bytes']:>9,} {t['extras_bytes']:>9,} "
+                            f"{t['data_bytes']:>9,}")
         return "\n".join(rows)
 
     def __str__(self) -> str:
@@ -116,6 +120,15 @@ class PEMNSummary:
                 f"P={self.unique_values:,}, kept {self.kept_fraction:.3f}, {self.file_bytes:,} bytes, "
                 f"{paper_ratio_text(self.paper_ratio)}, "
                 f"{honest_ratio_text(self.honest_ratio)}; .table() / .to_dict() for details>")
+
+
+#: What marks a name cut to fit a column: its start is left out, the end (the most specific part) kept.
+CUT_MARK = "..."
+
+
+def fit_name(name: str, width: int) -> str:
+    """``name`` if it fits in ``width`` characters, else ``...`` and its last ``width - 3``."""
+    return name if len(name) <= width else CUT_MARK + name[len(name) - (width - len(CUT_MARK)):]
 
 
 def paper_ratio(masked_weights: int, unique_values: int) -> float:
@@ -201,7 +214,14 @@ def summarize(art: Artifact) -> PEMNSummary:
         bytes=by_component, file_bytes=art.file_bytes, dense_bytes=dense_bytes,
         paper_ratio=paper_ratio(n_total, p_total), honest_ratio=dense_bytes / art.file_bytes,
         config=art.config.to_dict(), dense=DenseReport(total, n_total, kinds, sorted(large, key=lambda d: -d.elements)),
-        tasks=_task_rows(art))
+        tasks=_task_rows(art), recorded=_recorded(art))
+
+
+def _recorded(art: Artifact) -> dict[str, Any]:
+    """What a file records about itself: the versions that wrote it, and its writer's app object."""
+    meta = art.metadata
+    return {"pemn_version": meta.get("pemn_version"), "torch_version": meta.get("torch_version"),
+            "format_version": art.format_version, "app": dict(art.app)}
 
 
 def _task_rows(art: Artifact) -> list[dict[str, Any]]:
@@ -223,6 +243,7 @@ def summary(model_or_path: nn.Module | str | os.PathLike[str], *, coding: str = 
         result = summarize(parse(to_bytes(model_or_path, coding=coding, prototype=prototype,
                                          extras_dtype=extras_dtype, fold_norms=fold_norms)))
         result.dense = dense_report(model_or_path)
+        result.recorded = {}  # a model in memory: no file records anything yet
     else:
         result = summarize(read(model_or_path))
         result.source = str(Path(model_or_path))

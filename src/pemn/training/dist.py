@@ -1,14 +1,21 @@
 """The process-group view of a run: world size and rank under ``torchrun``, collectives that are no-ops
-when not distributed, and the one device resolver (``auto``/``cpu``/``cuda``/``cuda:N``) of training and the CLI."""
+when not distributed, and the one device resolver (``auto``/``cpu``/``cuda``/``cuda:N``) of training and the CLI;
+beside it the :class:`Accelerator` (Lightning Fabric's job, in small): precision (float16 autocast and the
+GradScaler), the DDP wrapper, and the backward / clip / optimizer step."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-__all__ = ["MAX_AUTO_THREADS", "Dist", "default_threads", "parse_device", "resolve_device", "set_threads"]
+__all__ = ["MAX_AUTO_THREADS", "Accelerator", "Dist", "autocast", "default_threads", "parse_device", "resolve_device",
+           "set_threads"]
 
 #: The most CPU threads ``threads=None`` picks (more rarely pays for the models pemn trains on a CPU).
 MAX_AUTO_THREADS = 4
@@ -132,3 +139,58 @@ class Dist:
             dist.destroy_process_group()
             self.owns_group = False
 
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """float16 autocast on CUDA when ``amp``; a no-op context otherwise."""
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+class Accelerator:
+    """How a run's steps execute on its device, beside :class:`Dist` (Lightning Fabric's ``Fabric``, in small):
+    the precision (``amp``: float16 autocast and a GradScaler, CUDA only), the DDP wrapper of the model under
+    ``torchrun``, and the optimizer step (backward, loss-scaled under AMP; optional gradient clipping on unscaled
+    gradients; the step)."""
+
+    def __init__(self, group: Dist, amp: bool | None, log: Callable[[str], None] | None = None) -> None:
+        self.dist = group
+        self.device = group.device
+        amp = bool(amp if amp is not None else self.device.type == "cuda")
+        if amp and self.device.type != "cuda":
+            if log is not None:
+                log(f"note: amp needs CUDA; training in float32 on {self.device}")
+            amp = False
+        self.amp = amp
+        self.scaler: torch.amp.GradScaler | None = torch.amp.GradScaler("cuda") if amp else None
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's precision context."""
+        return autocast(self.device, self.amp)
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` in DDP under ``torchrun`` (its non-persistent buffers, the shared prototype, are identical on
+        every rank and never synced); ``model`` itself otherwise."""
+        if not self.dist.enabled:
+            return model
+        ignore = [f"{m}.{b}" if m else b for m, mod in model.named_modules()
+                  for b in mod._non_persistent_buffers_set]  # the shared prototype: identical, never synced
+        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter],
+             clip_norm: float | None = None) -> None:
+        """Backward (loss-scaled under AMP), optional gradient clipping (on unscaled gradients), step."""
+        scaler = self.scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if clip_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, clip_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()

@@ -59,9 +59,9 @@ from pemn.training.augment import BatchTransform, build_eval_transform, build_tr
 from pemn.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pemn.training.config import RESUME_FREE_FIELDS, SCHEDULES, TrainConfig
 from pemn.training.data import DatasetInfo, dataset_info, load_dataset
-from pemn.training.dist import Dist, set_threads
+from pemn.training.dist import Accelerator, Dist, set_threads
 from pemn.training.distill import distill_loss, load_teacher
-from pemn.training.evaluation import autocast, count_correct, evaluate
+from pemn.training.evaluation import count_correct, evaluate
 from pemn.training.models import create_model
 from pemn.training.outputs import (
     CONFIG_NAME,
@@ -417,10 +417,8 @@ class _Run:
     def _setup(self) -> None:
         cfg, group = self.cfg, self.dist
         self.device = group.setup(cfg.device)
-        self.amp = bool(cfg.amp if cfg.amp is not None else self.device.type == "cuda")
-        if self.amp and self.device.type != "cuda":
-            self.log(f"note: amp needs CUDA; training in float32 on {self.device}")
-            self.amp = False
+        self.accel = Accelerator(group, cfg.amp, self.log)
+        self.amp = self.accel.amp
         self.data = _Data.load(cfg, group, self.device)
         if self.data.corpus is not None:
             self.per_rank_batch, self.shard, self.steps = _text_steps_per_epoch(
@@ -452,10 +450,9 @@ class _Run:
             self.teacher_acc = evaluate(self.teacher, self.data.test_x, self.data.test_y,
                                         transform=self.data.eval_tf, batch_size=cfg.eval_batch_size,
                                         device=self.device, amp=self.amp)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp else None
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.history = self._resume() if cfg.resume else _History()
-        self.model: nn.Module = self._wrap(self.module)
+        self.model: nn.Module = self.accel.wrap(self.module)
 
     def log(self, message: str) -> None:
         if self.dist.main:
@@ -486,7 +483,7 @@ class _Run:
             self.log(f"resume: no checkpoint in {str(self.out)!r} yet (the run stopped before its first one); "
                      "starting it again from scratch with its settings")
             return _History()
-        state = load_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
+        state = load_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.accel.scaler,
                                 device=self.device, config=self.cfg.to_dict(), free_fields=RESUME_FREE_FIELDS)
         if state["step"] and state["steps_per_epoch"] != self.steps:
             raise ValueError(f"the checkpoint stopped mid-epoch with {state['steps_per_epoch']} steps per epoch, "
@@ -506,15 +503,6 @@ class _Run:
         else:
             self.log(f"resuming {str(path)!r} at epoch {history.epoch + 1}/{self.cfg.epochs}")
         return history
-
-    def _wrap(self, model: nn.Module) -> nn.Module:
-        if not self.dist.enabled:
-            return model
-        ignore = [f"{m}.{b}" if m else b for m, mod in model.named_modules()
-                  for b in mod._non_persistent_buffers_set]  # the shared prototype: identical, never synced
-        nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     # -------------------------------------------------------------------------------------------- run
 
@@ -665,7 +653,7 @@ class _Run:
             if cfg.keep_start is not None:
                 self._set_keep(keep_at(cfg, (epoch * steps + step + 1) / self.total_steps))
             self.optimizer.zero_grad(set_to_none=True)
-            with autocast(self.device, self.amp):
+            with self.accel.autocast():
                 out = self.model(x)
                 if out.dim() > 2:  # a language model: (B, T, vocab) logits, one target per position
                     out, yb = out.flatten(0, -2), yb.flatten()
@@ -688,7 +676,7 @@ class _Run:
                     f"(lr {lr:.4g}); training stopped and nothing was written for this epoch (the last checkpoint, "
                     f"if any, is intact). Lower the learning rate (e.g. --lr {cfg.lr / 10:g}) or clip gradients "
                     "(--clip-norm 1.0).")
-            self._optimizer_step(loss)
+            self.accel.step(loss, self.optimizer, self.params, cfg.clip_norm)
             h.totals.add(loss_sum, correct, seen, time.perf_counter() - t_step)
             self.progress.update(int(seen), loss_sum / max(seen, 1.0))
             global_step = epoch * steps + step + 1
@@ -723,25 +711,11 @@ class _Run:
         world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
         nats, correct, count = lm_window_losses(
             model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
-            rank=rank, world=world, autocast=lambda: autocast(self.device, self.amp))
+            rank=rank, world=world, autocast=self.accel.autocast)
         sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
         if shard:
             self.dist.all_reduce_(sums)
         return lm_metrics(*sums.tolist())
-
-    def _optimizer_step(self, loss: torch.Tensor) -> None:
-        """Backward (loss-scaled under AMP), optional gradient clipping (on unscaled gradients), step."""
-        scaler = self.scaler
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        if self.cfg.clip_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
 
     def _sync_buffers(self) -> None:
         """Give every rank rank 0's BatchNorm statistics (DDP only syncs them at the next forward)."""
@@ -851,7 +825,7 @@ class _Run:
         state = {"epoch": epoch, "step": step, "steps_per_epoch": self.steps, "world_size": self.dist.world,
                  "accum": dataclasses.asdict(h.totals), "history": h.metrics, "best_acc": h.best_acc,
                  "best_epoch": h.best_epoch, "elapsed": self.elapsed()}
-        save_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.scaler,
+        save_checkpoint(path, model=self.module, optimizer=self.optimizer, scaler=self.accel.scaler,
                         device=self.device, config=self.cfg.to_dict(), state=state)
         self.saved_at = (epoch, step)
         return path

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
 from pemn.training.augment import BatchTransform
+from pemn.training.dist import autocast
 
 __all__ = ["DEFAULT_EVAL_BATCH", "autocast", "count_correct", "evaluate"]
 
@@ -17,13 +16,6 @@ __all__ = ["DEFAULT_EVAL_BATCH", "autocast", "count_correct", "evaluate"]
 #: activations in cache (one thread: ConvMixer-256/8 evaluates 2.7x faster at 32 than at 128 and 2.9x faster than
 #: at 512; ResNet-20 is fastest at 64, 32 within 7 %; LeNet-5 is cheap at any size): benchmarks/bench_eval_batch.py.
 DEFAULT_EVAL_BATCH = 32
-
-
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
-    """float16 autocast on CUDA when ``amp``; a no-op context otherwise."""
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return contextlib.nullcontext()
 
 
 def count_correct(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
