@@ -179,6 +179,12 @@ BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
     ("conv-mask-entropy-seed-tasks", "conv_bn_linear", {"strategy": "mask", "keep": 0.3}, "entropy", "seed", "tasks"),
     ("conv-rp-packed-values-tasks-int8", "conv_bn_linear", {"strategy": "rp", "ratio": 0.1}, "packed", "values",
      "tasks+int8"),
+    # versions 3 and 4 with the index compressed against the first preset dictionary (every such file written
+    # before issue 19; "+first-dictionary")
+    ("tinycnn-rp-packed-values-fold-int8-first-dictionary", "tiny_cnn", {"strategy": "rp", "ratio": 0.05}, "packed",
+     "values", "fold+int8+first-dictionary"),
+    ("conv-mask-entropy-values-tasks-first-dictionary", "conv_bn_linear", {"strategy": "mask", "keep": 0.3},
+     "entropy", "values", "tasks+first-dictionary"),
 ]
 
 
@@ -206,6 +212,8 @@ class Base:
 
 def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: str, extras: str | None) -> Base:
     """Convert a fresh model, train it one step (masks and BatchNorm statistics move off their init), save it."""
+    first_dictionary = (extras or "").endswith("+first-dictionary")
+    extras = (extras or "").removesuffix("+first-dictionary") or None
     model = pemn.convert_(fresh_model(kind), pemn.PEMNConfig(**cfg))
     shape = MODELS[kind][1]
     g = torch.Generator().manual_seed(1)
@@ -237,6 +245,13 @@ def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: 
         dtype = (extras or "").removeprefix("fold").removeprefix("+") or None
         data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=dtype,
                                            fold_norms=fold_norms))
+    if first_dictionary:  # the same index, compressed against the dictionary of the first version 3 / 4 files
+        written = artifact.parse(data)
+        raw = written.tensors["index"].numpy().tobytes()
+        text = zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY).decompress(raw)
+        deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
+                                    artifact.FIRST_INDEX_DICTIONARY)
+        data = canonical(artifact.encode(written, index=deflater.compress(text) + deflater.flush()))
     x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     loaded = artifact.apply(artifact.parse(data), fresh_model(kind))
     return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict(),
@@ -624,8 +639,8 @@ def _index_json(p: Parts) -> Any:
     """The decoded index, or None (never inflates more than 1 MiB: the input may already be a zlib bomb)."""
     try:
         raw = p.index_raw or b""
-        preset = len(raw) >= 2 and raw[0] & 0x0F == 8 and bool(raw[1] & 0x20)  # version 3's preset dictionary
-        inflater = zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY) if preset else zlib.decompressobj()
+        zdict = artifact.index_dictionary(raw) if raw[:1] and raw[0] & 0x0F == 8 else None  # version 3's preset
+        inflater = zlib.decompressobj(zdict=zdict) if zdict is not None else zlib.decompressobj()
         text = inflater.decompress(raw, 1 << 20)
         return None if inflater.unconsumed_tail else json.loads(text)
     except Exception:
@@ -1413,36 +1428,50 @@ def m_quant_index(rng: random.Random, data: bytes, bases: list[Base]) -> tuple[b
     if not isinstance(index, dict):
         return m_tensor(rng, data, bases)
     layers, extras = index.get("layers", []), index.get("extras", [])
-    if not (isinstance(layers, list) and isinstance(extras, list)
-            and all(isinstance(e, dict) for e in [*layers, *extras])):
+    if not (isinstance(layers, list) and isinstance(extras, list)  # format version 2: arrays
+            and all(isinstance(e, list) and len(e) == 6 for e in layers)
+            and all(isinstance(g, list) and len(g) == 2 and isinstance(g[1], list) for g in extras)):
         return m_tensor(rng, data, bases)
     if op == "layer" and layers:
         e = rng.choice(layers)
-        key = rng.choice(["name", "shape", "bits", "coding", "count", "kept", "nonzero", "bytes", "bytes", "zzz"])
-        if key == "shape":
-            e[key] = interesting_shape(rng, list(e.get("shape", [1])))
-        elif key == "bytes":
-            sizes = e.get("bytes")
-            sizes = list(sizes) if isinstance(sizes, list) and len(sizes) == 3 else [0, 0, 0]
-            i = rng.randrange(3)
-            sizes[i] = interesting_int(rng, sizes[i]) if rng.random() < 0.5 else sizes[i] + rng.choice([-1, 1, 4])
-            e[key] = rng.choice([sizes, sizes, sizes[:2], None, "0"])
-        elif key == "coding":
-            e[key] = rng.choice(["packed", "entropy", "Packed", None, 1])
-        elif key == "name":
-            e[key] = rng.choice(["", None, 0, "zzz", layers[0].get("name"), *(x.get("name") for x in extras[:1])])
+        i = rng.choice([0, 1, 2, 3, 4, 5, 5, 6])  # name, shape, coding, kept, nonzero, bytes, bytes; 6: length
+        what = ("name", "shape", "coding", "kept", "nonzero", "bytes", "length")[i]
+        if what == "shape":
+            e[1] = interesting_shape(rng, list(e[1]) if isinstance(e[1], list) else [1])
+        elif what == "bytes":
+            sizes = list(e[5]) if isinstance(e[5], list) and len(e[5]) == 3 else [0, 0, 0]
+            k = rng.randrange(3)
+            sizes[k] = interesting_int(rng, sizes[k]) if rng.random() < 0.5 else sizes[k] + rng.choice([-1, 1, 4])
+            e[5] = rng.choice([sizes, sizes, sizes[:2], None, "0"])
+        elif what == "coding":
+            e[2] = rng.choice(["packed", "entropy", "categorical", "Packed", None, 1])
+        elif what == "name":
+            e[0] = rng.choice(["", None, 0, "zzz", layers[0][0], *(g[0] + ".weight" for g in extras[:1])])
+        elif what == "length":
+            rng.choice([e.pop, lambda: e.append(rng.choice([0, "x", None]))])()
         else:
-            e[key] = interesting_int(rng, e.get(key) if isinstance(e.get(key), int) else 0)
+            e[i] = interesting_int(rng, e[i] if isinstance(e[i], int) else 0)
         _set_quant_index(p, index)
-        return put_together(p), f"qindex: {e.get('name')!r}.{key} -> {str(e.get(key))[:60]}"
+        return put_together(p), f"qindex: layer {str(e[:1])[:40]} {what} -> {str(e)[:80]}"
     if op == "extra" and extras:
-        e = rng.choice(extras)
-        key = rng.choice(["name", "shape", "dtype"])
-        e[key] = (interesting_shape(rng, list(e.get("shape", [1]))) if key == "shape" else
-                  rng.choice(["float16", "int64", "float32", "", None]) if key == "dtype" else
-                  rng.choice(["", None, "zzz", layers[0].get("name") if layers else "x"]))
+        g = rng.choice(extras)
+        what = rng.choice(["module", "attribute", "shape", "dtype", "empty", "entry"])
+        if what == "module":
+            g[0] = rng.choice(["", None, "zzz", layers[0][0] if layers else "x", extras[0][0]])
+        elif what == "empty":
+            g[1] = rng.choice([[], None, "x"])
+        elif g[1] and isinstance(g[1][0], list) and len(g[1][0]) == 3:
+            e = rng.choice(g[1])
+            if what == "attribute":
+                e[0] = rng.choice(["", None, "weight", "zzz", "a.b"])
+            elif what == "shape":
+                e[1] = interesting_shape(rng, list(e[1]) if isinstance(e[1], list) else [1])
+            elif what == "dtype":
+                e[2] = rng.choice(["float16", "int64", "float32", "", None])
+            else:
+                g[1].append(copy.deepcopy(e) if rng.random() < 0.5 else rng.choice([[], ["x"], 3]))
         _set_quant_index(p, index)
-        return put_together(p), f"qindex: extra {key} -> {str(e[key])[:60]}"
+        return put_together(p), f"qindex: extras of {str(g[0])[:30]} {what} -> {str(g)[:80]}"
     if op == "method":
         index["method"] = rng.choice([*QUANT_METHOD_VALUES, None, 1])
         _set_quant_index(p, index)
@@ -1533,6 +1562,11 @@ def quant_reference_state(data: bytes) -> dict[str, torch.Tensor]:
     tensors = st_load(data)
     index = json.loads(zlib.decompress(tensors["index"].numpy().tobytes()))
     bits, low = _QUANT_LEVELS[index["method"].removeprefix("ptq-")]
+    if not isinstance(index["layers"][0], dict):  # format version 2: arrays
+        keys = ("name", "shape", "coding", "kept", "nonzero", "bytes")
+        index["layers"] = [dict(zip(keys, e, strict=True)) for e in index["layers"]]
+        index["extras"] = [{"name": f"{g[0]}.{a}" if g[0] else a, "shape": shape, "dtype": dtype}
+                           for g in index["extras"] for a, shape, dtype in g[1]]
     blob = tensors["codes"].numpy().tobytes()
     scales = tensors["scales"].float()
     state: dict[str, torch.Tensor] = {}

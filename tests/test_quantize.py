@@ -381,3 +381,48 @@ def test_peaked_codes_are_range_coded_below_their_bits(tmp_path: Path, method: s
     fresh = nn.Sequential(nn.Embedding(512, 64), nn.Linear(64, 3))
     load_quant(path, fresh)
     assert torch.equal(fresh[0].weight, model[0].weight) and torch.equal(fresh[1].weight, model[1].weight)
+
+
+def _v1_file(data: bytes) -> bytes:
+    """``data`` (a format version 2 file) rewritten as format version 1 (index entries as objects)."""
+    import zlib
+
+    from safetensors.torch import load, save
+
+    from pemn.training.quantfile import _extra_objects, _layer_objects
+
+    tensors = load(data)
+    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+    meta = dict(header["__metadata__"])
+    index = json.loads(zlib.decompress(tensors["index"].numpy().tobytes()))
+    layers = [{**e, "bits": bits_of(index["method"])} for e in _layer_objects(index["layers"])]
+    tensors["index"] = torch.frombuffer(bytearray(zlib.compress(json.dumps(
+        {"method": index["method"], "layers": layers, "extras": _extra_objects(index["extras"])}).encode())),
+        dtype=torch.uint8)
+    return save(tensors, metadata={**meta, "format_version": "1"})
+
+
+def test_format_version_1_files_still_load(tmp_path: Path) -> None:
+    model = _lenet("ternary")
+    path = tmp_path / "v2.quant.safetensors"
+    save_quant(model, path, "ternary")
+    old = tmp_path / "v1.quant.safetensors"
+    old.write_bytes(_v1_file(path.read_bytes()))
+    a, b = read_quant(path)[0], read_quant(old)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert quant_info(old)["index_bytes"] > quant_info(path)["index_bytes"]
+
+
+@pytest.mark.parametrize("name,args", [
+    ("resnet56", {"num_classes": 10, "in_channels": 3, "image_size": 32}),
+    ("convmixer-256-8", {"num_classes": 10, "in_channels": 3, "image_size": 32}),
+    ("gpt-128-4", {"num_classes": 65, "block_size": 64}),
+])
+def test_large_models_files_are_their_payload_plus_under_2_kb(tmp_path: Path, name: str, args: dict[str, int]) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, **args)
+    quantize_(model, "binary")
+    path = tmp_path / "m.quant.safetensors"
+    save_quant(model, path, "binary", extra_metadata={"pemn_app": json.dumps({"model": name, "model_args": args})})
+    info = quant_info(path)
+    assert info["file_bytes"] <= info["payload_bytes"] + HEADER_BUDGET

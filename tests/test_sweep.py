@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import pemn.training.sweep as sweep_module
 from cli_run import run
 from pemn.training.config import TrainConfig
 from pemn.training.sweep import (
@@ -392,6 +393,12 @@ def test_sweep_cli_quantized_and_narrow_runs_end_to_end(tmp_path: Path) -> None:
                         "--no-dense", "--prune", "--quantize", "binary", "--epochs", "1",
                         "--set", "train_subset=200", "progress=false", "device=cpu", "threads=1", "--out", str(out)])
     assert code == 0, err
+    # a row of an earlier version's sweep (no bits per weight, no model) gets both from its run folder's file
+    rows = read_rows(out / "sweep.csv")
+    for r in rows:
+        if r["quantize"] == "binary":
+            r["bits_per_weight"] = r["model"] = ""
+    sweep_module._write_rows(out / "sweep.csv", rows)
     code, _, err = run(["sweep", "--model", "lenet5", "--dataset", "digits", "--strategies", "--dense", "--prune",
                         "--widths", "0.5", "--epochs", "1", "--figure-x", "ratio",
                         "--set", "train_subset=200", "progress=false", "device=cpu", "threads=1", "--out", str(out)])
@@ -408,6 +415,7 @@ def test_sweep_cli_quantized_and_narrow_runs_end_to_end(tmp_path: Path) -> None:
         assert abs(float(r["bits_per_weight"]) - 8 * nbytes / weights) < 1e-3
         assert r["on_front"] in ("True", "False")
     assert rows["dense-w0.5"]["model"] == "lenet5-w50" and rows["rp-r0.1-k0.5"]["model"] == "lenet5"
+    assert rows["quant-binary"]["model"] == "lenet5"
     assert float(rows["quant-binary"]["bits_per_weight"]) < 2 < float(rows["dense-w0.5"]["bits_per_weight"])
     rp = rows["rp-r0.1-k0.5"]
     if rp["baseline"]:

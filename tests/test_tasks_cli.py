@@ -154,3 +154,33 @@ def test_one_shot_inference_api() -> None:
     assert hits >= 14
     assert infer_task(model, batch(2, seed=9)[0]) == "t2"
     assert pemn.active_task(model) == "t0"  # the model is left as it was
+
+
+def test_resume_trains_the_missing_tasks_as_an_uninterrupted_run(permuted: dict[str, object], tmp_path: Path
+                                                                    ) -> None:
+    out = tmp_path / "perm"
+    code, _, err = run(["train", "--tasks", "permuted:2", *COMMON, "--out", str(out)])
+    assert code == 0, err
+    code, _, err = run(["train", "--tasks", "permuted:3", *COMMON, "--out", str(out)])
+    assert code != 0 and "--resume" in err
+    code, _, err = run(["train", "--tasks", "permuted:3", *COMMON, "--out", str(out), "--resume"])
+    assert code == 0, err
+    resumed, whole = read(out / "model.pemn"), read(permuted["file"])
+    assert [t.name for t in resumed.tasks] == [t.name for t in whole.tasks]
+    for a, b in zip(resumed.tasks, whole.tasks, strict=True):
+        assert a.tensors.keys() == b.tensors.keys()
+        assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), a.name
+
+
+def test_superfluous_outputs_make_one_shot_inference_work(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    code, _, err = run(["train", "--tasks", "permuted:3", "--task-outputs", "30", *COMMON, "--steps", "60",
+                        "--out", str(out)])
+    assert code == 0, err
+    assert read(out / "model.pemn").tasks[0].artifact.manifest[-1]["shape"][0] == 30  # the head: 30 outputs
+    code, out_, err = run(["eval", str(out / "model.pemn"), "--infer-task", "--batch-size", "64", "--json",
+                           "--threads", "1"])
+    assert code == 0, err
+    assert json.loads(out_)["identification_accuracy"] >= 90
+    code, _, err = run(["train", "--tasks", "permuted:2", "--task-outputs", "5", *COMMON, "--out", str(tmp_path / "f")])
+    assert code != 0 and "fewer than" in err

@@ -399,8 +399,8 @@ def _header(csv_path: Path) -> tuple[str, ...]:
 
 
 def _fill_bits_per_weight(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Rows of an earlier version's sweep get ``bits_per_weight`` (and ``model``) from the file in their run
-    folder, where it is still there."""
+    """Rows without ``bits_per_weight`` (an earlier version's sweep) get it (and ``model``) from the file in their
+    run folder, where it is still there."""
     from pemn.training.artifacts import KINDS
 
     for r in rows:
@@ -658,7 +658,7 @@ def run_sweep(
             "command": train_command(_point_overrides(point, base, out, model=model), recipe=recipe,
                                      config_file=config_file),
         }
-        _write_rows(csv_path, annotate_rows([*read_rows(csv_path), row]))
+        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight([*read_rows(csv_path), row], out)))
         report.rows.append(row)
         say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  {row['bytes']} B")
     if any(p.seed is not None for p in points):
