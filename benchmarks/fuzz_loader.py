@@ -179,6 +179,12 @@ BASE_SPECS: list[tuple[str, str, dict[str, Any], str, str, str | None]] = [
     ("conv-mask-entropy-seed-tasks", "conv_bn_linear", {"strategy": "mask", "keep": 0.3}, "entropy", "seed", "tasks"),
     ("conv-rp-packed-values-tasks-int8", "conv_bn_linear", {"strategy": "rp", "ratio": 0.1}, "packed", "values",
      "tasks+int8"),
+    # versions 3 and 4 with the index compressed against the first preset dictionary (every such file written
+    # before issue 19; "+first-dictionary")
+    ("tinycnn-rp-packed-values-fold-int8-first-dictionary", "tiny_cnn", {"strategy": "rp", "ratio": 0.05}, "packed",
+     "values", "fold+int8+first-dictionary"),
+    ("conv-mask-entropy-values-tasks-first-dictionary", "conv_bn_linear", {"strategy": "mask", "keep": 0.3},
+     "entropy", "values", "tasks+first-dictionary"),
 ]
 
 
@@ -206,6 +212,8 @@ class Base:
 
 def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: str, extras: str | None) -> Base:
     """Convert a fresh model, train it one step (masks and BatchNorm statistics move off their init), save it."""
+    first_dictionary = (extras or "").endswith("+first-dictionary")
+    extras = (extras or "").removesuffix("+first-dictionary") or None
     model = pemn.convert_(fresh_model(kind), pemn.PEMNConfig(**cfg))
     shape = MODELS[kind][1]
     g = torch.Generator().manual_seed(1)
@@ -237,6 +245,13 @@ def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: 
         dtype = (extras or "").removeprefix("fold").removeprefix("+") or None
         data = canonical(artifact.to_bytes(model, coding=coding, prototype=storage, extras_dtype=dtype,
                                            fold_norms=fold_norms))
+    if first_dictionary:  # the same index, compressed against the dictionary of the first version 3 / 4 files
+        written = artifact.parse(data)
+        raw = written.tensors["index"].numpy().tobytes()
+        text = zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY).decompress(raw)
+        deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
+                                    artifact.FIRST_INDEX_DICTIONARY)
+        data = canonical(artifact.encode(written, index=deflater.compress(text) + deflater.flush()))
     x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     loaded = artifact.apply(artifact.parse(data), fresh_model(kind))
     return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict(),
@@ -624,8 +639,8 @@ def _index_json(p: Parts) -> Any:
     """The decoded index, or None (never inflates more than 1 MiB: the input may already be a zlib bomb)."""
     try:
         raw = p.index_raw or b""
-        preset = len(raw) >= 2 and raw[0] & 0x0F == 8 and bool(raw[1] & 0x20)  # version 3's preset dictionary
-        inflater = zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY) if preset else zlib.decompressobj()
+        zdict = artifact.index_dictionary(raw) if raw[:1] and raw[0] & 0x0F == 8 else None  # version 3's preset
+        inflater = zlib.decompressobj(zdict=zdict) if zdict is not None else zlib.decompressobj()
         text = inflater.decompress(raw, 1 << 20)
         return None if inflater.unconsumed_tail else json.loads(text)
     except Exception:

@@ -66,3 +66,16 @@ def test_bench_tasks_quick() -> None:
         assert row["mask_bytes"] >= row["entropy_bound_bytes"]
     assert doc["memory"]["ratio_dense_copy_over_rss_per_task"] > 1
     assert doc["switch"]["ratio_set_task_over_dense_swap"] > 0
+
+
+@pytest.mark.slow  # a fresh process
+def test_bench_index_dictionary_quick() -> None:
+    """Issue 19: the core's index dictionary (no application strings) keeps the slim files, the golden version 3 files
+    and a multi-task file within a few bytes of the first dictionary, and both dictionaries load."""
+    doc = _bench("bench_index_dictionary")
+    assert doc["dictionary_bytes"]["core"] < doc["dictionary_bytes"]["first"]
+    for row in doc["results"]:
+        sizes = row["sizes"]
+        assert sizes["core"]["index_bytes"] < sizes["none"]["index_bytes"]
+        if "app" not in row["file"]:  # files without the training application's app object
+            assert row["core_minus_first_file_bytes"] <= 4, row

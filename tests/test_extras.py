@@ -616,6 +616,51 @@ def test_version_3_index_uses_exactly_its_dictionary(tmp_path: Path) -> None:
             pemn.artifact.read(path)
 
 
+def _multi_task_bytes() -> bytes:
+    """A format version 4 file: two tasks of one small prototype."""
+    from pemn import taskset
+    from pemn.taskfile import build_tasks
+
+    model = pemn.convert_(nn.Sequential(nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3)), cases.config("rp"))
+    for name in ("a", "b"):
+        taskset.add_task(model, name, activate=True)
+    return artifact.encode(build_tasks(model, coding="entropy"))
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_index_of_the_first_dictionary_still_loads(version: int) -> None:
+    """Issue 19: pemn writes a version 3 / 4 index against the core's dictionary (no application strings), and still
+    reads one compressed against FIRST_INDEX_DICTIONARY (every version 3 / 4 file written before), named in the
+    stream by its Adler-32: the same index, the same file content."""
+    data = artifact.to_bytes(_mild(_trained("conv2d")), fold_norms=True, extras_dtype="int8") if version == 3 \
+        else _multi_task_bytes()
+    art = artifact.parse(data)
+    assert art.format_version == version
+    raw = art.tensors["index"].numpy().tobytes()
+    assert raw[2:6] == zlib.adler32(artifact.INDEX_DICTIONARY).to_bytes(4, "big")  # what pemn writes
+    assert artifact.index_dictionary(raw) is artifact.INDEX_DICTIONARY
+    text = zlib.decompressobj(zdict=artifact.INDEX_DICTIONARY).decompress(raw)
+    old = artifact.parse(artifact.encode(art, index=_with_dictionary(text, artifact.FIRST_INDEX_DICTIONARY)))
+    old_raw = old.tensors["index"].numpy().tobytes()
+    assert artifact.index_dictionary(old_raw) is artifact.FIRST_INDEX_DICTIONARY and old_raw != raw
+    def content(a: artifact.Artifact) -> tuple:  # all but the integrity hash, which covers the index's bytes
+        return {k: v for k, v in a.metadata.items() if k != "integrity"}, a.manifest, a.dense, a.app
+
+    assert content(old) == content(art)
+    assert [t.name for t in old.tasks] == [t.name for t in art.tasks]
+
+
+def test_core_dictionary_holds_no_application_words() -> None:
+    """The core's dictionary has none of the training application's app-object words that the first one froze into
+    the format (its dataset, model arguments, preprocessing), and the first one is kept byte for byte (its Adler-32
+    is what the golden version 3 files name)."""
+    assert zlib.adler32(artifact.FIRST_INDEX_DICTIONARY) == 0xEF99348D
+    for word in (b"image-classifier", b"cifar10", b"num_classes", b"in_channels", b"image_size", b"preprocessing",
+                 b'\\"mean\\"', b'\\"std\\"', b"kwargs"):
+        assert word in artifact.FIRST_INDEX_DICTIONARY and word not in artifact.INDEX_DICTIONARY, word
+    assert set(artifact.INDEX_DICTIONARIES.values()) == {artifact.INDEX_DICTIONARY, artifact.FIRST_INDEX_DICTIONARY}
+
+
 def _split_fold_artifact() -> artifact.Artifact:
     gamma, beta, mean, var, _, _ = INT8_BOUND["folded scale of wide range: float16 scale, int8 shift"]
     art = artifact.parse(artifact.encode(artifact.build(_bn_net(gamma, beta, mean, var), extras_dtype="int8",

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 import cases
 import pemn
-from make_golden import GOLDEN, build, dense_state
+from make_golden import FIRST_DICTIONARY, GOLDEN, build, dense_state
+from pemn import artifact
 
 HERE = Path(__file__).parent
 
@@ -38,6 +39,9 @@ def test_golden_artifact_loads_exactly(name: str) -> None:
     art = pemn.artifact.read(path)
     assert art.format_version == int(name.split("_")[1].removeprefix("v"))
     assert bool(art.folded) == (options.get("fold_norms", False) and model_name.startswith("conv2d"))
-    if name == "golden_v3_fold_rows":  # the row-wise fold this file pins
+    if art.format_version == 3:  # the preset dictionary its index names: the first one, or the core's
+        expected_dictionary = artifact.FIRST_INDEX_DICTIONARY if name in FIRST_DICTIONARY else artifact.INDEX_DICTIONARY
+        assert artifact.index_dictionary(art.tensors["index"].numpy().tobytes()) is expected_dictionary
+    if name.endswith("_fold_rows"):  # the row-wise fold these files pin
         assert [(e[1], e[2]) for e in art.dense if e[1].startswith("fold")] == [("fold.scale", "float16"),
                                                                                 ("fold.shift", "int8")]

@@ -45,7 +45,9 @@ compressed against a preset dictionary
 (:data:`INDEX_DICTIONARY`, RFC 1950's FDICT, its Adler-32 in the stream header): the metadata keys, the config's
 JSON and the entry keys every index repeats cost almost nothing, which takes the header and index of a slim
 keep-0.1 ConvMixer-256/8 file from 2.19 % to 1.65 % of it. A version 1 or 2 index must not use a dictionary, a
-version 3 (or 4) index must use exactly this one.
+version 3 (or 4) index must use one of :data:`INDEX_DICTIONARIES`: :data:`INDEX_DICTIONARY` (the core's strings
+only, what pemn writes) or :data:`FIRST_INDEX_DICTIONARY` (the first files', which also held strings of the
+training application; read, never written).
 
 Format version 4 holds many tasks of one prototype (:mod:`pemn.taskset`): the prototype once, then per task its
 masks, extras, name and app under ``tasks.<i>.``; its layout and checks are in :mod:`pemn.taskfile`. Only models
@@ -94,13 +96,9 @@ FORMAT_VERSION = 4  # the newest this pemn reads and writes; files without its f
 #: a single-task file with int8 extras or folded norms is written as format version 3 (4 holds many tasks)
 SINGLE_TASK_VERSION = 3
 
-#: Format version 3's preset zlib dictionary for the index (RFC 1950 FDICT): the strings every index repeats
-#: (metadata keys, the config's JSON, manifest and dense-entry keys, layer-name suffixes, dtypes), most frequent
-#: last. Part of the format: these exact bytes, forever (a new dictionary is a new format version).
-INDEX_DICTIONARY = (
-    b'"app":"{\\"kind\\": \\"image-classifier\\", \\"model\\": \\"", \\"kwargs\\": {\\"num_classes\\": '
-    b'10, \\"in_channels\\": 3, \\"image_size\\": 32}, \\"preprocessing\\": {\\"dataset\\": \\"cifar10\\", '
-    b'\\"mean\\": [0.4914, 0.4822, 0.4465], \\"std\\": [0.247, 0.2435, 0.2616]}}",'
+#: the strings every index of the core repeats (metadata keys, the config's JSON, manifest and dense-entry keys,
+#: layer-name suffixes, dtypes), most frequent last
+_CORE_WORDS = (
     b'"seed","prototype_storage":"values","prototype_sha256":"'
     b'{"meta":{"pemn_version":"0.1.0","torch_version":"2.13.0+cpu","config":"{\\"exclude\\": [], \\"fill\\": '
     b'\\"copy\\", \\"init\\": \\"kaiming_normal\\", \\"keep\\": 0.5, \\"keep_rounding\\": \\"exact\\", '
@@ -115,6 +113,22 @@ INDEX_DICTIONARY = (
     b'"fold.shift","int8",[256],1],["'
     b'"fold","int8",[2,256],2],[".bias",'
 )
+#: The preset zlib dictionary pemn writes a format version 3 or 4 index with (RFC 1950's FDICT; the stream header
+#: names it by its Adler-32): the core's own strings only. An application's words (its ``app`` object) would freeze
+#: that application into the core's format, and a file must load in a process that never imported the application.
+#: Its ``app`` words are the core's own (the start of :mod:`pemn.hf`'s object: its ``kind`` and ``model`` keys).
+#: Part of the format: these exact bytes, forever.
+INDEX_DICTIONARY = b'"app":"{\\"kind\\":\\"transformers\\",\\"model\\":\\"' + _CORE_WORDS
+#: The preset dictionary the first format version 3 and 4 files were written with: an ``app`` object of the training
+#: application (an image classifier on CIFAR-10, in a JSON layout it no longer writes) before the core's strings of
+#: :data:`INDEX_DICTIONARY`. Read, never written: its files load forever.
+FIRST_INDEX_DICTIONARY = (
+    b'"app":"{\\"kind\\": \\"image-classifier\\", \\"model\\": \\"", \\"kwargs\\": {\\"num_classes\\": '
+    b'10, \\"in_channels\\": 3, \\"image_size\\": 32}, \\"preprocessing\\": {\\"dataset\\": \\"cifar10\\", '
+    b'\\"mean\\": [0.4914, 0.4822, 0.4465], \\"std\\": [0.247, 0.2435, 0.2616]}}",'
+) + _CORE_WORDS
+#: every dictionary a version 3 or 4 index may be compressed against, by its Adler-32 (the stream's DICTID)
+INDEX_DICTIONARIES = {zlib.adler32(d).to_bytes(4, "big"): d for d in (INDEX_DICTIONARY, FIRST_INDEX_DICTIONARY)}
 CODINGS = ("packed", "entropy")
 PROTOTYPE_STORAGE = ("values", "seed")
 EXTRAS_DTYPES = (None, "float32", "float16", "bfloat16", "int8")
@@ -491,11 +505,20 @@ def _merge_meta(meta: dict[str, str], index: Any) -> dict[str, str]:
 
 
 def _compress_index(text: bytes, version: int) -> bytes:
-    """The index's zlib stream: with :data:`INDEX_DICTIONARY` preset from format version 3 on."""
+    """The index's zlib stream: with :data:`INDEX_DICTIONARY` preset from format version 3 on (files written
+    before it existed name :data:`FIRST_INDEX_DICTIONARY`, which :func:`_read_index` also knows)."""
     if version < 3:
         return zlib.compress(text, 9)
     deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY, INDEX_DICTIONARY)
     return deflater.compress(text) + deflater.flush()
+
+
+def index_dictionary(raw: bytes) -> bytes | None:
+    """The known preset dictionary (:data:`INDEX_DICTIONARIES`) a zlib stream names in its header, or None (no
+    dictionary named, or one this pemn does not know)."""
+    if len(raw) < 6 or not raw[1] & 0x20:  # RFC 1950: FDICT set, then the dictionary's Adler-32
+        return None
+    return INDEX_DICTIONARIES.get(bytes(raw[2:6]))
 
 
 def _read_index(tensors: dict[str, torch.Tensor], version: int = 1) -> Any:
@@ -508,9 +531,11 @@ def _read_index(tensors: dict[str, torch.Tensor], version: int = 1) -> Any:
     if zlib_header and preset != (version >= 3):
         raise ValueError(f"the index {'needs' if preset else 'lacks'} a preset dictionary, which format version "
                          f"{version} {'does not use' if preset else 'requires'}")
-    if preset and raw[2:6] != zlib.adler32(INDEX_DICTIONARY).to_bytes(4, "big"):
-        raise ValueError("the index was compressed with another preset dictionary than format version 3's")
-    inflater = zlib.decompressobj(zdict=INDEX_DICTIONARY) if preset else zlib.decompressobj()
+    zdict = index_dictionary(raw) if preset else None
+    if preset and zdict is None:
+        raise ValueError("the index was compressed with another preset dictionary than the ones of format "
+                         "versions 3 and 4")
+    inflater = zlib.decompressobj(zdict=zdict) if zdict is not None else zlib.decompressobj()
     text = inflater.decompress(raw, _MAX_INDEX)
     if inflater.unconsumed_tail or not inflater.eof:
         raise ValueError("the index is truncated or larger than any real model's")

@@ -337,7 +337,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.tasks is not None or args.base is not None:  # many tasks on one prototype (pemn.training.tasks)
         if args.task is not None and args.base is None:
             raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
-        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, log=_out)
+        if args.task_outputs is not None and args.tasks is None:
+            raise UsageError("--task-outputs goes with --tasks")
+        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task,
+                                       outputs=args.task_outputs, log=_out)
         return 0
     if args.task is not None:
         raise UsageError("--task NAME goes with --base FILE.pemn")
@@ -1155,6 +1158,9 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--base", default=None, metavar="FILE.pemn",
                        help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
     tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
+    tasks.add_argument("--task-outputs", type=int, default=None, metavar="K",
+                       help="--tasks: give the model K outputs, more than the classes (SupSup's superfluous neurons, "
+                            "trained toward zero probability: they make pemn eval --infer-task reliable)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "
