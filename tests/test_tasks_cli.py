@@ -170,3 +170,17 @@ def test_resume_trains_the_missing_tasks_as_an_uninterrupted_run(permuted: dict[
     for a, b in zip(resumed.tasks, whole.tasks, strict=True):
         assert a.tensors.keys() == b.tensors.keys()
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), a.name
+
+
+def test_superfluous_outputs_make_one_shot_inference_work(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    code, _, err = run(["train", "--tasks", "permuted:3", "--task-outputs", "30", *COMMON, "--steps", "60",
+                        "--out", str(out)])
+    assert code == 0, err
+    assert read(out / "model.pemn").tasks[0].artifact.manifest[-1]["shape"][0] == 30  # the head: 30 outputs
+    code, out_, err = run(["eval", str(out / "model.pemn"), "--infer-task", "--batch-size", "64", "--json",
+                           "--threads", "1"])
+    assert code == 0, err
+    assert json.loads(out_)["identification_accuracy"] >= 90
+    code, _, err = run(["train", "--tasks", "permuted:2", "--task-outputs", "5", *COMMON, "--out", str(tmp_path / "f")])
+    assert code != 0 and "fewer than" in err

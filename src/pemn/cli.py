@@ -337,7 +337,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.tasks is not None or args.base is not None:  # many tasks on one prototype (pemn.training.tasks)
         if args.task is not None and args.base is None:
             raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
-        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, log=_out)
+        if args.task_outputs is not None and args.tasks is None:
+            raise UsageError("--task-outputs goes with --tasks")
+        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task,
+                                       outputs=args.task_outputs, log=_out)
         return 0
     if args.task is not None:
         raise UsageError("--task NAME goes with --base FILE.pemn")
@@ -524,10 +527,13 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
 # --------------------------------------------------------------------------------------------- eval
 
 
-def _is_text(dataset: str | None) -> bool:
-    from pemn.training.data import find_dataset
+def _is_text(dataset: str | None, app: dict[str, Any] | None = None) -> bool:
+    """Whether ``dataset`` (or else the model file's ``app``) is a character LM's (the workloads table says)."""
+    from pemn.training.workloads import CharLM, workload_of_app, workload_of_dataset
 
-    return dataset is not None and find_dataset(dataset) == "text"
+    if dataset is not None and workload_of_dataset(dataset) is CharLM:
+        return True
+    return workload_of_app(app) is CharLM
 
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
@@ -601,7 +607,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     threads = args.threads_used
     if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
         return _cmd_eval_tasks(args, threads)
-    if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
+    if _is_text(args.dataset, app):
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
     if (app or {}).get("kind") == "transformers":
@@ -1155,6 +1161,9 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--base", default=None, metavar="FILE.pemn",
                        help="add a task (--task NAME, trained on --dataset of the same input shape) to this file")
     tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
+    tasks.add_argument("--task-outputs", type=int, default=None, metavar="K",
+                       help="--tasks: give the model K outputs, more than the classes (SupSup's superfluous neurons, "
+                            "trained toward zero probability: they make pemn eval --infer-task reliable)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "

@@ -6,6 +6,11 @@ tasks' biases and norms); the batch goes through that one network, and the task 
 negative gradient of the mean output entropy (the entropy falls fastest by leaning towards it) is the answer
 (Wortsman et al. 2020, "Supermasks in Superposition", one-shot rule). One forward and one backward pass.
 
+The rule needs a signal: SupSup trains its Permuted-MNIST tasks with superfluous outputs (100 outputs for 10
+classes, ``pemn train --task-outputs``), whose probability each task learns to push to zero on its own data, so the
+right task's masks lower the entropy over all outputs far more than the others'. Without them (10 outputs, trained
+biases) the gradient is weak: RESULTS.md "Many tasks" has both figures.
+
 :class:`Superposition` decodes the tasks' masks once (``N x weights`` booleans) and answers any number of batches;
 :func:`infer_task` is the one-call form. The model is not changed.
 """

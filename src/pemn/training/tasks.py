@@ -20,6 +20,7 @@ saved file into a fresh model and ``OUT/result.json`` says whether each equals i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -225,15 +226,17 @@ def _save_options(cfg: TrainConfig) -> dict[str, Any]:
 
 def _train_into(model: nn.Module, specs: list[tuple[int | None, TaskSpec]], cfg: TrainConfig, path: Path,
                 splits: dict[str, _Split], base_classes: int, log: Callable[[str], None], jsonl: Path | None,
-                app: dict[str, Any] | None) -> list[TaskResult]:
+                app: dict[str, Any] | None, default_classes: int | None = None) -> list[TaskResult]:
     """Train each ``(index, spec)`` as a new task and append it to ``path``. ``index`` (the task's position in a
     ``--tasks`` run, so a resumed run trains each task as an uninterrupted one would) seeds its scores and batch
-    order; None (``--base``): both come from the config's seed and the task's name."""
+    order; None (``--base``): both come from the config's seed and the task's name. A task of all the dataset's
+    classes has ``default_classes`` outputs (default: the dataset's count); a task whose count differs from
+    ``base_classes`` gets its own head."""
     results = []
     for index, spec in specs:
         t0 = time.perf_counter()
         split = splits[spec.dataset]
-        classes = spec.num_classes if spec.num_classes is not None else split.info.num_classes
+        classes = spec.num_classes if spec.num_classes is not None else (default_classes or split.info.num_classes)
         score_seed = None if index is None else _derive(cfg.seed, 1_000_003, index)
         pemn.add_task(model, spec.name, num_classes=None if classes == base_classes else classes, app=spec.app,
                       seed=score_seed, activate=True)
@@ -345,9 +348,14 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
 
 
 def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None = None, task: str | None = None,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                outputs: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``--tasks`` into ``OUT/model.pemn``, or one task ``task`` on ``cfg.dataset`` into the file ``base``;
-    returns (and, for ``--tasks``, writes to ``OUT/result.json``) what was trained and measured."""
+    returns (and, for ``--tasks``, writes to ``OUT/result.json``) what was trained and measured.
+
+    ``outputs`` (``--task-outputs K``, ``--tasks`` only): the model gets K outputs, more than the dataset's classes;
+    the outputs past the classes are SupSup's superfluous neurons: the cross-entropy over all K pushes their
+    probability to zero on the task's own data, so the output entropy of the right task's masks is far below the
+    others' and one-shot task inference (:mod:`pemn.superpose`) finds the task."""
     if (tasks is None) == (base is None):
         raise ValueError("give either --tasks permuted:N|split:N or --base FILE.pemn --task NAME")
     if cfg.strategy == "dense":
@@ -387,17 +395,23 @@ def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None 
                                   "another --out")
         done = [t.name for t in read(path).tasks]
     write_json(out / "config.json", cfg.to_dict())  # the training settings (--resume reads them); the tasks: result
-    app = image_app(cfg.model, split.info, cfg.data_dir)
+    info = split.info
+    if outputs is not None:
+        if outputs < info.num_classes:
+            raise ValueError(f"--task-outputs {outputs} is fewer than {cfg.dataset}'s {info.num_classes} classes")
+        info = dataclasses.replace(info, num_classes=outputs)
+    app = image_app(cfg.model, info, cfg.data_dir)
     if done:
         model, _, _ = load_model(path)
         log(f"resume: {path} holds {len(done)} of {len(specs)} tasks; training the rest")
     else:
         from pemn.training.engine import _build_model
 
-        model = _build_model(cfg, split.info)
+        model = _build_model(cfg, info)
     todo = [(i, s) for i, s in enumerate(specs) if s.name not in done]
     t0 = time.perf_counter()
-    results = _train_into(model, todo, cfg, path, {cfg.dataset: split}, split.info.num_classes, log, jsonl, app)
+    results = _train_into(model, todo, cfg, path, {cfg.dataset: split}, info.num_classes, log, jsonl, app,
+                          default_classes=info.num_classes)
     seconds = time.perf_counter() - t0
     log(f"re-evaluating every task from {path} (a fresh model) ...")
     after = {}
