@@ -527,10 +527,13 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
 # --------------------------------------------------------------------------------------------- eval
 
 
-def _is_text(dataset: str | None) -> bool:
-    from pemn.training.data import find_dataset
+def _is_text(dataset: str | None, app: dict[str, Any] | None = None) -> bool:
+    """Whether ``dataset`` (or else the model file's ``app``) is a character LM's (the workloads table says)."""
+    from pemn.training.workloads import CharLM, workload_of_app, workload_of_dataset
 
-    return dataset is not None and find_dataset(dataset) == "text"
+    if dataset is not None and workload_of_dataset(dataset) is CharLM:
+        return True
+    return workload_of_app(app) is CharLM
 
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
@@ -604,7 +607,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     threads = args.threads_used
     if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
         return _cmd_eval_tasks(args, threads)
-    if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
+    if _is_text(args.dataset, app):
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
     if (app or {}).get("kind") == "transformers":

@@ -16,20 +16,20 @@ trains ConvMixer with is ``RandAugment(num_ops=2, magnitude=12)``):
   sampled with nearest interpolation at pixel centres (``grid_sample(..., "nearest", align_corners=False)``
   semantics, ties to even); shears are about the top-left corner (``center=[0, 0]``), translations and
   rotations about the image centre; pixels that come from outside the image get ``fill`` (0 = black).
-* **Colour** operations use torchvision's tensor formulas: ``blend(img, degenerate, f) = clamp(f·img +
-  (1 - f)·degenerate, 0, 1)`` with degenerate = zeros (Brightness), the grayscale ``0.2989 R + 0.587 G +
-  0.114 B`` (Color; a no-op on 1-channel images, as in torchvision), the grayscale mean (Contrast) and the
-  3×3 ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13`` blur of the interior (Sharpness; border pixels kept).
-  AutoContrast stretches every channel's min..max to 0..1 (unchanged when constant).
-* **8-bit operations** work on the image's 8-bit values ``round(255 · x)`` as torchvision does on ``uint8``:
-  Posterize keeps the top bits (``v & -2**(8 - bits)``), Solarize inverts pixels ``>= threshold / 255``,
-  Equalize is torchvision's per-channel histogram LUT (``step = (count - count of the last non-empty bin) //
-  255``; unchanged when ``step == 0``).
+* **Colour** operations are those the official pipeline runs, torchvision's functions on PIL images (Pillow's
+  ``ImageEnhance``), on the 8-bit values ``v = round(255 · x)``: ``blend(v, d, f) = trunc(d + f·(v - d))``
+  clipped to 0..255 (Pillow's ``Image.blend``, float32, the factor ``f`` a float32), with degenerate ``d`` = 0
+  (Brightness), the 8-bit grayscale ``(19595 R + 38470 G + 7471 B + 32768) >> 16`` (Color; a no-op on 1-channel
+  images), that grayscale's mean rounded to an integer (Contrast) and the 3×3 ``[[1, 1, 1], [1, 5, 1], [1, 1, 1]]
+  / 13`` smoothing of the interior rounded to an integer (Sharpness; border pixels kept). AutoContrast is Pillow's
+  per-channel table ``trunc(v · 255 / (hi - lo) - lo · 255 / (hi - lo))`` (unchanged when constant).
+* **8-bit operations**: Posterize keeps the top bits (``v & -2**(8 - bits)``), Solarize inverts the values
+  ``>= threshold``, Equalize is Pillow's per-channel histogram table (``step = (count - count of the last
+  non-empty bin) // 255``; unchanged when ``step == 0``).
 
-The official PEMN code applies torchvision's RandAugment to PIL images, whose operations round to 8 bits after
-each step (and PIL's Contrast uses the rounded grayscale mean); here images stay float between the operations,
-as in torchvision's tensor path, so a pixel may differ from the PIL pipeline by the rounding of each operation
-(about 1/255 per operation applied); the operations, magnitudes, signs and geometry are the same.
+Every operation thus ends on the 8-bit grid, as in the official pipeline, where each operation returns an 8-bit
+PIL image: the second operation of a draw sees what the first one would have written to a PIL image (an input off
+the grid is first rounded onto it), and the output is ``v / 255`` as ``ToTensor`` makes it of that image.
 
 Images are float ``N×C×H×W`` in [0, 1] (C = 1 or 3). The draws come from torch's global CPU generator (run
 under :func:`torch.random.fork_rng` to seed them; :mod:`pemn.training.augment` does), so the same seed picks the
@@ -144,78 +144,96 @@ def warp_nearest(x: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor | N
     return torch.where(valid[:, None, :], out, fill_value).view(n, c, h, w)
 
 
-def _blend(x: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * x + (1.0 - factor) * degenerate).clamp_(0.0, 1.0)
-
-
-def grayscale(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``rgb_to_grayscale`` (n×1×H×W) of a 3-channel batch."""
-    return (_GRAY[0] * x[:, 0] + _GRAY[1] * x[:, 1] + _GRAY[2] * x[:, 2]).unsqueeze(1)
-
-
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return _blend(x, torch.zeros_like(x), factor)
-
-
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:  # torchvision: a 1-channel image is returned as is
-        return x.clone()
-    return _blend(x, grayscale(x), factor)
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    source = grayscale(x) if x.shape[1] == 3 else x
-    return _blend(x, source.mean(dim=(-3, -2, -1), keepdim=True), factor)
-
-
-def adjust_sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    c, h, w = x.shape[1:]
-    if h <= 2 or w <= 2:
-        return x.clone()
-    kernel = torch.ones((3, 3), dtype=x.dtype, device=x.device)
-    kernel[1, 1] = 5.0
-    kernel /= kernel.sum()
-    blurred = x.clone()
-    blurred[..., 1:-1, 1:-1] = F.conv2d(x, kernel.expand(c, 1, 3, 3), groups=c)
-    return _blend(x, blurred, factor)
-
-
 def _to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """The 8-bit values ``round(255 · x)`` of a batch in [0, 1], as floats 0..255 (exact integers)."""
     return torch.round(x * 255.0).clamp_(0, 255)
 
 
-def posterize(x: torch.Tensor, bits: int) -> torch.Tensor:
-    q = _to_8bit(x).to(torch.uint8) & (-int(2 ** (8 - bits)) & 0xFF)
-    return q.to(x.dtype) / 255.0
+def _from_8bit(v: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``v / 255`` (what ``ToTensor`` makes of an 8-bit image)."""
+    return v.to(dtype) / 255.0
 
 
-def solarize(x: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Invert the pixels at or above ``threshold`` (on the 8-bit scale, as torchvision's on ``uint8``)."""
-    limit = float(torch.tensor(threshold, dtype=x.dtype) / 255.0)  # rounded as a uint8 image's v / 255 is
-    return torch.where(x >= limit, 1.0 - x, x)
+def _blend(v: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``Image.blend(degenerate, image, factor)`` on 8-bit values: ``d + f·(v - d)`` in float32,
+    truncated and clipped to 0..255 (``ImageEnhance``'s every ``enhance``)."""
+    v32, d32 = v.to(torch.float32), degenerate.to(torch.float32)
+    return torch.floor(d32 + factor.to(torch.float32) * (v32 - d32)).clamp_(0, 255)
 
 
-def autocontrast(x: torch.Tensor) -> torch.Tensor:
-    low = x.amin(dim=(-2, -1), keepdim=True)
-    high = x.amax(dim=(-2, -1), keepdim=True)
-    constant = high == low
-    scale = torch.where(constant, torch.ones_like(high), 1.0 / torch.where(constant, torch.ones_like(high), high - low))
-    low = torch.where(constant, torch.zeros_like(low), low)
-    return ((x - low) * scale).clamp_(0.0, 1.0)
+def grayscale(v: torch.Tensor) -> torch.Tensor:
+    """Pillow's 8-bit ``convert("L")`` (n×1×H×W) of a 3-channel batch of 8-bit values: ``(19595 R + 38470 G +
+    7471 B + 32768) >> 16``."""
+    q = v.to(torch.int64)
+    return ((19595 * q[:, 0] + 38470 * q[:, 1] + 7471 * q[:, 2] + 32768) >> 16).unsqueeze(1).to(v.dtype)
 
 
-def equalize(x: torch.Tensor) -> torch.Tensor:
-    """torchvision's ``equalize`` of every channel of every image (on the 8-bit values)."""
-    n, c, h, w = x.shape
-    q = _to_8bit(x).long().view(n * c, h * w)
-    hist = torch.zeros((n * c, 256), dtype=torch.long, device=x.device).scatter_add_(1, q, torch.ones_like(q))
+def adjust_brightness(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return _blend(v, torch.zeros_like(v), factor)
+
+
+def adjust_saturation(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    if v.shape[1] == 1:  # an "L" image is its own grayscale: the blend returns it
+        return v.clone()
+    return _blend(v, grayscale(v), factor)
+
+
+def adjust_contrast(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``ImageEnhance.Contrast``: the degenerate is the grayscale's mean, rounded to an integer."""
+    gray = grayscale(v) if v.shape[1] == 3 else v
+    mean = torch.floor(gray.to(torch.float64).mean(dim=(-3, -2, -1), keepdim=True) + 0.5)
+    return _blend(v, mean.to(v.dtype).expand_as(v), factor)
+
+
+def adjust_sharpness(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``ImageEnhance.Sharpness``: blend with the ``SMOOTH`` filter (the 3×3 kernel above, rounded to an
+    integer, border pixels kept)."""
+    c, h, w = v.shape[1:]
+    if h <= 2 or w <= 2:
+        return v.clone()
+    kernel = torch.ones((3, 3), dtype=torch.float64, device=v.device)
+    kernel[1, 1] = 5.0
+    sums = F.conv2d(v.to(torch.float64), kernel.expand(c, 1, 3, 3), groups=c)  # exact integers
+    smoothed = v.clone()
+    smoothed[..., 1:-1, 1:-1] = torch.div(sums + 6, 13, rounding_mode="floor").to(v.dtype)  # round(sums / 13)
+    return _blend(v, smoothed, factor)
+
+
+def posterize(v: torch.Tensor, bits: int) -> torch.Tensor:
+    return (v.to(torch.uint8) & (-int(2 ** (8 - bits)) & 0xFF)).to(v.dtype)
+
+
+def solarize(v: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Invert the values at or above ``threshold`` (on the 8-bit scale, as Pillow's ``ImageOps.solarize``)."""
+    return torch.where(v >= threshold, 255.0 - v, v)
+
+
+def autocontrast(v: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``ImageOps.autocontrast`` of every channel: ``lut[i] = trunc(i · scale + offset)``, ``scale = 255 /
+    (hi - lo)``, ``offset = -lo · scale`` in double precision, clipped to 0..255; a constant channel unchanged."""
+    low = v.amin(dim=(-2, -1), keepdim=True).to(torch.float64)
+    high = v.amax(dim=(-2, -1), keepdim=True).to(torch.float64)
+    constant = high <= low
+    # a true division (torch's ``255.0 / tensor`` multiplies by the reciprocal: one rounding more than Python's)
+    scale = torch.full_like(high, 255.0) / torch.where(constant, torch.ones_like(high), high - low)
+    offset = -low * scale
+    stretched = torch.trunc(v.to(torch.float64) * scale + offset).clamp_(0, 255).to(v.dtype)
+    return torch.where(constant, v, stretched)
+
+
+def equalize(v: torch.Tensor) -> torch.Tensor:
+    """Pillow's ``ImageOps.equalize`` of every channel of every image (torchvision's tensor ``equalize`` is the
+    same table)."""
+    n, c, h, w = v.shape
+    q = v.long().view(n * c, h * w)
+    hist = torch.zeros((n * c, 256), dtype=torch.long, device=v.device).scatter_add_(1, q, torch.ones_like(q))
     top = q.amax(dim=1, keepdim=True)  # the last non-empty bin
     step = (h * w - hist.gather(1, top)) // 255
     safe = step.clamp(min=1)
     lut = (hist.cumsum(1) + safe // 2) // safe
     lut = F.pad(lut, (1, 0))[:, :-1].clamp_(0, 255)
     out = torch.where(step == 0, q, lut.gather(1, q))
-    return (out.to(x.dtype) / 255.0).view(n, c, h, w)
+    return out.to(v.dtype).view(n, c, h, w)
 
 
 class RandAugment(nn.Module):
@@ -250,12 +268,13 @@ class RandAugment(nn.Module):
         return hit
 
     def _fill(self, channels: int) -> torch.Tensor | None:
+        """The fill on the 8-bit scale (``round(255 · fill)``, one per channel), or None for 0."""
         if self.fill is None:
             return None
         values = [float(self.fill)] * channels if isinstance(self.fill, int | float) else [float(v) for v in self.fill]
         if len(values) != channels:
             raise ValueError(f"fill has {len(values)} values for {channels}-channel images")
-        return torch.tensor(values)
+        return _to_8bit(torch.tensor(values))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] not in (1, 3) or not x.is_floating_point():
@@ -265,6 +284,7 @@ class RandAugment(nn.Module):
             return x
         table, mats = self._table(h, w)
         fill = self._fill(c)
+        dtype, x = x.dtype, _to_8bit(x)  # the 8-bit values every operation reads and writes
         perm: torch.Tensor | None = None  # x[i] is the input's image perm[i]
         for _ in range(self.num_ops):
             ops = torch.randint(len(OPS), (n,))
@@ -291,7 +311,8 @@ class RandAugment(nn.Module):
                 start = end
             x = out
         assert perm is not None
-        return x[torch.argsort(perm).to(x.device)]  # back to the input's order (the draws are i.i.d. per image)
+        # back to the input's order (the draws are i.i.d. per image)
+        return _from_8bit(x[torch.argsort(perm).to(x.device)], dtype)
 
     def apply_op(self, x: torch.Tensor, op: str, negative: torch.Tensor | None = None) -> torch.Tensor:
         """Apply one operation of :data:`OPS` at this transform's magnitude to every image of ``x``;
@@ -301,16 +322,20 @@ class RandAugment(nn.Module):
         n, c, h, w = x.shape
         table, mats = self._table(h, w)
         neg = torch.zeros(n, dtype=torch.bool) if negative is None else negative.to("cpu", torch.bool)
+        v = _to_8bit(x)
         if op in _GEOMETRIC:
-            return warp_nearest(x, mats[_GEOMETRIC.index(op), neg.long()], self._fill(c))
+            return _from_8bit(warp_nearest(v, mats[_GEOMETRIC.index(op), neg.long()], self._fill(c)), x.dtype)
         spec = table[op]
         sign = 1.0 - 2.0 * neg.to(torch.float32) if spec.signed else None
-        return self._apply(op, x, spec.magnitude, sign)
+        return _from_8bit(self._apply(op, v, spec.magnitude, sign), x.dtype)
 
     @staticmethod
     def _apply(op: str, x: torch.Tensor, magnitude: float, sign: torch.Tensor | None) -> torch.Tensor:
+        """Operation ``op`` on the 8-bit values ``x``; signed factors are ``1 ± magnitude`` rounded once to float32,
+        as Python's double ``1.0 + magnitude`` is when Pillow takes it."""
         if sign is not None:
-            factor = (1.0 + magnitude * sign).to(device=x.device, dtype=x.dtype).view(-1, 1, 1, 1)
+            factor = (1.0 + magnitude * sign.to(torch.float64)).to(device=x.device, dtype=torch.float32)
+            factor = factor.view(-1, 1, 1, 1)
         if op == "Identity":
             return x
         if op == "Brightness":
