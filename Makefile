@@ -1,36 +1,49 @@
-# Everything from a fresh clone: `make demo` and `make test` create .venv and install what they need.
+# Everything from a fresh clone: `make demo` and `make test` create .venv and install what they need, and only
+# that: the demo the command line's extra (pemn[cli]); the tests the test stack besides (pemn[test]: transformers,
+# ONNX, ... about 1.8 GB), installed by the first `make test` (or `make install`).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.pemn-installed
+PIP    := $(BIN)/python -m pip install --quiet --disable-pip-version-check
+# One stamp per extra: each is redone when it is older than what it was installed from.
+STAMP_CLI  := $(VENV)/.pemn-cli
+STAMP_TEST := $(VENV)/.pemn-test
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install install-cli demo test test-fast lint bench clean
 
-$(STAMP): pyproject.toml Makefile constraints.txt
+$(STAMP_CLI): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# The CPU wheel first, pinned, so no multi-GB CUDA build of torch is ever pulled in here.
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[cli,test]"
-	touch $(STAMP)
+	$(PIP) torch==2.13.0
+	$(PIP) -c constraints.txt -e ".[cli]"
+	touch $(STAMP_CLI)
 
-install: $(STAMP)
+$(STAMP_TEST): $(STAMP_CLI)
+	$(PIP) -c constraints.txt -e ".[cli,test]"
+	touch $(STAMP_TEST)
 
-demo: install
+# pemn and its command line (what `make demo` needs)
+install-cli: $(STAMP_CLI)
+
+# that and the test stack
+install: $(STAMP_TEST)
+
+demo: $(STAMP_CLI)
 	$(BIN)/pemn train
 
-test: install
+test: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -q
 
 # The developer loop: everything but the tests marked slow (subprocesses, torchrun, ONNX, real-data runs).
-test-fast: install
+test-fast: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # ruff, then the import layers of .importlinter (the core never imports the application)
-lint: install
+lint: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/lint-imports --no-logo --no-cache
 

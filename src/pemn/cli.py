@@ -527,10 +527,13 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
 # --------------------------------------------------------------------------------------------- eval
 
 
-def _is_text(dataset: str | None) -> bool:
-    from pemn.training.data import find_dataset
+def _is_text(dataset: str | None, app: dict[str, Any] | None = None) -> bool:
+    """Whether ``dataset`` (or else the model file's ``app``) is a character LM's (the workloads table says)."""
+    from pemn.training.workloads import CharLM, workload_of_app, workload_of_dataset
 
-    return dataset is not None and find_dataset(dataset) == "text"
+    if dataset is not None and workload_of_dataset(dataset) is CharLM:
+        return True
+    return workload_of_app(app) is CharLM
 
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
@@ -569,11 +572,11 @@ def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
               "eval_subset": args.eval_subset}
     if args.infer_task:
         batch = args.batch_size if args.batch_size_given else 128
-        r = tasks.infer_tasks(args.artifact, batch_size=batch, **common)
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, method=args.infer_method, **common)
         if args.json:
             _out(json.dumps({"artifact": str(args.artifact), **r}))
         else:
-            _out(f"{args.artifact}: task inference (one-shot, {r['tasks']} tasks, batches of {batch}): "
+            _out(f"{args.artifact}: task inference ({r['method']}, {r['tasks']} tasks, batches of {batch}): "
                  f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
                  f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
                  f"({r['examples']:,} test images)")
@@ -604,7 +607,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     threads = args.threads_used
     if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
         return _cmd_eval_tasks(args, threads)
-    if _is_text(args.dataset) or (app or {}).get("kind") == "char-lm":
+    if _is_text(args.dataset, app):
         _use_recorded_data_dir(args, "text")
         return _cmd_eval_text(args)
     if (app or {}).get("kind") == "transformers":
@@ -824,7 +827,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = Path(args.artifact)
     kind, app = _artifact_kind(path)
-    if (app or {}).get("kind") == "char-lm":
+    if _is_text(None, app):
         raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
     if (app or {}).get("kind") == "transformers":
         return _export_transformers(args, path, app)
@@ -934,7 +937,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                                                    f"{arts.KINDS['quant'].filename[len('model'):]}")
     if out.resolve() == path.resolve():
         raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
-    language = (app or {}).get("kind") == "char-lm"
+    language = _is_text(None, app)
     images = labels = transform = None
     if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
         model, _, _ = arts.load_model(path)
@@ -1181,6 +1184,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-task", action="store_true",
                    help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
                         "and report identification accuracy and accuracy without ids (batch size default 128)")
+    p.add_argument("--infer-method", choices=("one-shot", "min-entropy"), default="one-shot",
+                   help="--infer-task rule: one-shot (SupSup's entropy gradient of the superposed masks: one forward "
+                        "and backward pass) or min-entropy (each task's own model, the most confident wins: one "
+                        "forward pass per task)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",

@@ -23,13 +23,14 @@ from pemn.config import KEEP_RULES, PEMNConfig
 from pemn.registry import type_names
 from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
 from pemn.training.augment import list_recipes
-from pemn.training.data import dataset_info
+from pemn.training.data import dataset_info, dataset_serves
 from pemn.training.dist import parse_device
 from pemn.training.errors import DatasetError
 from pemn.training.evaluation import DEFAULT_EVAL_BATCH
 from pemn.training.models import get_model_spec
 from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
 from pemn.training.quantize import PRUNED_METHODS, QUANTIZE_METHODS
+from pemn.training.sample import APP_KIND as CHAR_LM
 
 __all__ = [
     "ARTIFACT_FIELDS",
@@ -272,8 +273,9 @@ class TrainConfig:
             if str(e).startswith("unknown dataset"):
                 raise
         # contradictions
-        text = self.dataset.strip().lower() == "text"
-        language_model = get_model_spec(self.model).pattern.startswith("gpt-")
+        # the workload each serves (pemn.training.workloads): a character LM trains only on text, and only it does
+        text = dataset_serves(self.dataset) == CHAR_LM
+        language_model = get_model_spec(self.model).serves == CHAR_LM
         if text and not language_model:
             raise ValueError(f"dataset 'text' trains a language model: choose a gpt-<dim>-<depth> model (e.g. "
                              f"gpt-128-4), not {self.model!r}")
