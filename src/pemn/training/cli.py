@@ -569,11 +569,11 @@ def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
               "eval_subset": args.eval_subset}
     if args.infer_task:
         batch = args.batch_size if args.batch_size_given else 128
-        r = tasks.infer_tasks(args.artifact, batch_size=batch, **common)
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, method=args.infer_method, **common)
         if args.json:
             _out(json.dumps({"artifact": str(args.artifact), **r}))
         else:
-            _out(f"{args.artifact}: task inference (one-shot, {r['tasks']} tasks, batches of {batch}): "
+            _out(f"{args.artifact}: task inference ({r['method']}, {r['tasks']} tasks, batches of {batch}): "
                  f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
                  f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
                  f"({r['examples']:,} test images)")
@@ -1177,6 +1177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-task", action="store_true",
                    help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
                         "and report identification accuracy and accuracy without ids (batch size default 128)")
+    p.add_argument("--infer-method", choices=("one-shot", "min-entropy"), default="one-shot",
+                   help="--infer-task rule: one-shot (SupSup's entropy gradient of the superposed masks: one forward "
+                        "and backward pass) or min-entropy (each task's own model, the most confident wins: one "
+                        "forward pass per task)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
