@@ -10,6 +10,12 @@ tensors, batched augmentation from :mod:`pemn.training.augment`) with one of the
 - ``"mask"``, ``"one_layer"``, ``"mp"``, ``"rp"``: the model is converted by :func:`pemn.convert_` and only
   its scores (plus biases / norms) are trained, as in the paper (weight decay applies to the scores too).
 
+What the run learns (image classification, a character-level language model) is its workload
+(:mod:`pemn.training.workloads`, chosen by the dataset): the loop asks it for the data, each step's batch, the loss
+inputs, the evaluation's metrics, the file's app metadata and the lines it reports, and never which kind it is.
+Precision (AMP, GradScaler), the DDP wrapper and the optimizer step are the
+:class:`~pemn.training.dist.Accelerator`'s.
+
 Settings come from :func:`~pemn.training.config.resolve_config`. Every epoch evaluates on the test split and
 appends to ``metrics.jsonl``; the paper reports the best epoch's test accuracy (``best_acc``), which selects on
 the test set, so the final epoch's (``final_acc``, the accuracy of the saved model) is reported beside it.
@@ -35,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import hashlib
 import math
 import shlex
 import signal
@@ -49,20 +54,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pemn.convert import convert_, masked_weights, set_keep_
 from pemn.summary import honest_ratio_text, paper_ratio_text
-from pemn.training.artifacts import image_app, kind_of, load_model
-from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform
+from pemn.training.artifacts import kind_of, load_model
 from pemn.training.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from pemn.training.config import RESUME_FREE_FIELDS, SCHEDULES, TrainConfig
-from pemn.training.data import DatasetInfo, dataset_info, load_dataset
+from pemn.training.data import DatasetInfo
 from pemn.training.dist import Accelerator, Dist, set_threads
 from pemn.training.distill import distill_loss, load_teacher
-from pemn.training.evaluation import count_correct, evaluate
-from pemn.training.models import create_model
+from pemn.training.evaluation import evaluate
 from pemn.training.outputs import (
     CONFIG_NAME,
     RESULT_NAME,
@@ -72,12 +74,11 @@ from pemn.training.outputs import (
     write_json,
     write_metrics,
 )
-from pemn.training.progress import Progress, fmt_time, plural
+from pemn.training.progress import Progress, plural
 from pemn.training.prune import prune_, remove_pruning_
 from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, QAT_METHODS, post_training_quantize_, quantize_
 from pemn.training.runlock import RunLock
-from pemn.training.sample import lm_app
-from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
+from pemn.training.workloads import Workload, workload_of_dataset
 
 __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume_command", "schedule_lr", "train"]
 
@@ -169,12 +170,6 @@ class TrainingInterrupted(KeyboardInterrupt):
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across runs, platforms and Python hash seeds)."""
-    digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
-
-
 class _StopFlag:
     """SIGINT/SIGTERM set a flag the loop acts on (checkpoint, then stop); a second signal aborts at once."""
 
@@ -217,46 +212,6 @@ class _Totals:
 
 
 @dataclass
-class _Data:
-    """The run's dataset, as tensors on the training device, and its input transforms."""
-
-    info: DatasetInfo
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    train_tf: BatchTransform | None
-    eval_tf: BatchTransform | None
-    corpus: TextCorpus | None = None  # dataset text: train_x / test_x are the splits' character ids
-
-    @classmethod
-    def load(cls, cfg: TrainConfig, group: Dist, device: torch.device) -> _Data:
-        info = dataset_info(cfg.dataset, cfg.data_dir)
-        if info.name == "text":
-            corpus = load_text(cfg.data_dir, cfg.block_size)
-            train = corpus.train if cfg.train_subset is None else corpus.train[:cfg.train_subset]
-            if train.numel() <= cfg.block_size:
-                raise ValueError(f"train_subset {cfg.train_subset} leaves no full context of {cfg.block_size} "
-                                 "characters to train on")
-            empty = torch.zeros(0, dtype=torch.int64)
-            # eval_subset N: the first N validation characters are predicted (from the N + 1 first ones)
-            val = corpus.val if cfg.eval_subset is None else corpus.val[:cfg.eval_subset + 1]
-            return cls(info, train, empty, val, empty, None, None, corpus)
-        if cfg.download and group.enabled and not group.main:
-            group.barrier()  # rank 0 downloads first
-        x, y = load_dataset(cfg.dataset, cfg.data_dir, split="train", download=cfg.download)
-        tx, ty = load_dataset(cfg.dataset, cfg.data_dir, split="test", download=cfg.download)
-        if cfg.download and group.enabled and group.main:
-            group.barrier()
-        if cfg.train_subset is not None:
-            x, y = x[:cfg.train_subset], y[:cfg.train_subset]
-        if cfg.eval_subset is not None:
-            tx, ty = tx[:cfg.eval_subset], ty[:cfg.eval_subset]
-        return cls(info, x.to(device), y.to(device), tx.to(device), ty.to(device),
-                   build_train_transform(cfg.augment, info), build_eval_transform(info))
-
-
-@dataclass
 class _History:
     """Where the run stands: the next epoch/step, the per-epoch metrics and the best epoch so far."""
 
@@ -274,10 +229,7 @@ def _default_log(message: str) -> None:
 
 
 def _fresh_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
-    if info.name == "text":  # a language model over the file's characters
-        return create_model(cfg.model, num_classes=info.num_classes, block_size=cfg.block_size)
-    return create_model(cfg.model, num_classes=info.num_classes, in_channels=info.in_channels,
-                        image_size=info.image_size)
+    return workload_of_dataset(info.name).build_model(cfg, info)
 
 
 def _build_model(cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
@@ -320,28 +272,6 @@ def keep_at(cfg: TrainConfig, t: float) -> float:
     if cfg.keep_start is None or t >= cfg.keep_anneal:
         return cfg.keep
     return cfg.keep + (cfg.keep_start - cfg.keep) * (1.0 - max(t, 0.0) / cfg.keep_anneal) ** 3
-
-
-def _steps_per_epoch(n: int, batch_size: int, world: int) -> tuple[int, int, int]:
-    """``(per-rank batch, per-rank shard, steps)``; a last batch of one image is dropped (BatchNorm)."""
-    per_rank_batch = batch_size // world
-    if per_rank_batch < 1:
-        raise ValueError(f"batch_size {batch_size} is smaller than the world size {world}")
-    shard = -(-n // world)
-    full, rest = divmod(shard, per_rank_batch)
-    steps = full + (1 if rest > 1 else 0)
-    if steps == 0:
-        raise ValueError(f"the training set ({n} images) is too small for {world} rank(s)")
-    return per_rank_batch, shard, steps
-
-
-def _text_steps_per_epoch(n: int, batch_size: int, block_size: int, world: int) -> tuple[int, int, int]:
-    """Random windows: an epoch is as many steps as it takes to draw the training text's length in windows."""
-    per_rank_batch = batch_size // world
-    if per_rank_batch < 1:
-        raise ValueError(f"batch_size {batch_size} is smaller than the world size {world}")
-    steps = max(1, n // (batch_size * block_size))
-    return per_rank_batch, steps * per_rank_batch, steps
 
 
 # ----------------------------------------------------------------------------------------------- train
@@ -419,22 +349,17 @@ class _Run:
         self.device = group.setup(cfg.device)
         self.accel = Accelerator(group, cfg.amp, self.log)
         self.amp = self.accel.amp
-        self.data = _Data.load(cfg, group, self.device)
-        if self.data.corpus is not None:
-            self.per_rank_batch, self.shard, self.steps = _text_steps_per_epoch(
-                self.data.train_x.numel(), cfg.batch_size, cfg.block_size, group.world)
-        else:
-            self.per_rank_batch, self.shard, self.steps = _steps_per_epoch(
-                self.data.train_x.shape[0], cfg.batch_size, group.world)
+        self.workload: Workload = workload_of_dataset(cfg.dataset).load(cfg, group, self.accel)
+        self.per_rank_batch, self.shard, self.steps = self.workload.steps_per_epoch(cfg.batch_size)
         # --steps: that many optimizer steps in all, in whole epochs and a last partial one
         self.total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * self.steps
         self.epochs = -(-self.total_steps // self.steps)
-        self.lm: dict[str, float] = {}
+        self.evaluation: dict[str, float] = {}  # the metrics of the last evaluation
         self.kind = kind_of(cfg)
         self.out, self.lock = prepare_out_dir(cfg, group, self.log)
         with warnings.catch_warnings(record=True) as caught:  # convert_'s warnings as one plain line each
             warnings.simplefilter("always")
-            self.module = _build_model(cfg, self.data.info).to(self.device)
+            self.module = _build_model(cfg, self.workload.info).to(self.device)
         for w in caught:
             self.log(f"warning: {str(w.message).removeprefix('pemn: ')}")
         self.params = [p for p in self.module.parameters() if p.requires_grad]
@@ -443,13 +368,13 @@ class _Run:
         self.teacher: nn.Module | None = None
         self.teacher_acc: float | None = None
         if cfg.teacher is not None:
-            info = self.data.info
+            w = self.workload
+            info = w.info
             self.teacher, self.teacher_name = load_teacher(
                 cfg.teacher, num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
                 device=self.device)
-            self.teacher_acc = evaluate(self.teacher, self.data.test_x, self.data.test_y,
-                                        transform=self.data.eval_tf, batch_size=cfg.eval_batch_size,
-                                        device=self.device, amp=self.amp)
+            self.teacher_acc = evaluate(self.teacher, w.test_x, w.test_y, transform=w.eval_tf,
+                                        batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.history = self._resume() if cfg.resume else _History()
         self.model: nn.Module = self.accel.wrap(self.module)
@@ -564,7 +489,12 @@ class _Run:
             variance = {(False, False): "paper", (True, False): "fan-in", (True, True): "fan-in-keep",
                         (False, True): "keep"}[(c.rescale, c.keep_scale)]
             what = (f"{cfg.strategy}, {masked:,} masked weights from {plural(bank.unique_values, 'prototype value')}, "
-                    f"keep {cfg.keep:g}, variance {variance}, {extra:,} trained extras")
+                    f"keep {cfg.keep:g}{' shared by ' + c.keep_rule if c.keep_rule != 'uniform' else ''}, "
+                    f"variance {variance}, {extra:,} trained extras")
+            if c.gain:
+                what += " (per-channel gains included)"
+            if c.mask_sampling != "topk":
+                what += f"; {c.mask_sampling} masks"
             if cfg.keep_start is not None:
                 what += f"; keep annealed from {cfg.keep_start:g} over the first {cfg.keep_anneal:.0%} of steps"
             if cfg.score_settings() is not None:
@@ -573,12 +503,7 @@ class _Run:
         if self.teacher_acc is not None:
             what += (f"; distilling from {cfg.teacher} ({self.teacher_name}, test {self.teacher_acc:.2f}%, "
                      f"T {cfg.distill_temperature:g}, weight {cfg.distill_weight:g})")
-        if self.data.corpus is not None:
-            sizes = (f"{self.data.train_x.numel():,} train / {self.data.test_x.numel():,} validation characters, "
-                     f"vocabulary {self.data.corpus.vocab_size}, context {cfg.block_size}")
-        else:
-            sizes = f"{self.data.train_x.shape[0]:,} train / {self.data.test_x.shape[0]:,} test images"
-        self.log(f"pemn train: {cfg.model} on {cfg.dataset} ({sizes}); {what}")
+        self.log(f"pemn train: {cfg.model} on {cfg.dataset} ({self.workload.sizes()}); {what}")
         length = (f"{plural(self.total_steps, 'step')} ({self.steps:,} per epoch)" if cfg.steps is not None
                   else f"{plural(self.epochs, 'epoch')} x {plural(self.steps, 'step')}")
         self.log(f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, schedule "
@@ -586,62 +511,28 @@ class _Run:
                  f"device {self.device}{' (amp)' if self.amp else ''}, "
                  f"{plural(self.threads, 'CPU thread')}, world size {self.dist.world}; out {self.out}")
         if cfg.eval_subset is not None or cfg.eval_every > 1:
-            self.log(f"evaluation: {self._eval_scope()}"
+            self.log(f"evaluation: {self.workload.eval_scope()}"
                      + (f" (--eval-subset {cfg.eval_subset})" if cfg.eval_subset is not None else "")
                      + (f", every {plural(cfg.eval_every, 'epoch')} and after the last" if cfg.eval_every > 1
                         else ""))
 
-    def _eval_scope(self) -> str:
-        """What each evaluation covers: ``359 test images``, ``the whole validation split`` or (a language model
-        under eval_subset) ``the first 20 of 33 validation characters``."""
-        if self.data.corpus is None:
-            return plural(self.data.test_x.shape[0], "test image")
-        predicted, whole = self.data.test_x.numel() - 1, self.data.corpus.val.numel() - 1
-        if predicted == whole:
-            return "the whole validation split"
-        return f"the first {predicted:,} of {whole:,} validation characters"
-
-    def _batches(self, epoch: int) -> torch.Tensor:
-        """This rank's share of the epoch's permutation (the same permutation on every rank)."""
-        n = self.data.train_x.shape[0]
-        g = torch.Generator(device="cpu")
-        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch))
-        perm = torch.randperm(n, generator=g)
-        world = self.dist.world
-        if world > 1:
-            total = self.shard * world
-            if total > n:
-                perm = torch.cat([perm, perm[:total - n]])
-            perm = perm[self.dist.rank:total:world]
-        return perm.to(self.data.train_x.device)
-
     def _epoch(self, epoch: int, start_step: int) -> None:
-        cfg, data, h = self.cfg, self.data, self.history
+        cfg, w, h = self.cfg, self.workload, self.history
         E, steps, B = self.epochs, self.steps, self.per_rank_batch
         last = min(steps, self.total_steps - epoch * steps)  # steps of this epoch (fewer in a --steps run's last)
-        perm = self._batches(epoch) if data.corpus is None else None
+        order = w.epoch_order(epoch, self.shard)
         if start_step == 0:
             h.totals = _Totals()
         # what the loop counts: images, or a language model's predicted characters (block_size per window)
-        per_row, unit = (1, "image") if data.corpus is None else (cfg.block_size, "character")
-        epoch_total = min(self.shard, last * B) * self.dist.world * per_row
+        epoch_total = min(self.shard, last * B) * self.dist.world * w.rows_counted()
         self.progress = Progress(cfg.progress and self.dist.main, epoch_total, f"epoch {epoch + 1}/{E}", self._log,
-                                 unit=unit)
+                                 unit=w.unit)
         self.progress.done = int(h.totals.seen)
         t_epoch = time.perf_counter()
         self.model.train()
         for step in range(start_step, last):
             t_step = time.perf_counter()
-            if perm is None:
-                x, yb = self._text_batch(epoch, step)
-            else:
-                idx = perm[step * B:(step + 1) * B]
-                xb, yb = data.train_x[idx], data.train_y[idx]
-                assert data.train_tf is not None
-                if data.train_tf.is_random:
-                    x = data.train_tf(xb, generator=_derive_seed(cfg.seed, 1, epoch, step, self.dist.rank))
-                else:
-                    x = data.train_tf(xb)
+            x, yb = w.batch(order, epoch, step, B)
             lr = self._lr(epoch, step + 1)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
@@ -649,9 +540,7 @@ class _Run:
                 self._set_keep(keep_at(cfg, (epoch * steps + step + 1) / self.total_steps))
             self.optimizer.zero_grad(set_to_none=True)
             with self.accel.autocast():
-                out = self.model(x)
-                if out.dim() > 2:  # a language model: (B, T, vocab) logits, one target per position
-                    out, yb = out.flatten(0, -2), yb.flatten()
+                out, yb = w.loss_inputs(self.model(x), yb)
                 loss = self.criterion(out, yb)
                 if self.teacher is not None:
                     with torch.no_grad():
@@ -693,59 +582,25 @@ class _Run:
                                whole_epoch_knots=cfg.paper)
         return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps, whole_epoch_knots=cfg.paper)
 
-    def _text_batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's rows of the step's global batch of random windows (seeded by seed, epoch and step only)."""
-        g = torch.Generator(device="cpu")
-        g.manual_seed(_derive_seed(self.cfg.seed, 0, epoch, step))
-        x, y = random_windows(self.data.train_x, self.cfg.block_size, self.per_rank_batch * self.dist.world, g)
-        rows = slice(self.dist.rank * self.per_rank_batch, (self.dist.rank + 1) * self.per_rank_batch)
-        return x[rows].to(self.device), y[rows].to(self.device)
-
-    def _lm_eval(self, model: nn.Module, *, shard: bool = True) -> dict[str, float]:
-        """Validation metrics of a language model over the whole split (sharded across ranks, all-reduced)."""
-        world, rank = (self.dist.world, self.dist.rank) if shard else (1, 0)
-        nats, correct, count = lm_window_losses(
-            model, self.data.test_x, self.cfg.block_size, batch_size=self.cfg.eval_batch_size, device=self.device,
-            rank=rank, world=world, autocast=self.accel.autocast)
-        sums = torch.tensor([nats, correct, count], dtype=torch.float64, device=self.device)
-        if shard:
-            self.dist.all_reduce_(sums)
-        return lm_metrics(*sums.tolist())
-
-    def _sync_buffers(self) -> None:
-        """Give every rank rank 0's BatchNorm statistics (DDP only syncs them at the next forward)."""
-        if not self.dist.enabled:
-            return
-        for mod in self.module.modules():
-            for name, b in mod._buffers.items():
-                if b is not None and name not in mod._non_persistent_buffers_set:
-                    dist.broadcast(b, 0)
-
-    def _eval_progress(self, desc: str) -> Progress:
-        """The progress display of an evaluation of the (possibly sharded) test split."""
-        total = self.data.test_x.shape[0]
-        return Progress(self.cfg.progress and self.dist.main, total, desc, self._log)
-
-    def _test_accuracy(self, desc: str = "test") -> float:
-        if self.data.corpus is not None:
-            self.lm = self._lm_eval(self.module)
-            return self.lm["val_acc"]
-        world, rank = self.dist.world, self.dist.rank
-        x, y = self.data.test_x[rank::world], self.data.test_y[rank::world]
-        self.progress = self._eval_progress(desc)
+    def _evaluate(self, model: nn.Module, desc: str, *, shard: bool = True) -> dict[str, float]:
+        """The workload's metrics of ``model`` on the test split, with a progress display where it has one
+        (``shard``: every rank evaluates its share; else the calling rank evaluates all of it)."""
+        total = self.workload.eval_size()
+        if total is None:
+            return self.workload.evaluate(model, shard=shard)
+        self.progress = Progress(self.cfg.progress and self.dist.main, total, desc, self._log)
         try:
-            correct, total = count_correct(self.module, x, y, transform=self.data.eval_tf,
-                                           batch_size=self.cfg.eval_batch_size, device=self.device, amp=self.amp,
-                                           progress=lambda n, p=self.progress: p.update(n * world))
+            return self.workload.evaluate(model, shard=shard, progress=self.progress.update)
         finally:
             self.progress.close()
-        counts = self.dist.all_reduce_(torch.tensor([correct, total], dtype=torch.float64, device=self.device))
-        c, t = counts.tolist()
-        return 100.0 * c / t if t else 0.0
+
+    def _test_accuracy(self, desc: str = "test") -> float:
+        self.evaluation = self._evaluate(self.module, desc)
+        return self.evaluation["test_acc"]
 
     def _end_epoch(self, epoch: int, epoch_seconds: float) -> None:
         cfg, h = self.cfg, self.history
-        self._sync_buffers()
+        self.accel.sync_buffers(self.module)
         evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == self.epochs
         test_acc = self._test_accuracy(f"test after epoch {epoch + 1}/{self.epochs}") if evaluated else None
         a = h.totals
@@ -760,12 +615,9 @@ class _Run:
         }
         if cfg.keep_start is not None:
             metrics["keep"] = self.keep_now
-        if cfg.steps is not None or self.data.corpus is not None:
+        if cfg.steps is not None or self.workload.records_step:
             metrics["step"] = min(self.total_steps, (epoch + 1) * self.steps)
-        if self.data.corpus is not None:
-            metrics["chars_per_s"] = metrics.pop("images_per_s")
-            metrics.update(val_loss=self.lm["val_loss"] if evaluated else None,
-                           bits_per_char=self.lm["bits_per_char"] if evaluated else None)
+        metrics = self.workload.epoch_metrics(metrics, self.evaluation if evaluated else None)
         h.metrics.append(metrics)
         if self.keep_now != cfg.keep or test_acc is None:  # still annealing (a larger mask than the run's), or
             pass                                                # not evaluated: not a candidate best
@@ -777,18 +629,7 @@ class _Run:
             write_metrics(self.out, h.metrics)
         self.session_epochs.append(epoch_seconds)
         eta = (self.epochs - epoch - 1) * sum(self.session_epochs) / len(self.session_epochs)
-        if self.data.corpus is not None:
-            val = (f"val loss {metrics['val_loss']:.4f} ({metrics['bits_per_char']:.4f} bits/char)  val acc "
-                   f"{test_acc:.2f}%" if test_acc is not None else "val -")
-            self.log(f"epoch {epoch + 1}/{self.epochs} (step {metrics['step']})  lr {metrics['lr']:.4g}  loss "
-                     f"{metrics['train_loss']:.4f}  {val}  {epoch_seconds:.1f}s  {metrics['chars_per_s']:,.0f} "
-                     f"char/s  ETA {fmt_time(eta)}")
-        else:
-            self.log(f"epoch {epoch + 1}/{self.epochs}  lr {metrics['lr']:.4g}  loss {metrics['train_loss']:.4f}  "
-                     f"train {metrics['train_acc']:.2f}%  test {'-' if test_acc is None else f'{test_acc:.2f}%'}  "
-                     f"(best {h.best_acc:.2f}% @ "
-                     f"{h.best_epoch})  {epoch_seconds:.1f}s  {metrics['images_per_s']:,.0f} img/s  "
-                     f"ETA {fmt_time(eta)}")
+        self.log(self.workload.epoch_line(metrics, self.epochs, (h.best_acc, h.best_epoch), eta))
         stop = torch.tensor([float(self.stop.signum is not None)], device=self.device)
         hook = self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch and epoch + 1 < self.epochs
         if self.dist.all_reduce_(stop).item() or hook:
@@ -802,8 +643,8 @@ class _Run:
         if cfg.quantize is None or cfg.quantize in QAT_METHODS:
             return None
         dense_acc = float(self.history.metrics[-1]["test_acc"])
-        images = None if self.data.corpus is not None else self.data.train_x
-        n = post_training_quantize_(self.module, cfg.quantize, images, self.data.eval_tf, cfg.batch_size)
+        images = self.workload.calibration_images()
+        n = post_training_quantize_(self.module, cfg.quantize, images, self.workload.eval_tf, cfg.batch_size)
         self.quantized_acc = self._test_accuracy(f"test of the {cfg.quantize} model")
         used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
         what = (f"BatchNorm statistics of {plural(n, 'layer')} re-estimated on {used:,} training images" if n
@@ -844,7 +685,7 @@ class _Run:
         cfg, h = self.cfg, self.history
         if cfg.keep_start is not None:
             self._set_keep(cfg.keep)  # the schedule ends at keep; this makes the saved counts exact regardless
-        self._sync_buffers()
+        self.accel.sync_buffers(self.module)
         dense_acc = self._post_training_quantize()
         digest = state_digest(self.module)
         if not self.dist.all_equal(digest):
@@ -857,57 +698,34 @@ class _Run:
         path = self.out / self.kind.filename
         files: dict[str, Any] = {}
         summary: dict[str, Any] = {}
-        artifact_acc = artifact_val_loss = None
-        corpus = self.data.corpus
+        artifact_acc = saved = None
         if self.dist.main:
-            app = lm_app(cfg.model, corpus.vocab, cfg.block_size) if corpus is not None else image_app(
-                cfg.model, self.data.info, cfg.data_dir)
-            summary = self.kind.save(self.module, path, cfg, app=app)
+            summary = self.kind.save(self.module, path, cfg, app=self.workload.app())
             if dense_acc is not None:
                 summary["dense_acc"] = dense_acc
             nbytes = path.stat().st_size
             files = {self.kind.path_field: path, **dict.fromkeys(self.kind.bytes_fields, nbytes)}
             with torch.random.fork_rng(devices=[]):  # the file alone rebuilds the model (its app metadata)
                 loaded = load_model(path)[0].to(self.device)
-            if corpus is not None:
-                reloaded = self._lm_eval(loaded, shard=False)
-                artifact_acc, artifact_val_loss = reloaded["val_acc"], reloaded["val_loss"]
-                if abs(artifact_val_loss - self.lm["val_loss"]) > 1e-6:
-                    self.log(f"warning: the saved model's validation loss is {artifact_val_loss:.6f}, the last "
-                             f"epoch measured {self.lm['val_loss']:.6f}")
-            else:
-                self.progress = self._eval_progress(f"test of the saved {path.name}")
-                try:
-                    artifact_acc = evaluate(loaded, self.data.test_x, self.data.test_y, transform=self.data.eval_tf,
-                                            batch_size=cfg.eval_batch_size, device=self.device, amp=self.amp,
-                                            progress=self.progress.update)
-                finally:
-                    self.progress.close()
-            if corpus is None and artifact_acc != final_acc:
-                self.log(f"warning: the saved model scores {artifact_acc:.2f}% on the test set, the last epoch "
-                         f"measured {final_acc:.2f}%")
+            saved = self._evaluate(loaded, f"test of the saved {path.name}", shard=False)
+            artifact_acc = saved["test_acc"]
+            warning = self.workload.check_saved(saved, self.evaluation, final_acc)
+            if warning is not None:
+                self.log(warning)
         result = TrainResult(
             out_dir=self.out, artifact=files.get("artifact"), artifact_bytes=files.get("artifact_bytes"),
             best_acc=best_acc, best_epoch=best_epoch, final_acc=final_acc, epochs_run=len(h.metrics),
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
-            model=self.module, teacher_acc=self.teacher_acc, val_loss=self.lm.get("val_loss"),
-            bits_per_char=self.lm.get("bits_per_char"), artifact_val_loss=artifact_val_loss,
+            model=self.module, teacher_acc=self.teacher_acc, **self.workload.result_fields(self.evaluation, saved),
             steps_run=min(self.total_steps, len(h.metrics) * self.steps))
         if self.dist.main:
             write_json(self.out / RESULT_NAME, result.to_dict())
             ratio = honest_ratio_text(summary["honest_ratio"])
             if self.kind.name == "pemn":
                 ratio += f", {paper_ratio_text(summary['paper_ratio'])}"
-            if corpus is not None:
-                self.log(f"done in {fmt_time(result.seconds)}: validation loss {self.lm['val_loss']:.4f} nats/char "
-                         f"({self.lm['bits_per_char']:.4f} bits/char, {self._eval_scope()}, the saved model) after "
-                         f"{result.steps_run} steps. Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
-            else:
-                self.log(f"done in {fmt_time(result.seconds)}: best test accuracy {best_acc:.2f}% at epoch "
-                         f"{best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
-                         f"{final_acc:.2f}% (the saved model). Saved {path} ({path.stat().st_size:,} bytes; {ratio})")
+            self.log(self.workload.done_line(result, f"Saved {path} ({path.stat().st_size:,} bytes; {ratio})"))
             if self.teacher_acc is not None:
                 self.log(f"teacher {cfg.teacher} ({self.teacher_name}): test accuracy {self.teacher_acc:.2f}%")
         self.dist.barrier()

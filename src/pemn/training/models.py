@@ -58,6 +58,7 @@ class _Entry:
     fields: tuple[str, ...]
     builder: Builder
     listed: tuple[str, ...]
+    serves: str
 
 
 @dataclass(frozen=True)
@@ -68,18 +69,22 @@ class ModelSpec:
     pattern: str
     sizes: dict[str, int] = field(default_factory=dict)
     builder: Builder | None = field(default=None, repr=False, compare=False)
+    #: the workload the model serves (:data:`pemn.training.workloads.WORKLOADS`' key, its files' app kind)
+    serves: str = "image-classifier"
 
 
 _REGISTRY: dict[str, _Entry] = {}
 
 
-def register_model(name_or_pattern: str, *, listed: Sequence[str] = ()) -> Callable[[B], B]:
+def register_model(name_or_pattern: str, *, listed: Sequence[str] = (), serves: str = "image-classifier"
+                   ) -> Callable[[B], B]:
     """Register a builder under an exact name or a pattern such as ``"convmixer-<dim>-<depth>"``.
 
     Each ``<field>`` matches a positive integer that is passed to the builder as a keyword argument, so new
     sizes need no new registration. ``listed`` names the sizes :func:`list_models` advertises for a pattern
     (an exact name is always listed). Builders take ``num_classes``, ``in_channels`` and ``image_size``
-    keywords plus any family options.
+    keywords plus any family options. ``serves`` names the workload the model serves
+    (:data:`pemn.training.workloads.WORKLOADS`: ``image-classifier`` or ``char-lm``).
     """
     key = name_or_pattern.strip().lower()
     if not key:
@@ -97,7 +102,7 @@ def register_model(name_or_pattern: str, *, listed: Sequence[str] = ()) -> Calla
             raise ModelError(f"listed name {n!r} does not match pattern {key!r}")
 
     def decorator(builder: B) -> B:
-        _REGISTRY[key] = _Entry(key, regex, fields, builder, names)
+        _REGISTRY[key] = _Entry(key, regex, fields, builder, names, serves)
         return builder
 
     return decorator
@@ -136,13 +141,13 @@ def get_model_spec(name: str) -> ModelSpec:
     key = name.strip().lower()
     entry = _REGISTRY.get(key)
     if entry is not None and not entry.fields:
-        return ModelSpec(key, entry.pattern, {}, entry.builder)
+        return ModelSpec(key, entry.pattern, {}, entry.builder, entry.serves)
     for entry in _REGISTRY.values():
         if entry.fields:
             m = entry.regex.match(key)
             if m:
                 sizes = {f: int(m.group(f)) for f in entry.fields}
-                return ModelSpec(key, entry.pattern, sizes, entry.builder)
+                return ModelSpec(key, entry.pattern, sizes, entry.builder, entry.serves)
     raise ModelError(f"unknown model {name!r}; {_valid_names_message()}")
 
 
@@ -694,7 +699,7 @@ def _tiny_mlp(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modu
 # --------------------------------------------------------------------------------------------------- GPT
 
 
-@register_model("gpt-<dim>-<depth>", listed=("gpt-128-4",))
+@register_model("gpt-<dim>-<depth>", listed=("gpt-128-4",), serves="char-lm")
 def _gpt(
     *,
     dim: int,

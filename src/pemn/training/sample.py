@@ -14,7 +14,6 @@ block size. :func:`read_app` reads it back from any of pemn's files and :func:`b
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from pemn.errors import FormatError
-from pemn.training.artifacts import APP_KEY
+from pemn.training import artifacts
 from pemn.training.text import decode, encode
 
 __all__ = ["APP_KIND", "build_lm", "generate", "lm_app", "read_app", "sample_text"]
@@ -32,7 +31,7 @@ __all__ = ["APP_KIND", "build_lm", "generate", "lm_app", "read_app", "sample_tex
 #: ``app["kind"]`` of a character-level language model.
 APP_KIND = "char-lm"
 #: Metadata key of the app object in plain safetensors files (dense and pruned models).
-SAFETENSORS_APP_KEY = APP_KEY
+SAFETENSORS_APP_KEY = artifacts.APP_KEY
 
 
 def lm_app(model_name: str, vocab: str, block_size: int) -> dict[str, Any]:
@@ -54,43 +53,18 @@ def _check_app(app: Any, path: Path) -> dict[str, Any]:
 
 def read_app(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The language-model metadata of a ``.pemn`` artifact, dense ``model.safetensors`` or pruned
-    ``model.sparse.safetensors``; FormatError if the file has none."""
-    from pemn import artifact
-
+    ``model.sparse.safetensors`` (:func:`pemn.training.artifacts.read_app`, checked to be a language model's);
+    FormatError if the file has none."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such artifact file: {str(path)!r}")
-    try:
-        app: Any = artifact.read(path).app
-    except FormatError:
-        app = None
-        meta = _safetensors_metadata(path)
-        if meta is not None and SAFETENSORS_APP_KEY in meta:
-            try:
-                app = json.loads(meta[SAFETENSORS_APP_KEY])
-            except ValueError:
-                raise FormatError(f"{path}: corrupt {SAFETENSORS_APP_KEY} metadata") from None
-        elif meta is None:
-            raise
-    return _check_app(app, path)
-
-
-def _safetensors_metadata(path: Path) -> dict[str, str] | None:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError):
-        return None
+    return _check_app(artifacts.read_app(path), path)
 
 
 def build_lm(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """The language model stored at ``path`` (any of pemn's files), in eval mode, and its metadata."""
-    from pemn.training.artifacts import load_model
-
     app = read_app(path)
-    model, _, _ = load_model(path)
+    model, _, _ = artifacts.load_model(path)
     return model, app
 
 

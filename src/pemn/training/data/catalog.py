@@ -31,6 +31,7 @@ __all__ = [
     "class_names",
     "clear_cache",
     "dataset_info",
+    "dataset_serves",
     "find_dataset",
     "list_datasets",
     "load_dataset",
@@ -101,6 +102,8 @@ class DatasetEntry:
     not_images: str = ""
     download_url: str = ""
     checksums: dict[str, str] = field(default_factory=dict)
+    #: the workload the data serves (:data:`pemn.training.workloads.WORKLOADS`' key, the app kind of its models)
+    serves: str = "image-classifier"
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
@@ -131,6 +134,12 @@ def find_dataset(name: str) -> str | None:
     """The canonical name ``name`` spells (case, ``-``, ``_`` and spaces aside; aliases such as ``cifar-10`` or
     ``tiny``), or None if it names no dataset."""
     return _SPELLINGS.get(_squash(name))
+
+
+def dataset_serves(name: str) -> str | None:
+    """The workload (app kind) of the dataset ``name`` spells (``serves`` of its entry), None for no dataset."""
+    key = find_dataset(name)
+    return None if key is None else _REGISTRY[key].serves
 
 
 def canonical_name(name: str) -> str:

@@ -28,6 +28,6 @@ def _text_info(data_dir: PathArg, image_size: int | None) -> DatasetInfo:
 
 
 register_dataset(DatasetEntry(
-    "text", _text_info, None,
+    "text", _text_info, None, serves="char-lm",
     not_images="a character-level corpus, not images and labels; read it with "
                "pemn.training.text.load_text(data_dir, block_size)"))
