@@ -246,10 +246,11 @@ def _train_into(model: nn.Module, specs: list[tuple[int | None, TaskSpec]], cfg:
         order = _derive(cfg.seed, 7, index) if index is not None else task_seed(cfg.seed, spec.name)
         steps = train_one(model, cfg, x, y, split.info, order)
         pemn.freeze_masks(model)
-        acc = evaluate_spec(model, spec, split, cfg.eval_batch_size)
         before = path.stat().st_size if path.exists() else 0
         pemn.save_task(model, path, app=app, **_save_options(cfg))
         added = path.stat().st_size - before
+        _take_stored_extras(model, path, spec.name)  # float16 / int8 / folded extras: the model as the file has it
+        acc = evaluate_spec(model, spec, split, cfg.eval_batch_size)
         kept = sum(int(mw.current_mask().sum()) for mw in pemn.masked_weights(model).values())
         total = sum(mw.numel for mw in pemn.masked_weights(model).values())
         r = TaskResult(spec.name, acc, added, time.perf_counter() - t0, steps, kept / total)
@@ -262,6 +263,21 @@ def _train_into(model: nn.Module, specs: list[tuple[int | None, TaskSpec]], cfg:
                                     "file_bytes": path.stat().st_size, "seconds": r.seconds, "steps": r.steps,
                                     "kept_fraction": r.kept_fraction, **spec.app}) + "\n")
     return results
+
+
+def _take_stored_extras(model: nn.Module, path: Path, name: str) -> None:
+    """Put task ``name``'s extras as the file at ``path`` stores them (cast to float16, int8-coded, folded) into the
+    model's active task, so the accuracy measured right after training is the saved model's."""
+    from pemn.artifact import _dense_tensors, _unfold
+
+    entry = next(t for t in read(path).tasks if t.name == name)
+    theirs = _dense_tensors(entry.artifact, "")
+    _unfold(theirs, model, "")
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for kind in ("param", "buffer"):
+            for k, t in theirs[kind].items():
+                state[k].copy_(t)
 
 
 def _specs(art: Any, names: list[str] | None, dataset: str | None) -> list[TaskSpec]:
