@@ -363,6 +363,18 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
             "identification_by_task": per_task}
 
 
+def tasks_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` for a run of many tasks: ``keep_rule`` "auto" resolves to "uniform" and an unset ``gain`` to off (the
+    tasks of one prototype share one set of per-layer kept counts and carry no per-channel gains); what the user set
+    explicitly stays (and :func:`pemn.add_task` refuses what it cannot share)."""
+    updates = {}
+    if cfg.keep_rule == "auto":
+        updates["keep_rule"] = "uniform"
+    if cfg.gain is None:
+        updates["gain"] = False
+    return TrainConfig.from_dict({**cfg.to_dict(), **updates}) if updates else cfg
+
+
 def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None = None, task: str | None = None,
                 outputs: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``--tasks`` into ``OUT/model.pemn``, or one task ``task`` on ``cfg.dataset`` into the file ``base``;
@@ -376,6 +388,7 @@ def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None 
         raise ValueError("give either --tasks permuted:N|split:N or --base FILE.pemn --task NAME")
     if cfg.strategy == "dense":
         raise ValueError("tasks share a prototype: give a PEMN strategy (mask, one_layer, mp, rp), not dense")
+    cfg = tasks_config(cfg)
     threads, _ = set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if base is not None:
