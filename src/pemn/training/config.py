@@ -286,6 +286,9 @@ class TrainConfig:
                              f"--data-dir DIR with DIR/input.txt), not {self.dataset!r}")
         if not text and self.block_size != 64:
             raise ValueError("block_size is the context of a language model: it applies only to dataset 'text'")
+        if text and self.teacher is not None:
+            raise ValueError("teacher: distillation applies to image classifiers (the teacher is rebuilt for the "
+                             "images' shape); train the language model without --teacher")
         if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
             takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
             raise ValueError(f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy "
