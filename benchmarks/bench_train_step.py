@@ -19,13 +19,14 @@ from _common import alternate, emit, machine, quick_flag
 from pemn.training.models import create_model
 
 
-def reference_topk(magnitudes: torch.Tensor, kept: int) -> torch.Tensor:
-    """hidden-networks' GetSubnet: sort all scores, zero the lowest ``numel - kept``."""
+def reference_topk(magnitudes: torch.Tensor, kept: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """hidden-networks' GetSubnet: sort all scores, zero the lowest ``numel - kept`` (``pemn.masking.topk_mask``'s
+    signature: the mask as ``dtype``)."""
     flat = magnitudes.flatten()
     _, idx = flat.sort()
     out = torch.zeros_like(flat, dtype=torch.bool)
     out[idx[flat.numel() - kept:]] = True
-    return out.view_as(magnitudes)
+    return out.view_as(magnitudes).to(dtype)
 
 
 @contextlib.contextmanager

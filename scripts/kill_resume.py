@@ -272,7 +272,7 @@ def reference_run(args: argparse.Namespace, out: Path) -> float:
 
     import torch
 
-    from pemn.cli import main as pemn_main
+    from pemn.training.cli import main as pemn_main
 
     class Clock(io.StringIO):
         first: float | None = None

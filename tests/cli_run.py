@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 
-from pemn.cli import main
+from pemn.training.cli import main
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import pemn
 from cli_run import run
-from pemn.cli import main
 from pemn.training.augment import build_eval_transform
+from pemn.training.cli import main
 from pemn.training.data import dataset_info, list_datasets, load_dataset
 from pemn.training.models import create_model, list_models
 

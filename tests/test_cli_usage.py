@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cli_run import run
-from pemn.cli import EXIT_CODES
+from pemn.training.cli import EXIT_CODES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -172,8 +172,10 @@ def test_readme_documents_the_exit_codes() -> None:
 def test_version_answers_without_importing_torch() -> None:
     from pemn import __version__
 
-    code = ("import sys; from pemn.cli import main; assert main(['--version']) == 0; "
-            "heavy = [m for m in ('torch', 'numpy', 'safetensors', 'pemn.training') if m in sys.modules]; "
+    code = ("import sys; from pemn.training.cli import main; assert main(['--version']) == 0; "
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy', 'safetensors') or "
+            "m.startswith('pemn.training.') and m not in ('pemn.training.cli', 'pemn.training.progress', "
+            "'pemn.training.errors')]; "
             "print(heavy)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -183,7 +185,7 @@ def test_version_answers_without_importing_torch() -> None:
                           text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout == f"pemn {__version__}\n", proc.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
-    assert "pemn.cli" in imported and not {m for m in imported if m.split(".")[0] in ("torch", "numpy")}
+    assert "pemn.training.cli" in imported and not {m for m in imported if m.split(".")[0] in ("torch", "numpy")}
 
 
 def test_the_library_names_resolve_lazily() -> None:

@@ -167,7 +167,7 @@ def test_unknown_name_lists_valid_names() -> None:
 def test_one_name_normalisation(spelling: str, name: str) -> None:
     """Every spelling the CLI or the loaders ever accepted names its dataset, the same way for both: the CLI asks
     the catalog (cli._check_dataset_name, cli._is_text) instead of normalising on its own."""
-    from pemn import cli
+    from pemn.training import cli
 
     assert data.find_dataset(spelling) == data.canonical_name(spelling) == name
     if name not in ("imagefolder", "text"):  # those two read data_dir

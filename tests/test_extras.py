@@ -469,7 +469,7 @@ def test_slim_convmixer_header_and_ratio() -> None:
 
 def test_pemn_train_flags(tmp_path: Path) -> None:
     """``pemn train --fold-norms --extras-dtype int8`` writes a folded int8 model.pemn (TrainConfig fields)."""
-    from pemn.cli import main
+    from pemn.training.cli import main
 
     out = tmp_path / "run"
     main(["train", "--model", "tiny-cnn", "--dataset", "digits", "--epochs", "1", "--device", "cpu",

@@ -207,7 +207,7 @@ def test_evaluation_shows_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_one_eval_batch_default_everywhere() -> None:
-    from pemn.cli import build_parser
+    from pemn.training.cli import build_parser
     from pemn.training.config import TrainConfig
     from pemn.training.evaluation import DEFAULT_EVAL_BATCH, evaluate
 
@@ -504,7 +504,7 @@ def test_ctrl_c_while_importing_is_one_line(where: str) -> None:
             "        if name == 'torch':\n"
             "            raise KeyboardInterrupt\n"
             "sys.meta_path.insert(0, Stop())\n"
-            "from pemn.cli import main\n"
+            "from pemn.training.cli import main\n"
             + ("raise SystemExit(main(['models']))\n" if where == "main" else "from pemn import convert_\n"))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120)
     assert out.stderr == "pemn: interrupted\n" and out.returncode != 0, out.stderr

@@ -201,7 +201,7 @@ def test_every_command_takes_threads_with_the_load_aware_default(tmp_path: Path,
         assert seen[-1] == want and torch.get_num_threads() == before, (flags, seen)
     code, _, err = run([*argv, "--threads", "0"])
     assert code == 2 and err.strip() == "pemn: error: --threads must be >= 1, got 0"
-    from pemn.cli import build_parser
+    from pemn.training.cli import build_parser
 
     helptext = " ".join(build_parser()._subparsers._group_actions[0].choices[command].format_help().split())
     assert "--threads N CPU threads (default: as pemn train" in helptext

@@ -376,7 +376,7 @@ def test_block_size_only_for_text():
 
 
 def test_text_too_short_for_the_context_is_a_clear_cli_error(tmp_path, capsys):
-    from pemn.cli import main
+    from pemn.training.cli import main
 
     _write(tmp_path, "abc" * 30)
     rc = main(["train", "--dataset", "text", "--data-dir", str(tmp_path), "--model", "gpt-16-1", "--steps", "2",
@@ -388,7 +388,7 @@ def test_text_too_short_for_the_context_is_a_clear_cli_error(tmp_path, capsys):
 def test_cli_train_eval_sample_end_to_end(tmp_path, capsys):
     import json
 
-    from pemn.cli import main
+    from pemn.training.cli import main
 
     data = tmp_path / "data"
     data.mkdir()

@@ -98,7 +98,7 @@ def test_manifest_checks_use_the_artifacts_rounding(tmp_path: Path) -> None:
 
 
 def test_train_flag(tmp_path: Path) -> None:
-    from pemn.cli import main
+    from pemn.training.cli import main
 
     out = tmp_path / "run"
     assert main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "1", "--keep", "0.8",

@@ -66,7 +66,7 @@ def _readme_commands() -> list[list[str]]:
 def test_readme_commands_are_valid() -> None:
     """Issue 15: README's commands hold as written: each parses, and each `pemn train` resolves to a valid
     TrainConfig (unknown flags, values or contradictions fail here, not in a user's first minute)."""
-    from pemn.cli import _resolve, _train_overrides, build_parser
+    from pemn.training.cli import _resolve, _train_overrides, build_parser
 
     commands = _readme_commands()
     assert sum(c[0] == "train" for c in commands) >= 5 and any(c[0] == "sweep" for c in commands)

@@ -153,6 +153,9 @@ def test_one_shot_inference_api() -> None:
     hits = sum(sp.infer(batch(t, seed=s)[0]) == f"t{t}" for t in range(3) for s in range(5))
     assert hits >= 14
     assert infer_task(model, batch(2, seed=9)[0]) == "t2"
+    assert sum(sp.infer(batch(t, seed=s)[0], "min-entropy") == f"t{t}" for t in range(3) for s in range(5)) >= 14
+    with pytest.raises(ValueError, match="method"):
+        sp.infer(batch(0)[0], "guess")
     assert pemn.active_task(model) == "t0"  # the model is left as it was
 
 
@@ -182,5 +185,10 @@ def test_superfluous_outputs_make_one_shot_inference_work(tmp_path: Path) -> Non
                            "--threads", "1"])
     assert code == 0, err
     assert json.loads(out_)["identification_accuracy"] >= 90
+    code, out_, err = run(["eval", str(out / "model.pemn"), "--infer-task", "--infer-method", "min-entropy",
+                           "--json", "--threads", "1"])
+    assert code == 0, err
+    r = json.loads(out_)
+    assert r["method"] == "min-entropy" and r["identification_accuracy"] >= 75  # chance: 33 %
     code, _, err = run(["train", "--tasks", "permuted:2", "--task-outputs", "5", *COMMON, "--out", str(tmp_path / "f")])
     assert code != 0 and "fewer than" in err

@@ -196,7 +196,7 @@ def test_download_zip_symlink_and_corrupt_refused(tmp_path: Path, http_server: t
 
 def test_trains_from_the_official_layout(tmp_path: Path) -> None:
     """`pemn train` on the layout with the paper's Tiny-ImageNet augmentation (pad-8 crop + flip)."""
-    from pemn.cli import main
+    from pemn.training.cli import main
 
     write_tiny(tmp_path / "data" / "tiny-imagenet-200", n_train=4, val_per_class=2)
     out = tmp_path / "run"

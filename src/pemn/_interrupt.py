@@ -1,5 +1,5 @@
 """The ``pemn`` command's hook for a Ctrl-C that escapes it: while Python is still importing torch (before
-:func:`pemn.cli.main` runs, which handles interrupts itself) it is one line, not a traceback through the
+:func:`pemn.training.cli.main` runs, which handles interrupts itself) it is one line, not a traceback through the
 import machinery. Installed by ``pemn/__init__`` first, and only when this process is the command."""
 
 from __future__ import annotations

@@ -76,12 +76,31 @@ class Superposition:
         (grad,) = torch.autograd.grad(entropy, alpha)
         return grad
 
-    def infer(self, x: torch.Tensor) -> str:
-        """The task the batch ``x`` most likely comes from (the one-shot rule)."""
-        return self.names[int(torch.argmin(self.entropy_gradient(x)))]
+    def entropies(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean output entropy of each task's own model on the batch ``x`` (N forward passes)."""
+        out = []
+        with torch.no_grad():
+            for i in range(len(self.names)):
+                params = {name: self.bases[name] * m[i].to(self.bases[name].dtype).view(self.bases[name].shape)
+                          for name, m in self.masks.items()}
+                params.update({k: stacked[i] for k, stacked in self.extras.items()})
+                logp = torch.log_softmax(functional_call(self.plain, params, (x,)).float(), dim=-1)
+                out.append(-(logp.exp() * logp).sum(-1).mean())
+        return torch.stack(out)
+
+    def infer(self, x: torch.Tensor, method: str = "one-shot") -> str:
+        """The task the batch ``x`` most likely comes from: ``"one-shot"`` (SupSup's rule: one forward and one
+        backward pass of the superposition) or ``"min-entropy"`` (the task whose own model is the most confident
+        on the batch: N forward passes, SupSup's brute-force baseline)."""
+        if method == "one-shot":
+            return self.names[int(torch.argmin(self.entropy_gradient(x)))]
+        if method == "min-entropy":
+            return self.names[int(torch.argmin(self.entropies(x)))]
+        raise ValueError(f"method must be 'one-shot' or 'min-entropy', got {method!r}")
 
 
-def infer_task(model: nn.Module, x: torch.Tensor, names: list[str] | None = None) -> str:
+def infer_task(model: nn.Module, x: torch.Tensor, names: list[str] | None = None, *,
+               method: str = "one-shot") -> str:
     """The name of the task (of ``names``, default all of the model's) that the batch ``x`` comes from, by SupSup's
-    one-shot rule; see :class:`Superposition` to answer many batches."""
-    return Superposition(model, names).infer(x)
+    one-shot rule (or ``method="min-entropy"``); see :class:`Superposition` to answer many batches."""
+    return Superposition(model, names).infer(x, method)

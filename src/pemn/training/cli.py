@@ -3,6 +3,12 @@
 ``main(argv)`` parses with stdlib argparse, keeps no global state and returns an exit code, one per kind of
 error (:data:`EXIT_CODES`, the table in README.md). Errors print one ``pemn: error: ...`` line on stderr (a mistyped
 option names the closest one), never a traceback.
+
+Imports: the modules here that import torch (every application module but :mod:`pemn.training.progress` and
+:mod:`pemn.training.errors`, and :mod:`pemn` itself) are imported inside the function that uses them, as plain
+``from pemn.training... import`` statements (visible to import-linter, type checkers and IDEs; nothing goes through
+``importlib``), so that ``pemn --version`` and ``import pemn.training.cli`` stay torch-free (tests/test_cli_usage.py);
+the torch-free ones are imported at the top.
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+from pemn.training import progress
+from pemn.training.errors import DatasetError
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -35,7 +44,7 @@ EXIT_CODES: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "the work itself failed: training diverged, an export does not match its model, a sweep run failed, "
         "an unforeseen error", ("RuntimeError",)),
     (2, "the command line: an unknown option or name, a bad value, contradictory options",
-     ("pemn.cli.UsageError", "pemn.errors.ConversionError", "pemn.training.models.ModelError")),
+     ("pemn.training.cli.UsageError", "pemn.errors.ConversionError", "pemn.training.models.ModelError")),
     (3, "a model file that cannot be used: corrupt, truncated, foreign, or not the model it is loaded into",
      ("pemn.errors.FormatError",)),
     (4, "the data: a dataset or text file missing, incomplete, corrupt, or not what the model was trained on",
@@ -54,7 +63,6 @@ def _exit_code(e: BaseException) -> int:
     """The :data:`EXIT_CODES` code of an error: the kind whose class is the most specific base of ``e``'s
     (``FileExistsError`` is a run-folder error before it is an ``OSError``), 1 if none is."""
     import builtins
-    import importlib
 
     mro = type(e).__mro__
     best = (len(mro), EXIT_FAILED)
@@ -63,7 +71,7 @@ def _exit_code(e: BaseException) -> int:
             module, _, attr = name.rpartition(".")
             if module and module not in sys.modules:  # not imported: nothing raised is of that class
                 continue
-            cls = getattr(importlib.import_module(module) if module else builtins, attr, None)
+            cls = getattr(sys.modules[module] if module else builtins, attr, None)
             if cls in mro:
                 best = min(best, (mro.index(cls), code))
     return best[1]
@@ -121,17 +129,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _training(module: str) -> Any:
-    """``pemn.training.<module>`` (imported on demand, so the other commands work without it)."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"pemn.training.{module}")
-    except ImportError as e:
-        raise UsageError(f"the training stack is not available ({e}); the train, eval and sweep commands need "
-                         "pemn[cli]") from e
-
-
 def _field_default(f: dataclasses.Field[Any]) -> Any:
     if f.default is not dataclasses.MISSING:
         return f.default
@@ -152,7 +149,6 @@ def _flag_kwargs(name: str, base: type) -> dict[str, Any]:
 
 def _check_dataset_name(name: str) -> None:
     from pemn.training.data import canonical_name
-    from pemn.training.errors import DatasetError
 
     try:
         canonical_name(name)
@@ -170,7 +166,8 @@ def _check_model_name(name: str) -> None:
 
 
 def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str | None) -> Any:
-    tm = _training("config")
+    from pemn.training import config as tm
+
     if config_file is not None and not Path(config_file).is_file():
         raise UsageError(f"no config file at {config_file!r}")
     try:
@@ -181,17 +178,18 @@ def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str 
 
 
 def _device(name: str) -> Any:
+    from pemn.training.dist import resolve_device
+
     try:
-        return _training("dist").resolve_device(name)
+        return resolve_device(name)
     except ValueError as e:
         raise UsageError(f"--device: {_one_line(e)}") from None
 
 
-def _default_eval_batch() -> int | str:
-    try:
-        return int(_training("evaluation").DEFAULT_EVAL_BATCH)
-    except UsageError:
-        return "?"
+def _default_eval_batch() -> int:
+    from pemn.training.evaluation import DEFAULT_EVAL_BATCH
+
+    return DEFAULT_EVAL_BATCH
 
 
 #: The --threads help of every command that runs a model (train's comes from TrainConfig.threads).
@@ -212,7 +210,9 @@ def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
         import torch
 
-        args.threads_used, previous = _training("dist").set_threads(args.threads)
+        from pemn.training.dist import set_threads
+
+        args.threads_used, previous = set_threads(args.threads)
         try:
             return command(args)
         finally:
@@ -247,7 +247,6 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _dataset_rows() -> list[tuple[str, str]]:
     from pemn.training.data import dataset_info, list_datasets
-    from pemn.training.errors import DatasetError
 
     rows = []
     for name in list_datasets():
@@ -277,11 +276,8 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (except ``recipe``, which is ``--recipe``), defaults suppressed."""
-    try:
-        tm = _training("config")
-    except UsageError as e:
-        parser.description = (parser.description or "") + f" [unavailable: {e}]"
-        return
+    from pemn.training import config as tm
+
     fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
     recipe_fields = set(tm.RECIPE_FIELDS)
     default_recipe = _field_default(fields["recipe"])
@@ -309,26 +305,24 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    tm = _training("config")
+    from pemn.training import config as tm
+
     names = {f.name for f in dataclasses.fields(tm.TrainConfig)} - {"recipe"}
     return {k: v for k, v in vars(args).items() if k in names}
 
 
 def _train_default_text() -> str:
     """``mlp on digits, rp``: what a bare ``pemn train`` trains (TrainConfig's defaults)."""
-    try:
-        cls = _training("config").TrainConfig
-    except UsageError:
-        return "see pemn train --help"
-    d = {f.name: _field_default(f) for f in dataclasses.fields(cls)}
+    from pemn.training.config import TrainConfig
+
+    d = {f.name: _field_default(f) for f in dataclasses.fields(TrainConfig)}
     return f"{d['model']} on {d['dataset']}, {d['strategy']}"
 
 
 def _recipe_names() -> str:
-    try:
-        return ", ".join(_training("config").RECIPES)
-    except UsageError:
-        return "?"
+    from pemn.training.config import RECIPES
+
+    return ", ".join(RECIPES)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -339,12 +333,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise UsageError("--task NAME goes with --base FILE.pemn (--tasks names its tasks itself)")
         if args.task_outputs is not None and args.tasks is None:
             raise UsageError("--task-outputs goes with --tasks")
-        _training("tasks").train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task,
-                                       outputs=args.task_outputs, log=_out)
+        from pemn.training.tasks import train_tasks
+
+        train_tasks(cfg, tasks=args.tasks, base=args.base, task=args.task, outputs=args.task_outputs, log=_out)
         return 0
     if args.task is not None:
         raise UsageError("--task NAME goes with --base FILE.pemn")
-    result = _training("engine").train(cfg)
+    from pemn.training.engine import train
+
+    result = train(cfg)
     if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
         _report_train(cfg, result)
     return 0
@@ -370,7 +367,7 @@ def _report_train(cfg: Any, result: Any) -> None:
     nbytes = g(result, "artifact_bytes", None) or g(result, "weights_bytes", None)
     out_dir = g(result, "out_dir", None)
     _out("")
-    epochs = _training("progress").plural(g(result, "epochs_run", "?"), "epoch")
+    epochs = progress.plural(g(result, "epochs_run", "?"), "epoch")
     _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {epochs} in {float(g(result, 'seconds', 0) or 0):.1f} s")
     _out(f"  artifact   {artifact}" + (f"  ({nbytes:,} bytes)" if isinstance(nbytes, int) else ""))
     if out_dir is not None:
@@ -411,7 +408,7 @@ def _artifact_kind(path: Path) -> tuple[Any, dict[str, Any] | None]:
     """The kind of the model file at ``path`` (:data:`pemn.training.artifacts.KINDS`) and its app metadata."""
     if path.is_dir():
         raise UsageError(f"{path} is a directory; give the artifact file inside it (e.g. {path}/model.pemn)")
-    arts = _training("artifacts")
+    from pemn.training import artifacts as arts
     kind = arts.kind_of_file(path)
     return kind, arts.read_app(path, kind)
 
@@ -469,7 +466,9 @@ def _fill_from_run_config(args: argparse.Namespace) -> None:
         args.dataset = cfg["dataset"]
     if args.model is None:
         path = str(args.artifact)
-        if _training("artifacts").kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
+        from pemn.training.artifacts import kind_of_file
+
+        if kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
             raise UsageError(f"{path} records no registry model (a file pemn.save wrote from your own model, with "
                              f"no config.json of a pemn train run beside it): load it in Python with "
                              f"pemn.load({path!r}, model) on a fresh instance of the model you saved; for a file of "
@@ -490,10 +489,8 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
     same shape); a file written without it takes ``--model``/``--dataset`` (or the config.json beside it).
     """
     from pemn.errors import FormatError
+    from pemn.training import artifacts as arts
     from pemn.training.data import dataset_info
-    from pemn.training.errors import DatasetError
-
-    arts = _training("artifacts")
     path = Path(args.artifact)
     try:
         if app is None:
@@ -566,17 +563,17 @@ def _is_task_file(path: Path, kind: Any) -> bool:
 def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
     """``pemn eval FILE --task NAME`` / ``--all-tasks`` / ``--infer-task`` on a multi-task file: each task on its own
     data (its dataset, permutation or classes, as the file records them)."""
-    tasks = _training("tasks")
+    from pemn.training import tasks
     names = args.task or None
     common = {"names": names, "dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
               "eval_subset": args.eval_subset}
     if args.infer_task:
         batch = args.batch_size if args.batch_size_given else 128
-        r = tasks.infer_tasks(args.artifact, batch_size=batch, **common)
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, method=args.infer_method, **common)
         if args.json:
             _out(json.dumps({"artifact": str(args.artifact), **r}))
         else:
-            _out(f"{args.artifact}: task inference (one-shot, {r['tasks']} tasks, batches of {batch}): "
+            _out(f"{args.artifact}: task inference ({r['method']}, {r['tasks']} tasks, batches of {batch}): "
                  f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
                  f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
                  f"({r['examples']:,} test images)")
@@ -600,7 +597,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     kind, app = _artifact_kind(Path(args.artifact))
     args.batch_size_given = args.batch_size is not None
     if args.batch_size is None:
-        args.batch_size = _training("evaluation").DEFAULT_EVAL_BATCH
+        args.batch_size = _default_eval_batch()
     for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -614,7 +611,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
                          "classifiers and character-level language models on their datasets. Evaluate it in "
                          "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
-    evaluation = _training("evaluation")
+    from pemn.training import evaluation
     device = _device(args.device)
     model, _shape, info, model_name = _artifact_model(args, app)
     if info is None:
@@ -623,13 +620,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.eval_subset is not None:
         images, labels = images[:args.eval_subset], labels[:args.eval_subset]
     model.to(device)
-    shown = _training("progress")
-    progress = shown.Progress(True, int(labels.numel()), f"eval ({shown.plural(threads, 'CPU thread')})", _err)
+    bar = progress.Progress(True, int(labels.numel()), f"eval ({progress.plural(threads, 'CPU thread')})", _err)
     try:
         acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
-                                  batch_size=args.batch_size, device=device, progress=progress.update)
+                                  batch_size=args.batch_size, device=device, progress=bar.update)
     finally:
-        progress.close()
+        bar.close()
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "kind": kind.name, "model": model_name,
                          "dataset": info.name, "split": "test", "examples": int(labels.numel()),
@@ -827,7 +823,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = Path(args.artifact)
     kind, app = _artifact_kind(path)
-    if (app or {}).get("kind") == "char-lm":
+    if _is_text(None, app):
         raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
     if (app or {}).get("kind") == "transformers":
         return _export_transformers(args, path, app)
@@ -921,13 +917,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     """Post-training quantization of a dense model file: quantize, calibrate on training images, save, evaluate."""
     import torch
 
+    from pemn.training import artifacts as arts
+    from pemn.training import evaluation
     from pemn.training.augment import build_eval_transform
     from pemn.training.data import load_dataset
     from pemn.training.quantfile import quant_info, save_quant
     from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, post_training_quantize_
-
-    arts = _training("artifacts")
-    evaluation = _training("evaluation")
     path = Path(args.artifact)
     kind, app = _artifact_kind(path)
     if kind.name != "dense":
@@ -937,7 +932,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                                                    f"{arts.KINDS['quant'].filename[len('model'):]}")
     if out.resolve() == path.resolve():
         raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
-    language = (app or {}).get("kind") == "char-lm"
+    language = _is_text(None, app)
     images = labels = transform = None
     if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
         model, _, _ = arts.load_model(path)
@@ -982,7 +977,9 @@ def _export_preprocessing(app: dict[str, Any] | None, info: Any, shape: dict[str
     """How inputs must be prepared for the exported model: what the artifact records (its ``app`` metadata), else
     what the dataset says (:func:`pemn.training.data.preprocessing`), else only the input shape."""
     if isinstance((app or {}).get("preprocessing"), dict):
-        return _training("artifacts").describe_inputs(app, data_dir)
+        from pemn.training.artifacts import describe_inputs
+
+        return describe_inputs(app, data_dir)
     if info is not None:
         from pemn.training.data import preprocessing
 
@@ -1014,7 +1011,7 @@ def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any,
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    tm = _training("config")
+    from pemn.training import config as tm
     fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -1061,7 +1058,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
     except (ValueError, TypeError) as e:
         raise UsageError(_one_line(e)) from None
-    plural = _training("progress").plural
+    plural = progress.plural
     _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
     report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
                        log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x)
@@ -1101,11 +1098,7 @@ def _add_artifact_model_args(p: argparse.ArgumentParser, *, shape_flags: bool) -
 
 def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
     """``pemn sweep``'s grid options, with the defaults of :func:`pemn.training.sweep.build_grid`."""
-    try:
-        grid = _training("sweep")
-    except UsageError as e:
-        parser.description = (parser.description or "") + f" [unavailable: {e}]"
-        return
+    from pemn.training import sweep as grid
 
     def listed(values: Sequence[Any]) -> str:
         return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
@@ -1184,6 +1177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-task", action="store_true",
                    help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
                         "and report identification accuracy and accuracy without ids (batch size default 128)")
+    p.add_argument("--infer-method", choices=("one-shot", "min-entropy"), default="one-shot",
+                   help="--infer-task rule: one-shot (SupSup's entropy gradient of the superposed masks: one forward "
+                        "and backward pass) or min-entropy (each task's own model, the most confident wins: one "
+                        "forward pass per task)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
@@ -1295,6 +1292,10 @@ def main(argv: list[str] | None = None) -> int:
         return func(args)
     except UsageError as e:
         _err(f"{PROG}: error: {_one_line(e)}")
+        return EXIT_USAGE
+    except ModuleNotFoundError as e:  # a package of the training stack (pemn[cli]) is not installed
+        _err(f"{PROG}: error: the training stack is not available ({e}); the train, eval and sweep commands need "
+             "pemn[cli]")
         return EXIT_USAGE
     except BrokenPipeError:  # `pemn ... | head`: the reader left; stop quietly, as other CLIs do
         with contextlib.suppress(OSError, ValueError, AttributeError):
