@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pemn.cli import build_parser
+from pemn.training.cli import build_parser
 from pemn.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
