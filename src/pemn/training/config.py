@@ -198,7 +198,7 @@ class TrainConfig:
                                           "from variance)")
     keep_start: float | None = option(None, "keep annealing: the kept fraction at the first step, annealed to keep "
                                       "(cubic, as in gradual magnitude pruning) over the first keep_anneal of "
-                                      "training")
+                                      "training", bounds="(0, 1]")
     keep_anneal: float = option(0.5, "keep annealing: fraction of the training steps over which keep_start reaches "
                                 "keep", bounds="(0, 1]")
     score_lr: float | None = option(None, "peak learning rate of the mask scores (default: lr; extras use lr)",
