@@ -26,7 +26,6 @@ from typing import Any, NoReturn
 
 from pemn.training import progress
 from pemn.training.errors import DatasetError
-from pemn.training.flags import add_train_flags
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -1107,6 +1106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a registry model on a dataset and save the artifact. Every training "
                                    "option has a flag; each comes from the defaults < --recipe < --config < the "
                                    "flags you type.")
+    from pemn.training.flags import add_train_flags  # imports torch (TrainConfig's tables): not for --version
+
     add_train_flags(p)
     tasks = p.add_argument_group("many tasks on one prototype (one file, each task its masks and extras)")
     tasks.add_argument("--tasks", default=None, metavar="KIND:N",

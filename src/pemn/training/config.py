@@ -18,7 +18,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
-from pemn.config import PEMNConfig, pemn_option
+from pemn.config import KEEP_RULES, PEMNConfig, pemn_option
 from pemn.options import check_option, either, option, option_help
 from pemn.registry import type_names
 from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
@@ -34,6 +34,7 @@ from pemn.training.sample import APP_KIND as CHAR_LM
 
 __all__ = [
     "ARTIFACT_FIELDS",
+    "AUTO_PEMN_FIELDS",
     "DEFAULT_COMPRESSION",
     "FIELD_SECTIONS",
     "GRID_FREE_FIELDS",
@@ -101,6 +102,15 @@ VARIANCE_DEFAULTS = {"plain": "fan-in-keep", "bn": "paper", "ln": "paper"}
 #: With SGD (and neither score_lr nor score_weight_decay set, nor ``paper``) the scores train at this multiple of
 #: ``lr`` without weight decay: at the paper's lr their masks barely leave the initial top-k (RESULTS.md section 5).
 SGD_SCORE_LR_SCALE = 10.0
+#: ``keep_rule="auto"`` is ``"erk"`` below this keep (with scope "layer" and not ``paper``), else ``"uniform"``: ERK
+#: was more accurate and smaller in every sub-bit run measured (RESULTS.md "Below one bit"); at keep 0.5, the
+#: paper's setting, runs stay as in RESULTS.md sections 1-5.
+KEEP_RULE_AUTO_BELOW = 0.5
+#: ``gain`` unset is on for these model families (:func:`model_family`) below :data:`KEEP_RULE_AUTO_BELOW` (not
+#: ``paper``): without a normalization layer nothing else sets a layer's output scale (RESULTS.md "Below one bit").
+GAIN_AUTO_FAMILIES = ("plain",)
+#: TrainConfig fields whose default ``"auto"`` is resolved by the application (so it differs from PEMNConfig's).
+AUTO_PEMN_FIELDS = ("keep_rule",)
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
 PRUNE_FIELDS = ("compression", "prune_scope")
 #: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
@@ -184,6 +194,13 @@ class TrainConfig:
     ratio: float | None = pemn_option("ratio")
     keep: float = pemn_option("keep")
     keep_rounding: str = pemn_option("keep_rounding")
+    mask_sampling: str = pemn_option("mask_sampling")
+    keep_rule: str = pemn_option("keep_rule", default="auto", choices=("auto", *KEEP_RULES),
+                                 help=f"{_PEMN_HELP['keep_rule']}; auto: erk below keep 0.5 with scope layer, else "
+                                 "uniform (uniform with --paper: see KEEP_RULE_AUTO_BELOW)")
+    gain: bool | None = pemn_option("gain", default=None, help=f"{_PEMN_HELP['gain']} (default: on for networks "
+                                    "without normalization layers below keep 0.5, off otherwise and with --paper: see "
+                                    "GAIN_AUTO_FAMILIES)")
     fill: str = pemn_option("fill")
     init: str = pemn_option("init")
     paper: bool = option(False, "the paper's exact method: variance 'paper' when variance is auto, the scores "
@@ -281,8 +298,8 @@ class TrainConfig:
         fields = dataclasses.fields(self)
         for f in fields:
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
-        for f in fields:
-            if f.name not in PEMN_CONFIG_FIELDS:
+        for f in fields:  # PEMNConfig checks its own options (an "auto" one, only TrainConfig has: here)
+            if f.name not in PEMN_CONFIG_FIELDS or f.name in AUTO_PEMN_FIELDS:
                 check_option(f, getattr(self, f.name), field_type(f.name)[0])
         get_model_spec(self.model)  # ModelError (a ValueError) listing the valid names
         try:
@@ -342,6 +359,8 @@ class TrainConfig:
         rescale, keep_scale = VARIANCES[self.resolved_variance(model)]
         fields["rescale"] = rescale if self.rescale is None else self.rescale
         fields["keep_scale"] = keep_scale if self.keep_scale is None else self.keep_scale
+        fields["keep_rule"] = self.resolved_keep_rule()
+        fields["gain"] = self.resolved_gain(model)
         return PEMNConfig(**{**fields, "exclude": tuple(self.exclude or ())})
 
     def score_settings(self) -> tuple[float, float] | None:
@@ -354,6 +373,22 @@ class TrainConfig:
         if self.optimizer == "sgd" and not self.paper and STRATEGY_TABLE[self.strategy].pemn:
             return SGD_SCORE_LR_SCALE * self.lr, 0.0
         return None
+
+    def resolved_keep_rule(self) -> str:
+        """``keep_rule``, with "auto" replaced by "erk" below :data:`KEEP_RULE_AUTO_BELOW` (scope "layer", not
+        ``paper``) and by "uniform" otherwise."""
+        if self.keep_rule != "auto":
+            return self.keep_rule
+        sub_bit = self.keep < KEEP_RULE_AUTO_BELOW and self.scope == "layer" and not self.paper
+        return "erk" if sub_bit else "uniform"
+
+    def resolved_gain(self, model: nn.Module | None = None) -> bool:
+        """``gain``, or when unset: on for a model of a :data:`GAIN_AUTO_FAMILIES` family below
+        :data:`KEEP_RULE_AUTO_BELOW` (not ``paper``; without ``model``, off)."""
+        if self.gain is not None:
+            return self.gain
+        return (model is not None and not self.paper and self.keep < KEEP_RULE_AUTO_BELOW
+                and model_family(model) in GAIN_AUTO_FAMILIES)
 
     def resolved_variance(self, model: nn.Module | None = None) -> str:
         """``variance``, with "auto" replaced by the model family's default (:data:`VARIANCE_DEFAULTS`)."""
