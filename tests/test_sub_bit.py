@@ -22,6 +22,7 @@ from pemn.config import PEMNConfig, kept_count, layer_keeps
 from pemn.layers import gain_key
 from pemn.masking import bernoulli_mask, keep_shift, topk_mask
 from pemn.prototype import slice_scale
+from pemn.training.config import resolve_config
 from pemn.training.engine import train
 from pemn.training.models import create_model
 from test_training_methods import quick, quiet
@@ -357,3 +358,16 @@ def test_mask_structure_script_sees_rows_and_counts_their_cost(tmp_path: Path) -
     report = script.file_report(str(path))
     coded = sum(e["bytes"] for e in pemn.artifact.read(path).manifest) * 8 / report["weights"]
     assert report["bits_per_weight"]["layer"] <= coded <= report["bits_per_weight"]["layer"] + 0.05
+
+
+def test_resume_of_a_run_written_before_the_auto_fields_keeps_its_settings(tmp_path: Path) -> None:
+    cfg = quick(tmp_path, model="lenet5", dataset="mnist", keep=0.1)  # auto: erk and gains for this plain net
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("keep_rule", "gain")}  # an older config.json
+    out = tmp_path / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(old))
+    resumed = resolve_config({"out": str(out), "resume": True})
+    net = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    assert (resumed.keep_rule, resumed.gain) == ("uniform", False)
+    assert (resumed.pemn_config(net).keep_rule, resumed.pemn_config(net).gain) == ("uniform", False)
+    assert (cfg.pemn_config(net).keep_rule, cfg.pemn_config(net).gain) == ("erk", True)  # a new run

@@ -85,7 +85,9 @@ class _MaskedProduct(torch.autograd.Function):
     def forward(ctx, base: torch.Tensor, scores: torch.Tensor, kept: int) -> torch.Tensor:  # type: ignore[override]
         mask = topk_mask(scores.detach().abs(), kept, scores.dtype).to(base.dtype)
         ctx.save_for_backward(base, scores, mask if ctx.needs_input_grad[0] else None)
-        return base * mask
+        if ctx.needs_input_grad[0] or mask.shape != base.shape:
+            return base * mask
+        return mask.mul_(base)  # base * mask in the mask's own memory (the same products, no new tensor)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
@@ -96,7 +98,7 @@ class _MaskedProduct(torch.autograd.Function):
         grad_mask = grad * base
         if grad_mask.dtype != scores.dtype:
             grad_mask = grad_mask.to(scores.dtype)
-        return grad_base, grad_mask * scores.sgn(), None
+        return grad_base, grad_mask.mul_(scores.sgn()), None
 
 
 def masked_product(base: torch.Tensor, scores: torch.Tensor, kept: int) -> torch.Tensor:

@@ -109,6 +109,8 @@ KEEP_RULE_AUTO_BELOW = 0.5
 #: ``gain`` unset is on for these model families (:func:`model_family`) below :data:`KEEP_RULE_AUTO_BELOW` (not
 #: ``paper``): without a normalization layer nothing else sets a layer's output scale (RESULTS.md "Below one bit").
 GAIN_AUTO_FAMILIES = ("plain",)
+#: What a run's ``config.json`` written before ``keep_rule`` and ``gain`` existed trained with (``--resume``).
+FIELDS_BEFORE_AUTO = {"keep_rule": "uniform", "gain": False}
 #: TrainConfig fields whose default ``"auto"`` is resolved by the application (so it differs from PEMNConfig's).
 AUTO_PEMN_FIELDS = ("keep_rule",)
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
@@ -320,6 +322,9 @@ class TrainConfig:
                              f"--data-dir DIR with DIR/input.txt), not {self.dataset!r}")
         if not text and self.block_size != TrainConfig.block_size:
             raise ValueError("block_size is the context of a language model: it applies only to dataset 'text'")
+        if text and self.teacher is not None:
+            raise ValueError("teacher: distillation applies to image classifiers (the teacher is rebuilt for the "
+                             "images' shape); train the language model without --teacher")
         if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
             takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
             raise ValueError(f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy "
@@ -580,7 +585,11 @@ def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
     """The settings of the run that wrote ``path`` (its ``config.json``), with the :data:`RESUME_FREE_FIELDS`
     of ``given`` applied; any other setting in ``given`` must equal the run's (ValueError naming each one)."""
     try:
-        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):  # a run written before these fields existed trained with what they are now
+            for key, before in FIELDS_BEFORE_AUTO.items():  # "auto" about, so it resumes as it trained
+                data.setdefault(key, before)
+        saved = TrainConfig.from_dict(data)
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume takes the run's settings from {str(path)!r}, which cannot be read: "
                          f"{e or type(e).__name__}") from None

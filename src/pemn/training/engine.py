@@ -692,6 +692,8 @@ class _Run:
             raise RuntimeError("the ranks ended with different masks/weights; DDP should have kept them in sync")
         final_acc = h.metrics[-1]["test_acc"] if h.metrics else 0.0
         best_acc, best_epoch = h.best_acc, h.best_epoch
+        if not self.evaluation and h.metrics:  # a finished run resumed: its last evaluation is in the history
+            self.evaluation = dict(h.metrics[-1])
         if dense_acc is not None:  # the saved model is the quantized one, the only one: its accuracy is the run's
             final_acc = best_acc = self.quantized_acc
             best_epoch = len(h.metrics)
