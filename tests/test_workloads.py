@@ -3,12 +3,15 @@ accelerator beside ``Dist`` (precision, DDP wrapping, the optimizer step)."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import pemn.training.engine
 from conftest import quick_config
 from pemn.training.artifacts import IMAGE_APP_KIND, image_app
 from pemn.training.data import dataset_info, dataset_serves, list_datasets
@@ -101,3 +104,32 @@ def test_accelerator_step_is_backward_clip_step(clip_norm: float | None) -> None
     opt_b.step()
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
+
+
+def _code_words(path: Path) -> set[str]:
+    """The names, attributes and string constants of a module's code (docstrings and comments left out)."""
+    tree = ast.parse(path.read_text())
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    words: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            words.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            words.add(node.attr)
+        elif isinstance(node, ast.alias):
+            words.add(node.asname or node.name)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            words.update(re.findall(r"[A-Za-z_-]+", node.value))
+    return words
+
+
+def test_the_training_loop_never_asks_which_workload_it_runs() -> None:
+    """Issue 19 item 1: the engine asks the run's workload and holds no branch of its own on the kind of data (a
+    new workload is an entry of WORKLOADS, not edits of the loop)."""
+    engine = Path(pemn.training.engine.__file__)
+    kind_words = {"corpus", "block_size", "text", "vocab", "lm_app", "image_app", "CharLM", "ImageClassification",
+                  "IMAGE_APP_KIND", "APP_KIND", "char-lm", "image-classifier", "random_windows", "lm_metrics"}
+    assert _code_words(engine) & kind_words == set()

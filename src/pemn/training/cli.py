@@ -659,7 +659,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     path = Path(args.artifact)
     kind, app = _artifact_kind(path)
-    if (app or {}).get("kind") == "char-lm":
+    if _is_text(None, app):
         raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
     if (app or {}).get("kind") == "transformers":
         return _export_transformers(args, path, app)
@@ -713,7 +713,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                                                                    f"{arts.KINDS['quant'].filename[len('model'):]}")
     if out.resolve() == path.resolve():
         raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
-    language = (app or {}).get("kind") == "char-lm"
+    language = _is_text(None, app)
     images = labels = transform = None
     if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
         model, _, _ = arts.load_model(path)

@@ -10,6 +10,12 @@ tensors, batched augmentation from :mod:`pemn.training.augment`) with one of the
 - ``"mask"``, ``"one_layer"``, ``"mp"``, ``"rp"``: the model is converted by :func:`pemn.convert_` and only
   its scores (plus biases / norms) are trained, as in the paper (weight decay applies to the scores too).
 
+What the run learns (image classification, a character-level language model) is its workload
+(:mod:`pemn.training.workloads`, chosen by the dataset): the loop asks it for the data, each step's batch, the loss
+inputs, the evaluation's metrics, the file's app metadata and the lines it reports, and never which kind it is.
+Precision (AMP, GradScaler), the DDP wrapper and the optimizer step are the
+:class:`~pemn.training.dist.Accelerator`'s.
+
 Settings come from :func:`~pemn.training.config.resolve_config`. Every epoch evaluates on the test split and
 appends to ``metrics.jsonl``; the paper reports the best epoch's test accuracy (``best_acc``), which selects on
 the test set, so the final epoch's (``final_acc``, the accuracy of the saved model) is reported beside it.
@@ -616,7 +622,7 @@ class _Run:
             metrics["keep"] = self.keep_now
         if cfg.steps is not None or self.workload.records_step:
             metrics["step"] = min(self.total_steps, (epoch + 1) * self.steps)
-        self.workload.epoch_metrics(metrics, self.evaluation if evaluated else None)
+        metrics = self.workload.epoch_metrics(metrics, self.evaluation if evaluated else None)
         h.metrics.append(metrics)
         if self.keep_now != cfg.keep or test_acc is None:  # still annealing (a larger mask than the run's), or
             pass                                                # not evaluated: not a candidate best
@@ -697,7 +703,7 @@ class _Run:
         path = self.out / self.kind.filename
         files: dict[str, Any] = {}
         summary: dict[str, Any] = {}
-        artifact_acc = artifact_val_loss = None
+        artifact_acc = saved = None
         if self.dist.main:
             summary = self.kind.save(self.module, path, cfg, app=self.workload.app())
             if dense_acc is not None:
@@ -707,7 +713,7 @@ class _Run:
             with torch.random.fork_rng(devices=[]):  # the file alone rebuilds the model (its app metadata)
                 loaded = load_model(path)[0].to(self.device)
             saved = self._evaluate(loaded, f"test of the saved {path.name}", shard=False)
-            artifact_acc, artifact_val_loss = saved["test_acc"], saved.get("val_loss")
+            artifact_acc = saved["test_acc"]
             warning = self.workload.check_saved(saved, self.evaluation, final_acc)
             if warning is not None:
                 self.log(warning)
@@ -717,8 +723,7 @@ class _Run:
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
-            model=self.module, teacher_acc=self.teacher_acc, val_loss=self.evaluation.get("val_loss"),
-            bits_per_char=self.evaluation.get("bits_per_char"), artifact_val_loss=artifact_val_loss,
+            model=self.module, teacher_acc=self.teacher_acc, **self.workload.result_fields(self.evaluation, saved),
             steps_run=min(self.total_steps, len(h.metrics) * self.steps))
         if self.dist.main:
             write_json(self.out / RESULT_NAME, result.to_dict())

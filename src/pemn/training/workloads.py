@@ -14,6 +14,7 @@ a run reports. The training loop (:mod:`pemn.training.engine`) asks it and never
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -55,7 +56,7 @@ def _per_rank_batch(batch_size: int, world: int) -> int:
     return per_rank_batch
 
 
-class Workload:
+class Workload(ABC):
     """One run's data and how it is learned (see the module doc). Built by :meth:`load` on every rank; the split
     tensors ``train_x``/``train_y``/``test_x``/``test_y``, the dataset's ``info`` and the batch transforms
     ``train_tf``/``eval_tf`` (None where the data needs none) are its public state."""
@@ -76,17 +77,18 @@ class Workload:
         self.train_tf, self.eval_tf = train_tf, eval_tf
 
     @classmethod
+    @abstractmethod
     def load(cls, cfg: TrainConfig, group: Dist, accel: Accelerator) -> Workload:
-        raise NotImplementedError
+        """The run's data, on the training device (rank 0 downloads first where ``cfg.download``)."""
 
     @classmethod
+    @abstractmethod
     def build_model(cls, cfg: TrainConfig, info: DatasetInfo) -> nn.Module:
         """A freshly initialised ``cfg.model`` for this data (the caller seeds torch)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def steps_per_epoch(self, batch_size: int) -> tuple[int, int, int]:
         """``(per-rank batch, per-rank shard of an epoch, optimizer steps per epoch)``."""
-        raise NotImplementedError
 
     def rows_counted(self) -> int:
         """How many counted examples (``unit``) one batch row holds."""
@@ -96,10 +98,10 @@ class Workload:
         """This rank's order of the training examples in ``epoch`` (None where batches are drawn at random)."""
         return None
 
+    @abstractmethod
     def batch(self, order: torch.Tensor | None, epoch: int, step: int, per_rank_batch: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's inputs and targets of the step."""
-        raise NotImplementedError
 
     def loss_inputs(self, out: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's outputs and the targets as the loss takes them: ``(N, classes)`` and ``(N,)``."""
@@ -109,43 +111,49 @@ class Workload:
         """How many examples an evaluation counts on its progress display (None: it shows none)."""
         return None
 
+    @abstractmethod
     def evaluate(self, model: nn.Module, *, shard: bool = True, progress: Progress | None = None
                  ) -> dict[str, float]:
         """The metrics of ``model`` on the test split: ``test_acc`` (top-1 %) and the workload's own; ``shard``:
         each rank evaluates its share and the sums are all-reduced (every rank must call it)."""
-        raise NotImplementedError
 
     def calibration_images(self) -> torch.Tensor | None:
         """The training images post-training quantization re-estimates BatchNorm statistics on (None: none)."""
         return None
 
+    @abstractmethod
     def app(self) -> dict[str, Any]:
         """The app metadata of the model file: what rebuilds the model and its inputs from the file alone."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sizes(self) -> str:
         """The splits' sizes, for the run's first line."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval_scope(self) -> str:
         """What each evaluation covers, in words."""
-        raise NotImplementedError
 
-    def epoch_metrics(self, metrics: dict[str, Any], evaluation: dict[str, float] | None) -> None:
-        """Rename / add this workload's entries of an epoch's ``metrics.jsonl`` line (``evaluation``: the epoch's
-        evaluation, None when it was not evaluated)."""
+    def epoch_metrics(self, metrics: dict[str, Any], evaluation: dict[str, float] | None) -> dict[str, Any]:
+        """An epoch's ``metrics.jsonl`` line with this workload's entries renamed / added (``evaluation``: the
+        epoch's evaluation, None when it was not evaluated)."""
+        return metrics
 
+    @abstractmethod
     def epoch_line(self, metrics: dict[str, Any], epochs: int, best: tuple[float, int], eta: float) -> str:
         """The line logged after an epoch."""
-        raise NotImplementedError
+
+    def result_fields(self, last: dict[str, float], saved: dict[str, float] | None) -> dict[str, float | None]:
+        """The workload's own fields of :class:`~pemn.training.outputs.TrainResult` (and ``result.json``) from the
+        last evaluation and the saved file's (``saved``: None on the ranks that do not re-measure it)."""
+        return {}
 
     def check_saved(self, saved: dict[str, float], last: dict[str, float], final_acc: float) -> str | None:
         """A warning when the saved file's metrics (``saved``) differ from the last epoch's (``last``)."""
         return None
 
+    @abstractmethod
     def done_line(self, result: TrainResult, saved: str) -> str:
         """The run's last line (``saved``: the file, its bytes and ratios)."""
-        raise NotImplementedError
 
 
 class ImageClassification(Workload):
@@ -342,10 +350,11 @@ class CharLM(Workload):
             return "the whole validation split"
         return f"the first {predicted:,} of {whole:,} validation characters"
 
-    def epoch_metrics(self, metrics: dict[str, Any], evaluation: dict[str, float] | None) -> None:
+    def epoch_metrics(self, metrics: dict[str, Any], evaluation: dict[str, float] | None) -> dict[str, Any]:
         metrics["chars_per_s"] = metrics.pop("images_per_s")
         metrics.update(val_loss=evaluation["val_loss"] if evaluation is not None else None,
                        bits_per_char=evaluation["bits_per_char"] if evaluation is not None else None)
+        return metrics
 
     def epoch_line(self, metrics: dict[str, Any], epochs: int, best: tuple[float, int], eta: float) -> str:
         test_acc = metrics["test_acc"]
@@ -354,6 +363,11 @@ class CharLM(Workload):
         return (f"epoch {metrics['epoch']}/{epochs} (step {metrics['step']})  lr {metrics['lr']:.4g}  loss "
                 f"{metrics['train_loss']:.4f}  {val}  {metrics['seconds']:.1f}s  {metrics['chars_per_s']:,.0f} "
                 f"char/s  ETA {fmt_time(eta)}")
+
+    def result_fields(self, last: dict[str, float], saved: dict[str, float] | None) -> dict[str, float | None]:
+        """``val_loss``/``bits_per_char`` of the last evaluation, ``artifact_val_loss`` of the saved file."""
+        return {"val_loss": last.get("val_loss"), "bits_per_char": last.get("bits_per_char"),
+                "artifact_val_loss": None if saved is None else saved["val_loss"]}
 
     def check_saved(self, saved: dict[str, float], last: dict[str, float], final_acc: float) -> str | None:
         if abs(saved["val_loss"] - last["val_loss"]) > 1e-6:
