@@ -180,6 +180,16 @@ class Accelerator:
         ids = [self.device.index] if self.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Give every rank rank 0's persistent buffers, the BatchNorm statistics (DDP only syncs them at the next
+        forward); the non-persistent ones (the shared prototype) are identical already."""
+        if not self.dist.enabled:
+            return
+        for mod in model.modules():
+            for name, b in mod._buffers.items():
+                if b is not None and name not in mod._non_persistent_buffers_set:
+                    dist.broadcast(b, 0)
+
     def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params: Iterable[nn.Parameter],
              clip_norm: float | None = None) -> None:
         """Backward (loss-scaled under AMP), optional gradient clipping (on unscaled gradients), step."""

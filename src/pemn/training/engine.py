@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from pemn.convert import convert_, masked_weights, set_keep_
@@ -578,15 +577,6 @@ class _Run:
                                whole_epoch_knots=cfg.paper)
         return schedule_lr(cfg.schedule, cfg.lr, cfg.epochs, epoch + step / self.steps, whole_epoch_knots=cfg.paper)
 
-    def _sync_buffers(self) -> None:
-        """Give every rank rank 0's BatchNorm statistics (DDP only syncs them at the next forward)."""
-        if not self.dist.enabled:
-            return
-        for mod in self.module.modules():
-            for name, b in mod._buffers.items():
-                if b is not None and name not in mod._non_persistent_buffers_set:
-                    dist.broadcast(b, 0)
-
     def _evaluate(self, model: nn.Module, desc: str, *, shard: bool = True) -> dict[str, float]:
         """The workload's metrics of ``model`` on the test split, with a progress display where it has one
         (``shard``: every rank evaluates its share; else the calling rank evaluates all of it)."""
@@ -605,7 +595,7 @@ class _Run:
 
     def _end_epoch(self, epoch: int, epoch_seconds: float) -> None:
         cfg, h = self.cfg, self.history
-        self._sync_buffers()
+        self.accel.sync_buffers(self.module)
         evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == self.epochs
         test_acc = self._test_accuracy(f"test after epoch {epoch + 1}/{self.epochs}") if evaluated else None
         a = h.totals
@@ -690,7 +680,7 @@ class _Run:
         cfg, h = self.cfg, self.history
         if cfg.keep_start is not None:
             self._set_keep(cfg.keep)  # the schedule ends at keep; this makes the saved counts exact regardless
-        self._sync_buffers()
+        self.accel.sync_buffers(self.module)
         dense_acc = self._post_training_quantize()
         digest = state_digest(self.module)
         if not self.dist.all_equal(digest):

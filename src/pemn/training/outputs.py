@@ -139,7 +139,8 @@ class TrainResult:
     ``state_sha256``: a hash of the final masks (PEMN) or weights (dense), equal on every rank.
     Language models (dataset ``text``): ``val_loss`` is the saved model's mean loss in nats per character over the
     whole validation split (``bits_per_char`` = val_loss / ln 2; ``artifact_val_loss`` re-measures it from the
-    file) and the accuracies are next-character top-1 accuracies on that split.
+    file) and the accuracies are next-character top-1 accuracies on that split; these fields of one workload only
+    are filled by its :meth:`~pemn.training.workloads.Workload.result_fields` (None for the others).
     ``steps_run``: optimizer steps done in all (every run).
     """
 
