@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pemn._version import __version__
+from pemn.errors import FormatError, PEMNError
 from pemn.training import progress
 from pemn.training.errors import DatasetError
 
@@ -344,7 +346,6 @@ def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
     """``(model in eval mode, input shape, dataset info or None, registry model name)`` of ``args.artifact``
     (:func:`pemn.training.artifacts.open_model_file` with the command's flags; the dataset and data folder it used
     are written back into ``args``). A flag that contradicts the file or names nothing is a usage error."""
-    from pemn.errors import FormatError
     from pemn.training.artifacts import open_model_file
 
     shape = {k: getattr(args, k, None) for k in ("num_classes", "in_channels", "image_size")}
@@ -373,21 +374,16 @@ def _is_text(dataset: str | None, app: dict[str, Any] | None = None) -> bool:
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
     """Validation loss of a language model: everything but the text comes from the artifact's metadata."""
-    from pemn.training.sample import build_lm
-    from pemn.training.text import decode, encode, evaluate_lm, load_text
+    from pemn.training.sample import evaluate_lm_file
 
-    model, app = build_lm(args.artifact)
-    corpus = load_text(args.data_dir, app["block_size"])
-    val = corpus.val if args.eval_subset is None else corpus.val[:args.eval_subset + 1]  # N predicted characters
-    val = val if corpus.vocab == app["vocab"] else encode(decode(val, corpus.vocab), app["vocab"])
-    device = _device(args.device)
-    m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=args.batch_size, device=device)
+    m, app, text = evaluate_lm_file(args.artifact, args.data_dir, eval_subset=args.eval_subset,
+                                    batch_size=args.batch_size, device=_device(args.device))
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "model": app["model"], "dataset": "text",
                          "split": "validation", **m}))
     else:
         _out(f"{args.artifact}: validation loss {m['val_loss']:.4f} nats/char ({m['bits_per_char']:.4f} bits/char), "
-             f"next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {corpus.path}, "
+             f"next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {text}, "
              f"{app['model']}, context {app['block_size']})")
     return 0
 
@@ -429,9 +425,6 @@ def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pemn.training.augment import build_eval_transform
-    from pemn.training.data import load_dataset
-
     kind, app = _artifact_kind(Path(args.artifact))
     args.batch_size_given = args.batch_size is not None
     if args.batch_size is None:
@@ -451,27 +444,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
                          "classifiers and character-level language models on their datasets. Evaluate it in "
                          "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
-    from pemn.training import evaluation
+    from pemn.training.evaluation import evaluate_test_split
+
     device = _device(args.device)
     model, _shape, info, model_name = _artifact_model(args, app)
     if info is None:
         raise UsageError("give --dataset NAME (the artifact does not say which data it was trained on)")
-    images, labels = load_dataset(args.dataset, args.data_dir, split="test", download=args.download)
-    if args.eval_subset is not None:
-        images, labels = images[:args.eval_subset], labels[:args.eval_subset]
-    model.to(device)
-    bar = progress.Progress(True, int(labels.numel()), f"eval ({progress.plural(threads, 'CPU thread')})", _err)
-    try:
-        acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
-                                  batch_size=args.batch_size, device=device, progress=bar.update)
-    finally:
-        bar.close()
+    acc, examples = evaluate_test_split(model, args.dataset, info, data_dir=args.data_dir, download=args.download,
+                                        eval_subset=args.eval_subset, batch_size=args.batch_size, device=device,
+                                        desc=f"eval ({progress.plural(threads, 'CPU thread')})", log=_err)
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "kind": kind.name, "model": model_name,
-                         "dataset": info.name, "split": "test", "examples": int(labels.numel()),
-                         "accuracy": float(acc)}))
+                         "dataset": info.name, "split": "test", "examples": examples, "accuracy": acc}))
     else:
-        _out(f"{args.artifact}: test accuracy {float(acc):.2f} % (top-1, {labels.numel():,} {info.name} test "
+        _out(f"{args.artifact}: test accuracy {acc:.2f} % (top-1, {examples:,} {info.name} test "
              f"images, {model_name}, {kind.name} weights)")
     return 0
 
@@ -595,8 +581,6 @@ def _recorded_rows(recorded: dict[str, Any], config: dict[str, Any],
 def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     """What a dense / pruned safetensors file holds (it has no masks, so no paper ratio)."""
     from safetensors import safe_open
-
-    from pemn.errors import FormatError
 
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -877,8 +861,6 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``pemn`` argument parser (a new one per call; no global state)."""
-    from pemn._version import __version__
-
     parser = _Parser(
         prog=PROG, allow_abbrev=False,
         description="Parameter-Efficient Masking Networks: train, evaluate, inspect, export and sweep "
@@ -1019,12 +1001,8 @@ def main(argv: list[str] | None = None) -> int:
     (:data:`EXIT_CODES`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--version"]:  # answered before the parser is built: that imports torch
-        from pemn._version import __version__
-
         _out(f"{PROG} {__version__}")
         return EXIT_OK
-    from pemn.errors import PEMNError
-
     try:
         parser = build_parser()
         try:
