@@ -36,22 +36,26 @@ def machine() -> dict[str, Any]:
 
 def alternate(variants: dict[str, Callable[[], Any]], *, repeats: int, warmup: int = 1) -> dict[str, dict[str, float]]:
     """Time each variant ``repeats`` times, interleaved (A B C A B C ...) after ``warmup`` rounds, so that
-    drift in the machine's speed hits every variant alike. Returns median/min seconds per variant."""
+    drift in the machine's speed hits every variant alike. Returns median/min seconds per variant, and the median
+    CPU time of this thread (``median_thread_s``: with one torch thread, the step's own work, without the time
+    other processes held the CPU)."""
     for _ in range(warmup):
         for fn in variants.values():
             fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.thread_time()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "repeats": len(ts)}
-            for name, ts in times.items()}
+            cpu[name].append(time.thread_time() - start_cpu)
+    return {name: {"median_s": statistics.median(ts), "min_s": min(ts), "median_thread_s": statistics.median(cpu[name]),
+                   "repeats": len(ts)} for name, ts in times.items()}
 
 
 def peak_rss_mb() -> float:

@@ -325,7 +325,9 @@ def attempt(args: argparse.Namespace, out: Path, mode: str | None, rng: random.R
         pattern = re.compile(rf"^epoch {target_epoch}/")
     elif mode == "random" and not startup:
         pattern = re.compile(r"^pemn train: ")  # logged once the data is loaded and the model built
-    proc = subprocess.Popen(train_command(args, out, resume=True), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    # the first process of a cycle starts the run: `--resume` of a folder holding no run is an error
+    resume = had_checkpoint or (out / "config.json").exists()
+    proc = subprocess.Popen(train_command(args, out, resume=resume), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=child_env(), cwd=str(ROOT))
     fig.processes_started += 1
     fig.resumes_from_checkpoint += had_checkpoint
@@ -410,6 +412,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fig = Figures()
     watch_kind = DirWatch(work).kind
     while fig.kills < args.kills:
+        if fig.cycles > args.kills + 2:  # every cycle ended in a failed run: report it instead of looping forever
+            fig.problems.append(f"gave up after {fig.cycles} cycles with {fig.kills} of {args.kills} kills")
+            break
         fig.cycles += 1
         out = work / f"cycle-{fig.cycles}"
         out.mkdir()

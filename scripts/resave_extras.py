@@ -1,6 +1,7 @@
 """Re-save trained PEMN runs with every extras option and measure what each costs: bytes and test accuracy.
 
     python scripts/resave_extras.py sweeps/c10_convmixer/rp-r0.001-k0.5 [RUN_DIR ...]
+    python scripts/resave_extras.py --slim RUN_DIR [RUN_DIR ...]   # only the slim file, app metadata kept
 
 Each RUN_DIR is a `pemn train` output folder (config.json + model.pemn). Every option of ``pemn.save`` that
 changes the stored values -- ``fold_norms`` and ``extras_dtype`` (float16, bfloat16, int8), alone and
@@ -81,5 +82,25 @@ def measure(run: Path) -> dict:
     return row
 
 
+def measure_slim(run: Path) -> dict:
+    """The run's slim file: the bytes and test accuracy of ``model.pemn`` re-saved as ``pemn train --prototype
+    seed --extras-dtype int8 --fold-norms`` would have written it (same masks and coding, app metadata kept), next
+    to the as-trained file's."""
+    cfg = json.loads((run / "config.json").read_text())
+    fresh, metrics = _task(cfg)
+    art = pemn.artifact.read(run / "model.pemn")
+    with tempfile.TemporaryDirectory() as d:
+        model = pemn.load(run / "model.pemn", fresh())
+        path = Path(d) / "m.pemn"
+        pemn.artifact.save(model, path, coding=art.coding, prototype="seed", extras_dtype="int8", fold_norms=True,
+                           app=art.app or None)
+        return {"run": str(run), "file_bytes": (run / "model.pemn").stat().st_size,
+                "test_acc": metrics(model)["test_acc"], "slim_file_bytes": path.stat().st_size,
+                "slim_test_acc": metrics(pemn.load(path, fresh()))["test_acc"]}
+
+
 if __name__ == "__main__":
-    print(json.dumps([measure(Path(p)) for p in sys.argv[1:]], indent=2))
+    if sys.argv[1:2] == ["--slim"]:  # python scripts/resave_extras.py --slim RUN_DIR [RUN_DIR ...]
+        print(json.dumps([measure_slim(Path(p)) for p in sys.argv[2:]], indent=2))
+    else:
+        print(json.dumps([measure(Path(p)) for p in sys.argv[1:]], indent=2))

@@ -79,3 +79,15 @@ def test_bench_index_dictionary_quick() -> None:
         assert sizes["core"]["index_bytes"] < sizes["none"]["index_bytes"]
         if "app" not in row["file"]:  # files without the training application's app object
             assert row["core_minus_first_file_bytes"] <= 4, row
+
+
+@pytest.mark.slow  # a fresh process
+def test_bench_lm_step_quick() -> None:
+    """Issue 21 item 15: the language-model step benchmark reports masked / dense by wall clock and by the
+    thread's CPU time (both timed in one process, interleaved), against the 1.15 bar."""
+    doc = _bench("bench_lm_step")
+    row = doc["results"][0]
+    assert row["bar"] == 1.15 and row["masked_layers"] and row["masked_weights"] > 0
+    for key in ("ratio_mask_over_dense", "ratio_rp_over_dense", "ratio_mask_over_dense_cpu", "ratio_rp_over_dense_cpu"):
+        assert row[key] > 0
+    assert all(t["median_thread_s"] > 0 for t in row["timings"].values())

@@ -341,6 +341,19 @@ def test_text_resume_is_exact(tmp_path, stop_at):
     assert all(torch.equal(parts.tensors[k], whole.tensors[k]) for k in whole.tensors)
 
 
+def test_resuming_a_finished_text_run_writes_its_outputs_again(tmp_path):
+    """`pemn train --resume` of a finished language-model run (what a re-run sweep does to a run whose row is
+    missing) once crashed with KeyError 'val_loss': no evaluation had run in that process."""
+    from pemn.training.engine import train
+
+    cfg = _train_cfg(tmp_path, strategy="dense", quantize="binary")
+    first = train(cfg, log=lambda _: None)
+    cfg.resume = True
+    again = train(cfg, log=lambda _: None)
+    assert again.val_loss == first.val_loss and again.artifact_val_loss == first.val_loss
+    assert again.bits_per_char == first.bits_per_char and again.steps_run == 12
+
+
 def test_steps_on_an_image_dataset(tmp_path):
     from pemn.training.config import resolve_config
     from pemn.training.engine import train

@@ -28,6 +28,7 @@ from pemn.training.augment import build_eval_transform
 from pemn.training.checkpoint import read_checkpoint
 from pemn.training.config import (
     ARTIFACT_FIELDS,
+    AUTO_PEMN_FIELDS,
     PEMN_CONFIG_FIELDS,
     PEMN_FIELDS,
     PEMN_STRATEGIES,
@@ -216,7 +217,7 @@ def test_strategy_table_agrees_with_the_core():
 # a value other than the default for every field of PEMNConfig that TrainConfig carries
 _PEMN_VALUES = {"ratio": 0.05, "fill": "rand", "keep": 0.3, "init": "signed_constant", "rescale": True,
                 "scope": "global", "targets": ["Linear"], "exclude": ["0"], "keep_rounding": "paper",
-                "keep_scale": True}
+                "keep_scale": True, "mask_sampling": "bernoulli", "keep_rule": "erk", "gain": True}
 
 
 def test_pemn_fields_are_the_pemnconfig_fields():
@@ -227,16 +228,19 @@ def test_pemn_fields_are_the_pemnconfig_fields():
     assert set(PEMN_FIELDS) >= set(PEMN_CONFIG_FIELDS) | set(ARTIFACT_FIELDS)
     defaults = TrainConfig()
     for name in PEMN_CONFIG_FIELDS:  # the same defaults (exclude: None and () both mean nothing excluded)
+        if name in AUTO_PEMN_FIELDS:  # "auto", resolved by the application (tests/test_sub_bit.py)
+            assert getattr(defaults, name) == "auto", name
+            continue
         f = core[name]
         core_default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         assert (getattr(defaults, name) or None) == (core_default or None), name
     assert set(_PEMN_VALUES) >= set(PEMN_CONFIG_FIELDS), "give the new field a non-default value above"
     values = {k: v for k, v in _PEMN_VALUES.items() if k in PEMN_CONFIG_FIELDS}
-    built = TrainConfig(strategy="rp", seed=7, **values).pemn_config()
-    for name, value in values.items():
+    for name, value in values.items():  # one at a time: some exclude others (bernoulli and erk need scope layer)
+        built = TrainConfig(strategy="rp", seed=7, **{name: value}).pemn_config()
         got = getattr(built, name)
         assert (list(got) if isinstance(got, tuple) else got) == value, name
-    assert (built.strategy, built.seed) == ("rp", 7)
+        assert (built.strategy, built.seed) == ("rp", 7)
 
 
 @pytest.mark.parametrize("name", PEMN_CONFIG_FIELDS + ARTIFACT_FIELDS)

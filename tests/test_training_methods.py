@@ -213,7 +213,8 @@ def test_annealed_run_saves_exactly_the_target_count(tmp_path: Path) -> None:
     assert metrics[0]["keep"] > 0.1 and metrics[-1]["keep"] == 0.1
     assert result.best_epoch >= 2  # epoch 1 (still annealing, a larger mask) is no candidate for the best
     art = pemn.artifact.read(result.artifact)
-    assert all(e["kept"] == kept_count(0.1, math.prod(e["shape"])) for e in art.manifest)
+    assert [e["kept"] for e in art.manifest] == art.config.kept_counts([tuple(e["shape"]) for e in art.manifest])
+    assert art.config.keep == 0.1 and art.config.keep_rule == "erk"  # the sub-bit default (keep_rule auto)
     assert result.artifact_acc == result.final_acc
 
 

@@ -66,6 +66,14 @@ def test_config_refuses_a_model_of_another_workload(dataset: str, model: str, me
         quick_config(dataset=dataset, model=model)
 
 
+def test_config_refuses_a_teacher_for_a_language_model(tmp_path: Path) -> None:
+    """Distillation is an image classifier's (the teacher is rebuilt for the images' shape): a language model's run
+    with a teacher is one clear error before anything is loaded, not a state_dict mismatch of a rebuilt GPT."""
+    (tmp_path / "input.txt").write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    with pytest.raises(ValueError, match="teacher: distillation applies to image classifiers"):
+        quick_config(text_dir=tmp_path, strategy="rp", ratio=0.1, teacher=str(tmp_path / "dense.safetensors"))
+
+
 # --------------------------------------------------------------------------------------------- accelerator
 
 

@@ -86,7 +86,7 @@ from pemn.fileio import atomic_write_bytes
 from pemn.hf import APP_KIND as TRANSFORMERS_APP
 from pemn.hf import app_of as transformers_app
 from pemn.hf import build as build_transformers
-from pemn.layers import MaskedWeight, masked_class_for, weight_params
+from pemn.layers import MaskedWeight, gain_key, masked_class_for, weight_params
 from pemn.prototype import fingerprint, plan, prototype_values
 from pemn.stfile import save_bytes
 from pemn.walk import distinct_weights, find_bank, is_converted, masked_weights, param_slots, unwrap
@@ -185,7 +185,8 @@ def _split_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, t
     """A converted model's dense parameters and persistent buffers (masked-weight state excluded, under
     every path a masked weight is reachable by), each tensor once."""
     prefixes = tuple(n + "." for n, m in model.named_modules(remove_duplicate=False) if isinstance(m, MaskedWeight))
-    return _dense_state(model, lambda k: k.startswith(prefixes))
+    # a masked weight's per-channel gain (PEMNConfig.gain) is a dense extra like a bias; its scores and mask are not
+    return _dense_state(model, lambda k: k.startswith(prefixes) and not k.endswith(".gain"))
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -552,9 +553,16 @@ def _check_manifest(manifest: Any, config: PEMNConfig, where: str) -> None:
               and isinstance(entry["name"], str)
               and isinstance(entry["shape"], list) and entry["shape"]
               and all(isinstance(s, int) and not isinstance(s, bool) and 0 < s < 2**40 for s in entry["shape"])
-              and isinstance(entry["kept"], int) and isinstance(entry["bytes"], int) and entry["bytes"] >= 0)
+              and isinstance(entry["kept"], int) and not isinstance(entry["kept"], bool)
+              and isinstance(entry["bytes"], int) and entry["bytes"] >= 0)
         if not ok or not _kept_ok(entry["kept"], math.prod(entry["shape"]), config):
             raise FormatError(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}")
+    if config.scope == "layer":
+        expected = config.kept_counts([tuple(e["shape"]) for e in manifest])
+        for entry, kept in zip(manifest, expected, strict=True):
+            if entry["kept"] != kept:
+                raise FormatError(where + f"corrupt artifact: bad manifest entry {str(entry)[:200]}: it keeps "
+                                  f"{entry['kept']} weights, its keep ({config.keep_rule} rule) gives {kept}")
     if config.scope == "global":
         total = kept_count(config.keep, sum(math.prod(e["shape"]) for e in manifest), config.keep_rounding)
         if not total <= sum(e["kept"] for e in manifest) <= total + len(manifest):
@@ -566,7 +574,10 @@ def _check_writable(manifest: list[dict[str, Any]], config: PEMNConfig) -> None:
     try:
         _check_manifest(manifest, config, "")
     except FormatError:
-        bad = next((e for e in manifest if not _kept_ok(e["kept"], math.prod(e["shape"]), config)), None)
+        expected = (config.kept_counts([tuple(e["shape"]) for e in manifest]) if config.scope == "layer"
+                    else [e["kept"] for e in manifest])
+        bad = next((e for e, kept in zip(manifest, expected, strict=True)
+                    if e["kept"] != kept or not _kept_ok(e["kept"], math.prod(e["shape"]), config)), None)
         what = (f"layer {bad['name']!r} keeps {bad['kept']:,} of {math.prod(bad['shape']):,} weights"
                 if bad is not None else f"the layers keep {sum(e['kept'] for e in manifest):,} weights in all")
         raise FormatError(f"cannot save: {what}, but the model's config (keep {config.keep:g}, scope "
@@ -576,9 +587,8 @@ def _check_writable(manifest: list[dict[str, Any]], config: PEMNConfig) -> None:
 
 
 def _kept_ok(kept: int, numel: int, config: PEMNConfig) -> bool:
-    if config.scope == "global":
-        return 0 < kept <= numel
-    return kept == kept_count(config.keep, numel, config.keep_rounding)
+    """A kept count possible for a weight of ``numel`` (the exact counts are checked over the whole manifest)."""
+    return 0 < kept <= numel
 
 
 def _check_dense_index(dense: Any, where: str, version: int = 1) -> None:
@@ -857,6 +867,8 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "", task: str | Sequ
         selected, masked = _selection_from_manifest(root, art, where)
         fan_ins = _fan_ins(selected)
         params, buffers = _dense_state(root, lambda k: k in masked)
+        if art.config.gain:  # the gains the conversion below creates, each [out channels]
+            params.update({gain_key(e["name"]): torch.empty(e["shape"][0]) for e in art.manifest})
     mine = {"param": params, "buffer": buffers}
     theirs = _dense_tensors(art, where)
     _unfold(theirs, root, where)
@@ -874,6 +886,9 @@ def apply(art: Artifact, model: nn.Module, *, source: str = "", task: str | Sequ
     else:
         convert_selected_(selected, art.config, protos, unpacked)
         finish_conversion_(root, {}, warn=False)
+        if art.config.gain:
+            for name, mw in masked_weights(root).items():
+                mine["param"][gain_key(name)] = mw.gain
     with torch.no_grad():
         for kind in ("param", "buffer"):
             for k, t in theirs[kind].items():

@@ -17,6 +17,12 @@ INITS = ("kaiming_normal", "kaiming_uniform", "signed_constant")
 SCOPES = ("layer", "global")
 #: How a kept fraction becomes a kept count (:func:`kept_count`).
 KEEP_ROUNDINGS = ("exact", "paper")
+#: How a mask is trained (:mod:`pemn.masking`): ``"topk"`` (edge-popup, the paper) or ``"bernoulli"``
+#: (probabilistic masks sampled at the target keep).
+MASK_SAMPLINGS = ("topk", "bernoulli")
+#: How ``keep`` is shared among the layers with ``scope="layer"`` (:func:`layer_keeps`): ``"uniform"`` (every
+#: layer keeps ``keep``, the paper) or ``"erk"`` (Erdős–Rényi-kernel, RigL: small layers keep more).
+KEEP_RULES = ("uniform", "erk")
 #: The built-in layer types masked by default, by class name (the entries of :mod:`pemn.registry`, where
 #: ``pemn.register_layer`` adds more). Their subclasses are masked too when they keep the parent's forward
 #: (e.g. MultiheadAttention's ``NonDynamicallyQuantizableLinear`` out-projection). ``Conv1D`` is
@@ -45,6 +51,34 @@ def kept_count(keep: float, numel: int, rounding: str = "exact") -> int:
     return min(numel, max(1, math.ceil(Fraction(repr(float(keep))) * numel)))
 
 
+def layer_keeps(keep: float, shapes: list[tuple[int, ...]], rule: str = "uniform") -> list[float]:
+    """The kept fraction of each weight (of these shapes) when a model keeps ``keep`` of its masked weights.
+
+    ``rule="uniform"``: ``keep`` everywhere. ``rule="erk"`` (the Erdős–Rényi-kernel rule of RigL, Evci et al.
+    2020; SupSup's "ER" budgets): a weight's kept fraction is ``eps * sum(shape) / prod(shape)``, capped at 1,
+    with ``eps`` chosen so that the fractions average to ``keep`` over all weights (layers the cap makes dense
+    are set aside and ``eps`` solved again for the rest). Small layers (a first conv, a classifier, a depthwise
+    filter) then keep more, large ones less; masks coded at one probability per layer cost
+    ``sum(n * H(k_layer))`` bits, never more than ``N * H(keep)`` (H is concave).
+    """
+    if rule not in KEEP_RULES:
+        raise ValueError(f"keep_rule must be one of {KEEP_RULES}, got {rule!r}")
+    keep = float(keep)
+    if rule == "uniform" or keep >= 1 or not shapes:
+        return [keep] * len(shapes)
+    numels = [math.prod(s) for s in shapes]
+    density = [sum(s) / n for s, n in zip(shapes, numels, strict=True)]
+    budget = keep * math.fsum(numels)
+    dense: set[int] = set()
+    while True:
+        rest = [i for i in range(len(shapes)) if i not in dense]
+        eps = (budget - math.fsum(numels[i] for i in dense)) / math.fsum(density[i] * numels[i] for i in rest)
+        capped = {i for i in rest if eps * density[i] >= 1}
+        if not capped:
+            return [1.0 if i in dense else eps * density[i] for i in range(len(shapes))]
+        dense |= capped
+
+
 def _check_pattern_list(name: str, value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -58,6 +92,10 @@ def _check_pattern_list(name: str, value: Any) -> tuple[str, ...] | None:
         except re.error as e:
             raise ValueError(f"{name}: {v!r} is neither a layer type nor a valid regex ({e})") from None
     return tuple(value)
+
+
+#: Fields added after format version 1, serialized only when they differ from these defaults.
+_OMITTED_DEFAULTS = {"keep_rounding": "exact", "mask_sampling": "topk", "keep_rule": "uniform", "gain": False}
 
 
 @dataclass(frozen=True)
@@ -93,6 +131,23 @@ class PEMNConfig:
             included).
         exclude: same syntax; matching modules are left dense (``exclude=["Embedding"]`` keeps embeddings
             dense).
+        keep_rule: how ``keep`` is shared among the layers with ``scope="layer"``: ``"uniform"`` (default, the
+            paper: every layer keeps ``keep``) or ``"erk"`` (Erdős–Rényi-kernel: each layer's fraction
+            proportional to ``sum(shape) / prod(shape)``, the model keeping ``keep`` of all its masked weights;
+            :func:`layer_keeps`). Each layer's kept count is :func:`kept_count` of its own fraction.
+        gain: give every masked weight a learned gain per output channel (its first dimension: a Conv's or
+            Linear's output channels, an Embedding's rows), initialised to 1, multiplied into the masked
+            weight (biprop / multi-prize tickets, Diffenderfer & Kailkhura 2021): one float per channel, stored
+            in the file as a dense extra. For networks without normalization layers, where nothing else can set
+            a layer's output scale (default False, the paper).
+        mask_sampling: how the masks train. ``"topk"`` (default, the paper's edge-popup): every forward keeps
+            the top ``keep`` of ``|scores|``, the gradient passes straight through. ``"bernoulli"``
+            (probabilistic masks: Zhou et al. 2019, FedPM): in training mode each forward samples every
+            weight with probability ``sigmoid(logit + b)`` (the logit is the score in units of its initial
+            scale times :data:`pemn.masking.BERNOULLI_LOGIT_SCALE`), ``b`` a per-layer shift that makes the expected
+            kept fraction exactly ``keep``, with the straight-through gradient to the probabilities; in eval
+            mode, and in every saved or frozen mask, the top ``keep`` of the scores (the most probable weights),
+            so saved masks keep exactly the kept count. Needs ``scope="layer"``.
     """
 
     strategy: str = "rp"
@@ -107,6 +162,9 @@ class PEMNConfig:
     targets: tuple[str, ...] | None = None
     exclude: tuple[str, ...] = field(default_factory=tuple)
     keep_rounding: str = "exact"
+    mask_sampling: str = "topk"
+    keep_rule: str = "uniform"
+    gain: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -146,19 +204,41 @@ class PEMNConfig:
             raise ValueError(f"keep_scale must be a bool, got {self.keep_scale!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.mask_sampling not in MASK_SAMPLINGS:
+            raise ValueError(f"mask_sampling must be one of {MASK_SAMPLINGS}, got {self.mask_sampling!r}")
+        if self.mask_sampling == "bernoulli" and self.scope != "layer":
+            raise ValueError("mask_sampling 'bernoulli' samples each layer at its own keep: it needs scope 'layer'")
+        if not isinstance(self.gain, bool):
+            raise ValueError(f"gain must be a bool, got {self.gain!r}")
+        if self.keep_rule not in KEEP_RULES:
+            raise ValueError(f"keep_rule must be one of {KEEP_RULES}, got {self.keep_rule!r}")
+        if self.keep_rule != "uniform" and self.scope != "layer":
+            raise ValueError(f"keep_rule {self.keep_rule!r} shares keep among the layers: it needs scope 'layer' "
+                             "(scope 'global' chooses each layer's share itself)")
         set_(self, "targets", _check_pattern_list("targets", self.targets))
         set_(self, "exclude", _check_pattern_list("exclude", self.exclude) or ())
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (tuples become lists); ``keep_rounding`` only when it is not the
-        default ``"exact"``, so default configs (and the artifacts holding them) serialize as before."""
+        """A JSON-ready dict of every field (tuples become lists); ``keep_rounding``, ``mask_sampling``,
+        ``keep_rule`` and ``gain`` only when they are not their defaults, so default configs (and the artifacts
+        holding them) serialize as before."""
         d = dataclasses.asdict(self)
         for k in ("targets", "exclude"):
             if d[k] is not None:
                 d[k] = list(d[k])
-        if d["keep_rounding"] == "exact":
-            del d["keep_rounding"]
+        for k in _OMITTED_DEFAULTS:
+            if d[k] == _OMITTED_DEFAULTS[k]:
+                del d[k]
         return d
+
+    def layer_keeps(self, shapes: list[tuple[int, ...]], keep: float | None = None) -> list[float]:
+        """Each weight's kept fraction under :attr:`keep_rule` (at ``keep``, default :attr:`keep`)."""
+        return layer_keeps(self.keep if keep is None else keep, shapes, self.keep_rule)
+
+    def kept_counts(self, shapes: list[tuple[int, ...]], keep: float | None = None) -> list[int]:
+        """Each weight's kept count with ``scope="layer"`` (:func:`kept_count` of its :meth:`layer_keeps`)."""
+        return [kept_count(k, math.prod(s), self.keep_rounding)
+                for k, s in zip(self.layer_keeps(shapes, keep), shapes, strict=True)]
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)

@@ -58,7 +58,8 @@ def set_keep_(model: nn.Module, keep: float) -> nn.Module:
     """Change a converted, training model's kept fraction to ``keep`` in place (keep annealing).
 
     Each layer then keeps :func:`~pemn.kept_count` ``(keep, numel)`` weights (``scope="global"``: the model-wide
-    budget), and with ``keep_scale`` its slice is scaled by ``1 / sqrt(keep)``. The model's config (what
+    budget; ``keep_rule="erk"``: its share of ``keep``, :func:`pemn.config.layer_keeps`), and with ``keep_scale``
+    its slice is scaled by ``1 / sqrt`` of its kept fraction. The model's config (what
     :func:`pemn.save` records and :func:`pemn.load` rebuilds from) takes the new ``keep`` too, so the model is
     exactly what :func:`convert_` with that keep gives and a save at any keep loads bit-identically; setting
     the first keep back restores the counts and scales of the conversion (the prototype does not depend on
@@ -74,10 +75,12 @@ def set_keep_(model: nn.Module, keep: float) -> nn.Module:
     if bank.global_topk is not None:
         bank.global_topk.total_kept = kept_count(keep, sum(mw.numel for mw in mws.values()), config.keep_rounding)
         bank.global_topk._key = None
-    for mw in mws.values():
+    shapes = [mw.shape for mw in mws.values()]
+    for mw, layer_keep, kept in zip(mws.values(), config.layer_keeps(shapes, keep), config.kept_counts(shapes, keep),
+                                    strict=True):
         if mw.kept is not None:
-            mw.kept = kept_count(keep, mw.numel, config.keep_rounding)
-        mw.scale = slice_scale(config, bank.sources[mw.source].fan_in, mw.fan_in, keep)
+            mw.kept = kept
+        mw.scale = slice_scale(config, bank.sources[mw.source].fan_in, mw.fan_in, layer_keep)
     return model
 
 
@@ -163,13 +166,14 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
     if config.scope == "global" and masks is None:
         group = bank.global_topk = GlobalTopK(kept_count(config.keep, sum(math.prod(s) for s in shapes),
                                                                   config.keep_rounding))
+    kept_counts = config.kept_counts(shapes)
     made: dict[int, MaskedWeight] = {}
     for module, slots in layout:
         weights: dict[str, MaskedWeight] = {}
         for param, index in slots:
             if index not in made:
                 made[index] = _masked_weight(module._parameters[param], unique[index], assignments[index], bank,
-                                             config, index, group, masks)
+                                             config, index, None if group else kept_counts[index], group, masks)
             weights[param] = made[index]
         to_masked_(module, weights)
         prepare_norms_(module)
@@ -179,11 +183,21 @@ def convert_selected_(selected: list[tuple[str, nn.Module]], config: PEMNConfig,
 
 def _masked_weight(weight: torch.Tensor, entry: DistinctWeight, assign: Assignment,
                    bank: PrototypeBank,
-                   config: PEMNConfig, index: int, group: GlobalTopK | None,
+                   config: PEMNConfig, index: int, kept: int | None, group: GlobalTopK | None,
                    masks: Mapping[str, torch.Tensor] | None) -> MaskedWeight:
+    mw = _new_masked_weight(weight, entry, assign, bank, config, index, kept, masks)
+    if "gain" in mw._parameters:
+        mw.gain.data = mw.gain.data.to(weight.device)
+    if group is not None:
+        group.members.append(mw)
+    return mw
+
+
+def _new_masked_weight(weight: torch.Tensor, entry: DistinctWeight, assign: Assignment,
+                       bank: PrototypeBank, config: PEMNConfig, index: int, kept: int | None,
+                       masks: Mapping[str, torch.Tensor] | None) -> MaskedWeight:
     name, shape, fan_in = entry.name, entry.shape, entry.fan_in
     device = weight.device
-    kept = kept_count(config.keep, weight.numel(), config.keep_rounding) if group is None else None
     if masks is not None:
         mw = MaskedWeight(bank, assign.source, shape, assign.scale, None, fan_in=fan_in)
         mw.freeze(masks[name].to(device), copy=False)
@@ -192,8 +206,6 @@ def _masked_weight(weight: torch.Tensor, entry: DistinctWeight, assign: Assignme
                             fan_in=fan_in)
     if weight.dtype.is_floating_point:
         mw.scores.data = mw.scores.data.to(weight.dtype)
-    if group is not None:
-        group.members.append(mw)
     return mw
 
 

@@ -21,13 +21,29 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pemn.errors import ConversionError
-from pemn.masking import global_topk_masks, init_scores, masked_product, ste_given_mask, topk_mask
+from pemn.masking import (
+    BERNOULLI_LOGIT_SCALE,
+    bernoulli_mask,
+    global_topk_masks,
+    init_scores,
+    masked_product,
+    ste_given_mask,
+    topk_mask,
+    topk_ste,
+)
 from pemn.normed import hooked_tensor, parametrized_tensor
 from pemn.prototype import PrototypeBank
 from pemn.registry import LayerSpec, fan_in_torch, lookup
 
 #: A masked weight ``w`` of a layer is its child module ``CHILD_PREFIX + "w"``.
 CHILD_PREFIX = "pemn_"
+
+
+def gain_key(weight_name: str) -> str:
+    """The state-dict name of the per-channel gain of the masked weight ``weight_name`` (``"fc.weight"`` ->
+    ``"fc.pemn_weight.gain"``): a dense extra of the file (``PEMNConfig.gain``)."""
+    owner, _, param = weight_name.rpartition(".")
+    return f"{owner}.{CHILD_PREFIX}{param}.gain" if owner else f"{CHILD_PREFIX}{param}.gain"
 
 
 class GlobalTopK:
@@ -59,7 +75,8 @@ class GlobalTopK:
 
 
 class MaskedWeight(nn.Module):
-    """One masked weight: ``prototype_slice * scale * mask``.
+    """One masked weight: ``prototype_slice * scale * mask`` (times a learned ``gain`` per output channel with
+    ``PEMNConfig.gain``).
 
     Training mode holds real-valued ``scores`` (a Parameter) and recomputes the top-``kept`` mask each
     call (or takes its share of a model-wide top-k with ``scope="global"``, when ``kept`` is None); frozen
@@ -80,6 +97,8 @@ class MaskedWeight(nn.Module):
         self.kept = None if kept is None else int(kept)
         if scores is not None:
             self.scores = nn.Parameter(scores)
+        if bank.config.gain:  # one learned factor per output channel (PEMNConfig.gain), 1 at the start
+            self.gain = nn.Parameter(torch.ones(self.shape[0], dtype=torch.float32))
 
     @property
     def frozen(self) -> bool:
@@ -90,21 +109,41 @@ class MaskedWeight(nn.Module):
         w = self.bank.view(self.source, self.numel).view(self.shape)
         return w * self.scale if self.scale != 1.0 else w
 
+    @property
+    def sampled(self) -> bool:
+        """Whether the mask trains as a probabilistic (Bernoulli) mask (``PEMNConfig.mask_sampling``)."""
+        return self.bank.config.mask_sampling == "bernoulli"
+
     def current_mask(self) -> torch.Tensor:
-        """The boolean mask the next forward uses (stored when frozen, top-k of the scores otherwise)."""
+        """The boolean mask the next eval-mode forward uses (stored when frozen, else the top-k of the scores:
+        of ``|scores|`` for edge-popup, of the scores themselves, the most probable weights, for Bernoulli
+        masks)."""
         if self.frozen:
             return self._buffers["mask"]
         if self.kept is None:
             return self.bank.global_topk.mask_for(self)
-        return topk_mask(self.scores.detach().abs(), self.kept)
+        return topk_mask(self.scores.detach() if self.sampled else self.scores.detach().abs(), self.kept)
 
     def forward(self) -> torch.Tensor:
+        w = self._masked()
+        gain = self._parameters.get("gain")
+        if gain is None:
+            return w
+        return w * gain.to(w.dtype).view(-1, *([1] * (w.dim() - 1)))
+
+    def _masked(self) -> torch.Tensor:
         base = self.base()
         if self.frozen:
             return base * self._buffers["mask"]
         # Same dtype and op as the frozen path, so freezing or saving never changes an output bit.
         if self.kept is None:
             return base * ste_given_mask(self.scores, self.bank.global_topk.mask_for(self)).to(base.dtype)
+        if self.sampled:
+            if self.training:  # logits in units of the scores' initial scale (1/sqrt(fan_in)), sharpened
+                mask = bernoulli_mask(self.scores * (math.sqrt(self.fan_in) * BERNOULLI_LOGIT_SCALE), self.kept)
+            else:
+                mask = topk_ste(self.scores, self.kept)
+            return base * mask.to(base.dtype)
         return masked_product(base, self.scores, self.kept)
 
     def freeze(self, mask: torch.Tensor | None = None, *, copy: bool = True) -> None:

@@ -187,16 +187,18 @@ def plan(config: PEMNConfig, shapes: list[tuple[int, ...]], fan_ins: list[int] |
     for i in sorted(set(owners)):
         length = stored_length(strategy, config.ratio, numels[i])
         sources[f"s{i}"] = Source(stream=i, length=length, expanded=numels[i], fan_in=fans[i])
+    keeps = config.layer_keeps([tuple(s) for s in shapes])
     assignments = []
     for i, owner in enumerate(owners):
-        assignments.append(Assignment(source=f"s{owner}", scale=slice_scale(config, fans[owner], fans[i])))
+        assignments.append(Assignment(source=f"s{owner}", scale=slice_scale(config, fans[owner], fans[i], keeps[i])))
     return sources, assignments
 
 
 def slice_scale(config: PEMNConfig, source_fan_in: int, fan_in: int, keep: float | None = None) -> float:
     """The factor a layer's prototype slice is multiplied by: ``sqrt(source_fan_in / fan_in)`` with
     ``config.rescale`` (the source was drawn for ``source_fan_in``), times ``1 / sqrt(keep)`` with
-    ``config.keep_scale`` (``keep`` defaults to ``config.keep``; keep annealing passes the current one)."""
+    ``config.keep_scale`` (``keep`` defaults to ``config.keep``; :func:`plan` passes the layer's share of it under
+    ``keep_rule="erk"``, keep annealing the current one)."""
     scale = math.sqrt(source_fan_in / fan_in) if config.rescale else 1.0
     if config.keep_scale:
         scale /= math.sqrt(config.keep if keep is None else keep)

@@ -377,6 +377,9 @@ def add_task(model: nn.Module, name: str, *, num_classes: int | None = None, hea
     """
     root = unwrap(model)
     bank = find_bank(root)
+    if bank.config.keep_rule != "uniform" or bank.config.gain:
+        raise ConversionError("tasks share one set of per-layer kept counts and no per-channel gains: convert with "
+                              "keep_rule='uniform' and gain=False to add tasks")
     ts = _taskset(root, create=True)
     assert ts is not None
     _check_name(name, ts.tasks)

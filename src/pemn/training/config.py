@@ -19,7 +19,7 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
-from pemn.config import PEMNConfig
+from pemn.config import KEEP_RULES, PEMNConfig
 from pemn.registry import type_names
 from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
 from pemn.training.augment import list_recipes
@@ -34,6 +34,7 @@ from pemn.training.sample import APP_KIND as CHAR_LM
 
 __all__ = [
     "ARTIFACT_FIELDS",
+    "AUTO_PEMN_FIELDS",
     "DEFAULT_COMPRESSION",
     "FIELD_SECTIONS",
     "GRID_FREE_FIELDS",
@@ -101,6 +102,17 @@ VARIANCE_DEFAULTS = {"plain": "fan-in-keep", "bn": "paper", "ln": "paper"}
 #: With SGD (and neither score_lr nor score_weight_decay set, nor ``paper``) the scores train at this multiple of
 #: ``lr`` without weight decay: at the paper's lr their masks barely leave the initial top-k (RESULTS.md section 5).
 SGD_SCORE_LR_SCALE = 10.0
+#: ``keep_rule="auto"`` is ``"erk"`` below this keep (with scope "layer" and not ``paper``), else ``"uniform"``: ERK
+#: was more accurate and smaller in every sub-bit run measured (RESULTS.md "Below one bit"); at keep 0.5, the
+#: paper's setting, runs stay as in RESULTS.md sections 1-5.
+KEEP_RULE_AUTO_BELOW = 0.5
+#: ``gain`` unset is on for these model families (:func:`model_family`) below :data:`KEEP_RULE_AUTO_BELOW` (not
+#: ``paper``): without a normalization layer nothing else sets a layer's output scale (RESULTS.md "Below one bit").
+GAIN_AUTO_FAMILIES = ("plain",)
+#: What a run's ``config.json`` written before ``keep_rule`` and ``gain`` existed trained with (``--resume``).
+FIELDS_BEFORE_AUTO = {"keep_rule": "uniform", "gain": False}
+#: TrainConfig fields whose default ``"auto"`` is resolved by the application (so it differs from PEMNConfig's).
+AUTO_PEMN_FIELDS = ("keep_rule",)
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
 PRUNE_FIELDS = ("compression", "prune_scope")
 #: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
@@ -147,6 +159,17 @@ class TrainConfig:
     keep: float = _f(0.5, "fraction of each masked layer's weights that its mask keeps")
     keep_rounding: str = _f("exact", "kept count of a layer of n weights: exact (ceil(keep * n)) or paper (the "
                             "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)")
+    mask_sampling: str = _f("topk", "how the masks train: topk (edge-popup: the top keep of |scores| each step, the "
+                            "paper) or bernoulli (probabilistic masks: each step samples every weight with "
+                            "probability sigmoid(score + b), b making the expected keep exact; saved masks are the "
+                            "top keep of the scores)")
+    keep_rule: str = _f("auto", "how keep is shared among the layers: uniform (every layer keeps keep, the paper), "
+                        "erk (Erdos-Renyi-kernel: a layer's fraction proportional to sum(shape)/prod(shape), small "
+                        "layers keeping more, the model keeping keep of all its masked weights) or auto (erk below "
+                        "keep 0.5 with scope layer, else uniform; uniform with --paper: see KEEP_RULE_AUTO_BELOW)")
+    gain: bool | None = _f(None, "a learned gain per output channel of every masked weight (one float each, stored "
+                           "in model.pemn as an extra) (default: on for networks without normalization layers "
+                           "below keep 0.5, off otherwise and with --paper: see GAIN_AUTO_FAMILIES)")
     fill: str = _f("copy", "mp/rp: copy (plain tiling) or rand (tiled, then shuffled)")
     init: str = _f("kaiming_normal", "prototype values: kaiming_normal, kaiming_uniform or signed_constant")
     paper: bool = _f(False, "the paper's exact method: variance 'paper' when variance is auto, the scores trained "
@@ -238,6 +261,7 @@ class TrainConfig:
         _choice("prototype", self.prototype, PROTOTYPE_STORAGE)
         _choice("prune_scope", self.prune_scope, PRUNE_SCOPES)
         _choice("variance", self.variance, ("auto", *VARIANCES))
+        _choice("keep_rule", self.keep_rule, ("auto", *KEEP_RULES))
         if self.extras_dtype is not None:
             _choice("extras_dtype", self.extras_dtype, tuple(d for d in EXTRAS_DTYPES if d is not None))
         if self.prune is not None:
@@ -262,6 +286,9 @@ class TrainConfig:
                              f"--data-dir DIR with DIR/input.txt), not {self.dataset!r}")
         if not text and self.block_size != 64:
             raise ValueError("block_size is the context of a language model: it applies only to dataset 'text'")
+        if text and self.teacher is not None:
+            raise ValueError("teacher: distillation applies to image classifiers (the teacher is rebuilt for the "
+                             "images' shape); train the language model without --teacher")
         if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
             takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
             raise ValueError(f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy "
@@ -344,6 +371,8 @@ class TrainConfig:
         rescale, keep_scale = VARIANCES[self.resolved_variance(model)]
         fields["rescale"] = rescale if self.rescale is None else self.rescale
         fields["keep_scale"] = keep_scale if self.keep_scale is None else self.keep_scale
+        fields["keep_rule"] = self.resolved_keep_rule()
+        fields["gain"] = self.resolved_gain(model)
         return PEMNConfig(**{**fields, "exclude": tuple(self.exclude or ())})
 
     def score_settings(self) -> tuple[float, float] | None:
@@ -356,6 +385,22 @@ class TrainConfig:
         if self.optimizer == "sgd" and not self.paper and STRATEGY_TABLE[self.strategy].pemn:
             return SGD_SCORE_LR_SCALE * self.lr, 0.0
         return None
+
+    def resolved_keep_rule(self) -> str:
+        """``keep_rule``, with "auto" replaced by "erk" below :data:`KEEP_RULE_AUTO_BELOW` (scope "layer", not
+        ``paper``) and by "uniform" otherwise."""
+        if self.keep_rule != "auto":
+            return self.keep_rule
+        sub_bit = self.keep < KEEP_RULE_AUTO_BELOW and self.scope == "layer" and not self.paper
+        return "erk" if sub_bit else "uniform"
+
+    def resolved_gain(self, model: nn.Module | None = None) -> bool:
+        """``gain``, or when unset: on for a model of a :data:`GAIN_AUTO_FAMILIES` family below
+        :data:`KEEP_RULE_AUTO_BELOW` (not ``paper``; without ``model``, off)."""
+        if self.gain is not None:
+            return self.gain
+        return (model is not None and not self.paper and self.keep < KEEP_RULE_AUTO_BELOW
+                and model_family(model) in GAIN_AUTO_FAMILIES)
 
     def resolved_variance(self, model: nn.Module | None = None) -> str:
         """``variance``, with "auto" replaced by the model family's default (:data:`VARIANCE_DEFAULTS`)."""
@@ -583,7 +628,11 @@ def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
     """The settings of the run that wrote ``path`` (its ``config.json``), with the :data:`RESUME_FREE_FIELDS`
     of ``given`` applied; any other setting in ``given`` must equal the run's (ValueError naming each one)."""
     try:
-        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
+        if isinstance(data, dict):  # a run written before these fields existed trained with what they are now
+            for key, before in FIELDS_BEFORE_AUTO.items():  # "auto" about, so it resumes as it trained
+                data.setdefault(key, before)
+        saved = TrainConfig.from_dict(data)
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume takes the run's settings from {str(path)!r}, which cannot be read: "
                          f"{e or type(e).__name__}") from None

@@ -489,7 +489,12 @@ class _Run:
             variance = {(False, False): "paper", (True, False): "fan-in", (True, True): "fan-in-keep",
                         (False, True): "keep"}[(c.rescale, c.keep_scale)]
             what = (f"{cfg.strategy}, {masked:,} masked weights from {plural(bank.unique_values, 'prototype value')}, "
-                    f"keep {cfg.keep:g}, variance {variance}, {extra:,} trained extras")
+                    f"keep {cfg.keep:g}{' shared by ' + c.keep_rule if c.keep_rule != 'uniform' else ''}, "
+                    f"variance {variance}, {extra:,} trained extras")
+            if c.gain:
+                what += " (per-channel gains included)"
+            if c.mask_sampling != "topk":
+                what += f"; {c.mask_sampling} masks"
             if cfg.keep_start is not None:
                 what += f"; keep annealed from {cfg.keep_start:g} over the first {cfg.keep_anneal:.0%} of steps"
             if cfg.score_settings() is not None:
@@ -687,6 +692,8 @@ class _Run:
             raise RuntimeError("the ranks ended with different masks/weights; DDP should have kept them in sync")
         final_acc = h.metrics[-1]["test_acc"] if h.metrics else 0.0
         best_acc, best_epoch = h.best_acc, h.best_epoch
+        if not self.evaluation and h.metrics:  # a finished run resumed: its last evaluation is in the history
+            self.evaluation = dict(h.metrics[-1])
         if dense_acc is not None:  # the saved model is the quantized one, the only one: its accuracy is the run's
             final_acc = best_acc = self.quantized_acc
             best_epoch = len(h.metrics)
