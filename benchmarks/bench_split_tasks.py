@@ -29,7 +29,16 @@ import pemn
 from _common import emit, machine
 from pemn.training.config import resolve_config
 from pemn.training.models import create_model
-from pemn.training.tasks import _derive, evaluate_spec, load_split, parse_tasks, task_data, train_one, train_tasks
+from pemn.training.tasks import (
+    _derive,
+    evaluate_spec,
+    load_split,
+    parse_tasks,
+    task_data,
+    tasks_config,
+    train_one,
+    train_tasks,
+)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -48,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         overrides = {"dataset": "digits", "model": "tiny-mlp", "steps": 20, "strategy": "mask", "keep": 0.2,
                      "lr": 0.03, "schedule": "cosine", **overrides}
-    cfg = resolve_config({"threads": 1, **overrides})
+    cfg = tasks_config(resolve_config({"threads": 1, **overrides}))  # uniform keep, no gains: what tasks share
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

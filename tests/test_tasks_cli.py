@@ -192,3 +192,33 @@ def test_superfluous_outputs_make_one_shot_inference_work(tmp_path: Path) -> Non
     assert r["method"] == "min-entropy" and r["identification_accuracy"] >= 75  # chance: 33 %
     code, _, err = run(["train", "--tasks", "permuted:2", "--task-outputs", "5", *COMMON, "--out", str(tmp_path / "f")])
     assert code != 0 and "fewer than" in err
+
+
+def test_lossy_extras_accuracy_after_training_is_the_saved_models(tmp_path: Path) -> None:
+    """With float16 / int8 extras the accuracy logged right after a task's training is that of the task as saved
+    (its extras cast / coded as in the file), so re-reading the file gives exactly the same numbers."""
+    for dtype in ("float16", "int8"):
+        out = tmp_path / dtype
+        code, _, err = run(["train", "--tasks", "split:2", *COMMON, "--extras-dtype", dtype, "--out", str(out)])
+        assert code == 0, err
+        result = json.loads((out / "result.json").read_text())
+        assert result["reloaded_equal_after_training"] is True
+
+
+def test_take_stored_extras_gives_the_model_the_files_extras(tmp_path: Path) -> None:
+    from pemn.training.tasks import _take_stored_extras
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    pemn.convert_(model, pemn.PEMNConfig(strategy="mask", keep=0.5))
+    pemn.rename_task(model, "default", "a")
+    pemn.freeze_masks(model)
+    with torch.no_grad():
+        model[0].bias.add_(1e-4)  # not a float16 value
+    pemn.save_task(model, tmp_path / "t.pemn", extras_dtype="float16")
+    assert not torch.equal(model[0].bias, model[0].bias.half().float())
+    _take_stored_extras(model, tmp_path / "t.pemn", "a")
+    assert torch.equal(model[0].bias, model[0].bias.half().float())
+    loaded = pemn.load(tmp_path / "t.pemn", torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.ReLU(),
+                                                                torch.nn.Linear(5, 3)))
+    assert torch.equal(loaded[0].bias, model[0].bias)

@@ -246,10 +246,11 @@ def _train_into(model: nn.Module, specs: list[tuple[int | None, TaskSpec]], cfg:
         order = _derive(cfg.seed, 7, index) if index is not None else task_seed(cfg.seed, spec.name)
         steps = train_one(model, cfg, x, y, split.info, order)
         pemn.freeze_masks(model)
-        acc = evaluate_spec(model, spec, split, cfg.eval_batch_size)
         before = path.stat().st_size if path.exists() else 0
         pemn.save_task(model, path, app=app, **_save_options(cfg))
         added = path.stat().st_size - before
+        _take_stored_extras(model, path, spec.name)  # float16 / int8 / folded extras: the model as the file has it
+        acc = evaluate_spec(model, spec, split, cfg.eval_batch_size)
         kept = sum(int(mw.current_mask().sum()) for mw in pemn.masked_weights(model).values())
         total = sum(mw.numel for mw in pemn.masked_weights(model).values())
         r = TaskResult(spec.name, acc, added, time.perf_counter() - t0, steps, kept / total)
@@ -262,6 +263,21 @@ def _train_into(model: nn.Module, specs: list[tuple[int | None, TaskSpec]], cfg:
                                     "file_bytes": path.stat().st_size, "seconds": r.seconds, "steps": r.steps,
                                     "kept_fraction": r.kept_fraction, **spec.app}) + "\n")
     return results
+
+
+def _take_stored_extras(model: nn.Module, path: Path, name: str) -> None:
+    """Put task ``name``'s extras as the file at ``path`` stores them (cast to float16, int8-coded, folded) into the
+    model's active task, so the accuracy measured right after training is the saved model's."""
+    from pemn.artifact import _dense_tensors, _unfold
+
+    entry = next(t for t in read(path).tasks if t.name == name)
+    theirs = _dense_tensors(entry.artifact, "")
+    _unfold(theirs, model, "")
+    state = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for kind in ("param", "buffer"):
+            for k, t in theirs[kind].items():
+                state[k].copy_(t)
 
 
 def _specs(art: Any, names: list[str] | None, dataset: str | None) -> list[TaskSpec]:
@@ -347,6 +363,18 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
             "identification_by_task": per_task}
 
 
+def tasks_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` for a run of many tasks: ``keep_rule`` "auto" resolves to "uniform" and an unset ``gain`` to off (the
+    tasks of one prototype share one set of per-layer kept counts and carry no per-channel gains); what the user set
+    explicitly stays (and :func:`pemn.add_task` refuses what it cannot share)."""
+    updates = {}
+    if cfg.keep_rule == "auto":
+        updates["keep_rule"] = "uniform"
+    if cfg.gain is None:
+        updates["gain"] = False
+    return TrainConfig.from_dict({**cfg.to_dict(), **updates}) if updates else cfg
+
+
 def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None = None, task: str | None = None,
                 outputs: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``--tasks`` into ``OUT/model.pemn``, or one task ``task`` on ``cfg.dataset`` into the file ``base``;
@@ -360,6 +388,7 @@ def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None 
         raise ValueError("give either --tasks permuted:N|split:N or --base FILE.pemn --task NAME")
     if cfg.strategy == "dense":
         raise ValueError("tasks share a prototype: give a PEMN strategy (mask, one_layer, mp, rp), not dense")
+    cfg = tasks_config(cfg)
     threads, _ = set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     if base is not None:
