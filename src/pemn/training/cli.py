@@ -139,16 +139,6 @@ def _field_default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def _flag_kwargs(name: str, base: type) -> dict[str, Any]:
-    """argparse keywords for a field of type ``base`` (:func:`pemn.training.config.field_type`): bool → --x/--no-x,
-    list → nargs="+", else that type."""
-    if base is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if base is list:
-        return {"nargs": "+", "type": str, "metavar": name.upper()}
-    return {"type": base, "metavar": name.upper()}
-
-
 def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str | None) -> Any:
     from pemn.training import config as tm
 
@@ -252,36 +242,6 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------- train
-
-
-def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field (except ``recipe``, which is ``--recipe``), defaults suppressed."""
-    from pemn.training import config as tm
-
-    fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
-    recipe_fields = set(tm.RECIPE_FIELDS)
-    default_recipe = _field_default(fields["recipe"])
-    for title, names in tm.field_sections():
-        group = parser.add_argument_group(title)
-        if "recipe" in names:  # the recipe and the config file are where these come from
-            group.add_argument("--recipe", default=None, metavar="NAME", help=f"a named recipe ({_recipe_names()}; "
-                               f"default: {default_recipe}): sets every option of this section you do not type")
-            group.add_argument("--config", default=None, metavar="FILE.json", help="a JSON file of training options "
-                               "(between the recipe and the flags)")
-        for name in names:
-            if name == "recipe":
-                continue
-            f = fields[name]
-            kwargs = _flag_kwargs(name, tm.field_type(name)[0])
-            help_text = f.metadata.get("help", "")
-            default = _field_default(f)
-            said = "default:" in help_text.lower() or "(default " in help_text.lower()  # the help says it itself
-            if name in recipe_fields and not said:
-                help_text = f"{help_text} (default: the recipe's; {default} with {default_recipe})".strip()
-            elif default is not None and not said:
-                help_text = f"{help_text} (default: {default})".strip()
-            group.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                               help=help_text.replace("%", "%%"), **kwargs)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -874,7 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a registry model on a dataset and save the artifact. Every training "
                                    "option has a flag; each comes from the defaults < --recipe < --config < the "
                                    "flags you type.")
-    _add_train_flags(p)
+    from pemn.training.flags import add_train_flags  # imports torch (TrainConfig's tables): not for --version
+
+    add_train_flags(p)
     tasks = p.add_argument_group("many tasks on one prototype (one file, each task its masks and extras)")
     tasks.add_argument("--tasks", default=None, metavar="KIND:N",
                        help="train N tasks in sequence into OUT/model.pemn: permuted:N (N fixed pixel permutations "
