@@ -6,10 +6,11 @@ import dataclasses
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from pemn.options import copy_option, either, option
 from pemn.strategies import STRATEGIES, STRATEGY_TABLE, strategy_names
 
 FILLS = ("copy", "rand")
@@ -31,6 +32,11 @@ SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention",
 #: rp's ratio when none is given (:data:`pemn.strategies.STRATEGY_TABLE` holds it).
 DEFAULT_RP_RATIO = STRATEGY_TABLE["rp"].default_ratio
 _SEED_LIMIT = 2**63
+
+
+def _only(takes: str) -> str:
+    """``rp`` or ``mp/rp``: the strategies with ``takes`` (a :class:`pemn.strategies.Strategy` flag), for help."""
+    return "/".join(name for name, s in STRATEGY_TABLE.items() if getattr(s, takes))
 
 
 def kept_count(keep: float, numel: int, rounding: str = "exact") -> int:
@@ -150,21 +156,37 @@ class PEMNConfig:
             so saved masks keep exactly the kept count. Needs ``scope="layer"``.
     """
 
-    strategy: str = "rp"
-    ratio: float | None = None
-    fill: str = "copy"
-    keep: float = 0.5
-    seed: int = 0
-    init: str = "kaiming_normal"
-    rescale: bool = False
-    keep_scale: bool = False
-    scope: str = "layer"
-    targets: tuple[str, ...] | None = None
-    exclude: tuple[str, ...] = field(default_factory=tuple)
-    keep_rounding: str = "exact"
-    mask_sampling: str = "topk"
-    keep_rule: str = "uniform"
-    gain: bool = False
+    # One line per option (pemn.options): the help, names and ranges the command line and its docs show
+    # (pemn.training.config.TrainConfig declares these fields from them); __post_init__ checks them.
+    strategy: str = option("rp", f"the PEMN strategy: {', '.join(STRATEGIES)}", choices=STRATEGIES)
+    ratio: float | None = option(None, f"{_only('takes_ratio')} only: prototype length as a fraction of the "
+                                 f"largest layer (default {DEFAULT_RP_RATIO:g})", bounds="(0, 1)")
+    fill: str = option("copy", f"{_only('takes_fill')}: copy (plain tiling) or rand (tiled, then shuffled)",
+                       choices=FILLS)
+    keep: float = option(0.5, "fraction of each masked layer's weights that its mask keeps", bounds="(0, 1]")
+    seed: int = option(0, "seed of the prototype and the score initialisation", bounds="[0, 2**63)")
+    init: str = option("kaiming_normal", f"prototype values: {either(INITS)}",
+                       choices=INITS)
+    rescale: bool = option(False, "scale each layer's prototype slice to its own fan-in")
+    keep_scale: bool = option(False, "divide each layer's prototype slice by sqrt(keep)")
+    scope: str = option("layer", "mask top-k per layer (the paper) or global (one threshold over all masked layers)",
+                        choices=SCOPES)
+    targets: tuple[str, ...] | None = option(None, "layer types or name regexes to mask (default: every type in "
+                                             "pemn's layer table)")
+    exclude: tuple[str, ...] = option(help="layer types or name regexes to leave dense", default_factory=tuple)
+    keep_rounding: str = option("exact", "kept count of a layer of n weights: exact (ceil(keep * n)) or paper (the "
+                                "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)",
+                                choices=KEEP_ROUNDINGS)
+    mask_sampling: str = option("topk", "how the masks train: topk (edge-popup: the top keep of |scores| each step, "
+                                "the paper) or bernoulli (probabilistic masks: each step samples every weight with "
+                                "probability sigmoid(score + b), b making the expected keep exact; saved masks are "
+                                "the top keep of the scores)", choices=MASK_SAMPLINGS)
+    keep_rule: str = option("uniform", "how keep is shared among the layers: uniform (every layer keeps keep, the "
+                            "paper) or erk (Erdos-Renyi-kernel: a layer's fraction proportional to "
+                            "sum(shape)/prod(shape), small layers keeping more, the model keeping keep of all its "
+                            "masked weights)", choices=KEEP_RULES)
+    gain: bool = option(False, "a learned gain per output channel of every masked weight (one float each, stored in "
+                        "model.pemn as an extra)")
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -257,3 +279,13 @@ class PEMNConfig:
     @classmethod
     def from_json(cls, text: str) -> PEMNConfig:
         return cls.from_dict(json.loads(text))
+
+
+def pemn_option(name: str, **change: Any) -> Any:
+    """:class:`PEMNConfig`'s option ``name`` (its default, help, choices and bounds) declared as a field of another
+    dataclass (``pemn.training.config.TrainConfig``), with ``change`` (``default``, ``help``, ``choices``,
+    ``bounds``) applied: the option is written once, here."""
+    fields = {f.name: f for f in dataclasses.fields(PEMNConfig)}
+    if name not in fields:
+        raise ValueError(f"PEMNConfig has no option {name!r}; its options: {', '.join(fields)}")
+    return copy_option(fields[name], **change)
