@@ -166,17 +166,20 @@ def test_unknown_name_lists_valid_names() -> None:
 ])
 def test_one_name_normalisation(spelling: str, name: str) -> None:
     """Every spelling the CLI or the loaders ever accepted names its dataset, the same way for both: the CLI asks
-    the catalog (cli._check_dataset_name, cli._is_text) instead of normalising on its own."""
-    from pemn.training import cli
+    the catalog (the model files' --dataset check, artifacts._dataset_name, and cli._is_text) instead of normalising
+    on its own; a name that spells nothing is a usage error (ValueError), not missing data."""
+    from pemn.errors import DatasetError
+    from pemn.training import artifacts, cli
 
     assert data.find_dataset(spelling) == data.canonical_name(spelling) == name
     if name not in ("imagefolder", "text"):  # those two read data_dir
         assert dataset_info(spelling).name == name
-    cli._check_dataset_name(spelling)
+    artifacts._dataset_name(spelling)
     assert cli._is_text(spelling) == (name == "text")
     assert data.find_dataset("svhn") is None and not cli._is_text("svhn") and not cli._is_text(None)
-    with pytest.raises(cli.UsageError, match=r"unknown dataset 'svhn'; valid names: digits, mnist"):
-        cli._check_dataset_name("svhn")
+    with pytest.raises(ValueError, match=r"unknown dataset 'svhn'; valid names: digits, mnist") as raised:
+        artifacts._dataset_name("svhn")
+    assert not isinstance(raised.value, DatasetError)
 
 
 def test_register_dataset_table() -> None:

@@ -25,6 +25,7 @@ from pemn.training.artifacts import (
     input_info,
     kind_of_file,
     load_model,
+    open_model_file,
     read_app,
 )
 from pemn.training.data import dataset_info
@@ -121,10 +122,22 @@ def test_files_without_app_metadata_keep_working(tmp_path: Path) -> None:
     assert json.loads(out)["model"] == "tiny-mlp"
     code, _, err = run(["eval", str(path)])
     assert code == 2 and "give --model" in err
+    # the application's function under the CLI: a ValueError (the CLI's usage error) names what to give
+    with pytest.raises(ValueError, match=r"explicitly \(missing --num-classes, --in-channels, --image-size\)"):
+        open_model_file(path, None, model="tiny-mlp")
+    opened = open_model_file(path, None, model="tiny-mlp", shape={"num_classes": 10, "in_channels": 1,
+                                                                  "image_size": 8})
+    assert (opened.name, opened.dataset, opened.info, opened.shape["num_classes"]) == ("tiny-mlp", None, None, 10)
     (path.parent / "config.json").write_text(json.dumps({"model": "tiny-mlp", "dataset": "digits"}))
     code, out, err = run(["eval", str(path), "--json"])
     assert code == 0, err
     assert json.loads(out)["kind"] == "pemn"
+    (path.parent / "config.json").write_text(json.dumps({"model": "tiny-mlp", "dataset": "digits",
+                                                         "data_dir": str(tmp_path / "recorded")}))
+    opened = open_model_file(path, None)  # everything from the run's config.json, its data folder too
+    assert (opened.name, opened.dataset, opened.info.name) == ("tiny-mlp", "digits", "digits")
+    assert opened.data_dir == str(tmp_path / "recorded") and not opened.model.training
+    assert open_model_file(path, None, data_dir="mine").data_dir == "mine"  # --data-dir wins
 
 
 def _with_metadata(path: Path, out: Path, **changes: str | None) -> Path:

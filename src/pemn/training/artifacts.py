@@ -51,8 +51,9 @@ if TYPE_CHECKING:
     from pemn.training.config import TrainConfig
     from pemn.training.data import DatasetInfo
 
-__all__ = ["APP_KEY", "IMAGE_APP_KIND", "KINDS", "ArtifactKind", "app_dataset", "app_metadata", "describe_inputs",
-           "image_app", "input_info", "kind_of", "kind_of_file", "load_model", "model_args", "read_app"]
+__all__ = ["APP_KEY", "IMAGE_APP_KIND", "KINDS", "ArtifactKind", "OpenedModel", "app_dataset", "app_metadata",
+           "describe_inputs", "image_app", "input_info", "kind_of", "kind_of_file", "load_model", "model_args",
+           "open_model_file", "read_app", "recorded_data_dir", "run_config"]
 
 #: Metadata key of the app object in the plain safetensors files (dense and pruned models).
 APP_KEY = "pemn_app"
@@ -356,3 +357,127 @@ def load_model(path: str | os.PathLike[str], *, model: str | None = None,
     net = create_model(name, **args)
     kind.load(path, net)
     return net.eval(), kind, app
+
+
+# ----------------------------------------------------------------------------------------- opening for eval / export
+
+
+def run_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` ``pemn train`` wrote next to the model file at ``path`` ({} if there is none or it is
+    unreadable)."""
+    try:
+        loaded = json.loads((Path(path).parent / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
+
+
+def recorded_data_dir(path: str | os.PathLike[str], dataset: str | None,
+                      data_dir: str | None = None) -> str | None:
+    """The data folder for the model file at ``path``, one rule for every kind of file: ``data_dir`` if given, else
+    the folder the run recorded (the config.json beside the file) when ``dataset`` is the run's, else None
+    ($PEMN_DATA_DIR or ./data)."""
+    if data_dir is not None or dataset is None:
+        return data_dir
+    from pemn.training.data import find_dataset
+
+    cfg = run_config(path)
+    recorded, ran_on = cfg.get("data_dir"), cfg.get("dataset")
+    if isinstance(recorded, str) and isinstance(ran_on, str) and find_dataset(ran_on) == find_dataset(dataset):
+        return recorded
+    return None
+
+
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model file opened for ``pemn eval`` / ``export`` / ``quantize`` (:func:`open_model_file`)."""
+
+    #: the model, in eval mode
+    model: nn.Module
+    #: ``num_classes`` / ``in_channels`` / ``image_size``
+    shape: dict[str, int]
+    #: the data it is measured on (with the model's normalisation), None when no dataset is known
+    info: DatasetInfo | None
+    #: the registry model name
+    name: str
+    #: the dataset name it was given or the file (or its run's config.json) records, else None
+    dataset: str | None
+    #: the data folder to read ``dataset`` from (None: $PEMN_DATA_DIR or ./data)
+    data_dir: str | None
+
+
+def _dataset_name(name: str) -> None:
+    """ValueError (a usage error, not missing data) if ``name`` spells no dataset."""
+    from pemn.training.data import canonical_name
+
+    try:
+        canonical_name(name)
+    except DatasetError as e:
+        raise ValueError(str(e)) from None
+
+
+def _no_registry_model(path: Path) -> ValueError:
+    if kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
+        return ValueError(f"{path} records no registry model (a file pemn.save wrote from your own model, with no "
+                          "config.json of a pemn train run beside it): load it in Python with "
+                          f"pemn.load({str(path)!r}, model) on a fresh instance of the model you saved; for a file "
+                          "of a registry model, give --model NAME")
+    return ValueError(f"{path} records no registry model: give --model NAME (see pemn models), or load it in Python "
+                      "into the model it was saved from")
+
+
+def open_model_file(path: str | os.PathLike[str], app: dict[str, Any] | None, *, model: str | None = None,
+                    dataset: str | None = None, data_dir: str | None = None,
+                    shape: dict[str, int | None] | None = None, data: bool = True) -> OpenedModel:
+    """The model file at ``path`` (whose app metadata is ``app``, :func:`read_app`) loaded for measuring or export.
+
+    The file's app metadata gives the architecture, the dataset (with ``data``, the default for ``dataset``) and its
+    normalisation (``model``/``shape`` must agree with it; ``dataset`` may name other data of the same shape); a
+    file written without it takes ``model``/``dataset``/``shape``, else the config.json beside it. ``shape`` holds
+    the explicit ``num_classes``/``in_channels``/``image_size`` (None: not given). FormatError for a file that
+    cannot be used, DatasetError for data that is not there, ValueError for arguments that contradict the file
+    or name nothing.
+    """
+    from pemn.training.data import dataset_info
+    from pemn.training.models import get_model_spec
+
+    path = Path(path)
+    explicit = {k: v for k, v in (shape or {}).items() if k in _SHAPE_ARGS and v is not None}
+    if app is None:
+        if model is None or (dataset is None and "num_classes" not in explicit):
+            recorded = run_config(path)
+            if model is None and isinstance(recorded.get("model"), str):
+                model = recorded["model"]
+            if dataset is None and "num_classes" not in explicit and isinstance(recorded.get("dataset"), str):
+                dataset = recorded["dataset"]
+            if model is None:
+                raise _no_registry_model(path)
+        data_dir = recorded_data_dir(path, dataset, data_dir)
+        info = None
+        if dataset is not None:
+            _dataset_name(dataset)
+            info = dataset_info(dataset, data_dir, image_size=explicit.get("image_size"))
+            args = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size}
+            args.update(explicit)
+        else:
+            missing = [k for k in _SHAPE_ARGS if k not in explicit]
+            if missing:
+                flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+                raise ValueError(f"give --dataset NAME, or the input shape explicitly (missing {flags})")
+            args = {k: int(v) for k, v in explicit.items()}
+        get_model_spec(model)
+        loaded, _, _ = load_model(path, model=model, shape=args)
+        return OpenedModel(loaded, args, info, model, dataset, data_dir)
+    loaded, _, _ = load_model(path, model=model, shape=explicit or None)
+    args = model_args(app, str(path))
+    if dataset is None and data:
+        dataset = app_dataset(app)
+    info = None
+    if dataset is not None:
+        _dataset_name(dataset)
+        data_dir = recorded_data_dir(path, dataset, data_dir)
+        info = dataset_info(dataset, data_dir)
+        if info.name == "imagefolder":  # its image size is the model's choice
+            info = dataset_info(dataset, data_dir, image_size=args.get("image_size"))
+        info = input_info(app, info, data_dir, str(path))
+    return OpenedModel(loaded, args, info, app["model"], dataset, data_dir)

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pemn._version import __version__
+from pemn.errors import FormatError, PEMNError
 from pemn.training import progress
 from pemn.training.errors import DatasetError
 
@@ -137,24 +139,6 @@ def _field_default(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def _check_dataset_name(name: str) -> None:
-    from pemn.training.data import canonical_name
-
-    try:
-        canonical_name(name)
-    except DatasetError as e:
-        raise UsageError(str(e)) from None
-
-
-def _check_model_name(name: str) -> None:
-    from pemn.training.models import get_model_spec
-
-    try:
-        get_model_spec(name)
-    except ValueError as e:
-        raise UsageError(_one_line(e)) from None
-
-
 def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str | None) -> Any:
     from pemn.training import config as tm
 
@@ -209,10 +193,6 @@ def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
             torch.set_num_threads(previous)
 
     return run
-
-
-def _fmt_pct(x: Any) -> str:
-    return "n/a" if x is None else f"{float(x):.2f} %"
 
 
 # --------------------------------------------------------------------------------------------- models / datasets
@@ -300,65 +280,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.task is not None:
         raise UsageError("--task NAME goes with --base FILE.pemn")
     from pemn.training.engine import train
+    from pemn.training.outputs import report_lines
 
     result = train(cfg)
-    if getattr(result, "rank", 0) == 0:  # under torchrun, one report (rank 0's) instead of one per process
-        _report_train(cfg, result)
+    if result.rank == 0:  # under torchrun, one report (rank 0's) instead of one per process
+        for line in report_lines(cfg, result):
+            _out(line)
     return 0
-
-
-def _report_train(cfg: Any, result: Any) -> None:
-    g = getattr
-    what = f"strategy {cfg.strategy}"
-    if cfg.strategy != "dense":
-        pemn_cfg = cfg.pemn_config()
-        ratio = "" if pemn_cfg.ratio is None else f"ratio {pemn_cfg.ratio:g}, "
-        what += f" ({ratio}keep {pemn_cfg.keep:g})"
-    if g(cfg, "prune", None):
-        what += f", {cfg.prune} pruning of {100 * float(g(cfg, 'effective_compression', 0) or 0):g} % of the weights"
-    if g(cfg, "quantize", None):
-        what += f", weights {cfg.quantize}"
-    summary = g(result, "summary", None) or {}
-
-    def sv(name: str) -> Any:
-        return summary.get(name) if isinstance(summary, dict) else g(summary, name, None)
-
-    artifact = g(result, "artifact", None) or g(result, "weights", None)
-    nbytes = g(result, "artifact_bytes", None) or g(result, "weights_bytes", None)
-    out_dir = g(result, "out_dir", None)
-    _out("")
-    epochs = progress.plural(g(result, "epochs_run", "?"), "epoch")
-    _out(f"trained {cfg.model} on {cfg.dataset}, {what}: {epochs} in {float(g(result, 'seconds', 0) or 0):.1f} s")
-    _out(f"  artifact   {artifact}" + (f"  ({nbytes:,} bytes)" if isinstance(nbytes, int) else ""))
-    if out_dir is not None:
-        files = (sorted(p.name for p in Path(out_dir).iterdir() if p.is_file() and not p.name.startswith("."))
-                 if Path(out_dir).is_dir() else [])
-        _out(f"  results    {out_dir}" + (f"  ({', '.join(files)})" if files else ""))
-    val_loss = g(result, "val_loss", None)
-    if val_loss is not None:  # a language model (dataset text)
-        _out(f"  val loss   {float(val_loss):.4f} nats/char = {float(g(result, 'bits_per_char', 0.0)):.4f} bits/char "
-             f"after {g(result, 'steps_run', '?')} steps (the saved model, "
-             + ("whole validation split)" if cfg.eval_subset is None else
-                f"first {cfg.eval_subset:,} validation characters: --eval-subset)"))
-        _out(f"  accuracy   next character, final: {_fmt_pct(g(result, 'final_acc', None))}")
-    else:
-        _out(f"  accuracy   best epoch ({g(result, 'best_epoch', '?')}): {_fmt_pct(g(result, 'best_acc', None))}   "
-             f"final epoch ({g(result, 'epochs_run', '?')}): {_fmt_pct(g(result, 'final_acc', None))}")
-        _out("             (top-1 on the test split; best = max over epochs, the paper's metric; final = the saved "
-             "model's)")
-        if g(result, "teacher_acc", None) is not None:
-            _out(f"  teacher    {cfg.teacher}: {_fmt_pct(result.teacher_acc)} (the dense model distilled from)")
-    from pemn.summary import honest_ratio_text, paper_ratio_text
-
-    paper, honest = sv("paper_ratio"), sv("honest_ratio")
-    parts = []
-    if paper is not None:
-        parts.append(paper_ratio_text(float(paper)) if cfg.strategy != "dense" else
-                     f"pruned fraction {100 * float(paper):.2f} % (the paper's x for baselines)")
-    if honest is not None:
-        parts.append(f"{honest_ratio_text(float(honest))} (dense fp32 bytes / file bytes)")
-    if parts:
-        _out("  size       " + "  |  ".join(parts))
 
 
 # --------------------------------------------------------------------------------------------- loading artifacts
@@ -373,112 +301,23 @@ def _artifact_kind(path: Path) -> tuple[Any, dict[str, Any] | None]:
     return kind, arts.read_app(path, kind)
 
 
-def _shape_args(args: argparse.Namespace) -> tuple[dict[str, int], Any]:
-    """``num_classes``/``in_channels``/``image_size`` from ``--dataset`` and/or the explicit flags."""
-    explicit = {k: getattr(args, k, None) for k in ("num_classes", "in_channels", "image_size")}
-    info = None
-    if args.dataset is not None:
-        from pemn.training.data import dataset_info
-
-        _check_dataset_name(args.dataset)
-        info = dataset_info(args.dataset, getattr(args, "data_dir", None), image_size=explicit["image_size"])
-        shape = {"num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size}
-        shape.update({k: v for k, v in explicit.items() if v is not None})
-        return shape, info
-    missing = [k for k, v in explicit.items() if v is None]
-    if missing:
-        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
-        raise UsageError(f"give --dataset NAME, or the input shape explicitly (missing {flags})")
-    return {k: int(v) for k, v in explicit.items()}, info
-
-
-def _run_config(artifact: Path) -> dict[str, Any]:
-    """The ``config.json`` train wrote next to ``artifact`` ({} if there is none or it is unreadable)."""
-    try:
-        loaded = json.loads((artifact.parent / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
-def _use_recorded_data_dir(args: argparse.Namespace, dataset: str | None) -> None:
-    """The data folder of ``pemn eval``/``export``, one rule for every kind of file: ``--data-dir``, else the folder
-    the run recorded (the config.json beside the artifact) when ``dataset`` is the run's, else None
-    ($PEMN_DATA_DIR or ./data)."""
-    if getattr(args, "data_dir", None) is not None or dataset is None:
-        return
-    from pemn.training.data import find_dataset
-
-    cfg = _run_config(Path(args.artifact))
-    recorded, ran_on = cfg.get("data_dir"), cfg.get("dataset")
-    if isinstance(recorded, str) and isinstance(ran_on, str) and find_dataset(ran_on) == find_dataset(dataset):
-        args.data_dir = recorded
-
-
-def _fill_from_run_config(args: argparse.Namespace) -> None:
-    """Default ``--model``/``--dataset`` from the ``config.json`` train wrote next to the artifact."""
-    if args.model is not None and (args.dataset is not None or getattr(args, "num_classes", None) is not None):
-        return
-    cfg = _run_config(Path(args.artifact))
-    if args.model is None and isinstance(cfg.get("model"), str):
-        args.model = cfg["model"]
-    if args.dataset is None and getattr(args, "num_classes", None) is None and isinstance(cfg.get("dataset"), str):
-        args.dataset = cfg["dataset"]
-    if args.model is None:
-        path = str(args.artifact)
-        from pemn.training.artifacts import kind_of_file
-
-        if kind_of_file(path).name == "pemn":  # most likely pemn.save of the user's model
-            raise UsageError(f"{path} records no registry model (a file pemn.save wrote from your own model, with "
-                             f"no config.json of a pemn train run beside it): load it in Python with "
-                             f"pemn.load({path!r}, model) on a fresh instance of the model you saved; for a file of "
-                             "a registry model, give --model NAME")
-        raise UsageError(f"{path} records no registry model: give --model NAME (see pemn models), or load it in "
-                         "Python into the model it was saved from")
-
-
-_SHAPE_FLAGS = ("num_classes", "in_channels", "image_size")
-
-
 def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
                     data: bool = True) -> tuple[Any, dict[str, int], Any, str]:
-    """``(model in eval mode, input shape, dataset info or None, registry model name)`` of ``args.artifact``.
+    """``(model in eval mode, input shape, dataset info or None, registry model name)`` of ``args.artifact``
+    (:func:`pemn.training.artifacts.open_model_file` with the command's flags; the dataset and data folder it used
+    are written back into ``args``). A flag that contradicts the file or names nothing is a usage error."""
+    from pemn.training.artifacts import open_model_file
 
-    The file's app metadata gives the architecture, the dataset (with ``data``, the default for ``--dataset``)
-    and its normalisation (``--model``/shape flags must agree with it; ``--dataset`` may name other data of the
-    same shape); a file written without it takes ``--model``/``--dataset`` (or the config.json beside it).
-    """
-    from pemn.errors import FormatError
-    from pemn.training import artifacts as arts
-    from pemn.training.data import dataset_info
-    path = Path(args.artifact)
+    shape = {k: getattr(args, k, None) for k in ("num_classes", "in_channels", "image_size")}
     try:
-        if app is None:
-            _fill_from_run_config(args)
-            _use_recorded_data_dir(args, args.dataset)
-            shape, info = _shape_args(args)
-            _check_model_name(args.model)
-            model, _, _ = arts.load_model(path, model=args.model, shape=shape)
-            return model, shape, info, args.model
-        explicit = {k: v for k in _SHAPE_FLAGS if (v := getattr(args, k, None)) is not None}
-        model, _, _ = arts.load_model(path, model=args.model, shape=explicit or None)
-        shape = arts.model_args(app, str(path))
-        if args.dataset is None and data:
-            args.dataset = arts.app_dataset(app)
-        info = None
-        if args.dataset is not None:
-            _check_dataset_name(args.dataset)
-            _use_recorded_data_dir(args, args.dataset)
-            data_dir = getattr(args, "data_dir", None)
-            info = dataset_info(args.dataset, data_dir)
-            if info.name == "imagefolder":  # its image size is the model's choice
-                info = dataset_info(args.dataset, data_dir, image_size=shape.get("image_size"))
-            info = arts.input_info(app, info, data_dir, str(path))
-        return model, shape, info, app["model"]
+        opened = open_model_file(args.artifact, app, model=args.model, dataset=args.dataset,
+                                 data_dir=getattr(args, "data_dir", None), shape=shape, data=data)
     except (FormatError, DatasetError):
         raise
     except ValueError as e:  # --model / --dataset contradict the file, or name nothing
         raise UsageError(_one_line(e)) from None
+    args.dataset, args.data_dir = opened.dataset, opened.data_dir
+    return opened.model, opened.shape, opened.info, opened.name
 
 
 # --------------------------------------------------------------------------------------------- eval
@@ -495,21 +334,16 @@ def _is_text(dataset: str | None, app: dict[str, Any] | None = None) -> bool:
 
 def _cmd_eval_text(args: argparse.Namespace) -> int:
     """Validation loss of a language model: everything but the text comes from the artifact's metadata."""
-    from pemn.training.sample import build_lm
-    from pemn.training.text import decode, encode, evaluate_lm, load_text
+    from pemn.training.sample import evaluate_lm_file
 
-    model, app = build_lm(args.artifact)
-    corpus = load_text(args.data_dir, app["block_size"])
-    val = corpus.val if args.eval_subset is None else corpus.val[:args.eval_subset + 1]  # N predicted characters
-    val = val if corpus.vocab == app["vocab"] else encode(decode(val, corpus.vocab), app["vocab"])
-    device = _device(args.device)
-    m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=args.batch_size, device=device)
+    m, app, text = evaluate_lm_file(args.artifact, args.data_dir, eval_subset=args.eval_subset,
+                                    batch_size=args.batch_size, device=_device(args.device))
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "model": app["model"], "dataset": "text",
                          "split": "validation", **m}))
     else:
         _out(f"{args.artifact}: validation loss {m['val_loss']:.4f} nats/char ({m['bits_per_char']:.4f} bits/char), "
-             f"next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {corpus.path}, "
+             f"next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {text}, "
              f"{app['model']}, context {app['block_size']})")
     return 0
 
@@ -551,9 +385,6 @@ def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pemn.training.augment import build_eval_transform
-    from pemn.training.data import load_dataset
-
     kind, app = _artifact_kind(Path(args.artifact))
     args.batch_size_given = args.batch_size is not None
     if args.batch_size is None:
@@ -565,33 +396,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
         return _cmd_eval_tasks(args, threads)
     if _is_text(args.dataset, app):
-        _use_recorded_data_dir(args, "text")
+        from pemn.training.artifacts import recorded_data_dir
+
+        args.data_dir = recorded_data_dir(args.artifact, "text", args.data_dir)
         return _cmd_eval_text(args)
     if (app or {}).get("kind") == "transformers":
         raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
                          "classifiers and character-level language models on their datasets. Evaluate it in "
                          "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
-    from pemn.training import evaluation
+    from pemn.training.evaluation import evaluate_test_split
+
     device = _device(args.device)
     model, _shape, info, model_name = _artifact_model(args, app)
     if info is None:
         raise UsageError("give --dataset NAME (the artifact does not say which data it was trained on)")
-    images, labels = load_dataset(args.dataset, args.data_dir, split="test", download=args.download)
-    if args.eval_subset is not None:
-        images, labels = images[:args.eval_subset], labels[:args.eval_subset]
-    model.to(device)
-    bar = progress.Progress(True, int(labels.numel()), f"eval ({progress.plural(threads, 'CPU thread')})", _err)
-    try:
-        acc = evaluation.evaluate(model, images, labels, transform=build_eval_transform(info),
-                                  batch_size=args.batch_size, device=device, progress=bar.update)
-    finally:
-        bar.close()
+    acc, examples = evaluate_test_split(model, args.dataset, info, data_dir=args.data_dir, download=args.download,
+                                        eval_subset=args.eval_subset, batch_size=args.batch_size, device=device,
+                                        desc=f"eval ({progress.plural(threads, 'CPU thread')})", log=_err)
     if args.json:
         _out(json.dumps({"artifact": str(args.artifact), "kind": kind.name, "model": model_name,
-                         "dataset": info.name, "split": "test", "examples": int(labels.numel()),
-                         "accuracy": float(acc)}))
+                         "dataset": info.name, "split": "test", "examples": examples, "accuracy": acc}))
     else:
-        _out(f"{args.artifact}: test accuracy {float(acc):.2f} % (top-1, {labels.numel():,} {info.name} test "
+        _out(f"{args.artifact}: test accuracy {acc:.2f} % (top-1, {examples:,} {info.name} test "
              f"images, {model_name}, {kind.name} weights)")
     return 0
 
@@ -716,8 +542,6 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     """What a dense / pruned safetensors file holds (it has no masks, so no paper ratio)."""
     from safetensors import safe_open
 
-    from pemn.errors import FormatError
-
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
@@ -775,11 +599,7 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
-
-    import pemn
-    from pemn.convert import is_converted
-    from pemn.training.export import export_onnx, export_pt
+    from pemn.training.export import export_image_model
 
     path = Path(args.artifact)
     kind, app = _artifact_kind(path)
@@ -796,58 +616,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if out.resolve() == path.resolve():
         raise UsageError(f"the output {out} would overwrite the artifact; give another -o")
     model, shape, info, model_name = _artifact_model(args, app, data=False)
-    plain = pemn.materialize(model) if is_converted(model) else model
-    plain.eval()
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, shape["in_channels"], shape["image_size"], shape["image_size"], generator=gen)
-    if args.format == "pt":
-        meta = {"model": model_name, **shape, "source": str(path), "source_kind": kind.name,
-                "pemn_version": pemn.__version__,
-                "rebuild": f"pemn.training.models.create_model({model_name!r}, num_classes={shape['num_classes']}, "
-                           f"in_channels={shape['in_channels']}, image_size={shape['image_size']})"
-                           ".load_state_dict(safetensors.torch.load_file(path))"}
-        pre = _export_preprocessing(app, info, shape, getattr(args, "data_dir", None))
-        meta.update(preprocessing=pre, **({"dataset": info.name} if info is not None else {}))
-        written = export_pt(plain, out, meta)
-        diff = _check_pt(out, model_name, shape, model, example)
-        _out(f"wrote {written['weights']} ({written['weights'].stat().st_size:,} bytes, safetensors state_dict) "
-             f"and {written['meta']}")
-        _out(f"check: reloaded into a fresh {model_name}: max abs diff vs the pemn model {diff:.3g}")
-        return 0
-    pre = _export_preprocessing(app, info, shape, getattr(args, "data_dir", None))
-    props = {"pemn.model": model_name, "pemn.source": str(path), "pemn.version": pemn.__version__,
-             "pemn.preprocessing": json.dumps(pre, sort_keys=True),
-             **{f"pemn.{k}": json.dumps(pre[k]) for k in ("input_shape", "scale", "mean", "std", "classes")
-                if k in pre}}
-    result = export_onnx(plain, example, out, metadata=props)
-    _out(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX, exporter: {result['exporter']})"
-         + (f" with its weights in {result['external_data']}" if result.get("external_data") else ""))
-    for note in result.get("fallbacks") or []:
-        _out(f"note: exporter attempt failed first: {note}")
-    if result["checked"]:
-        _out(f"check: onnxruntime vs torch max abs diff {result['max_abs_diff']:.3g} "
-             f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
-    else:
-        _out(f"check: skipped ({result['reason']})")
+    export_image_model(model, shape, info, model_name, app, fmt=args.format, out=out, source=path,
+                       source_kind=kind.name, data_dir=args.data_dir, log=_out)
     return 0
 
 
-def _load_transformers(path: Path) -> Any:
-    """The transformers model a ``.pemn`` file records, rebuilt (:func:`pemn.load` with no model)."""
-    import pemn
-
-    try:
-        return pemn.load(path)
-    except ImportError as e:
-        raise RuntimeError(_one_line(e)) from None
-
-
 def _export_transformers(args: argparse.Namespace, path: Path, app: dict[str, Any]) -> int:
-    """A transformers model's dense export: ``save_pretrained`` of the materialized model into a directory,
-    checked by reloading it with ``from_pretrained`` (every tensor equal)."""
-    import torch
-
-    import pemn
+    """A transformers model's dense export (:func:`pemn.training.export.export_transformers`): a save_pretrained
+    directory."""
+    from pemn.training.export import export_transformers
 
     if args.format != "pt":
         raise UsageError(f"{path} holds a transformers {app['model']}; pemn export writes it as a transformers "
@@ -857,19 +634,7 @@ def _export_transformers(args: argparse.Namespace, path: Path, app: dict[str, An
     if out.exists():
         raise UsageError(f"the output {out} exists; give a new directory with -o (a transformers model exports "
                          "as a save_pretrained directory: config.json + model.safetensors)")
-    dense = pemn.materialize(_load_transformers(path))
-    dense.save_pretrained(out)
-    back = type(dense).from_pretrained(out).eval()
-    mine, theirs = dense.state_dict(), back.state_dict()
-    differ = sorted(k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k]))
-    if differ or set(theirs) - set(mine):
-        from pemn.training.export import ExportError
-
-        raise ExportError(f"{out}: from_pretrained does not give back the exported model ({differ[:3]})")
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    _out(f"wrote {out}/ ({size:,} bytes: a transformers save_pretrained directory, dense {app['model']})")
-    _out(f"check: transformers.{app['model']}.from_pretrained({str(out)!r}) gives back all {len(mine):,} tensors "
-         "exactly")
+    export_transformers(path, app, out, log=_out)
     return 0
 
 
@@ -930,41 +695,6 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     if acc is not None:
         _out(f"test accuracy {acc:.2f} % (the dense file: {dense_acc:.2f} %, {path.stat().st_size:,} bytes)")
     return 0
-
-
-def _export_preprocessing(app: dict[str, Any] | None, info: Any, shape: dict[str, int], data_dir: str | None
-                          ) -> dict[str, Any]:
-    """How inputs must be prepared for the exported model: what the artifact records (its ``app`` metadata), else
-    what the dataset says (:func:`pemn.training.data.preprocessing`), else only the input shape."""
-    if isinstance((app or {}).get("preprocessing"), dict):
-        from pemn.training.artifacts import describe_inputs
-
-        return describe_inputs(app, data_dir)
-    if info is not None:
-        from pemn.training.data import preprocessing
-
-        return preprocessing(info, data_dir)
-    return {"input_shape": [shape["in_channels"], shape["image_size"], shape["image_size"]], "layout": "NCHW",
-            "dtype": "float32", "note": "normalisation unknown: export with --dataset NAME to record it"}
-
-
-def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: Any, example: Any) -> float:
-    import torch
-    from safetensors.torch import load_file
-
-    from pemn.training.export import ExportError
-    from pemn.training.models import create_model
-
-    fresh = create_model(model_name, **shape)
-    fresh.load_state_dict(load_file(str(out)), strict=True)
-    fresh.eval()
-    reference.eval()
-    with torch.no_grad():
-        ref = reference(example.to(next(reference.parameters()).device)).cpu()
-        diff = float((fresh(example) - ref).abs().max())
-    if not diff < 1e-5:
-        raise ExportError(f"{out}: the reloaded export differs from the pemn model by {diff:.3g}")
-    return diff
 
 
 # --------------------------------------------------------------------------------------------- sweep
@@ -1091,8 +821,6 @@ def _add_grid_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``pemn`` argument parser (a new one per call; no global state)."""
-    from pemn._version import __version__
-
     parser = _Parser(
         prog=PROG, allow_abbrev=False,
         description="Parameter-Efficient Masking Networks: train, evaluate, inspect, export and sweep "
@@ -1235,12 +963,8 @@ def main(argv: list[str] | None = None) -> int:
     (:data:`EXIT_CODES`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["--version"]:  # answered before the parser is built: that imports torch
-        from pemn._version import __version__
-
         _out(f"{PROG} {__version__}")
         return EXIT_OK
-    from pemn.errors import PEMNError
-
     try:
         parser = build_parser()
         try:

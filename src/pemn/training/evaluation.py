@@ -1,16 +1,23 @@
-"""Top-1 accuracy of a model on in-memory tensors (used by training, ``pemn eval`` and the scripts)."""
+"""Top-1 accuracy of a model on in-memory tensors (used by training, ``pemn eval`` and the scripts), and on a
+dataset's test split (:func:`evaluate_test_split`, ``pemn eval``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from pemn.training.augment import BatchTransform
+from pemn.training.augment import BatchTransform, build_eval_transform
+from pemn.training.data import load_dataset
 from pemn.training.dist import autocast
+from pemn.training.progress import Progress
 
-__all__ = ["DEFAULT_EVAL_BATCH", "autocast", "count_correct", "evaluate"]
+if TYPE_CHECKING:
+    from pemn.training.data import DatasetInfo
+
+__all__ = ["DEFAULT_EVAL_BATCH", "autocast", "count_correct", "evaluate", "evaluate_test_split"]
 
 #: The evaluation batch size of training, ``pemn eval`` and :func:`evaluate`: on a CPU small batches keep the
 #: activations in cache (one thread: ConvMixer-256/8 evaluates 2.7x faster at 32 than at 128 and 2.9x faster than
@@ -60,3 +67,22 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                                    device=torch.device(device), amp=amp, progress=progress)
     return 100.0 * correct / total if total else 0.0
 
+
+def evaluate_test_split(model: nn.Module, dataset: str, info: DatasetInfo, *, data_dir: str | None = None,
+                        download: bool = False, eval_subset: int | None = None,
+                        batch_size: int = DEFAULT_EVAL_BATCH, device: str | torch.device | None = None,
+                        desc: str = "eval", log: Callable[[str], None] = print) -> tuple[float, int]:
+    """``(top-1 %, examples)`` of ``model`` (moved to ``device``) on the test split of ``dataset`` (the first
+    ``eval_subset`` examples), with ``info``'s eval transform (the model's normalisation); a progress bar named
+    ``desc`` writes to ``log``."""
+    images, labels = load_dataset(dataset, data_dir, split="test", download=download)
+    if eval_subset is not None:
+        images, labels = images[:eval_subset], labels[:eval_subset]
+    model.to(device)
+    bar = Progress(True, int(labels.numel()), desc, log)
+    try:
+        acc = evaluate(model, images, labels, transform=build_eval_transform(info), batch_size=batch_size,
+                       device=device, progress=bar.update)
+    finally:
+        bar.close()
+    return float(acc), int(labels.numel())

@@ -20,18 +20,27 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from pemn._version import __version__
+from pemn.artifact import load as pemn_load
+from pemn.convert import is_converted, materialize
 from pemn.errors import PEMNError
 from pemn.fileio import atomic_write_bytes
 from pemn.layers import MaskedLayer, MaskedWeight
 from pemn.stfile import save_bytes
+from pemn.training.artifacts import describe_inputs
+from pemn.training.data import DatasetInfo, preprocessing
+from pemn.training.models import create_model
 
-__all__ = ["ONNX_TOLERANCE", "ExportError", "export_onnx", "export_pt", "sidecar_path"]
+__all__ = ["ONNX_TOLERANCE", "ExportError", "export_image_model", "export_onnx", "export_preprocessing", "export_pt",
+           "export_transformers", "sidecar_path"]
 
 #: Largest allowed max-abs difference between ONNX Runtime's and torch's outputs.
 ONNX_TOLERANCE = 1e-4
@@ -192,3 +201,97 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: str | os.Pa
         raise ExportError(f"{path}: ONNX Runtime and torch outputs differ by {diff:.3g} (max abs), "
                           f"tolerance {tolerance:g}")
     return result
+
+
+# ----------------------------------------------------------------------------------------- pemn export
+
+
+def export_preprocessing(app: dict[str, Any] | None, info: DatasetInfo | None, shape: dict[str, int],
+                         data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """How inputs must be prepared for the exported model: what the model file records (its ``app`` metadata), else
+    what the dataset says (:func:`pemn.training.data.preprocessing`), else only the input shape."""
+    if app is not None and isinstance(app.get("preprocessing"), dict):
+        return describe_inputs(app, data_dir)
+    if info is not None:
+        return preprocessing(info, data_dir)
+    return {"input_shape": [shape["in_channels"], shape["image_size"], shape["image_size"]], "layout": "NCHW",
+            "dtype": "float32", "note": "normalisation unknown: export with --dataset NAME to record it"}
+
+
+def _check_pt(out: Path, model_name: str, shape: dict[str, int], reference: nn.Module,
+              example: torch.Tensor) -> float:
+    """The max abs difference between ``reference`` and the export at ``out`` loaded into a fresh registry model;
+    ExportError unless it is below 1e-5."""
+    fresh = create_model(model_name, **shape)
+    fresh.load_state_dict(load_file(str(out)), strict=True)
+    fresh.eval()
+    reference.eval()
+    with torch.no_grad():
+        ref = reference(example.to(next(reference.parameters()).device)).cpu()
+        diff = float((fresh(example) - ref).abs().max())
+    if not diff < 1e-5:
+        raise ExportError(f"{out}: the reloaded export differs from the pemn model by {diff:.3g}")
+    return diff
+
+
+def export_image_model(model: nn.Module, shape: dict[str, int], info: DatasetInfo | None, model_name: str,
+                       app: dict[str, Any] | None, *, fmt: str, out: Path, source: Path, source_kind: str,
+                       data_dir: str | os.PathLike[str] | None = None,
+                       log: Callable[[str], None] = print) -> None:
+    """``pemn export`` of a registry image classifier (``model``, loaded from ``source``): materialized into plain
+    layers and written as ``fmt`` ``"pt"`` (a safetensors state_dict and its sidecar, checked by reloading it into
+    a fresh registry model) or ``"onnx"`` (checked with onnxruntime when installed); each line of the report goes
+    to ``log``."""
+    plain = materialize(model) if is_converted(model) else model
+    plain.eval()
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, shape["in_channels"], shape["image_size"], shape["image_size"], generator=gen)
+    pre = export_preprocessing(app, info, shape, data_dir)
+    if fmt == "pt":
+        meta = {"model": model_name, **shape, "source": str(source), "source_kind": source_kind,
+                "pemn_version": __version__,
+                "rebuild": f"pemn.training.models.create_model({model_name!r}, num_classes={shape['num_classes']}, "
+                           f"in_channels={shape['in_channels']}, image_size={shape['image_size']})"
+                           ".load_state_dict(safetensors.torch.load_file(path))"}
+        meta.update(preprocessing=pre, **({"dataset": info.name} if info is not None else {}))
+        written = export_pt(plain, out, meta)
+        diff = _check_pt(out, model_name, shape, model, example)
+        log(f"wrote {written['weights']} ({written['weights'].stat().st_size:,} bytes, safetensors state_dict) "
+            f"and {written['meta']}")
+        log(f"check: reloaded into a fresh {model_name}: max abs diff vs the pemn model {diff:.3g}")
+        return
+    props = {"pemn.model": model_name, "pemn.source": str(source), "pemn.version": __version__,
+             "pemn.preprocessing": json.dumps(pre, sort_keys=True),
+             **{f"pemn.{k}": json.dumps(pre[k]) for k in ("input_shape", "scale", "mean", "std", "classes")
+                if k in pre}}
+    result = export_onnx(plain, example, out, metadata=props)
+    log(f"wrote {out} ({out.stat().st_size:,} bytes, ONNX, exporter: {result['exporter']})"
+        + (f" with its weights in {result['external_data']}" if result.get("external_data") else ""))
+    for note in result.get("fallbacks") or []:
+        log(f"note: exporter attempt failed first: {note}")
+    if result["checked"]:
+        log(f"check: onnxruntime vs torch max abs diff {result['max_abs_diff']:.3g} "
+            f"(< {result['tolerance']:g}) on a {tuple(example.shape)} input")
+    else:
+        log(f"check: skipped ({result['reason']})")
+
+
+def export_transformers(path: Path, app: dict[str, Any], out: Path, *, log: Callable[[str], None] = print) -> None:
+    """A transformers model's dense export: ``save_pretrained`` of the materialized model (rebuilt from the file at
+    ``path``, :func:`pemn.load` with no model) into the directory ``out``, checked by reloading it with
+    ``from_pretrained`` (every tensor equal); RuntimeError if transformers is missing."""
+    try:
+        rebuilt = pemn_load(path)
+    except ImportError as e:  # transformers is not installed
+        raise RuntimeError(str(e)) from None
+    dense = materialize(rebuilt)
+    dense.save_pretrained(out)
+    back = type(dense).from_pretrained(out).eval()
+    mine, theirs = dense.state_dict(), back.state_dict()
+    differ = sorted(k for k in mine if k not in theirs or not torch.equal(mine[k], theirs[k]))
+    if differ or set(theirs) - set(mine):
+        raise ExportError(f"{out}: from_pretrained does not give back the exported model ({differ[:3]})")
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    log(f"wrote {out}/ ({size:,} bytes: a transformers save_pretrained directory, dense {app['model']})")
+    log(f"check: transformers.{app['model']}.from_pretrained({str(out)!r}) gives back all {len(mine):,} tensors "
+        "exactly")

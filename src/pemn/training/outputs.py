@@ -20,13 +20,15 @@ from torch import nn
 
 from pemn.convert import masked_weights, unwrap
 from pemn.fileio import atomic_write_bytes, remove_stale_temp_files
+from pemn.summary import honest_ratio_text, paper_ratio_text
 from pemn.training.artifacts import KINDS
 from pemn.training.checkpoint import CHECKPOINT_NAME, cpu_copy
 from pemn.training.config import RUN_CONFIG_NAME, TrainConfig
 from pemn.training.dist import Dist
+from pemn.training.progress import plural
 from pemn.training.runlock import RunBusyError, RunLock
 
-__all__ = ["TrainResult", "prepare_out_dir", "state_digest", "write_json", "write_metrics"]
+__all__ = ["TrainResult", "prepare_out_dir", "report_lines", "state_digest", "write_json", "write_metrics"]
 
 CONFIG_NAME = RUN_CONFIG_NAME
 METRICS_NAME = "metrics.jsonl"
@@ -177,3 +179,52 @@ class TrainResult:
         return d
 
 
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{float(x):.2f} %"
+
+
+def report_lines(cfg: TrainConfig, result: TrainResult) -> list[str]:
+    """What ``pemn train`` prints when a run ends: what was trained and for how long, the files, the accuracy (or a
+    language model's validation loss) and the size ratios."""
+    what = f"strategy {cfg.strategy}"
+    if cfg.strategy != "dense":
+        pemn_cfg = cfg.pemn_config()
+        ratio = "" if pemn_cfg.ratio is None else f"ratio {pemn_cfg.ratio:g}, "
+        what += f" ({ratio}keep {pemn_cfg.keep:g})"
+    if cfg.prune:
+        what += f", {cfg.prune} pruning of {100 * float(cfg.effective_compression or 0):g} % of the weights"
+    if cfg.quantize:
+        what += f", weights {cfg.quantize}"
+    artifact = result.artifact or result.weights
+    nbytes = result.artifact_bytes or result.weights_bytes
+    epochs = plural(result.epochs_run, "epoch")
+    lines = ["", f"trained {cfg.model} on {cfg.dataset}, {what}: {epochs} in {float(result.seconds or 0):.1f} s",
+             f"  artifact   {artifact}" + (f"  ({nbytes:,} bytes)" if isinstance(nbytes, int) else "")]
+    out_dir = Path(result.out_dir)
+    files = (sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+             if out_dir.is_dir() else [])
+    lines.append(f"  results    {out_dir}" + (f"  ({', '.join(files)})" if files else ""))
+    if result.val_loss is not None:  # a language model (dataset text)
+        lines.append(f"  val loss   {float(result.val_loss):.4f} nats/char = {float(result.bits_per_char or 0.0):.4f} "
+                     f"bits/char after {'?' if result.steps_run is None else result.steps_run} steps (the saved "
+                     "model, " + ("whole validation split)" if cfg.eval_subset is None else
+                                  f"first {cfg.eval_subset:,} validation characters: --eval-subset)"))
+        lines.append(f"  accuracy   next character, final: {_pct(result.final_acc)}")
+    else:
+        lines.append(f"  accuracy   best epoch ({result.best_epoch}): {_pct(result.best_acc)}   final epoch "
+                     f"({result.epochs_run}): {_pct(result.final_acc)}")
+        lines.append("             (top-1 on the test split; best = max over epochs, the paper's metric; final = the "
+                     "saved model's)")
+        if result.teacher_acc is not None:
+            lines.append(f"  teacher    {cfg.teacher}: {_pct(result.teacher_acc)} (the dense model distilled from)")
+    summary = result.summary or {}
+    paper, honest = summary.get("paper_ratio"), summary.get("honest_ratio")
+    parts = []
+    if paper is not None:
+        parts.append(paper_ratio_text(float(paper)) if cfg.strategy != "dense" else
+                     f"pruned fraction {100 * float(paper):.2f} % (the paper's x for baselines)")
+    if honest is not None:
+        parts.append(f"{honest_ratio_text(float(honest))} (dense fp32 bytes / file bytes)")
+    if parts:
+        lines.append("  size       " + "  |  ".join(parts))
+    return lines

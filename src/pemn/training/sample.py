@@ -24,9 +24,9 @@ from torch import nn
 
 from pemn.errors import FormatError
 from pemn.training import artifacts
-from pemn.training.text import decode, encode
+from pemn.training.text import decode, encode, evaluate_lm, load_text
 
-__all__ = ["APP_KIND", "build_lm", "generate", "lm_app", "read_app", "sample_text"]
+__all__ = ["APP_KIND", "build_lm", "evaluate_lm_file", "generate", "lm_app", "read_app", "sample_text"]
 
 #: ``app["kind"]`` of a character-level language model.
 APP_KIND = "char-lm"
@@ -111,3 +111,19 @@ def sample_text(model: nn.Module, app: dict[str, Any], prompt: str, tokens: int,
     ids = generate(model, encode(prompt, vocab), tokens, block_size=app["block_size"], temperature=temperature,
                    top_k=top_k, seed=seed)
     return decode(ids, vocab)
+
+
+def evaluate_lm_file(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *,
+                     eval_subset: int | None = None, batch_size: int, device: torch.device
+                     ) -> tuple[dict[str, float], dict[str, Any], Path]:
+    """``pemn eval`` of a language model file: its loss and next-character accuracy on the validation split of
+    the text at ``data_dir`` (the first ``eval_subset`` predicted characters), everything but the text from the
+    file (a text of another vocabulary is re-encoded into the model's). Returns
+    ``(metrics, app, text file)``: :func:`pemn.training.text.evaluate_lm`'s metrics, the file's app metadata
+    (:func:`read_app`) and the text file read."""
+    model, app = build_lm(path)
+    corpus = load_text(data_dir, app["block_size"])
+    val = corpus.val if eval_subset is None else corpus.val[:eval_subset + 1]  # N predicted characters
+    val = val if corpus.vocab == app["vocab"] else encode(decode(val, corpus.vocab), app["vocab"])
+    m = evaluate_lm(model.to(device), val, app["block_size"], batch_size=batch_size, device=device)
+    return m, app, Path(corpus.path)
