@@ -586,8 +586,10 @@ def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
     of ``given`` applied; any other setting in ``given`` must equal the run's (ValueError naming each one)."""
     try:
         data = json.loads(path.read_text())
-        if isinstance(data, dict):  # a run written before these fields existed trained with what they are now
-            for key, before in FIELDS_BEFORE_AUTO.items():  # "auto" about, so it resumes as it trained
+        # a pemn run written before these fields existed trained with what they are now "auto" about, so it
+        # resumes as it trained (a dense / quantized / pruned run has no PEMN options to fill in)
+        if isinstance(data, dict) and data.get("strategy") != "dense":
+            for key, before in FIELDS_BEFORE_AUTO.items():
                 data.setdefault(key, before)
         saved = TrainConfig.from_dict(data)
     except (OSError, ValueError) as e:
