@@ -91,3 +91,13 @@ def test_bench_lm_step_quick() -> None:
     for key in ("ratio_mask_over_dense", "ratio_rp_over_dense", "ratio_mask_over_dense_cpu", "ratio_rp_over_dense_cpu"):
         assert row[key] > 0
     assert all(t["median_thread_s"] > 0 for t in row["timings"].values())
+
+
+@pytest.mark.slow  # trains ten tiny models
+def test_bench_split_tasks_quick() -> None:
+    """Split tasks on one prototype against separately trained models: both variants run, the shared file is
+    smaller than the separate ones and re-reads exactly."""
+    doc = _bench("bench_split_tasks")
+    assert len(doc["results"]) == 5 and doc["shared_reloaded_equal_after_training"] is True
+    assert doc["ratio_separate_bytes_over_shared"] > 1
+    assert all(0 <= r["separate"] <= 100 and 0 <= r["shared_from_file"] <= 100 for r in doc["results"])
