@@ -11,6 +11,7 @@ import json
 import os
 import re
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -53,6 +54,7 @@ __all__ = [
     "field_sections",
     "field_type",
     "parse_setting",
+    "parse_settings",
     "resolve_config",
 ]
 
@@ -611,3 +613,20 @@ def _flag_text(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` texts (``pemn sweep --set``; ``-`` or ``_`` in a key, leading dashes ignored) as training
+    options, each value by :func:`parse_setting`. ValueError for a text that is not ``key=value``, a key that is no
+    option, or a value that does not parse."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"expects key=value, got {pair!r}")
+        if key not in names:
+            raise ValueError(f"{key}: not a training option; valid: {', '.join(sorted(names))}")
+        out[key] = parse_setting(key, raw)
+    return out
