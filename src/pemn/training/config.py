@@ -11,6 +11,7 @@ import json
 import os
 import re
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -53,6 +54,7 @@ __all__ = [
     "field_sections",
     "field_type",
     "parse_setting",
+    "parse_settings",
     "resolve_config",
 ]
 
@@ -586,8 +588,10 @@ def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
     of ``given`` applied; any other setting in ``given`` must equal the run's (ValueError naming each one)."""
     try:
         data = json.loads(path.read_text())
-        if isinstance(data, dict):  # a run written before these fields existed trained with what they are now
-            for key, before in FIELDS_BEFORE_AUTO.items():  # "auto" about, so it resumes as it trained
+        # a pemn run written before these fields existed trained with what they are now "auto" about, so it
+        # resumes as it trained (a dense / quantized / pruned run has no PEMN options to fill in)
+        if isinstance(data, dict) and data.get("strategy") != "dense":
+            for key, before in FIELDS_BEFORE_AUTO.items():
                 data.setdefault(key, before)
         saved = TrainConfig.from_dict(data)
     except (OSError, ValueError) as e:
@@ -609,3 +613,20 @@ def _flag_text(value: Any) -> str:
     if isinstance(value, list):
         return " ".join(map(str, value))
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
+def parse_settings(pairs: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` texts (``pemn sweep --set``; ``-`` or ``_`` in a key, leading dashes ignored) as training
+    options, each value by :func:`parse_setting`. ValueError for a text that is not ``key=value``, a key that is no
+    option, or a value that does not parse."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"expects key=value, got {pair!r}")
+        if key not in names:
+            raise ValueError(f"{key}: not a training option; valid: {', '.join(sorted(names))}")
+        out[key] = parse_setting(key, raw)
+    return out
