@@ -371,3 +371,18 @@ def test_resume_of_a_run_written_before_the_auto_fields_keeps_its_settings(tmp_p
     assert (resumed.keep_rule, resumed.gain) == ("uniform", False)
     assert (resumed.pemn_config(net).keep_rule, resumed.pemn_config(net).gain) == ("uniform", False)
     assert (cfg.pemn_config(net).keep_rule, cfg.pemn_config(net).gain) == ("erk", True)  # a new run
+
+
+@pytest.mark.parametrize("settings", [{"strategy": "dense"}, {"strategy": "dense", "quantize": "binary"},
+                                      {"strategy": "dense", "prune": "magnitude", "compression": 0.9}],
+                         ids=["dense", "quantized", "pruned"])
+def test_resume_of_an_older_baseline_run_is_not_given_pemn_options(tmp_path: Path, settings: dict) -> None:
+    """A dense / quantized / pruned run's config.json from before keep_rule/gain existed once failed to resume
+    ('the PEMN option(s) ['keep_rule', 'gain'] do not apply'): the older settings were filled in for every run."""
+    cfg = quick(tmp_path, model="lenet5", dataset="mnist", ratio=None, **settings)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("keep_rule", "gain")}
+    out = tmp_path / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(old))
+    resumed = resolve_config({"out": str(out), "resume": True})
+    assert resumed.strategy == "dense" and resumed.quantize == settings.get("quantize")

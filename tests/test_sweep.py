@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -422,3 +423,25 @@ def test_sweep_cli_quantized_and_narrow_runs_end_to_end(tmp_path: Path) -> None:
         assert int(rp["baseline_bytes"]) <= int(rp["bytes"])
         assert abs(float(rp["acc_vs_baseline"]) - (float(rp["final_acc"]) - float(rp["baseline_acc"]))) < 1e-6
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("pairs", "expected"), [
+    (["lr=0.05", "--train-subset=200", "progress=false"], {"lr": 0.05, "train_subset": 200, "progress": False}),
+    (["teacher=none"], {"teacher": None}),
+    (["lr"], "expects key=value, got 'lr'"),
+    (["=1"], "expects key=value, got '=1'"),
+    (["no_such_option=1"], "no_such_option: not a training option; valid: "),
+    (["epochs=many"], "epochs"),
+])
+def test_set_pairs_parse_in_the_application(pairs: list[str], expected: dict[str, object] | str) -> None:
+    """`pemn sweep --set KEY=VALUE ...` is parsed by pemn.training.config.parse_settings (the CLI only prefixes
+    --set to its ValueError): each value as its option's type, or one message naming what is wrong."""
+    from pemn.training.cli import main
+    from pemn.training.config import parse_settings
+
+    if isinstance(expected, dict):
+        assert parse_settings(pairs) == expected
+        return
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        parse_settings(pairs)
+    assert main(["sweep", "--out", "unused", "--set", *pairs]) == 2

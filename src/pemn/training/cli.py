@@ -701,21 +701,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    from pemn.training import config as tm
-    fields = {f.name: f for f in dataclasses.fields(tm.TrainConfig)}
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep or not key:
-            raise UsageError(f"--set expects key=value, got {pair!r}")
-        if key not in fields:
-            raise UsageError(f"--set {key}: not a training option; valid: {', '.join(sorted(fields))}")
-        try:
-            out[key] = tm.parse_setting(key, raw)
-        except ValueError as e:
-            raise UsageError(f"--set {_one_line(e)}") from None
-    return out
+    from pemn.training.config import parse_settings
+
+    try:
+        return parse_settings(pairs)
+    except ValueError as e:
+        raise UsageError(f"--set {_one_line(e)}") from None
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -757,14 +748,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if report.png is not None:
         _out(f"sweep: figure {report.png}")
     if report.seeds_csv is not None:
-        from pemn.training.sweep import read_rows, summarize_seeds
+        from pemn.training.sweep import seed_summary_lines
 
         _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
-        for r in summarize_seeds(read_rows(report.csv)):
-            what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression", "quantize",
-                                                     "width") if r[k])
-            _out(f"  {what}: best {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f}  final {r['final_acc_mean']:.2f} "
-                 f"± {r['final_acc_std']:.2f}  (seeds {r['seeds']})")
+        for line in seed_summary_lines(report.csv):
+            _out(line)
     for point, msg in report.failed:
         _err(f"pemn: error: sweep run {point.name} failed: {msg}")
     return 1 if report.failed else 0

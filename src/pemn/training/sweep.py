@@ -53,6 +53,7 @@ __all__ = [
     "read_rows",
     "resolve_points",
     "run_sweep",
+    "seed_summary_lines",
     "summarize_seeds",
     "sweep_figure",
     "train_command",
@@ -917,3 +918,15 @@ def ratio_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
         ax.text(0.5, 0.5, "no finished runs yet", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
+
+
+def seed_summary_lines(csv_path: str | os.PathLike[str]) -> list[str]:
+    """One line per setting of a sweep with ``seeds``: its grid values and the mean ± std of the best and final
+    accuracies over the seeds (:func:`summarize_seeds` of the rows in ``csv_path``)."""
+    lines = []
+    for r in summarize_seeds(read_rows(csv_path)):
+        what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression", "quantize",
+                                                 "width") if r[k])
+        lines.append(f"  {what}: best {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f}  final "
+                     f"{r['final_acc_mean']:.2f} ± {r['final_acc_std']:.2f}  (seeds {r['seeds']})")
+    return lines
