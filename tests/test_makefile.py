@@ -19,8 +19,10 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make
 
 def _plan(target: str, venv: Path) -> list[str]:
     """The commands ``make TARGET`` would run with its virtual environment at ``venv`` (a dry run)."""
-    out = subprocess.run(["make", "-n", target, f"VENV={venv}"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True)
+    # under `make test` the environment says MAKELEVEL/MAKEFLAGS, and the nested make would print its directory
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
+    out = subprocess.run(["make", "--no-print-directory", "-n", target, f"VENV={venv}"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60, check=True)
     return [line for line in out.stdout.splitlines() if line and not line.startswith("#")]
 
 
