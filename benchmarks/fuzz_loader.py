@@ -210,19 +210,25 @@ class Base:
     content: artifact.Artifact = field(repr=False, default=None)  # type: ignore[assignment]
 
 
-def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: str, extras: str | None) -> Base:
-    """Convert a fresh model, train it one step (masks and BatchNorm statistics move off their init), save it."""
-    first_dictionary = (extras or "").endswith("+first-dictionary")
-    extras = (extras or "").removesuffix("+first-dictionary") or None
-    model = pemn.convert_(fresh_model(kind), pemn.PEMNConfig(**cfg))
-    shape = MODELS[kind][1]
+def train_one_step(model: nn.Module, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One seeded SGD step on random inputs of ``kind``'s shape, so masks, weights and norm statistics leave
+    their init; returns the batch (inputs, labels)."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(*shape, generator=g)
+    x = torch.randn(*MODELS[kind][1], generator=g)
     out = model(x)
     y = torch.randint(0, out.shape[1], (out.shape[0],), generator=g)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
     nn.functional.cross_entropy(out, y).backward()
     opt.step()
+    return x, y
+
+
+def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: str, extras: str | None) -> Base:
+    """Convert a fresh model, train it one step (masks and BatchNorm statistics move off their init), save it."""
+    first_dictionary = (extras or "").endswith("+first-dictionary")
+    extras = (extras or "").removesuffix("+first-dictionary") or None
+    model = pemn.convert_(fresh_model(kind), pemn.PEMNConfig(**cfg))
+    x, y = train_one_step(model, kind)
     if (extras or "").endswith("+wide"):  # running variances 0.01 .. 10: folded scales too spread for one int8 grid
         extras = extras.removesuffix("+wide")
         with torch.no_grad():
@@ -252,7 +258,7 @@ def build_base(name: str, kind: str, cfg: dict[str, Any], coding: str, storage: 
         deflater = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS, 9, zlib.Z_DEFAULT_STRATEGY,
                                     artifact.FIRST_INDEX_DICTIONARY)
         data = canonical(artifact.encode(written, index=deflater.compress(text) + deflater.flush()))
-    x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    x_eval = torch.randn(*MODELS[kind][1], generator=torch.Generator().manual_seed(2))
     loaded = artifact.apply(artifact.parse(data), fresh_model(kind))
     return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict(),
                 artifact.parse(data))
@@ -1364,21 +1370,14 @@ def build_quant_base(name: str, kind: str, method: str, compression: float | Non
         prune_(model, "magnitude", compression)
         masks = remove_pruning_(model)
     quantize_(model, method, masks)
-    shape = MODELS[kind][1]
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(*shape, generator=g)
-    out = model(x)
-    y = torch.randint(0, out.shape[1], (out.shape[0],), generator=g)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-    nn.functional.cross_entropy(out, y).backward()
-    opt.step()
+    train_one_step(model, kind)
     with tempfile.TemporaryDirectory(prefix="pemn-fuzz-") as tmp:
         path = Path(tmp) / "base.quant.safetensors"
         save_quant(model, path, method, extra_metadata={"pemn_app": json.dumps({"model": kind})})
         data = canonical(path.read_bytes())
         path.write_bytes(data)
         loaded = load_quant(path, fresh_model(kind))
-    x_eval = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    x_eval = torch.randn(*MODELS[kind][1], generator=torch.Generator().manual_seed(2))
     return Base(name, kind, data, x_eval, run_model(loaded, x_eval), fresh_model(kind).state_dict())
 
 
