@@ -363,11 +363,13 @@ def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
               "eval_subset": args.eval_subset}
     if args.infer_task:
         batch = args.batch_size if args.batch_size_given else 128
-        r = tasks.infer_tasks(args.artifact, batch_size=batch, method=args.infer_method, **common)
+        r = tasks.infer_tasks(args.artifact, batch_size=batch, method=args.infer_method,
+                              objective=args.infer_objective, **common)
         if args.json:
             _out(json.dumps({"artifact": str(args.artifact), **r}))
         else:
-            _out(f"{args.artifact}: task inference ({r['method']}, {r['tasks']} tasks, batches of {batch}): "
+            rule = r["method"] + (f", {r['objective']}" if r["objective"] else "")
+            _out(f"{args.artifact}: task inference ({rule}, {r['tasks']} tasks, batches of {batch}): "
                  f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
                  f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
                  f"({r['examples']:,} test images)")
@@ -855,10 +857,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-task", action="store_true",
                    help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
                         "and report identification accuracy and accuracy without ids (batch size default 128)")
+    # pemn.superpose.METHODS and OBJECTIVES (not imported here: the parser loads no torch; a test checks they agree)
     p.add_argument("--infer-method", choices=("one-shot", "min-entropy"), default="one-shot",
-                   help="--infer-task rule: one-shot (SupSup's entropy gradient of the superposed masks: one forward "
+                   help="--infer-task rule: one-shot (SupSup's gradient of the superposed masks: one forward "
                         "and backward pass) or min-entropy (each task's own model, the most confident wins: one "
                         "forward pass per task)")
+    p.add_argument("--infer-objective", choices=("information", "entropy"), default="information",
+                   help="what one-shot differentiates: information (the mean output entropy minus the entropy of the "
+                        "batch's mean output: confident and spread over the classes) or entropy (SupSup's: the mean "
+                        "output entropy alone)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
