@@ -586,8 +586,9 @@ def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
     if q is not None:
         pruned = (f", {q['stored_codes']:,} survivors in {q['pruned_layers']} pruned layers"
                   if q["pruned_layers"] else "")
-        _out(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at {q['bits_per_weight']:.3f} "
-             f"bits per weight ({', '.join(q['codings'])} codes{pruned}); bytes: codes {q['code_bytes']:,} + "
+        _out(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at "
+             f"{q['code_bits_per_weight']:.3f} code bits per weight ({', '.join(q['codings'])} codes{pruned}; "
+             f"whole file {q['bits_per_weight']:.3f} bits per weight); bytes: codes {q['code_bytes']:,} + "
              f"scales {q['scale_bytes']:,} + extras {q['extras_bytes']:,} = payload {q['payload_bytes']:,}; "
              f"index and header {q['file_bytes'] - q['payload_bytes']:,}")
     for k in sorted(shapes):
@@ -683,13 +684,15 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     q = quant_info(out)
     used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
     doc = {"artifact": str(path), "output": str(out), "method": args.method, "file_bytes": q["file_bytes"],
-           "payload_bytes": q["payload_bytes"], "bits_per_weight": q["bits_per_weight"],
+           "payload_bytes": q["payload_bytes"], "code_bits_per_weight": q["code_bits_per_weight"],
+           "bits_per_weight": q["bits_per_weight"],
            "batchnorm_layers_calibrated": n, "calibration_images": used if n else 0,
            "dense_accuracy": dense_acc, "accuracy": acc}
     if args.json:
         _out(json.dumps(doc))
         return 0
-    _out(f"wrote {out} ({q['file_bytes']:,} bytes, {args.method}: {q['bits_per_weight']:.3f} bits per weight; "
+    _out(f"wrote {out} ({q['file_bytes']:,} bytes, {args.method}: {q['code_bits_per_weight']:.3f} code bits per "
+         f"weight, whole file {q['bits_per_weight']:.3f} bits per weight; "
          + (f"BatchNorm statistics of {n} layers re-estimated on {used:,} training images)" if n
             else "no BatchNorm to calibrate)"))
     if acc is not None:
@@ -922,8 +925,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of strategies and baselines; write sweep.csv and sweep.png",
                        description="Train every combination in this process (one sub folder each), append a row "
                                    "to OUT/sweep.csv as each run ends (a re-run skips finished rows) and draw "
-                                   "OUT/sweep.png: accuracy vs file bytes with the Pareto front (--figure-x "
-                                   "ratio: vs the paper's size compression ratio).")
+                                   "OUT/sweep.png: accuracy (a language model: validation loss) vs file bytes "
+                                   "with the Pareto front (--figure-x ratio: vs the paper's size compression "
+                                   "ratio).")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
     p.add_argument("--data-dir", default=None, help="dataset folder of every run (default: $PEMN_DATA_DIR or ./data)")
