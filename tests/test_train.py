@@ -530,7 +530,7 @@ def test_resume_checks(tmp_path):
         train(quick(tmp_path, epochs=2, lr=0.1, resume=True), log=quiet)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(quick(tmp_path, epochs=2), log=quiet)
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):  # tests/test_first_use_2.py
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):  # tests/test_lr_schedule.py
         train(quick(tmp_path, "fresh", epochs=1, resume=True), log=quiet)
     # a run stopped before its first checkpoint (only its config.json) starts again with its settings
     (tmp_path / "early").mkdir()
