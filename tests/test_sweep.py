@@ -445,3 +445,19 @@ def test_set_pairs_parse_in_the_application(pairs: list[str], expected: dict[str
     with pytest.raises(ValueError, match=re.escape(expected)):
         parse_settings(pairs)
     assert main(["sweep", "--out", "unused", "--set", *pairs]) == 2
+
+
+def test_sweep_data_dir_reaches_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+
+    def fake(points: object, out: object, base: dict, **_: object) -> object:
+        seen.append(base)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sweep_module, "run_sweep", fake)
+    with pytest.raises(SystemExit):
+        run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--data-dir", "D",
+             "--out", str(tmp_path / "s")])
+    assert seen[0]["data_dir"] == "D"
+    code, _, err = run(["sweep", "--data-dir", "D", "--set", "data_dir=E", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--data-dir and --set data_dir=... disagree" in err
