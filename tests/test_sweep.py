@@ -700,3 +700,19 @@ def test_sweep_cli_max_bytes_over_the_finished_runs(tmp_path: Path) -> None:
     code, stdout, err = run(["sweep", "--out", str(tmp_path), "--strategies", "rp", "--ratios", "0.1",
                              "--no-dense", "--prune", "--epochs", "1", "--no-plot"])
     assert code == 2 and "is not a pemn sweep budget" in err, err
+
+
+def test_sweep_data_dir_reaches_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+
+    def fake(points: object, out: object, base: dict, **_: object) -> object:
+        seen.append(base)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sweep_module, "run_sweep", fake)
+    with pytest.raises(SystemExit):
+        run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--data-dir", "D",
+             "--out", str(tmp_path / "s")])
+    assert seen[0]["data_dir"] == "D"
+    code, _, err = run(["sweep", "--data-dir", "D", "--set", "data_dir=E", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--data-dir and --set data_dir=... disagree" in err
