@@ -14,6 +14,7 @@ import pytest
 
 import pemn.training.sweep as sweep_module
 from cli_run import run
+from conftest import load_script
 from pemn.training.config import TrainConfig
 from pemn.training.sweep import (
     CSV_COLUMNS,
@@ -417,13 +418,7 @@ def test_language_model_sweep_records_the_loss_and_draws_it(tmp_path: Path) -> N
 def test_equal_bytes_table_goes_by_the_primary_metric(tmp_path: Path, text: bool) -> None:
     """scripts/results_tables.py --equal-bytes: a language model's table shows the loss and picks the front and the
     best baseline by it; an image sweep's by accuracy."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("_sweep_results_tables",
-                                                  Path(__file__).parents[1] / "scripts" / "results_tables.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/results_tables.py")
     rows = [_row("rp", 49_162, 28.52, 2.588 if text else None), _row("quant-binary", 48_106, 27.29,
                                                                       2.582 if text else None)]
     for r in rows:
