@@ -208,3 +208,23 @@ def test_the_library_names_resolve_lazily() -> None:
     assert callable(pemn.summary) and pemn.summary is importlib.import_module("pemn.summary").summary
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = pemn.nope
+
+
+def test_help_names_the_real_default_model() -> None:
+    from pemn.training.config import TrainConfig
+
+    code, stdout, _ = run(["--help"])
+    assert code == 0
+    assert f"default: {TrainConfig().model} on {TrainConfig().dataset}" in stdout and "tiny-cnn" not in stdout
+
+
+def test_options_are_not_abbreviated() -> None:
+    code, _, err = run(["train", "--epoch", "1"])
+    assert code == 2 and "unrecognized arguments: --epoch 1" in err
+
+
+def test_models_lists_sized_families_and_refuses_an_empty_match() -> None:
+    code, stdout, _ = run(["models", "convmixer*"])
+    assert code == 0 and "convmixer-<dim>-<depth>" in stdout.splitlines()[-1]
+    code, stdout, err = run(["models", "x*"])
+    assert code == 2 and stdout == "" and "no model name matches 'x*'" in err

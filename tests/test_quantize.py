@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cli_run import run
+from conftest import quick_config
 from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.training.artifacts import KINDS, kind_of_file, load_model
 from pemn.training.config import resolve_config
@@ -265,9 +266,8 @@ RUNS = {**{m: {"quantize": m} for m in QUANTIZE_METHODS},
 @pytest.mark.parametrize("name", list(RUNS))
 def test_train_file_eval_inspect_export(tmp_path: Path, name: str) -> None:
     settings = RUNS[name]
-    cfg = resolve_config({"model": "tiny-cnn", "dataset": "digits", "epochs": 1, "train_subset": 256,
-                          "batch_size": 64, "progress": False, "device": "cpu", "out": str(tmp_path / "run"),
-                          "strategy": "dense", **settings})
+    cfg = quick_config(**{"model": "tiny-cnn", "epochs": 1, "train_subset": 256, "batch_size": 64,
+                          "out": tmp_path / "run", "strategy": "dense", **settings})
     result = train(cfg, log=lambda _m: None)
     path = tmp_path / "run" / KINDS["quant"].filename
     assert result.weights == path and kind_of_file(path) is KINDS["quant"]
@@ -299,9 +299,8 @@ def test_interrupted_quantized_run_resumes_to_the_same_file(tmp_path: Path, sett
     from pemn.training.engine import TrainingInterrupted
 
     def cfg(out: str, **extra: Any) -> Any:
-        return resolve_config({"model": "tiny-cnn", "dataset": "digits", "epochs": 2, "train_subset": 160,
-                               "batch_size": 32, "progress": False, "device": "cpu", "strategy": "dense",
-                               "out": str(tmp_path / out), **settings, **extra})
+        return quick_config(**{"model": "tiny-cnn", "epochs": 2, "train_subset": 160, "batch_size": 32,
+                               "strategy": "dense", "out": tmp_path / out, **settings, **extra})
 
     straight = train(cfg("a"), log=lambda _m: None)
     with pytest.raises(TrainingInterrupted):
@@ -328,10 +327,9 @@ def test_cli_says_in_one_line_what_is_wrong(tmp_path: Path) -> None:
 def test_pemn_quantize_of_a_dense_file_equals_the_ptq_run(tmp_path: Path, method: str) -> None:
     """`pemn quantize DENSE --method ptq-*` writes byte for byte the file of `pemn train --quantize ptq-*` (same
     seed: the same dense model, calibrated on the same training images), and reports both accuracies."""
-    common = {"model": "tiny-cnn", "dataset": "digits", "epochs": 1, "progress": False, "device": "cpu",
-              "strategy": "dense"}
-    train(resolve_config({**common, "out": str(tmp_path / "dense")}), log=lambda _m: None)
-    ptq = train(resolve_config({**common, "quantize": method, "out": str(tmp_path / "ptq")}), log=lambda _m: None)
+    common = {"model": "tiny-cnn", "epochs": 1, "strategy": "dense"}
+    train(quick_config(**common, out=tmp_path / "dense"), log=lambda _m: None)
+    ptq = train(quick_config(**common, quantize=method, out=tmp_path / "ptq"), log=lambda _m: None)
     out = tmp_path / "q.quant.safetensors"
     code, text, err = run(["quantize", str(tmp_path / "dense" / "model.safetensors"), "--method", method, "-o",
                            str(out), "--json"])

@@ -445,3 +445,139 @@ def test_set_pairs_parse_in_the_application(pairs: list[str], expected: dict[str
     with pytest.raises(ValueError, match=re.escape(expected)):
         parse_settings(pairs)
     assert main(["sweep", "--out", "unused", "--set", *pairs]) == 2
+
+
+# ------------------------------------------------------------------------------------- the byte budget
+
+
+# each case: rows (run, bytes, accuracy), the budget -> the best file (bytes, acc) or None, the best per method
+# ({method: (bytes, acc) or None}), the budget column per row
+BUDGET_CASES = {
+    "the most accurate file that fits, and each method's best": (
+        [("rp", 9_000, 97.0), ("rp-k0.1", 5_000, 95.0), ("quant-binary", 8_500, 97.5), ("dense", 250_000, 99.3),
+         ("prune", 20_000, 96.0)], 10_000,
+        (8_500, 97.5),
+        {"RP": (9_000, 97.0), "binary QAT": (8_500, 97.5), "Dense": None, "Magnitude pruning": None},
+        ["method best", "fits", "best", "over", "over"]),
+    "a pemn file is the best; a narrow dense model is its method's best": (
+        [("dense-w0.5", 6_000, 96.0), ("rp-k0.1", 5_000, 97.0), ("dense", 250_000, 99.3)], 7_000,
+        (5_000, 97.0), {"Dense": (6_000, 96.0), "RP": (5_000, 97.0)},
+        ["method best", "best", "over"]),
+    "a tie goes to the smaller file": (
+        [("rp", 9_000, 97.0), ("rp-k0.1", 5_000, 97.0)], 9_000,
+        (5_000, 97.0), {"RP": (5_000, 97.0)}, ["fits", "best"]),
+    "a file of exactly the budget fits": (
+        [("quant-binary", 9_000, 97.0), ("dense", 9_001, 99.0)], 9_000,
+        (9_000, 97.0), {"binary QAT": (9_000, 97.0), "Dense": None}, ["best", "over"]),
+    "nothing fits": (
+        [("rp", 9_000, 97.0), ("dense", 250_000, 99.3)], 8_999,
+        None, {"RP": None, "Dense": None}, ["over", "over"]),
+    "rows without bytes or accuracy are left out": (
+        [("rp", 9_000, 97.0), ("quant-binary", None, 99.9), ("dense", 5_000, None)], 10_000,
+        (9_000, 97.0), {"RP": (9_000, 97.0)}, ["best", None, None]),
+}
+
+
+@pytest.mark.parametrize("case", list(BUDGET_CASES))
+def test_budget_report_and_column(case: str) -> None:
+    spec, max_bytes, best, methods, marks = BUDGET_CASES[case]
+    rows = [_row(*r) for r in spec]
+    report = sweep_module.budget_report(rows, max_bytes)
+    assert report["max_bytes"] == max_bytes
+    got_best = report["best"] and (report["best"]["bytes"], report["best"]["final_acc"])
+    assert got_best == best
+    assert {m: e and (e["bytes"], e["final_acc"]) for m, e in report["methods"].items()} == methods
+    assert list(report["methods"]) == list(methods)  # every method of the measured rows, first seen first
+    assert report["fits"] == sum(1 for _n, b, a in spec if b is not None and a is not None and b <= max_bytes)
+    assert [r["budget"] for r in annotate_rows(rows, max_bytes)] == marks
+    assert all(r["budget"] is None for r in annotate_rows(rows))  # no budget: an empty column
+    lines = sweep_module.budget_lines(report)
+    if best is None:
+        assert lines[0].startswith(f"sweep: no file of at most {max_bytes:,} B (the smallest: ")
+    else:
+        assert lines[0].startswith(f"sweep: the best file of at most {max_bytes:,} B")
+        assert f"{best[1]:.2f} % in {best[0]:,} B" in lines[0]
+        assert len(lines) == 2 + len(methods)
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100", None])
+def test_budget_must_be_a_positive_number_of_bytes(bad: Any) -> None:
+    with pytest.raises(ValueError, match="positive whole number of bytes"):
+        sweep_module.check_max_bytes(bad)
+    with pytest.raises(ValueError, match="positive whole number of bytes"):
+        sweep_module.budget_report([_row("rp", 9_000, 97.0)], bad)
+
+
+def _sized_train(calls: list[Any]):
+    """A fake run whose file has 1,000 + 100,000 × ratio bytes (dense: 50,000) and 50 + 100 × ratio % (dense 60)."""
+    def train(cfg: Any) -> SimpleNamespace:
+        calls.append(cfg)
+        ratio = getattr(cfg, "ratio", None)
+        nbytes, acc = (1_000 + int(100_000 * ratio), 50.0 + 100 * ratio) if ratio else (50_000, 60.0)
+        return SimpleNamespace(best_acc=acc, final_acc=acc, artifact_bytes=nbytes, seconds=0.5,
+                               summary={"paper_ratio": 0.9, "honest_ratio": 3.0})
+    return train
+
+
+def test_sweep_budget_is_written_and_kept_for_later_runs(tmp_path: Path) -> None:
+    grid = build_grid(strategies=["rp"], ratios=[0.1, 0.01], dense=True, prune=[])
+    calls: list[Any] = []
+    report = run_sweep(grid[:2], tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_sized_train(calls),
+                       max_bytes=12_000)
+    # dense: 50,000 B, 60 %; rp 1e-1: 11,000 B, 60 %  -> rp 1e-1 is the best file of at most 12,000 B
+    assert report.budget is not None and report.budget["best"]["run"] == "rp-r0.1-k0.5"
+    saved = json.loads((tmp_path / "sweep_budget.json").read_text())
+    assert saved == report.budget and saved["methods"] == {"Dense": None, "RP": saved["best"]}
+    assert [r["budget"] for r in read_rows(tmp_path / "sweep.csv")] == ["over", "best"]
+    # a later run in the folder without --max-bytes keeps the budget: the new row is annotated too
+    report = run_sweep(grid, tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_sized_train(calls))
+    assert [(r["strategy"], r["ratio"], r["budget"]) for r in read_rows(tmp_path / "sweep.csv")] == [
+        ("dense", "", "over"), ("rp", "0.1", "best"), ("rp", "0.01", "fits")]
+    assert report.budget is not None and report.budget["fits"] == 2
+    assert json.loads((tmp_path / "sweep_budget.json").read_text())["fits"] == 2
+    # a new budget replaces it
+    report = run_sweep(grid, tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_sized_train(calls),
+                       max_bytes=5_000)
+    assert len(calls) == 3 and report.budget is not None and report.budget["best"]["bytes"] == 2_000
+    assert [r["budget"] for r in read_rows(tmp_path / "sweep.csv")] == ["over", "over", "best"]
+
+
+def test_sweep_cli_max_bytes_over_the_finished_runs(tmp_path: Path) -> None:
+    """`pemn sweep --out DIR --strategies --no-dense --prune --max-bytes N` trains nothing and reports the budget."""
+    run_sweep(build_grid(strategies=["rp"], ratios=[0.1, 0.01], dense=True, prune=[]), tmp_path, {"epochs": 1},
+              log=None, plot=False, train_fn=_sized_train([]))
+    query = ["sweep", "--out", str(tmp_path), "--strategies", "--no-dense", "--prune"]
+    code, stdout, err = run([*query, "--max-bytes", "12000"])
+    assert code == 0, err
+    assert "sweep: the best file of at most 12,000 B (2 of 3 fit): rp-r0.1-k0.5 (RP 1e-1): 60.00 % in 11,000 B" \
+        in stdout
+    assert "  Dense: none that small" in stdout and "sweep_budget.json" in stdout
+    assert json.loads((tmp_path / "sweep_budget.json").read_text())["max_bytes"] == 12_000
+    code, stdout, err = run([*query, "--max-bytes", "1000"])
+    assert code == 0, err
+    assert "sweep: no file of at most 1,000 B (the smallest: rp-r0.01-k0.5 (RP 1e-2): 51.00 % in 2,000 B" in stdout
+    for argv, match in [([*query, "--max-bytes", "0"], "--max-bytes 0: give the byte budget as a positive number"),
+                        (["sweep", "--out", str(tmp_path / "none"), "--strategies", "--no-dense", "--prune",
+                          "--max-bytes", "10"], "holds no sweep.csv: run the sweep first")]:
+        code, stdout, err = run(argv)
+        assert code == 2 and match in err, (code, err)
+    (tmp_path / "sweep_budget.json").write_text("{}")
+    code, stdout, err = run(["sweep", "--out", str(tmp_path), "--strategies", "rp", "--ratios", "0.1",
+                             "--no-dense", "--prune", "--epochs", "1", "--no-plot"])
+    assert code == 2 and "is not a pemn sweep budget" in err, err
+
+
+def test_sweep_data_dir_reaches_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+
+    def fake(points: object, out: object, base: dict, **_: object) -> object:
+        seen.append(base)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sweep_module, "run_sweep", fake)
+    with pytest.raises(SystemExit):
+        run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--data-dir", "D",
+             "--out", str(tmp_path / "s")])
+    assert seen[0]["data_dir"] == "D"
+    code, _, err = run(["sweep", "--data-dir", "D", "--set", "data_dir=E", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--data-dir and --set data_dir=... disagree" in err

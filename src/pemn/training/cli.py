@@ -344,9 +344,35 @@ def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
         raise UsageError(f"--set {_one_line(e)}") from None
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pemn.training.sweep import GRID_KEYS, build_grid, check_settings, resolve_points, run_sweep
+def _print_budget(report: dict[str, Any], out: str) -> None:
+    from pemn.training.sweep import BUDGET_NAME, budget_lines
 
+    for line in budget_lines(report):
+        _out(line)
+    _out(f"sweep: budget in {Path(out) / BUDGET_NAME} and sweep.csv's budget column")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pemn.training.sweep import (
+        GRID_KEYS,
+        apply_budget,
+        build_grid,
+        check_settings,
+        resolve_points,
+        run_sweep,
+        stored_budget,
+    )
+
+    if args.max_bytes is not None and args.max_bytes <= 0:
+        raise UsageError(f"--max-bytes {args.max_bytes}: give the byte budget as a positive number of bytes")
+    if args.max_bytes is not None and not (args.strategies or args.dense or args.prune or args.quantize):
+        # no grid: only the budget over the folder's finished runs
+        try:
+            report = apply_budget(args.out, args.max_bytes)
+        except ValueError as e:
+            raise UsageError(_one_line(e)) from None
+        _print_budget(report, args.out)
+        return 0
     base = _parse_sets(args.set or [])
     clash = sorted(GRID_KEYS & set(base))
     if clash:
@@ -371,13 +397,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise UsageError(f"no config file at {args.config!r}")
     try:
         check_settings(Path(args.out), base, args.recipe, args.config, record=False)
+        if args.max_bytes is None:
+            stored_budget(Path(args.out))  # a folder's earlier budget applies again: refuse a broken one now
         resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
     except (ValueError, TypeError) as e:
         raise UsageError(_one_line(e)) from None
     plural = progress.plural
     _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
     report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
-                       log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x)
+                       log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x,
+                       max_bytes=args.max_bytes)
     _out(f"sweep: {plural(len(report.rows), 'run')} done, {len(report.skipped)} already in {report.csv}"
          + (f", {len(report.failed)} failed" if report.failed else ""))
     if report.png is not None:
@@ -388,6 +417,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
         for line in seed_summary_lines(report.csv):
             _out(line)
+    if report.budget is not None:
+        _print_budget(report.budget, args.out)
     for point, msg in report.failed:
         _err(f"pemn: error: sweep run {point.name} failed: {msg}")
     return 1 if report.failed else 0
@@ -574,6 +605,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-x", choices=("bytes", "ratio"), default="bytes",
                    help="sweep.png's x axis: the saved file's bytes (log scale, the Pareto front drawn; default) "
                         "or the paper's size compression ratio")
+    p.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                   help="a byte budget: print the most accurate file of at most N bytes and the best of each method, "
+                        "mark them in sweep.csv's budget column and write sweep_budget.json (kept for later runs in "
+                        "the folder); with no grid (--strategies --no-dense --prune) only that, over the finished "
+                        "runs")
     p.set_defaults(func=_cmd_sweep)
     for command in sub.choices.values():  # `--epoch 1` is not `--epochs 1`: options are spelled out in full
         command.allow_abbrev = False

@@ -10,7 +10,9 @@ pruning plus quantized survivors: Deep Compression), each at one or more widths 
 
 Every row holds the saved file's real size (``bytes``) and bits per weight, whether it is on the Pareto front of
 accuracy vs bytes (``on_front``), and, for a PEMN row, the best baseline of at most its bytes and the accuracy
-difference to it (:func:`annotate_rows`; the accuracy is the saved file's: the final epoch). :func:`plot_sweep`
+difference to it (:func:`annotate_rows`; the accuracy is the saved file's: the final epoch). Under a byte budget
+(``pemn sweep --max-bytes N``, :func:`budget_report`) the most accurate file of at most N bytes and the best of each
+method are marked in the ``budget`` column and written to ``sweep_budget.json``. :func:`plot_sweep`
 draws accuracy against file bytes (log axis, one marker family per method, the front drawn) or, with
 ``x="ratio"``, the paper's figure against the size compression ratio.
 """
@@ -35,6 +37,7 @@ from pemn.training.config import GRID_FREE_FIELDS, PEMN_FIELDS, PEMN_STRATEGIES,
 from pemn.training.prune import PRUNE_METHODS
 
 __all__ = [
+    "BUDGET_NAME",
     "CSV_COLUMNS",
     "CSV_NAME",
     "FIGURE_AXES",
@@ -45,8 +48,12 @@ __all__ = [
     "SweepPoint",
     "SweepReport",
     "annotate_rows",
+    "apply_budget",
+    "budget_lines",
+    "budget_report",
     "build_grid",
     "bytes_figure",
+    "check_max_bytes",
     "check_settings",
     "plot_sweep",
     "ratio_figure",
@@ -54,6 +61,7 @@ __all__ = [
     "resolve_points",
     "run_sweep",
     "seed_summary_lines",
+    "stored_budget",
     "summarize_seeds",
     "sweep_figure",
     "train_command",
@@ -65,23 +73,33 @@ PNG_NAME = "sweep.png"
 #: ``bytes``: the saved file's size; ``bits_per_weight``: 8 × bytes / the model's Conv/Linear/Embedding weights;
 #: ``on_front``: no other row has at most its bytes and a higher accuracy (final epoch = the file's); ``baseline``
 #: ..``acc_vs_baseline``: for a PEMN row, the most accurate non-PEMN row of at most its bytes (its run folder, bytes,
-#: accuracy) and this row's accuracy minus that one (:func:`annotate_rows`).
+#: accuracy) and this row's accuracy minus that one (:func:`annotate_rows`); ``budget``: where the sweep has a byte
+#: budget (``--max-bytes``, :func:`budget_report`), one of :data:`BUDGET_MARKS`, else empty.
 CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed", "model", "best_acc",
                "final_acc", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front", "baseline",
-               "baseline_bytes", "baseline_acc", "acc_vs_baseline", "seconds", "command")
+               "baseline_bytes", "baseline_acc", "acc_vs_baseline", "budget", "seconds", "command")
 #: The columns of sweeps written by earlier versions (still read; the next run rewrites them with CSV_COLUMNS).
 OLD_COLUMNS = (
     ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
      "paper_ratio", "honest_ratio", "seconds", "command", "seed"),
     ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
      "paper_ratio", "honest_ratio", "seconds", "command"),
+    ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed", "model", "best_acc",
+     "final_acc", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front", "baseline",
+     "baseline_bytes", "baseline_acc", "acc_vs_baseline", "seconds", "command"),
 )
 #: The columns of a sweep written before ``--seeds``.
 LEGACY_COLUMNS = OLD_COLUMNS[1]
 #: The columns that identify a run (a re-run skips points whose key is already in the CSV).
 KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed")
 #: The columns :func:`annotate_rows` derives from all the rows (rewritten whenever a row is added).
-DERIVED_COLUMNS = ("on_front", "baseline", "baseline_bytes", "baseline_acc", "acc_vs_baseline")
+DERIVED_COLUMNS = ("on_front", "baseline", "baseline_bytes", "baseline_acc", "acc_vs_baseline", "budget")
+#: The ``budget`` column under a byte budget: the most accurate file of at most that many bytes (the smaller file on
+#: a tie), the most accurate of its method (:attr:`SweepPoint.method`) that is not the best overall, another file
+#: that fits, a file over the budget (rows without accuracy or bytes: empty).
+BUDGET_MARKS = ("best", "method best", "fits", "over")
+#: The byte budget's report (:func:`budget_report`), written next to ``sweep.csv`` by ``--max-bytes``.
+BUDGET_NAME = "sweep_budget.json"
 #: The per-setting summary of a sweep over seeds (:func:`summarize_seeds`).
 SEEDS_CSV_NAME = "sweep_seeds.csv"
 SEEDS_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "model", "seeds",
@@ -362,8 +380,9 @@ def _row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(_norm(row.get(k) or None) for k in KEY_COLUMNS)
 
 
-def annotate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with the :data:`DERIVED_COLUMNS` (re)computed from all of them.
+def annotate_rows(rows: Iterable[Mapping[str, Any]], max_bytes: int | None = None) -> list[dict[str, Any]]:
+    """``rows`` with the :data:`DERIVED_COLUMNS` (re)computed from all of them (``budget`` under ``max_bytes``:
+    :func:`budget_report`'s choice, one of :data:`BUDGET_MARKS`; empty without a budget).
 
     The accuracy is ``final_acc`` (the saved file's: its final epoch), the size ``bytes``; rows lacking either are
     left out of both. ``on_front``: no other row has at most its bytes and a higher accuracy, or fewer bytes and
@@ -391,7 +410,118 @@ def annotate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             best_acc, neg_bytes, best = max(fits, key=lambda t: (t[0], t[1]))
             r.update(baseline=_point_of(best).name, baseline_bytes=int(-neg_bytes), baseline_acc=best_acc,
                      acc_vs_baseline=round(acc - best_acc, 6))
+    if max_bytes is not None:
+        best_row, per_method = _budget_choice(measured, max_bytes)
+        for nbytes, _acc, r in measured:
+            r["budget"] = ("best" if r is best_row else "method best" if any(r is m for m in per_method.values())
+                           else "fits" if nbytes <= max_bytes else "over")
     return out
+
+
+def check_max_bytes(max_bytes: Any) -> int:
+    """``max_bytes`` as a positive whole number of bytes; ValueError (what is wrong, what to give) otherwise."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"the byte budget must be a positive whole number of bytes, got {max_bytes!r}")
+    return max_bytes
+
+
+def _budget_choice(measured: list[tuple[float, float, dict[str, Any]]],
+                   max_bytes: int) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """The most accurate row of at most ``max_bytes`` (the smaller file on a tie, then the first row), and per
+    method (first-seen order, every method of the rows) the same among its rows, None where none fits."""
+    def better(a: tuple[float, float, dict[str, Any]], b: tuple[float, float, dict[str, Any]] | None) -> bool:
+        return b is None or a[1] > b[1] or (a[1] == b[1] and a[0] < b[0])
+
+    best: tuple[float, float, dict[str, Any]] | None = None
+    methods: dict[str, tuple[float, float, dict[str, Any]] | None] = {}
+    for entry in measured:
+        method = _point_of(entry[2]).method
+        methods.setdefault(method, None)
+        if entry[0] > max_bytes:
+            continue
+        if better(entry, methods[method]):
+            methods[method] = entry
+        if better(entry, best):
+            best = entry
+    per_method = {m: e[2] for m, e in methods.items() if e is not None}
+    return (best[2] if best else None), per_method
+
+
+def _budget_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    point = _point_of(row)
+    bits = _float(row.get("bits_per_weight"))
+    return {"run": point.name, "method": point.method, "label": point.label(), "model": row.get("model") or None,
+            "final_acc": _float(row.get("final_acc")), "bytes": int(float(row["bytes"])), "bits_per_weight": bits,
+            "command": row.get("command") or None}
+
+
+def budget_report(rows: Iterable[Mapping[str, Any]], max_bytes: int) -> dict[str, Any]:
+    """The files of a sweep under a byte budget: the most accurate file of at most ``max_bytes`` (accuracy =
+    ``final_acc``, the saved file's; the smaller file on a tie), and per method (:attr:`SweepPoint.method`) its most
+    accurate file of at most ``max_bytes`` (None where the method has none that small), each as its run folder,
+    method, label, model, accuracy, bytes, bits per weight and command; ``fits``: how many files are that small;
+    ``smallest``: the smallest file (what a budget must allow at least). Rows without accuracy or bytes are left out.
+    """
+    check_max_bytes(max_bytes)
+    measured = [(b, a, dict(r)) for r in rows
+                if (a := _float(r.get("final_acc"))) is not None and (b := _float(r.get("bytes"))) is not None]
+    best, per_method = _budget_choice(measured, max_bytes)
+    methods: dict[str, Any] = {}
+    for _b, _a, r in measured:
+        method = _point_of(r).method
+        methods.setdefault(method, _budget_entry(per_method[method]) if method in per_method else None)
+    smallest = min(measured, key=lambda e: (e[0], -e[1]))[2] if measured else None
+    return {"max_bytes": max_bytes, "accuracy": "final_acc", "files": len(measured),
+            "fits": sum(1 for b, _a, _r in measured if b <= max_bytes),
+            "best": _budget_entry(best) if best is not None else None, "methods": methods,
+            "smallest": _budget_entry(smallest) if smallest is not None else None}
+
+
+def budget_lines(report: Mapping[str, Any]) -> list[str]:
+    """:func:`budget_report` as the lines ``pemn sweep --max-bytes`` prints."""
+    def text(e: Mapping[str, Any]) -> str:
+        bits = f", {e['bits_per_weight']:g} bits/weight" if e.get("bits_per_weight") is not None else ""
+        return f"{e['run']} ({e['label']}): {e['final_acc']:.2f} % in {e['bytes']:,} B{bits}"
+
+    n = report["max_bytes"]
+    if report["best"] is None:
+        small = report["smallest"]
+        return [f"sweep: no file of at most {n:,} B" + (f" (the smallest: {text(small)})" if small else
+                                                        " (the sweep has no finished runs)")]
+    lines = [f"sweep: the best file of at most {n:,} B ({report['fits']} of {report['files']} fit): "
+             f"{text(report['best'])}", "sweep: the best of each method of at most that:"]
+    for method, e in report["methods"].items():
+        lines.append(f"  {method}: {text(e) if e is not None else 'none that small'}")
+    return lines
+
+
+def stored_budget(out: Path) -> int | None:
+    """The byte budget recorded in ``out``'s ``sweep_budget.json`` (None without one; ValueError if it is not one)."""
+    path = out / BUDGET_NAME
+    if not path.is_file():
+        return None
+    try:
+        return check_max_bytes(json.loads(path.read_text())["max_bytes"])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ValueError(f"{path} is not a pemn sweep budget ({e}); delete it or give --max-bytes") from None
+
+
+def apply_budget(out_dir: str | os.PathLike[str], max_bytes: int) -> dict[str, Any]:
+    """Annotate ``out_dir/sweep.csv``'s ``budget`` column under ``max_bytes`` and write :func:`budget_report` to
+    ``out_dir/sweep_budget.json`` (both atomically; later runs in the folder keep this budget until another is
+    given); returns the report. ValueError for a folder without a sweep."""
+    from pemn.fileio import atomic_write_bytes
+
+    check_max_bytes(max_bytes)
+    out = Path(out_dir)
+    csv_path = out / CSV_NAME
+    if not csv_path.is_file():
+        raise ValueError(f"{out} holds no {CSV_NAME}: run the sweep first")
+    rows = annotate_rows(_fill_bits_per_weight(read_rows(csv_path), out), max_bytes)
+    _write_rows(csv_path, rows)
+    report = budget_report(rows, max_bytes)
+    atomic_write_bytes(out / BUDGET_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    return report
 
 
 def _header(csv_path: Path) -> tuple[str, ...]:
@@ -491,6 +621,8 @@ class SweepReport:
     failed: list[tuple[SweepPoint, str]] = field(default_factory=list)
     plot_error: str | None = None
     seeds_csv: Path | None = None
+    #: :func:`budget_report` of the whole CSV under the sweep's byte budget (``max_bytes``), None without one
+    budget: dict[str, Any] | None = None
 
 
 def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, *, resume: bool = False,
@@ -591,6 +723,7 @@ def run_sweep(
     plot: bool = True,
     figure_x: str = "bytes",
     train_fn: Callable[..., Any] | None = None,
+    max_bytes: int | None = None,
 ) -> SweepReport:
     """Train every point not already in ``out_dir/sweep.csv`` and append its row when it ends.
 
@@ -606,11 +739,13 @@ def run_sweep(
     :func:`annotate_rows` columns (a CSV of an earlier version is rewritten with the new columns too). Finally the
     figure is drawn to ``out_dir/sweep.png`` from every row of the CSV (:func:`sweep_figure`, x axis ``figure_x``;
     skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
-    :func:`pemn.training.engine.train` (for tests).
+    :func:`pemn.training.engine.train` (for tests). ``max_bytes``: a byte budget (:func:`apply_budget`: the CSV's
+    ``budget`` column and ``sweep_budget.json``, in ``report.budget``); None: the folder's earlier budget, if any.
     """
     if figure_x not in FIGURE_AXES:
         raise ValueError(f"figure_x must be one of {', '.join(FIGURE_AXES)}, got {figure_x!r}")
     out = Path(out_dir)
+    max_bytes = check_max_bytes(max_bytes) if max_bytes is not None else stored_budget(out)
     base = dict(base_overrides or {})
     # other common settings first: resolving the points reads each run's config.json for --resume
     check_settings(out, base, recipe, config_file, record=False)
@@ -659,13 +794,15 @@ def run_sweep(
             "command": train_command(_point_overrides(point, base, out, model=model), recipe=recipe,
                                      config_file=config_file),
         }
-        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight([*read_rows(csv_path), row], out)))
+        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight([*read_rows(csv_path), row], out), max_bytes))
         report.rows.append(row)
         say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  {row['bytes']} B")
     if any(p.seed is not None for p in points):
         report.seeds_csv = write_seed_summary(read_rows(csv_path), out / SEEDS_CSV_NAME)
     if csv_path.exists() and _header(csv_path) != CSV_COLUMNS:  # a sweep of an earlier version: the new columns
-        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight(read_rows(csv_path), out)))
+        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight(read_rows(csv_path), out), max_bytes))
+    if max_bytes is not None and csv_path.exists():
+        report.budget = apply_budget(out, max_bytes)
     if plot:
         try:
             report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base), chance=_chance(base),
