@@ -108,7 +108,7 @@ def _save_quant(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, 
     save_quant(module, path, cfg.quantize, extra_metadata=app_metadata(app))
     info = quant_info(path)
     extra = {k: info[k] for k in ("bits", "quantized_weights", "code_bytes", "scale_bytes", "extras_bytes",
-                                  "payload_bytes", "bits_per_weight")}
+                                  "payload_bytes", "code_bits_per_weight", "bits_per_weight")}
     if cfg.prune is not None:
         kept, total = info["stored_codes"], info["quantized_weights"]
         extra.update(prune=cfg.prune, prune_scope=cfg.prune_scope, compression=cfg.effective_compression,

@@ -588,8 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of strategies and baselines; write sweep.csv and sweep.png",
                        description="Train every combination in this process (one sub folder each), append a row "
                                    "to OUT/sweep.csv as each run ends (a re-run skips finished rows) and draw "
-                                   "OUT/sweep.png: accuracy vs file bytes with the Pareto front (--figure-x "
-                                   "ratio: vs the paper's size compression ratio).")
+                                   "OUT/sweep.png: accuracy (a language model: validation loss) vs file bytes "
+                                   "with the Pareto front (--figure-x ratio: vs the paper's size compression "
+                                   "ratio).")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
     p.add_argument("--data-dir", default=None, help="dataset folder of every run (default: $PEMN_DATA_DIR or ./data)")
@@ -606,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sweep.png's x axis: the saved file's bytes (log scale, the Pareto front drawn; default) "
                         "or the paper's size compression ratio")
     p.add_argument("--max-bytes", type=int, default=None, metavar="N",
-                   help="a byte budget: print the most accurate file of at most N bytes and the best of each method, "
+                   help="a byte budget: print the most accurate file (a language model: the lowest validation loss) "
+                        "of at most N bytes and the best of each method, "
                         "mark them in sweep.csv's budget column and write sweep_budget.json (kept for later runs in "
                         "the folder); with no grid (--strategies --no-dense --prune) only that, over the finished "
                         "runs")

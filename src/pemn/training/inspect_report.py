@@ -146,7 +146,8 @@ def _plain_lines(path: Path, kind: ArtifactKind, info: dict[str, Any]) -> list[s
         pruned = (f", {q['stored_codes']:,} survivors in {q['pruned_layers']} pruned layers"
                   if q["pruned_layers"] else "")
         lines.append(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at "
-                     f"{q['bits_per_weight']:.3f} bits per weight ({', '.join(q['codings'])} codes{pruned}); bytes: "
+                     f"{q['code_bits_per_weight']:.3f} code bits per weight ({', '.join(q['codings'])} codes{pruned}; "
+                     f"whole file {q['bits_per_weight']:.3f} bits per weight); bytes: "
                      f"codes {q['code_bytes']:,} + scales {q['scale_bytes']:,} + extras {q['extras_bytes']:,} = "
                      f"payload {q['payload_bytes']:,}; index and header {q['file_bytes'] - q['payload_bytes']:,}")
     lines += [f"  {k:<40} {'x'.join(map(str, shapes[k])) or 'scalar':<20} {dtypes[k]}" for k in sorted(shapes)]

@@ -33,7 +33,8 @@ __all__ = ["PTQReport", "default_output", "quantize_model_file"]
 @dataclass(frozen=True)
 class PTQReport:
     """What ``pemn quantize`` reports: ``record``, the JSON object of ``--json`` (``artifact``, ``output``,
-    ``method``, ``file_bytes``, ``payload_bytes``, ``bits_per_weight``, ``batchnorm_layers_calibrated``,
+    ``method``, ``file_bytes``, ``payload_bytes``, ``code_bits_per_weight`` (the codes' bits per weight),
+    ``bits_per_weight`` (8 × the whole file's bytes per weight, as in ``sweep.csv``), ``batchnorm_layers_calibrated``,
     ``calibration_images``, ``dense_accuracy``, ``accuracy``; the accuracies None without an evaluation), and
     ``lines``, the text."""
 
@@ -89,10 +90,12 @@ def quantize_model_file(artifact: str | os.PathLike[str], method: str, *,
     q = quant_info(out)
     used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
     record = {"artifact": str(path), "output": str(out), "method": method, "file_bytes": q["file_bytes"],
-              "payload_bytes": q["payload_bytes"], "bits_per_weight": q["bits_per_weight"],
+              "payload_bytes": q["payload_bytes"], "code_bits_per_weight": q["code_bits_per_weight"],
+              "bits_per_weight": q["bits_per_weight"],
               "batchnorm_layers_calibrated": n, "calibration_images": used if n else 0,
               "dense_accuracy": dense_acc, "accuracy": acc}
-    lines = [f"wrote {out} ({q['file_bytes']:,} bytes, {method}: {q['bits_per_weight']:.3f} bits per weight; "
+    lines = [f"wrote {out} ({q['file_bytes']:,} bytes, {method}: {q['code_bits_per_weight']:.3f} code bits per "
+             f"weight, whole file {q['bits_per_weight']:.3f} bits per weight; "
              + (f"BatchNorm statistics of {n} layers re-estimated on {used:,} training images)" if n
                 else "no BatchNorm to calibrate)")]
     if acc is not None:
