@@ -386,6 +386,7 @@ def test_quantize_model_file_reports_without_printing(tmp_path: Path) -> None:
     assert report.record["output"] == str(out) and report.record["accuracy"] is report.record["dense_accuracy"] is None
     assert report.record["batchnorm_layers_calibrated"] == 2 and report.record["file_bytes"] == out.stat().st_size
     assert report.lines == [f"wrote {out} ({out.stat().st_size:,} bytes, ptq-int8: "
+                            f"{report.record['code_bits_per_weight']:.3f} code bits per weight, whole file "
                             f"{report.record['bits_per_weight']:.3f} bits per weight; BatchNorm statistics of 2 "
                             f"layers re-estimated on {report.record['calibration_images']:,} training images)"]
     with pytest.raises(OptionError, match="would overwrite the dense model"):
