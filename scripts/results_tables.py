@@ -1,6 +1,6 @@
 """Markdown tables for RESULTS.md from `pemn sweep` folders (their sweep.csv), in the paper's layout, or with
-``--equal-bytes`` the equal-bytes layout (accuracy of the saved file, bytes, bits per weight, Pareto front, best
-baseline of at most the bytes of each PEMN row).
+``--equal-bytes`` the equal-bytes layout (accuracy of the saved file, bytes, bits per weight of the whole file,
+Pareto front, best baseline of at most the bytes of each PEMN row; for a language model by validation loss).
 
     python scripts/results_tables.py [--equal-bytes] sweeps/mnist_lenet5 [sweeps/... ...]
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pemn.training.sweep import SweepPoint, annotate_rows, read_rows
+from pemn.training.sweep import SweepPoint, annotate_rows, fill_from_run_folders, front_metric, read_rows
 
 
 def label(row: dict[str, str]) -> str:
@@ -58,20 +58,38 @@ def table(folder: Path) -> str:
 
 
 def equal_bytes_table(folders: list[Path]) -> str:
-    """One table over the rows of all ``folders`` (their front and baselines recomputed over the union), sorted by
-    bytes."""
-    rows = annotate_rows([r for f in folders for r in read_rows(f / "sweep.csv")])
-    out = ["| setting | seed | accuracy (file) | file bytes | bits/weight | on front | best baseline ≤ bytes "
-           "| Δ points |",
-           "|---|---|---|---|---|---|---|---|"]
+    """One table over the rows of all ``folders`` (their front and baselines recomputed over the union by the
+    workload's primary metric: the saved file's accuracy, or a language model's validation loss), sorted by bytes.
+    A language model's table has a validation loss column and the baseline's loss and the loss difference."""
+    rows = annotate_rows([r for f in folders for r in fill_from_run_folders(read_rows(f / "sweep.csv"), f)])
+    lm = front_metric(rows) == "val_loss"
+    if lm:
+        out = ["| setting | seed | next-char acc | val loss | file bytes | bits/weight | on front (loss) "
+               "| best baseline ≤ bytes (by loss) | Δ loss | Δ points |",
+               "|---|---|---|---|---|---|---|---|---|---|"]
+    else:
+        out = ["| setting | seed | accuracy (file) | file bytes | bits/weight | on front | best baseline ≤ bytes "
+               "| Δ points |",
+               "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (float(r["bytes"] or 0), r["seed"] or "")):
-        base = (f"{r['baseline']} ({int(r['baseline_bytes']):,} B, {float(r['baseline_acc']):.2f})"
-                if r.get("baseline") else ("–" if SweepPoint(r["strategy"]).kind == "pemn" and not r["prune"]
-                                           and not r.get("quantize") else ""))
+        if r.get("baseline"):
+            what = (f"{float(r['baseline_val_loss']):.4f}, {float(r['baseline_acc']):.2f}" if lm
+                    else f"{float(r['baseline_acc']):.2f}")
+            base = f"{r['baseline']} ({int(r['baseline_bytes']):,} B, {what})"
+        else:
+            base = "–" if SweepPoint(r["strategy"]).kind == "pemn" and not r["prune"] and not r.get("quantize") else ""
         delta = f"{float(r['acc_vs_baseline']):+.2f}" if r.get("acc_vs_baseline") not in (None, "") else ""
         bits = f"{float(r['bits_per_weight']):.2f}" if r.get("bits_per_weight") else ""
-        out.append(f"| {label(r)} | {r['seed']} | {float(r['final_acc']):.2f} | {int(float(r['bytes'])):,} | {bits} | "
-                   f"{'**yes**' if r['on_front'] else 'no'} | {base} | {delta} |")
+        front = "**yes**" if r["on_front"] else "no"
+        if lm:
+            loss = f"{float(r['val_loss']):.4f}" if r.get("val_loss") not in (None, "") else ""
+            dloss = (f"{float(r['val_loss_vs_baseline']):+.4f}" if r.get("val_loss_vs_baseline") not in (None, "")
+                     else "")
+            out.append(f"| {label(r)} | {r['seed']} | {float(r['final_acc']):.2f} | {loss} | "
+                       f"{int(float(r['bytes'])):,} | {bits} | {front} | {base} | {dloss} | {delta} |")
+        else:
+            out.append(f"| {label(r)} | {r['seed']} | {float(r['final_acc']):.2f} | {int(float(r['bytes'])):,} | "
+                       f"{bits} | {front} | {base} | {delta} |")
     return "\n".join(out)
 
 

@@ -188,6 +188,10 @@ def test_file_loads_the_exact_model_and_is_its_payload_plus_a_small_header(tmp_p
     assert info["extras_bytes"] == 4 * (6 + 16 + 120 + 84 + 10)  # the biases
     assert size == path.stat().st_size == info["file_bytes"]
     assert size <= info["payload_bytes"] + HEADER_BUDGET
+    # one name, one meaning: bits_per_weight is the whole file's (as sweep.csv's), code_bits_per_weight the codes'
+    assert info["bits_per_weight"] == pytest.approx(8 * size / n)
+    assert info["code_bits_per_weight"] == pytest.approx(8 * info["code_bytes"] / n)
+    assert info["code_bits_per_weight"] < info["bits_per_weight"]
     assert size <= ideal_codes + info["scale_bytes"] + info["extras_bytes"] + HEADER_BUDGET
     fresh = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
     load_quant(path, fresh)
@@ -288,6 +292,14 @@ def test_train_file_eval_inspect_export(tmp_path: Path, name: str) -> None:
     assert code == 0, err
     info = json.loads(out)["quantized"]
     assert info["method"] == settings["quantize"] and info["file_bytes"] == summary["file_bytes"]
+    n = summary["quantized_weights"]
+    for doc in (info, summary):
+        assert doc["bits_per_weight"] == pytest.approx(8 * summary["file_bytes"] / n)
+        assert doc["code_bits_per_weight"] == pytest.approx(8 * summary["code_bytes"] / n)
+    code, out, err = run(["inspect", str(path)])
+    assert code == 0, err
+    assert f"{info['code_bits_per_weight']:.3f} code bits per weight" in out
+    assert f"whole file {info['bits_per_weight']:.3f} bits per weight" in out
     code, out, err = run(["export", str(path), "--format", "pt", "-o", str(tmp_path / "plain.safetensors")])
     assert code == 0, err
     assert "max abs diff vs the pemn model 0" in out
@@ -339,6 +351,15 @@ def test_pemn_quantize_of_a_dense_file_equals_the_ptq_run(tmp_path: Path, method
     assert doc["accuracy"] == pytest.approx(ptq.final_acc) and doc["dense_accuracy"] == pytest.approx(
         ptq.summary["dense_acc"])
     assert doc["batchnorm_layers_calibrated"] == 2 and doc["file_bytes"] == out.stat().st_size
+    info = quant_info(out)
+    assert (doc["bits_per_weight"], doc["code_bits_per_weight"]) == (info["bits_per_weight"],
+                                                                     info["code_bits_per_weight"])
+    assert doc["bits_per_weight"] == pytest.approx(8 * doc["file_bytes"] / info["quantized_weights"])
+    code, text, err = run(["quantize", str(tmp_path / "dense" / "model.safetensors"), "--method", method, "-o",
+                           str(out)])
+    assert code == 0, err
+    assert (f"{info['code_bits_per_weight']:.3f} code bits per weight, whole file {info['bits_per_weight']:.3f} "
+            "bits per weight") in text
 
 
 def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:

@@ -353,7 +353,7 @@ def test_mask_structure_script_sees_rows_and_counts_their_cost(tmp_path: Path) -
     pemn.save(model, path, coding="entropy")
     report = script.file_report(str(path))
     coded = sum(e["bytes"] for e in pemn.artifact.read(path).manifest) * 8 / report["weights"]
-    assert report["bits_per_weight"]["layer"] <= coded <= report["bits_per_weight"]["layer"] + 0.05
+    assert report["mask_bits_per_weight"]["layer"] <= coded <= report["mask_bits_per_weight"]["layer"] + 0.05
 
 
 def test_resume_of_a_run_written_before_the_auto_fields_keeps_its_settings(tmp_path: Path) -> None:
