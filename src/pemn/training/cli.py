@@ -4,6 +4,13 @@
 error (:data:`EXIT_CODES`, the table in README.md). Errors print one ``pemn: error: ...`` line on stderr (a mistyped
 option names the closest one), never a traceback.
 
+Each ``_cmd_<command>`` is argument parsing only: it checks its flags, calls one named function of the application
+(:func:`pemn.training.measure.evaluate_model_file`, :func:`pemn.training.inspect_report.inspect_lines`,
+:func:`pemn.training.ptq_file.quantize_model_file`, :func:`pemn.training.export.export_model_file`,
+:func:`pemn.training.sample.sample_file`, :func:`pemn.training.sweep_plan.plan_sweep`, ``train``...), prints the
+report it returns and returns the exit code; what the application refuses is an
+:class:`~pemn.training.errors.OptionError` (exit code 2, as a bad flag). tests/test_cli_usage.py keeps it so.
+
 Imports: the modules here that import torch (every application module but :mod:`pemn.training.progress` and
 :mod:`pemn.training.errors`, and :mod:`pemn` itself) are imported inside the function that uses them, as plain
 ``from pemn.training... import`` statements (visible to import-linter, type checkers and IDEs; nothing goes through
