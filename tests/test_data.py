@@ -660,3 +660,18 @@ def test_dataset_error_needs_no_import_of_the_application() -> None:
             "assert not hasattr(pemn.errors, '__getattr__')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_dataset_descriptions_need_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pemn datasets`: one row per catalog entry, in its order; a dataset read from a folder you give (text,
+    imagefolder) is described by its entry's summary where the default folder does not hold it, and by its data
+    where it does."""
+    monkeypatch.setenv("PEMN_DATA_DIR", str(tmp_path))
+    rows = data.dataset_descriptions()
+    assert [name for name, _ in rows] == list_datasets()
+    described = dict(rows)
+    assert described["text"].startswith("character-level text: DIR/input.txt (UTF-8)")
+    assert described["imagefolder"].startswith("class-per-folder RGB images: DIR/train/<class>/")
+    assert described["mnist"] == dataset_info("mnist").description
+    (tmp_path / "input.txt").write_text("abcab" * 20)
+    assert dict(data.dataset_descriptions())["text"] == dataset_info("text", tmp_path).description

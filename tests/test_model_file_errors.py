@@ -4,6 +4,7 @@ model, a training checkpoint, the user's own model: each one line saying what th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -53,3 +54,66 @@ def test_a_file_of_the_users_own_model_says_how_to_load_it_in_python(tmp_path: P
     lines = err.strip().splitlines()
     assert len(lines) == 1 and f"pemn.load({str(path)!r}, model)" in lines[0], err
     assert "records no registry model" in lines[0] and not lines[0].startswith("pemn: error: give --model")
+
+
+# ------------------------------------------------------------------------------------- the application's refusals
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The model file of a quick image run and of a quick text run."""
+    from conftest import quick_text_config
+    from pemn.training.engine import train
+
+    root = tmp_path_factory.mktemp("files")
+    train(quick_text_config(root, out="lm"), log=lambda _: None)
+    return {"image": quick_cli_run(root) / "model.pemn", "lm": root / "lm" / "model.pemn"}
+
+
+def _export(path: Path, **options: object) -> None:
+    from pemn.training.export import export_model_file
+
+    export_model_file(path, **{"fmt": "pt", "log": lambda _: None, **options})
+
+
+def _sample(path: Path, **options: object) -> None:
+    from pemn.training.sample import sample_file
+
+    sample_file(str(path), **{"prompt": "F", "tokens": 3, **options})
+
+
+@pytest.mark.parametrize(("call", "file", "options", "message"), [
+    (_export, "lm", {}, "holds a language model; pemn export writes image classifiers"),
+    (_export, "image", {"output": "x.onnx"}, r"--format pt writes a \.safetensors file .* not 'x.onnx'"),
+    (_export, "image", {"fmt": "onnx", "output": "x.safetensors"}, r"name the output \*\.onnx"),
+    (_export, "image", {"model": "lenet5"}, "lenet5"),  # a model that contradicts the file
+    (_sample, "lm", {"tokens": -1}, "--tokens must be >= 0, got -1"),
+    (_sample, "lm", {"temperature": float("nan")}, r"--temperature must be >= 0 \(0: greedy\), got nan"),
+    (_sample, "lm", {"top_k": 0}, "--top-k must be >= 1, got 0"),
+    (_sample, "lm", {"prompt": ""}, "--prompt must hold at least one character"),
+    (_sample, "lm", {"device": "tpu"}, "--device: "),
+])
+def test_what_the_commands_functions_refuse_is_an_option_error(model_files: dict[str, Path], call: Any, file: str,
+                                                               options: dict[str, object], message: str) -> None:
+    """pemn export's and pemn sample's application functions refuse a request they cannot run with OptionError
+    (the command line's exit code 2), before writing anything."""
+    from pemn.training.errors import OptionError
+
+    path = model_files[file]
+    before = sorted(p.name for p in path.parent.iterdir())
+    with pytest.raises(OptionError, match=message):
+        call(path, **{k: (str(path.parent / v) if k == "output" else v) for k, v in options.items()})
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+
+
+def test_export_and_sample_return_what_they_wrote(model_files: dict[str, Path]) -> None:
+    from pemn.training.export import export_model_file
+    from pemn.training.sample import sample_file
+
+    lines: list[str] = []
+    out = export_model_file(model_files["image"], fmt="pt", log=lines.append)
+    assert out == model_files["image"].with_name("model.dense.safetensors") and out.is_file()
+    assert lines[0].startswith(f"wrote {out} (") and lines[1].startswith("check: reloaded into a fresh tiny-mlp")
+    record = sample_file(str(model_files["lm"]), "F", tokens=5, temperature=0)
+    assert record["text"].startswith("F") and len(record["text"]) == 6 and record["model"] == "gpt-16-2"
+    assert record == {**record, "prompt": "F", "tokens": 5, "temperature": 0, "top_k": None, "seed": 0}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from cli_run import run
-from conftest import quick_config
+from conftest import quick_config, quick_text_config
 from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.training.artifacts import KINDS, kind_of_file, load_model
 from pemn.training.config import resolve_config
@@ -369,6 +369,34 @@ def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:
     assert code != 0 and "takes a dense model.safetensors" in err
     code, _, err = run(["quantize", str(path), "--method", "int4"])
     assert code != 0 and "invalid choice" in err
+
+
+def test_quantize_model_file_reports_without_printing(tmp_path: Path) -> None:
+    """pemn quantize's application function: the file beside the dense one (default name), the JSON record and the
+    text lines; without an evaluation no accuracy; a language model's file is quantized from the file alone (its
+    workload reads no data: no BatchNorm to calibrate)."""
+    from pemn.training.errors import OptionError
+    from pemn.training.ptq_file import default_output, quantize_model_file
+
+    train(quick_config(model="tiny-cnn", epochs=1, strategy="dense", out=tmp_path / "dense"), log=lambda _m: None)
+    dense = tmp_path / "dense" / "model.safetensors"
+    report = quantize_model_file(dense, "ptq-int8", evaluate=False)
+    out = default_output(dense, "ptq-int8")
+    assert out == tmp_path / "dense" / "model.ptq-int8.quant.safetensors" and kind_of_file(out).name == "quant"
+    assert report.record["output"] == str(out) and report.record["accuracy"] is report.record["dense_accuracy"] is None
+    assert report.record["batchnorm_layers_calibrated"] == 2 and report.record["file_bytes"] == out.stat().st_size
+    assert report.lines == [f"wrote {out} ({out.stat().st_size:,} bytes, ptq-int8: "
+                            f"{report.record['code_bits_per_weight']:.3f} code bits per weight, whole file "
+                            f"{report.record['bits_per_weight']:.3f} bits per weight; BatchNorm statistics of 2 "
+                            f"layers re-estimated on {report.record['calibration_images']:,} training images)"]
+    with pytest.raises(OptionError, match="would overwrite the dense model"):
+        quantize_model_file(dense, "ptq-int4", output=dense)
+    with pytest.raises(OptionError, match=r"is a quantized model .*takes a dense model\.safetensors"):
+        quantize_model_file(out, "ptq-int4")
+    train(quick_text_config(tmp_path, out="lm", strategy="dense"), log=lambda _m: None)
+    report = quantize_model_file(tmp_path / "lm" / "model.safetensors", "ptq-int4")
+    assert report.record["calibration_images"] == 0 and report.record["accuracy"] is None
+    assert report.lines[0].endswith("no BatchNorm to calibrate)") and len(report.lines) == 1
 
 
 def test_categorical_codes_round_trip_and_refuse_corruption() -> None:

@@ -731,3 +731,35 @@ def test_sweep_data_dir_reaches_every_run(tmp_path: Path, monkeypatch: pytest.Mo
     assert seen[0]["data_dir"] == "D"
     code, _, err = run(["sweep", "--data-dir", "D", "--set", "data_dir=E", "--out", str(tmp_path / "s")])
     assert code == 2 and "--data-dir and --set data_dir=... disagree" in err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"settings": ["lr"]}, "--set "),
+    ({"settings": ["strategy=rp"]}, "--set strategy: set by the sweep grid for every run"),
+    ({"settings": ["epochs=2"], "flags": {"epochs": 3}}, r"--epochs and --set epochs=\.\.\. disagree"),
+    ({"settings": ["seed=1"], "grid": {"seeds": [0, 1]}}, r"--seeds and --set seed=\.\.\. disagree"),
+    ({"grid": {"strategies": ["nope"]}}, "nope"),
+    ({"config_file": "missing.json"}, r"no config file at 'missing\.json'"),
+    ({"settings": ["lr=-1"]}, "lr"),  # a point whose config does not resolve
+])
+def test_plan_sweep_refuses_before_anything_runs(tmp_path: Path, options: dict[str, Any], message: str) -> None:
+    """pemn sweep's plan: every refusal is an OptionError (the command line's exit code 2) and nothing is written."""
+    from pemn.training.errors import OptionError
+    from pemn.training.sweep_plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    with pytest.raises(OptionError, match=message):
+        plan_sweep(out, **{"grid": {"strategies": ["rp"], "dense": False, "prune": []}, **options})
+    assert not out.exists()
+
+
+def test_plan_sweep_and_its_report_lines(tmp_path: Path) -> None:
+    from pemn.training.sweep import SweepReport
+    from pemn.training.sweep_plan import plan_sweep, sweep_lines
+
+    points, base = plan_sweep(tmp_path, settings=["lr=0.05"], flags={"model": "tiny-mlp", "epochs": None},
+                              grid={"strategies": ["rp"], "ratios": [0.1], "keeps": [0.5], "dense": True,
+                                    "prune": [], "seeds": [0, 1]})
+    assert base == {"lr": 0.05, "model": "tiny-mlp"} and len(points) == 4
+    report = SweepReport(csv=tmp_path / "sweep.csv", png=None, failed=[(points[0], "boom")])
+    assert sweep_lines(report, tmp_path) == [f"sweep: 0 runs done, 0 already in {tmp_path / 'sweep.csv'}, 1 failed"]

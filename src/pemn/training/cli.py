@@ -4,6 +4,13 @@
 error (:data:`EXIT_CODES`, the table in README.md). Errors print one ``pemn: error: ...`` line on stderr (a mistyped
 option names the closest one), never a traceback.
 
+Each ``_cmd_<command>`` is argument parsing only: it checks its flags, calls one named function of the application
+(:func:`pemn.training.measure.evaluate_model_file`, :func:`pemn.training.inspect_report.inspect_lines`,
+:func:`pemn.training.ptq_file.quantize_model_file`, :func:`pemn.training.export.export_model_file`,
+:func:`pemn.training.sample.sample_file`, :func:`pemn.training.sweep_plan.plan_sweep`, ``train``...), prints the
+report it returns and returns the exit code; what the application refuses is an
+:class:`~pemn.training.errors.OptionError` (exit code 2, as a bad flag). tests/test_cli_usage.py keeps it so.
+
 Imports: the modules here that import torch (every application module but :mod:`pemn.training.progress` and
 :mod:`pemn.training.errors`, and :mod:`pemn` itself) are imported inside the function that uses them, as plain
 ``from pemn.training... import`` statements (visible to import-linter, type checkers and IDEs; nothing goes through
@@ -26,7 +33,7 @@ from typing import Any, NoReturn
 
 from pemn._version import __version__
 from pemn.errors import PEMNError
-from pemn.training import progress
+from pemn.training.progress import plural
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -173,15 +180,10 @@ def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     def run(args: argparse.Namespace) -> int:
         if args.threads is not None and args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+        from pemn.training.dist import using_threads
 
-        from pemn.training.dist import set_threads
-
-        args.threads_used, previous = set_threads(args.threads)
-        try:
+        with using_threads(args.threads) as args.threads_used:
             return command(args)
-        finally:
-            torch.set_num_threads(previous)
 
     return run
 
@@ -335,90 +337,25 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------- sweep
 
 
-def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    from pemn.training.config import parse_settings
-
-    try:
-        return parse_settings(pairs)
-    except ValueError as e:
-        raise UsageError(f"--set {_one_line(e)}") from None
-
-
-def _print_budget(report: dict[str, Any], out: str) -> None:
-    from pemn.training.sweep import BUDGET_NAME, budget_lines
-
-    for line in budget_lines(report):
-        _out(line)
-    _out(f"sweep: budget in {Path(out) / BUDGET_NAME} and sweep.csv's budget column")
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pemn.training.sweep import (
-        GRID_KEYS,
-        apply_budget,
-        build_grid,
-        check_settings,
-        resolve_points,
-        run_sweep,
-        stored_budget,
-    )
+    from pemn.training.sweep import run_sweep
+    from pemn.training.sweep_plan import GRID_OPTIONS, SHARED_FLAGS, budget_only_lines, plan_sweep, sweep_lines
 
     if args.max_bytes is not None and args.max_bytes <= 0:
         raise UsageError(f"--max-bytes {args.max_bytes}: give the byte budget as a positive number of bytes")
     if args.max_bytes is not None and not (args.strategies or args.dense or args.prune or args.quantize):
-        # no grid: only the budget over the folder's finished runs
-        try:
-            report = apply_budget(args.out, args.max_bytes)
-        except ValueError as e:
-            raise UsageError(_one_line(e)) from None
-        _print_budget(report, args.out)
-        return 0
-    base = _parse_sets(args.set or [])
-    clash = sorted(GRID_KEYS & set(base))
-    if clash:
-        raise UsageError(f"--set {', '.join(clash)}: set by the sweep grid for every run; use the grid options "
-                         "(--strategies, --ratios, --keeps, --prune, --compressions, --quantize, --out)")
-    for key in ("model", "dataset", "epochs", "data_dir"):
-        value = getattr(args, key)
-        if value is not None:
-            if key in base and base[key] != value:
-                raise UsageError(f"--{key.replace('_', '-')} and --set {key}=... disagree")
-            base[key] = value
-    try:
-        if args.seeds is not None and "seed" in base:
-            raise ValueError("--seeds and --set seed=... disagree: give the seeds with --seeds only")
-        points = build_grid(strategies=args.strategies, ratios=args.ratios, keeps=args.keeps, dense=args.dense,
-                            prune=args.prune, compressions=args.compressions, seeds=args.seeds,
-                            quantize=args.quantize, prune_quantize=args.prune_quantize, widths=args.widths)
-    except ValueError as e:
-        raise UsageError(_one_line(e)) from None
-    # every point is resolved (and checked) before the first run
-    if args.config is not None and not Path(args.config).is_file():
-        raise UsageError(f"no config file at {args.config!r}")
-    try:
-        check_settings(Path(args.out), base, args.recipe, args.config, record=False)
-        if args.max_bytes is None:
-            stored_budget(Path(args.out))  # a folder's earlier budget applies again: refuse a broken one now
-        resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
-    except (ValueError, TypeError) as e:
-        raise UsageError(_one_line(e)) from None
-    plural = progress.plural
-    _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
-    report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
-                       log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x,
-                       max_bytes=args.max_bytes)
-    _out(f"sweep: {plural(len(report.rows), 'run')} done, {len(report.skipped)} already in {report.csv}"
-         + (f", {len(report.failed)} failed" if report.failed else ""))
-    if report.png is not None:
-        _out(f"sweep: figure {report.png}")
-    if report.seeds_csv is not None:
-        from pemn.training.sweep import seed_summary_lines
-
-        _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
-        for line in seed_summary_lines(report.csv):
+        for line in budget_only_lines(args.out, args.max_bytes):  # no grid: the budget over the finished runs
             _out(line)
-    if report.budget is not None:
-        _print_budget(report.budget, args.out)
+        return 0
+    points, base = plan_sweep(args.out, settings=args.set or [], flags={k: getattr(args, k) for k in SHARED_FLAGS},
+                              grid={k: getattr(args, k) for k in GRID_OPTIONS}, recipe=args.recipe,
+                              config_file=args.config, max_bytes=args.max_bytes)
+    _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
+    report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config, log=_out,
+                       keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x,
+                       max_bytes=args.max_bytes)
+    for line in sweep_lines(report, args.out):
+        _out(line)
     for point, msg in report.failed:
         _err(f"pemn: error: sweep run {point.name} failed: {msg}")
     return 1 if report.failed else 0

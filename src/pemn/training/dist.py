@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -17,7 +17,7 @@ from torch import nn
 from pemn.training.errors import OptionError
 
 __all__ = ["MAX_AUTO_THREADS", "Accelerator", "Dist", "autocast", "default_threads", "device_option", "parse_device",
-           "resolve_device", "set_threads"]
+           "resolve_device", "set_threads", "using_threads"]
 
 #: The most CPU threads ``threads=None`` picks (more rarely pays for the models pemn trains on a CPU).
 MAX_AUTO_THREADS = 4
@@ -48,6 +48,17 @@ def set_threads(threads: int | None) -> tuple[int, int]:
     if n != previous:
         torch.set_num_threads(n)
     return n, previous
+
+
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[int]:
+    """torch's CPU threads at ``threads`` (:func:`set_threads`; None: :func:`default_threads`) while the block
+    runs, the caller's count restored afterwards; yields the count used."""
+    n, previous = set_threads(threads)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)
 
 
 def parse_device(spec: str) -> torch.device | None:

@@ -2,13 +2,18 @@
 
 A workload is the one place that knows its kind of data (:class:`Workload`): it loads the splits, counts the steps
 of an epoch, draws each step's batch, shapes the model's outputs for the loss, evaluates a model into metrics
-(``test_acc`` plus its own), writes the app metadata that makes a model file self-describing, and words the lines
-a run reports. The training loop (:mod:`pemn.training.engine`) asks it and never which kind it is.
+(``test_acc`` plus its own), writes the app metadata that makes a model file self-describing, gives the run's
+result its own metrics (:attr:`Workload.result_keys`, ``TrainResult.metrics``), words the lines a run reports
+(each epoch, the end, ``pemn train``'s closing report) and measures a model file of its kind (``pemn eval``:
+:meth:`Workload.evaluate_file`). The training loop (:mod:`pemn.training.engine`), the run's outputs
+(:mod:`pemn.training.outputs`) and the commands (:mod:`pemn.training.measure`, ``export``, ``ptq_file``) ask it and
+never which kind it is.
 
 :data:`WORKLOADS` is keyed by the app kind a model file records (``app["kind"]``): ``image-classifier``
 (:class:`ImageClassification`) and ``char-lm`` (:class:`CharLM`). A dataset (``DatasetEntry.serves``) and a model
-(``register_model(..., serves=)``) each say which workload they serve; :func:`workload_of_dataset` and
-:func:`workload_of_app` look a workload up. A new kind of data is a new entry here, not new branches in the loop.
+(``register_model(..., serves=)``) each say which workload they serve; :func:`workload_of_dataset`,
+:func:`workload_of_app` and :func:`workload_of_file` look a workload up. A new kind of data is a new entry here,
+not new branches in the loop or the commands.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ if TYPE_CHECKING:
     from pemn.training.config import TrainConfig
     from pemn.training.outputs import TrainResult
 
-__all__ = ["WORKLOADS", "CharLM", "ImageClassification", "Workload", "derive_seed", "workload_of_app",
+__all__ = ["RESULT_KEYS", "WORKLOADS", "CharLM", "ImageClassification", "Workload", "derive_seed", "workload_of_app",
            "workload_of_dataset", "workload_of_file"]
 
 #: ``progress(n)``: ``n`` more examples of an evaluation are done (over all ranks).
@@ -54,6 +59,10 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across runs, platforms and Python hash seeds)."""
     digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{float(x):.2f} %"
 
 
 def _per_rank_batch(batch_size: int, world: int) -> int:
@@ -78,6 +87,8 @@ class Workload(ABC):
     holds: ClassVar[str]
     #: whether ``pemn export`` writes its models (NCHW float input: ONNX, a dense state_dict)
     exportable: ClassVar[bool] = True
+    #: the keys of :meth:`result_fields` (``TrainResult.metrics``, ``result.json``), in order
+    result_keys: ClassVar[tuple[str, ...]] = ()
     #: whether post-training quantization of its dense files reads training data (BatchNorm statistics to
     #: re-estimate) and measures the test split before and after (``pemn quantize``)
     ptq_reads_data: ClassVar[bool] = True
@@ -157,8 +168,9 @@ class Workload(ABC):
         """The line logged after an epoch."""
 
     def result_fields(self, last: dict[str, float], saved: dict[str, float] | None) -> dict[str, float | None]:
-        """The workload's own fields of :class:`~pemn.training.outputs.TrainResult` (and ``result.json``) from the
-        last evaluation and the saved file's (``saved``: None on the ranks that do not re-measure it)."""
+        """The workload's own metrics of :class:`~pemn.training.outputs.TrainResult` (its ``metrics``, keys
+        :attr:`result_keys`, and ``result.json``) from the last evaluation and the saved file's (``saved``: None on
+        the ranks that do not re-measure it)."""
         return {}
 
     def check_saved(self, saved: dict[str, float], last: dict[str, float], final_acc: float) -> str | None:
@@ -168,6 +180,11 @@ class Workload(ABC):
     @abstractmethod
     def done_line(self, result: TrainResult, saved: str) -> str:
         """The run's last line (``saved``: the file, its bytes and ratios)."""
+
+    @classmethod
+    @abstractmethod
+    def report_lines(cls, cfg: TrainConfig, result: TrainResult) -> list[str]:
+        """What ``pemn train``'s closing report (:func:`pemn.training.outputs.report_lines`) says the run measured."""
 
     @classmethod
     @abstractmethod
@@ -289,6 +306,17 @@ class ImageClassification(Workload):
                 f"{result.final_acc:.2f}% (the saved model). {saved}")
 
     @classmethod
+    def report_lines(cls, cfg: TrainConfig, result: TrainResult) -> list[str]:
+        """The best and final epochs' test accuracy (and a distilled run's teacher's)."""
+        lines = [f"  accuracy   best epoch ({result.best_epoch}): {_pct(result.best_acc)}   final epoch "
+                 f"({result.epochs_run}): {_pct(result.final_acc)}",
+                 "             (top-1 on the test split; best = max over epochs, the paper's metric; final = the "
+                 "saved model's)"]
+        if result.teacher_acc is not None:
+            lines.append(f"  teacher    {cfg.teacher}: {_pct(result.teacher_acc)} (the dense model distilled from)")
+        return lines
+
+    @classmethod
     def evaluate_file(cls, request: EvalRequest) -> EvalReport:
         """Top-1 accuracy on the test split of the dataset the file records (or ``request.dataset``), with the
         file's normalisation."""
@@ -318,6 +346,7 @@ class CharLM(Workload):
     unit = "character"
     records_step = True
     holds = "a language model"
+    result_keys = ("val_loss", "bits_per_char", "artifact_val_loss")
     exportable = False
     ptq_reads_data = False  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
 
@@ -418,9 +447,20 @@ class CharLM(Workload):
         return None
 
     def done_line(self, result: TrainResult, saved: str) -> str:
-        return (f"done in {fmt_time(result.seconds)}: validation loss {result.val_loss:.4f} nats/char "
-                f"({result.bits_per_char:.4f} bits/char, {self.eval_scope()}, the saved model) after "
+        m = result.metrics
+        return (f"done in {fmt_time(result.seconds)}: validation loss {m['val_loss']:.4f} nats/char "
+                f"({m['bits_per_char']:.4f} bits/char, {self.eval_scope()}, the saved model) after "
                 f"{result.steps_run} steps. {saved}")
+
+    @classmethod
+    def report_lines(cls, cfg: TrainConfig, result: TrainResult) -> list[str]:
+        """The saved model's validation loss and next-character accuracy."""
+        val_loss, bits, steps = result.metrics.get("val_loss"), result.metrics.get("bits_per_char"), result.steps_run
+        return [f"  val loss   {float(val_loss or 0.0):.4f} nats/char = {float(bits or 0.0):.4f} bits/char after "
+                f"{'?' if steps is None else steps} steps (the saved model, "
+                + ("whole validation split)" if cfg.eval_subset is None else
+                   f"first {cfg.eval_subset:,} validation characters: --eval-subset)"),
+                f"  accuracy   next character, final: {_pct(result.final_acc)}"]
 
     @classmethod
     def evaluate_file(cls, request: EvalRequest) -> EvalReport:
@@ -439,6 +479,9 @@ class CharLM(Workload):
 
 #: The workloads, by the app kind of the model files they write.
 WORKLOADS: dict[str, type[Workload]] = {w.app_kind: w for w in (ImageClassification, CharLM)}
+#: Every workload's result keys, in order: each run's ``result.json`` has them all (null where its workload has
+#: none), so every result.json has the same keys.
+RESULT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for w in WORKLOADS.values() for k in w.result_keys))
 
 
 def workload_of_dataset(name: str) -> type[Workload]:
