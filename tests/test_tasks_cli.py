@@ -72,6 +72,27 @@ def test_eval_all_tasks_and_one_task(permuted: dict[str, object]) -> None:
     assert code != 0 and "no task 'nope'" in err and "Traceback" not in err
 
 
+def test_a_multi_task_file_is_measured_task_by_task(permuted: dict[str, object]) -> None:
+    """pemn eval's application function sends a file holding tasks to the tasks' evaluation, whatever the
+    request names (every task by default; the text is one line per task and the mean)."""
+    from pemn.training.artifacts import file_kind_and_app
+    from pemn.training.evaluation import EvalRequest
+    from pemn.training.measure import evaluate_model_file
+    from pemn.training.tasks import holds_tasks
+
+    path = str(permuted["file"])
+    kind, app = file_kind_and_app(path)
+    assert holds_tasks(path)
+    report = evaluate_model_file(EvalRequest(path, kind, app, threads=2))
+    accs = permuted["result"]["accuracy_from_file"]
+    assert report.record == {"artifact": path, "tasks": accs, "mean_accuracy": sum(accs.values()) / 3}
+    assert report.lines[:3] == [f"{name}: test accuracy {acc:.2f} %" for name, acc in accs.items()]
+    mean = report.record["mean_accuracy"]
+    assert report.lines[3] == f"{path}: 3 tasks, mean test accuracy {mean:.2f} % (2 CPU threads)"
+    one = evaluate_model_file(EvalRequest(path, kind, app, tasks=("permuted-1",), threads=1))
+    assert one.record["tasks"] == {"permuted-1": accs["permuted-1"]} and one.lines[-1].endswith("(1 CPU thread)")
+
+
 def test_eval_infer_task(permuted: dict[str, object]) -> None:
     code, out, err = run(["eval", str(permuted["file"]), "--infer-task", "--json", "--threads", "1"])
     assert code == 0, err

@@ -21,7 +21,6 @@ from pemn.artifact import read
 from pemn.hf import app_of as hf_app_of
 
 transformers = pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_any_model as table  # noqa: E402
 from cli_run import run  # noqa: E402
 from test_any_model import one_thread  # noqa: E402, F401 (its autouse fixture: one torch thread here too)

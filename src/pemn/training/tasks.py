@@ -42,10 +42,14 @@ from pemn.training.augment import build_eval_transform, build_train_transform
 from pemn.training.config import TrainConfig
 from pemn.training.data import DatasetInfo, dataset_info, load_dataset
 from pemn.training.dist import set_threads
-from pemn.training.evaluation import evaluate
+from pemn.training.evaluation import DEFAULT_EVAL_BATCH, EvalReport, EvalRequest, evaluate
 from pemn.training.outputs import write_json
 
-__all__ = ["TaskSpec", "evaluate_tasks", "infer_tasks", "load_split", "parse_tasks", "task_data", "train_tasks"]
+__all__ = ["TaskSpec", "evaluate_task_file", "evaluate_tasks", "holds_tasks", "infer_tasks", "load_split",
+           "parse_tasks", "task_data", "train_tasks"]
+
+#: ``pemn eval --infer-task``'s batch size when none is given (SupSup's rule needs batches of one task)
+INFER_BATCH = 128
 
 _SPEC = re.compile(r"(permuted|split):([1-9][0-9]{0,5})")
 
@@ -465,6 +469,36 @@ def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None 
     log(f"{len(art.tasks)} tasks in {path} ({result['file_bytes']:,} bytes): mean {result['mean_accuracy']:.2f} % "
         f"(min {result['min_accuracy']:.2f} %) from the file; equal to after training: {equal}")
     return result
+
+
+def holds_tasks(path: str | Path) -> bool:
+    """Whether the ``.pemn`` file at ``path`` holds tasks (a multi-task file, format version 4)."""
+    return bool(read(path).tasks)
+
+
+def evaluate_task_file(request: EvalRequest) -> EvalReport:
+    """``pemn eval`` of a multi-task file: each task (``request.tasks``, default all) on its own data, or
+    (``request.infer_task``) task inference without ids (:func:`infer_tasks`)."""
+    names = list(request.tasks) or None
+    common: dict[str, Any] = {"names": names, "dataset": request.dataset, "data_dir": request.data_dir,
+                              "download": request.download, "eval_subset": request.eval_subset}
+    if request.infer_task:
+        batch = request.batch_size or INFER_BATCH
+        r = infer_tasks(request.artifact, batch_size=batch, method=request.infer_method,
+                        objective=request.infer_objective, **common)
+        rule = r["method"] + (f", {r['objective']}" if r["objective"] else "")
+        return EvalReport({"artifact": request.artifact, **r}, [
+            f"{request.artifact}: task inference ({rule}, {r['tasks']} tasks, batches of {batch}): "
+            f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
+            f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
+            f"({r['examples']:,} test images)"])
+    accs = evaluate_tasks(request.artifact, batch_size=request.batch_size or DEFAULT_EVAL_BATCH, **common)
+    mean = sum(accs.values()) / len(accs)
+    threads = request.threads
+    lines = [f"{name}: test accuracy {acc:.2f} %" for name, acc in accs.items()]
+    lines.append(f"{request.artifact}: {len(accs)} task{'s' if len(accs) != 1 else ''}, mean test accuracy "
+                 f"{mean:.2f} % ({threads} CPU thread{'s' if threads != 1 else ''})")
+    return EvalReport({"artifact": request.artifact, "tasks": accs, "mean_accuracy": mean}, lines)
 
 
 def _base_classes(path: Path) -> int:
