@@ -250,7 +250,7 @@ def test_resume_trains_the_missing_tasks_as_an_uninterrupted_run(permuted: dict[
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), a.name
 
 
-def test_superfluous_outputs_make_one_shot_inference_work(tmp_path: Path) -> None:
+def test_task_outputs_give_every_task_k_outputs_and_inference_runs_on_them(tmp_path: Path) -> None:
     out = tmp_path / "s"
     code, _, err = run(["train", "--tasks", "permuted:3", "--task-outputs", "30", *COMMON, "--steps", "60",
                         "--out", str(out)])
