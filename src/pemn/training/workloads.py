@@ -2,13 +2,18 @@
 
 A workload is the one place that knows its kind of data (:class:`Workload`): it loads the splits, counts the steps
 of an epoch, draws each step's batch, shapes the model's outputs for the loss, evaluates a model into metrics
-(``test_acc`` plus its own), writes the app metadata that makes a model file self-describing, and words the lines
-a run reports. The training loop (:mod:`pemn.training.engine`) asks it and never which kind it is.
+(``test_acc`` plus its own), writes the app metadata that makes a model file self-describing, gives the run's
+result its own metrics (:attr:`Workload.result_keys`, ``TrainResult.metrics``), words the lines a run reports
+(each epoch, the end, ``pemn train``'s closing report) and measures a model file of its kind (``pemn eval``:
+:meth:`Workload.evaluate_file`). The training loop (:mod:`pemn.training.engine`), the run's outputs
+(:mod:`pemn.training.outputs`) and the commands (:mod:`pemn.training.measure`, ``export``, ``ptq_file``) ask it and
+never which kind it is.
 
 :data:`WORKLOADS` is keyed by the app kind a model file records (``app["kind"]``): ``image-classifier``
 (:class:`ImageClassification`) and ``char-lm`` (:class:`CharLM`). A dataset (``DatasetEntry.serves``) and a model
-(``register_model(..., serves=)``) each say which workload they serve; :func:`workload_of_dataset` and
-:func:`workload_of_app` look a workload up. A new kind of data is a new entry here, not new branches in the loop.
+(``register_model(..., serves=)``) each say which workload they serve; :func:`workload_of_dataset`,
+:func:`workload_of_app` and :func:`workload_of_file` look a workload up. A new kind of data is a new entry here,
+not new branches in the loop or the commands.
 """
 
 from __future__ import annotations
