@@ -433,6 +433,26 @@ def test_equal_bytes_table_goes_by_the_primary_metric(tmp_path: Path, text: bool
         assert "val loss" not in table[0] and "| **yes** |" in pemn_line and pemn_line.endswith("| +1.23 |")
 
 
+def test_equal_bytes_seeds_table_pools_the_seeds_of_each_setting(tmp_path: Path) -> None:
+    """scripts/results_tables.py --equal-bytes-seeds: one row per setting, mean ± std of its seeds, mean bytes with
+    their range, and the front / best baseline of the means (one pemn seed beats the baseline, the mean does not)."""
+    script = load_script("scripts/results_tables.py")
+    spec = [("rp", 9_000, 99.0, 0), ("rp", 9_400, 97.0, 1), ("quant-binary", 8_000, 98.5, 0),
+            ("quant-binary", 8_000, 98.3, 1)]
+    rows = []
+    for name, nbytes, acc, seed in spec:
+        r = _row(name, nbytes, acc)
+        r.update(seed=str(seed), model="lenet5", bits_per_weight="1.0", command="pemn train")
+        rows.append(r)
+    sweep_module._write_rows(tmp_path / "sweep.csv", rows)
+    table = script.equal_bytes_seeds_table([tmp_path]).splitlines()
+    assert len(table) == 4 and "mean ± std" in table[0]
+    binary, pemn_row = table[2], table[3]
+    assert binary.startswith("| binary") and "| 2 | 98.40 ± 0.14 | 8,000 |" in binary and "**yes**" in binary
+    assert pemn_row.startswith("| RP 1e-2") and "| 2 | 98.00 ± 1.41 | 9,200 (9,000–9,400) |" in pemn_row
+    assert "| no | quant-binary (8,000 B, 98.40) | -0.40 |" in pemn_row
+
+
 @pytest.mark.parametrize("header", [OLD_COLUMNS[0], OLD_COLUMNS[3]], ids=["with-budget", "before-budget"])
 def test_previous_version_csv_reads_without_a_loss(tmp_path: Path, header: tuple[str, ...]) -> None:
     """A sweep.csv written just before the val_loss columns reads with them empty (its rows keep their values)."""
