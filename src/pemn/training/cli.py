@@ -295,7 +295,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         args.artifact, kind, app, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
         download=args.download, batch_size=args.batch_size, eval_subset=args.eval_subset, device=args.device,
         threads=args.threads_used, tasks=tuple(args.task or ()), all_tasks=args.all_tasks,
-        infer_task=args.infer_task, infer_method=args.infer_method, log=_err))
+        infer_task=args.infer_task, infer_method=args.infer_method,
+        infer_objective=args.infer_objective, log=_err))
     return _print_report(report.record, report.lines, as_json=args.json)
 
 
@@ -437,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
     tasks.add_argument("--task-outputs", type=int, default=None, metavar="K",
                        help="--tasks: give the model K outputs, more than the classes (SupSup's superfluous neurons, "
-                            "trained toward zero probability: they make pemn eval --infer-task reliable)")
+                            "trained toward zero probability; one-shot --infer-task did not need them: RESULTS.md)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "
@@ -458,10 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-task", action="store_true",
                    help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
                         "and report identification accuracy and accuracy without ids (batch size default 128)")
+    # pemn.superpose.METHODS and OBJECTIVES (not imported here: the parser loads no torch; a test checks they agree)
     p.add_argument("--infer-method", choices=("one-shot", "min-entropy"), default="one-shot",
-                   help="--infer-task rule: one-shot (SupSup's entropy gradient of the superposed masks: one forward "
+                   help="--infer-task rule: one-shot (SupSup's gradient of the superposed masks: one forward "
                         "and backward pass) or min-entropy (each task's own model, the most confident wins: one "
                         "forward pass per task)")
+    p.add_argument("--infer-objective", choices=("information", "entropy"), default="information",
+                   help="what one-shot differentiates: information (the mean output entropy minus the entropy of the "
+                        "batch's mean output: confident and spread over the classes) or entropy (SupSup's: the mean "
+                        "output entropy alone)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",

@@ -99,7 +99,8 @@ class EvalRequest:
     app metadata (:func:`pemn.training.artifacts.file_kind_and_app`) and the options. None means the default:
     the registry model and the dataset the file records, the data folder its run used, the evaluation batch
     (:data:`DEFAULT_EVAL_BATCH`; 128 for task inference), the whole split. ``tasks``/``all_tasks``/``infer_task``/
-    ``infer_method`` are a multi-task file's (:mod:`pemn.training.tasks`); ``log`` gets the progress display."""
+    ``infer_method``/``infer_objective`` are a multi-task file's (:mod:`pemn.training.tasks`); ``log`` gets the
+    progress display."""
 
     artifact: str
     kind: ArtifactKind
@@ -116,6 +117,7 @@ class EvalRequest:
     all_tasks: bool = False
     infer_task: bool = False
     infer_method: str = "one-shot"
+    infer_objective: str = "information"
     log: Callable[[str], None] = print
 
 
