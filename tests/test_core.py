@@ -217,6 +217,9 @@ def _magnitudes(case: str, dtype: torch.dtype) -> torch.Tensor:
         x = (x * 8).floor()
     elif case == "zeros":
         x[::3] = 0
+    elif case == "nan":  # broken scores: NaN orders last, never compares as kept; half of them with the sign bit
+        x[::7] = float("nan")
+        x[::14] = -x[::14]
     return x.to(dtype)
 
 
@@ -254,12 +257,12 @@ def test_topk_mask_counts_exactly_in_a_narrow_float_dtype(dtype: torch.dtype) ->
                                                           (torch.float64, torch.float64),
                                                           (torch.float16, torch.float32),
                                                           (torch.bfloat16, torch.bfloat16)])
-@pytest.mark.parametrize("case", ["random", "ties", "zeros"])
-@pytest.mark.parametrize("keep", [1 / 1073, 0.3, 1.0])
+@pytest.mark.parametrize("case", ["random", "ties", "zeros", "nan"])
+@pytest.mark.parametrize("keep", [1 / 1073, 0.3, 0.9, 1.0])
 def test_masked_product_bit_identical_to_three_nodes(base_dtype: torch.dtype, scores_dtype: torch.dtype,
                                                      case: str, keep: float) -> None:
     """A training MaskedWeight's one autograd node gives the forward values and score gradients of the
-    composition it replaced (abs, straight-through top-k, mul), bit for bit, zero scores and ties included;
+    composition it replaced (abs, straight-through top-k, mul), bit for bit, zero and NaN scores and ties included;
     the same values when no graph is recorded, and the same gradient for a base that trains."""
     g = torch.Generator().manual_seed(5)
     base = torch.randn(37, 29, generator=g, dtype=torch.float64).to(base_dtype)
@@ -267,6 +270,7 @@ def test_masked_product_bit_identical_to_three_nodes(base_dtype: torch.dtype, sc
     raw = (_magnitudes(case, torch.float64) * signs).to(scores_dtype)
     grad = torch.randn(37, 29, generator=g, dtype=torch.float64).to(base_dtype)
     kept = kept_count(keep, raw.numel())
+    assert case != "nan" or bool(torch.signbit(raw[torch.isnan(raw)]).any())
     fused_scores, ref_scores = raw.clone().requires_grad_(), raw.clone().requires_grad_()
     fused = masked_product(base, fused_scores, kept)
     reference = base * ste_mask(ref_scores, kept).to(base.dtype)
