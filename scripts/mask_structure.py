@@ -10,10 +10,10 @@ reaches within a few bytes) of its mask under:
   (``log2(row length + 1)`` bits per row);
 - ``column``: one probability per input position (the other dimensions flattened), counts stored likewise.
 
-Prints one JSON document: per file, per layer and in total, bits per weight for each model and the gain of the
-better one over ``layer``. A structured mask (whole channels kept or dropped) shows as ``row`` or ``column`` well
-below ``layer``; a mask with no such structure shows them at or above it (the stored counts cost more than they
-save).
+Prints one JSON document: per file, per layer and in total, mask bits per weight for each model
+(``mask_bits_per_weight``: the masks only, not the whole file) and the gain of the better one over ``layer``. A
+structured mask (whole channels kept or dropped) shows as ``row`` or ``column`` well below ``layer``; a mask with no
+such structure shows them at or above it (the stored counts cost more than they save).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def file_report(path: str) -> dict[str, object]:
         weights += rep["weights"]
     bits = {k: round(v / weights, 4) for k, v in totals.items()}
     best = min(("row", "column"), key=lambda k: bits[k])
-    return {"file": path, "coding": art.coding, "weights": weights, "bits_per_weight": bits,
+    return {"file": path, "coding": art.coding, "weights": weights, "mask_bits_per_weight": bits,
             "best_structured": best, "saving_vs_layer": round(1 - bits[best] / bits["layer"], 4), "layers": layers}
 
 

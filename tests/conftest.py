@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -41,3 +45,63 @@ def quick_config(*, text_dir: str | os.PathLike[str] | None = None, **settings: 
         if isinstance(merged.get(key), os.PathLike):
             merged[key] = str(merged[key])
     return resolve_config(merged, recipe=None if text_dir is None else "nanogpt")
+
+
+#: A few lines of Tiny Shakespeare: the corpus of a quick text run (:func:`quick_text_config`).
+QUICK_TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 4
+
+
+def quick_text_config(tmp_path: Path, out: str = "run", **settings: Any) -> TrainConfig:
+    """:func:`quick_config` of a text run on :data:`QUICK_TEXT` (written once to ``tmp_path/data/input.txt``)
+    into ``tmp_path/out``."""
+    data_dir = tmp_path / "data"
+    if not (data_dir / "input.txt").exists():
+        data_dir.mkdir(exist_ok=True)
+        (data_dir / "input.txt").write_text(QUICK_TEXT)
+    return quick_config(text_dir=data_dir, **{"out": tmp_path / out, **settings})
+
+
+#: The ``pemn train`` flags of a quick command-line run (the default model on digits, 2 epochs of 256 images).
+QUICK_ARGV = ["--epochs", "2", "--train-subset", "256", "--no-progress", "--device", "cpu", "--threads", "1"]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def quick_cli_run(tmp_path: Path, name: str = "img", *extra: str) -> Path:
+    """The run folder ``tmp_path/name`` of a one-epoch ``pemn train`` of tiny-mlp (mask) on 128 digits, run in
+    this process; ``extra`` flags on top."""
+    from cli_run import run
+
+    out = tmp_path / name
+    code, _, err = run(["train", "--model", "tiny-mlp", "--strategy", "mask", "--epochs", "1", "--train-subset", "128",
+                        "--no-progress", "--device", "cpu", "--threads", "1", "--out", str(out), *extra])
+    assert code == 0, err
+    return out
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a ``python -m pemn`` child process: this checkout's ``src`` first, one OpenMP thread."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def quiet(_: str) -> None:
+    """A training log that drops every line."""
+
+
+def load_script(relpath: str, name: str | None = None) -> ModuleType:
+    """A script of this repository (``benchmarks/``, ``scripts/``) imported as the module ``name`` (default: its
+    file name with a ``_script_`` prefix), once per test session. A script that imports a sibling (the benchmarks'
+    ``_common``) needs that sibling loaded under its own name first: ``load_script("benchmarks/_common.py",
+    "_common")``."""
+    name = name or "_script_" + Path(relpath).stem
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / relpath)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module

@@ -101,3 +101,16 @@ def test_bench_split_tasks_quick() -> None:
     assert len(doc["results"]) == 5 and doc["shared_reloaded_equal_after_training"] is True
     assert doc["ratio_separate_bytes_over_shared"] > 1
     assert all(0 <= r["separate"] <= 100 and 0 <= r["shared_from_file"] <= 100 for r in doc["results"])
+    assert doc["separate_init"] == "fresh" and doc["mean_difference"] == pytest.approx(
+        sum(r["difference"] for r in doc["results"]) / 5)
+
+
+@pytest.mark.slow  # trains ten tiny models
+def test_bench_split_tasks_matched_init_gives_identical_tasks() -> None:
+    """The control: separate models given the shared tasks' initial state (same scores, biases, head) train to
+    exactly the shared tasks' accuracies (from their files, float16 extras), so sharing the prototype costs
+    nothing and the fresh-init differences are initialisation noise."""
+    doc = _bench("bench_split_tasks", "--separate-init", "matched", "--set", "extras_dtype=float16")
+    assert doc["separate_init"] == "matched"
+    assert [r["difference"] for r in doc["results"]] == [0.0] * 5
+    assert doc["std_difference"] == 0.0

@@ -3,6 +3,7 @@ name the closest option, one exit code per kind of error (the README's table), `
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import re
 import subprocess
@@ -208,3 +209,70 @@ def test_the_library_names_resolve_lazily() -> None:
     assert callable(pemn.summary) and pemn.summary is importlib.import_module("pemn.summary").summary
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = pemn.nope
+
+
+def test_help_names_the_real_default_model() -> None:
+    from pemn.training.config import TrainConfig
+
+    code, stdout, _ = run(["--help"])
+    assert code == 0
+    assert f"default: {TrainConfig().model} on {TrainConfig().dataset}" in stdout and "tiny-cnn" not in stdout
+
+
+def test_options_are_not_abbreviated() -> None:
+    code, _, err = run(["train", "--epoch", "1"])
+    assert code == 2 and "unrecognized arguments: --epoch 1" in err
+
+
+def test_models_lists_sized_families_and_refuses_an_empty_match() -> None:
+    code, stdout, _ = run(["models", "convmixer*"])
+    assert code == 0 and "convmixer-<dim>-<depth>" in stdout.splitlines()[-1]
+    code, stdout, err = run(["models", "x*"])
+    assert code == 2 and stdout == "" and "no model name matches 'x*'" in err
+
+
+# --------------------------------------------------------------------------------------------- a thin command line
+
+CLI = ROOT / "src" / "pemn" / "training" / "cli.py"
+#: what the command line may import at its top: the standard library and these torch-free modules
+TOP_IMPORTS = {"pemn._version", "pemn.errors", "pemn.training.progress", "pemn.training.errors"}
+#: libraries of the work itself: the command line never imports them (it calls the application's functions)
+WORK_LIBRARIES = {"torch", "numpy", "safetensors", "onnx", "onnxruntime", "transformers", "PIL", "matplotlib"}
+#: the most lines a command function, or a helper beside them, may have (parse, call, print, exit code)
+COMMAND_LINES, HELPER_LINES = 25, 20
+
+
+def _imported_modules(node: ast.AST) -> set[str]:
+    found = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.Import):
+            found |= {a.name for a in n.names}
+        elif isinstance(n, ast.ImportFrom) and n.module:
+            found.add(n.module)
+    return found
+
+
+def test_the_cli_is_argument_parsing_that_calls_named_functions() -> None:
+    """Issue 19 item 4: pemn.training.cli holds no application logic. It imports no library of the work (torch,
+    safetensors...) anywhere and only torch-free modules at its top; each ``_cmd_<command>`` is short and calls a
+    function of the application (imported from pemn.training inside it) whose result it prints; a helper beside them
+    is short glue; only the parser builders and main may be long."""
+    tree = ast.parse(CLI.read_text())
+    top = {m for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom) for m in _imported_modules(n)}
+    assert {m for m in top if m.split(".")[0] == "pemn"} <= TOP_IMPORTS
+    assert {m.split(".")[0] for m in top if m.split(".")[0] != "pemn"} <= set(sys.stdlib_module_names)
+    assert {m.split(".")[0] for m in _imported_modules(tree)} & WORK_LIBRARIES == set()
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    commands = {name: f for name, f in functions.items() if name.startswith("_cmd_")}
+    assert set(commands) >= {"_cmd_train", "_cmd_eval", "_cmd_sample", "_cmd_inspect", "_cmd_export",
+                             "_cmd_quantize", "_cmd_models", "_cmd_datasets", "_cmd_sweep"}
+    for name, f in functions.items():
+        lines = f.end_lineno - f.lineno + 1
+        if name in commands:
+            assert lines <= COMMAND_LINES, f"{name} has {lines} lines: move its work into the application"
+            local = {a.asname or a.name for n in ast.walk(f) if isinstance(n, ast.ImportFrom)
+                     and (n.module or "").startswith("pemn.training.") for a in n.names}
+            called = {n.func.id for n in ast.walk(f) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+            assert local & called, f"{name} calls no function of the application"
+        elif name not in ("build_parser", "main") and not name.startswith("_add_"):
+            assert lines <= HELPER_LINES, f"{name} has {lines} lines: the command line holds no work of its own"

@@ -579,3 +579,9 @@ def test_config_json_roundtrip() -> None:
     assert PEMNConfig().ratio == 1e-3
     with pytest.raises(ValueError, match="unknown PEMNConfig field"):
         PEMNConfig.from_dict({"strategy": "rp", "sparsity": 0.5})
+
+
+def test_summary_echoes_one_line_in_a_repl() -> None:
+    model = pemn.convert_(torch.nn.Sequential(torch.nn.Linear(64, 32)), pemn.PEMNConfig(ratio=0.1))
+    text = repr(pemn.summary(model, verbose=False))
+    assert "\n" not in text and text.startswith("<PEMNSummary rp: 2,048 masked weights, P=205") and "x;" in text

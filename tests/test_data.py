@@ -166,17 +166,20 @@ def test_unknown_name_lists_valid_names() -> None:
 ])
 def test_one_name_normalisation(spelling: str, name: str) -> None:
     """Every spelling the CLI or the loaders ever accepted names its dataset, the same way for both: the CLI asks
-    the catalog (the model files' --dataset check, artifacts._dataset_name, and cli._is_text) instead of normalising
-    on its own; a name that spells nothing is a usage error (ValueError), not missing data."""
+    the catalog (the model files' --dataset check, artifacts._dataset_name, and the workload of a file measured on
+    a named dataset, workloads.workload_of_file) instead of normalising on its own; a name that spells nothing is a
+    usage error (ValueError), not missing data."""
     from pemn.errors import DatasetError
-    from pemn.training import artifacts, cli
+    from pemn.training import artifacts
+    from pemn.training.workloads import CharLM, workload_of_file
 
     assert data.find_dataset(spelling) == data.canonical_name(spelling) == name
     if name not in ("imagefolder", "text"):  # those two read data_dir
         assert dataset_info(spelling).name == name
     artifacts._dataset_name(spelling)
-    assert cli._is_text(spelling) == (name == "text")
-    assert data.find_dataset("svhn") is None and not cli._is_text("svhn") and not cli._is_text(None)
+    assert (workload_of_file(None, spelling) is CharLM) == (name == "text")
+    assert data.find_dataset("svhn") is None
+    assert workload_of_file(None, "svhn") is not CharLM and workload_of_file(None, None) is not CharLM
     with pytest.raises(ValueError, match=r"unknown dataset 'svhn'; valid names: digits, mnist") as raised:
         artifacts._dataset_name("svhn")
     assert not isinstance(raised.value, DatasetError)
@@ -657,3 +660,18 @@ def test_dataset_error_needs_no_import_of_the_application() -> None:
             "assert not hasattr(pemn.errors, '__getattr__')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_dataset_descriptions_need_no_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`pemn datasets`: one row per catalog entry, in its order; a dataset read from a folder you give (text,
+    imagefolder) is described by its entry's summary where the default folder does not hold it, and by its data
+    where it does."""
+    monkeypatch.setenv("PEMN_DATA_DIR", str(tmp_path))
+    rows = data.dataset_descriptions()
+    assert [name for name, _ in rows] == list_datasets()
+    described = dict(rows)
+    assert described["text"].startswith("character-level text: DIR/input.txt (UTF-8)")
+    assert described["imagefolder"].startswith("class-per-folder RGB images: DIR/train/<class>/")
+    assert described["mnist"] == dataset_info("mnist").description
+    (tmp_path / "input.txt").write_text("abcab" * 20)
+    assert dict(data.dataset_descriptions())["text"] == dataset_info("text", tmp_path).description

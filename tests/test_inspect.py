@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -121,3 +122,65 @@ def test_sizes_are_printed_one_way_everywhere(files: dict[str, Path], tmp_path: 
     assert sorted({kind for kind, _ in found}) == ["honest", "paper"] and len(found) >= 4, stdout + err
     for kind, value in found:  # the log's "done" line and the report
         assert re.fullmatch(r"\d+\.\d\d %" if kind == "paper" else r"\d+\.\d\dx", value), (kind, value)
+
+
+# --------------------------------------------------------------------------------------------- the report's functions
+
+
+@pytest.mark.parametrize(("app", "config", "tasks", "expected"), [
+    ({}, {"strategy": "rp", "ratio": 0.1, "fold_norms": False}, [],
+     [("model", "not recorded (saved without app metadata: rebuild the model in Python and pemn.load(path, model))"),
+      ("method", "rp: ratio 0.1")]),
+    ({"kind": "char-lm", "model": "gpt-16-2", "vocab": "ab\n", "block_size": 8}, {"strategy": "mask"}, [],
+     [("model", "gpt-16-2, char-lm"), ("vocabulary", '3 characters, context 8: "ab\\n"'), ("method", "mask")]),
+    ({"kind": "image-classifier", "model": "lenet5", "model_args": {"num_classes": 10},
+      "preprocessing": {"dataset": "mnist", "input_shape": [1, 28, 28], "scale": 1 / 255, "mean": [0.1307],
+                        "std": [0.3081], "classes": ["0", "1"], "layout": "NCHW"}, "note": {"a": 1}},
+     {"strategy": "one_layer", "keep": 0.5}, [{"name": "permuted-0"}, {"name": "permuted-1"}],
+     [("model", "lenet5 (num classes 10), image-classifier"), ("dataset", "mnist"),
+      ("preprocessing", 'input 1x28x28; x = (pixels x 0.00392157 - mean) / std; mean [0.1307], std [0.3081]; '
+                        '2 classes ["0", "1"]; layout "NCHW"'),
+      ("method", "one_layer: keep 0.5"), ("tasks", "2: permuted-0, permuted-1"), ("note", '{"a": 1}')]),
+])
+def test_recorded_rows(app: dict[str, Any], config: dict[str, Any], tasks: list[dict[str, Any]],
+                       expected: list[tuple[str, str]]) -> None:
+    """What a .pemn file says about itself, row by row (pemn inspect prints them under "recorded in the file")."""
+    from pemn.training.inspect_report import recorded_rows
+
+    recorded = {"app": app, "pemn_version": "9.9", "torch_version": "2.x", "format_version": 4}
+    assert recorded_rows(recorded, config, tasks) == [*expected,
+                                                      ("written by", "pemn 9.9 (torch 2.x), format version 4")]
+
+
+def test_plain_file_info_counts_values_and_survivors(tmp_path: Path) -> None:
+    """A dense or pruned safetensors file (no masks): its tensors, stored values and, for a pruned file, the
+    surviving fraction from its manifest; the JSON of pemn inspect --json and the text of pemn inspect."""
+    from safetensors.torch import save_file
+
+    from pemn.training.artifacts import KINDS
+    from pemn.training.inspect_report import inspect_lines, plain_file_info
+
+    dense, sparse = tmp_path / "model.safetensors", tmp_path / "model.sparse.safetensors"
+    tensors = {"fc.weight": torch.zeros(2, 3), "fc.bias": torch.zeros(2), "step": torch.zeros(())}
+    save_file(tensors, str(dense), metadata={"format": "pt"})
+    manifest = json.dumps([{"name": "fc.weight", "shape": [2, 3], "kept": 3}])
+    save_file(tensors, str(sparse), metadata={"format": "pemn-sparse", "manifest": manifest})
+    info = plain_file_info(dense, KINDS["dense"])
+    assert info == {"path": str(dense), "kind": "dense", "file_bytes": dense.stat().st_size, "tensors": 3,
+                    "stored_values": 9, "metadata": {"format": "pt"}}
+    info = plain_file_info(sparse, KINDS["sparse"])
+    assert (info["kept_weights"], info["prunable_weights"], info["sparsity"]) == (3, 6, 0.5)
+    assert "manifest" not in info["metadata"]
+    assert json.loads("".join(inspect_lines(sparse, as_json=True))) == info
+    lines = inspect_lines(sparse)
+    assert lines[1] == "3 tensors, 9 stored values; 3 of 6 prunable weights survive (sparsity 50.00 %)"
+    assert lines[2:] == [f"  {'fc.bias':<40} {'2':<20} F32", f"  {'fc.weight':<40} {'2x3':<20} F32",
+                         f"  {'step':<40} {'scalar':<20} F32"]
+
+
+def test_inspect_lines_refuses_a_folder(tmp_path: Path) -> None:
+    from pemn.training.errors import OptionError
+    from pemn.training.inspect_report import inspect_lines
+
+    with pytest.raises(OptionError, match=r"is a directory; give the artifact file inside it \(e.g. .*model.pemn\)"):
+        inspect_lines(tmp_path)

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 import pemn
-from conftest import quick_config
+from conftest import QUICK_TEXT as TEXT
+from conftest import quick_config, quick_text_config
 from pemn.errors import DatasetError
 from pemn.training.gpt import GPT, gpt_heads
 from pemn.training.models import ModelError, create_model, list_models
@@ -23,8 +24,6 @@ from pemn.training.text import (
     load_text,
     random_windows,
 )
-
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 4
 
 
 def _write(tmp_path, data: bytes | str):
@@ -265,14 +264,6 @@ def test_text_in_the_dataset_registry(tmp_path):
 # ------------------------------------------------------------------------------------- pemn train on text
 
 
-def _train_cfg(tmp_path, out="run", **overrides):
-    data_dir = tmp_path / "data"
-    if not (data_dir / "input.txt").exists():
-        data_dir.mkdir(exist_ok=True)
-        _write(data_dir, TEXT)
-    return quick_config(text_dir=data_dir, **{"out": tmp_path / out, **overrides})
-
-
 TRAIN_CASES = [
     ("dense", {"strategy": "dense"}, "model.safetensors"),
     ("mask", {"strategy": "mask"}, "model.pemn"),
@@ -288,7 +279,7 @@ def test_train_text_writes_lm_metrics_and_a_self_sufficient_file(tmp_path, label
 
     from pemn.training.engine import train
 
-    result = train(_train_cfg(tmp_path, **overrides), log=lambda _: None)
+    result = train(quick_text_config(tmp_path, **overrides), log=lambda _: None)
     out = tmp_path / "run"
     # 302 training characters / (4 x 8) = 9 steps per epoch: --steps 12 is one epoch and a partial one of 3
     assert result.epochs_run == 2 and result.steps_run == 12
@@ -311,7 +302,7 @@ def test_train_text_writes_lm_metrics_and_a_self_sufficient_file(tmp_path, label
 def test_train_text_learns(tmp_path):
     from pemn.training.engine import train
 
-    result = train(_train_cfg(tmp_path, strategy="dense", steps=150, lr=1e-2), log=lambda _: None)
+    result = train(quick_text_config(tmp_path, strategy="dense", steps=150, lr=1e-2), log=lambda _: None)
     assert result.val_loss < math.log(len(set(TEXT))) - 1.0  # well below the uniform guess
 
 
@@ -321,8 +312,8 @@ def test_text_resume_is_exact(tmp_path, stop_at):
 
     from pemn.training.engine import TrainingInterrupted, train
 
-    whole = train(_train_cfg(tmp_path, "whole", strategy="rp", ratio=0.1), log=lambda _: None)
-    cfg = _train_cfg(tmp_path, "parts", strategy="rp", ratio=0.1)
+    whole = train(quick_text_config(tmp_path, "whole", strategy="rp", ratio=0.1), log=lambda _: None)
+    cfg = quick_text_config(tmp_path, "parts", strategy="rp", ratio=0.1)
     with pytest.raises(TrainingInterrupted):
         train(cfg, log=lambda _: None, stop_after_step=stop_at)
     cfg.resume = True
@@ -346,7 +337,7 @@ def test_resuming_a_finished_text_run_writes_its_outputs_again(tmp_path):
     missing) once crashed with KeyError 'val_loss': no evaluation had run in that process."""
     from pemn.training.engine import train
 
-    cfg = _train_cfg(tmp_path, strategy="dense", quantize="binary")
+    cfg = quick_text_config(tmp_path, strategy="dense", quantize="binary")
     first = train(cfg, log=lambda _: None)
     cfg.resume = True
     again = train(cfg, log=lambda _: None)
@@ -355,12 +346,10 @@ def test_resuming_a_finished_text_run_writes_its_outputs_again(tmp_path):
 
 
 def test_steps_on_an_image_dataset(tmp_path):
-    from pemn.training.config import resolve_config
     from pemn.training.engine import train
 
     # digits: 1438 training images, batch 128 -> 12 steps per epoch; 15 steps = one epoch and 3 steps
-    cfg = resolve_config({"model": "tiny-mlp", "dataset": "digits", "strategy": "rp", "steps": 15, "device": "cpu",
-                          "progress": False, "out": str(tmp_path / "run")})
+    cfg = quick_config(strategy="rp", steps=15, out=tmp_path / "run")
     result = train(cfg, log=lambda _: None)
     assert result.epochs_run == 2 and result.steps_run == 15
     import json
@@ -378,7 +367,7 @@ def test_steps_on_an_image_dataset(tmp_path):
 ])
 def test_text_config_errors(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        _train_cfg(tmp_path, **overrides)
+        quick_text_config(tmp_path, **overrides)
 
 
 def test_block_size_only_for_text():
@@ -483,6 +472,6 @@ def test_text_under_torchrun(tmp_path):
     assert ranks[0]["val_loss"] == ranks[1]["val_loss"] is not None
     assert proc.stdout.count("pemn train:") == 1
     single = __import__("pemn.training.engine", fromlist=["train"]).train(
-        _train_cfg(tmp_path, "single", strategy="rp", ratio=0.1), log=lambda _: None)
+        quick_text_config(tmp_path, "single", strategy="rp", ratio=0.1), log=lambda _: None)
     # the same global batches: the sharded run tracks the single-process one (reduction order aside)
     assert abs(single.val_loss - ranks[0]["val_loss"]) < 1e-2

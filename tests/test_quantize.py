@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from cli_run import run
+from conftest import quick_config, quick_text_config
 from pemn.errors import ArchitectureMismatchError, FormatError
 from pemn.training.artifacts import KINDS, kind_of_file, load_model
 from pemn.training.config import resolve_config
@@ -187,6 +188,10 @@ def test_file_loads_the_exact_model_and_is_its_payload_plus_a_small_header(tmp_p
     assert info["extras_bytes"] == 4 * (6 + 16 + 120 + 84 + 10)  # the biases
     assert size == path.stat().st_size == info["file_bytes"]
     assert size <= info["payload_bytes"] + HEADER_BUDGET
+    # one name, one meaning: bits_per_weight is the whole file's (as sweep.csv's), code_bits_per_weight the codes'
+    assert info["bits_per_weight"] == pytest.approx(8 * size / n)
+    assert info["code_bits_per_weight"] == pytest.approx(8 * info["code_bytes"] / n)
+    assert info["code_bits_per_weight"] < info["bits_per_weight"]
     assert size <= ideal_codes + info["scale_bytes"] + info["extras_bytes"] + HEADER_BUDGET
     fresh = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).eval()
     load_quant(path, fresh)
@@ -265,9 +270,8 @@ RUNS = {**{m: {"quantize": m} for m in QUANTIZE_METHODS},
 @pytest.mark.parametrize("name", list(RUNS))
 def test_train_file_eval_inspect_export(tmp_path: Path, name: str) -> None:
     settings = RUNS[name]
-    cfg = resolve_config({"model": "tiny-cnn", "dataset": "digits", "epochs": 1, "train_subset": 256,
-                          "batch_size": 64, "progress": False, "device": "cpu", "out": str(tmp_path / "run"),
-                          "strategy": "dense", **settings})
+    cfg = quick_config(**{"model": "tiny-cnn", "epochs": 1, "train_subset": 256, "batch_size": 64,
+                          "out": tmp_path / "run", "strategy": "dense", **settings})
     result = train(cfg, log=lambda _m: None)
     path = tmp_path / "run" / KINDS["quant"].filename
     assert result.weights == path and kind_of_file(path) is KINDS["quant"]
@@ -288,6 +292,14 @@ def test_train_file_eval_inspect_export(tmp_path: Path, name: str) -> None:
     assert code == 0, err
     info = json.loads(out)["quantized"]
     assert info["method"] == settings["quantize"] and info["file_bytes"] == summary["file_bytes"]
+    n = summary["quantized_weights"]
+    for doc in (info, summary):
+        assert doc["bits_per_weight"] == pytest.approx(8 * summary["file_bytes"] / n)
+        assert doc["code_bits_per_weight"] == pytest.approx(8 * summary["code_bytes"] / n)
+    code, out, err = run(["inspect", str(path)])
+    assert code == 0, err
+    assert f"{info['code_bits_per_weight']:.3f} code bits per weight" in out
+    assert f"whole file {info['bits_per_weight']:.3f} bits per weight" in out
     code, out, err = run(["export", str(path), "--format", "pt", "-o", str(tmp_path / "plain.safetensors")])
     assert code == 0, err
     assert "max abs diff vs the pemn model 0" in out
@@ -299,9 +311,8 @@ def test_interrupted_quantized_run_resumes_to_the_same_file(tmp_path: Path, sett
     from pemn.training.engine import TrainingInterrupted
 
     def cfg(out: str, **extra: Any) -> Any:
-        return resolve_config({"model": "tiny-cnn", "dataset": "digits", "epochs": 2, "train_subset": 160,
-                               "batch_size": 32, "progress": False, "device": "cpu", "strategy": "dense",
-                               "out": str(tmp_path / out), **settings, **extra})
+        return quick_config(**{"model": "tiny-cnn", "epochs": 2, "train_subset": 160, "batch_size": 32,
+                               "strategy": "dense", "out": tmp_path / out, **settings, **extra})
 
     straight = train(cfg("a"), log=lambda _m: None)
     with pytest.raises(TrainingInterrupted):
@@ -328,10 +339,9 @@ def test_cli_says_in_one_line_what_is_wrong(tmp_path: Path) -> None:
 def test_pemn_quantize_of_a_dense_file_equals_the_ptq_run(tmp_path: Path, method: str) -> None:
     """`pemn quantize DENSE --method ptq-*` writes byte for byte the file of `pemn train --quantize ptq-*` (same
     seed: the same dense model, calibrated on the same training images), and reports both accuracies."""
-    common = {"model": "tiny-cnn", "dataset": "digits", "epochs": 1, "progress": False, "device": "cpu",
-              "strategy": "dense"}
-    train(resolve_config({**common, "out": str(tmp_path / "dense")}), log=lambda _m: None)
-    ptq = train(resolve_config({**common, "quantize": method, "out": str(tmp_path / "ptq")}), log=lambda _m: None)
+    common = {"model": "tiny-cnn", "epochs": 1, "strategy": "dense"}
+    train(quick_config(**common, out=tmp_path / "dense"), log=lambda _m: None)
+    ptq = train(quick_config(**common, quantize=method, out=tmp_path / "ptq"), log=lambda _m: None)
     out = tmp_path / "q.quant.safetensors"
     code, text, err = run(["quantize", str(tmp_path / "dense" / "model.safetensors"), "--method", method, "-o",
                            str(out), "--json"])
@@ -341,6 +351,15 @@ def test_pemn_quantize_of_a_dense_file_equals_the_ptq_run(tmp_path: Path, method
     assert doc["accuracy"] == pytest.approx(ptq.final_acc) and doc["dense_accuracy"] == pytest.approx(
         ptq.summary["dense_acc"])
     assert doc["batchnorm_layers_calibrated"] == 2 and doc["file_bytes"] == out.stat().st_size
+    info = quant_info(out)
+    assert (doc["bits_per_weight"], doc["code_bits_per_weight"]) == (info["bits_per_weight"],
+                                                                     info["code_bits_per_weight"])
+    assert doc["bits_per_weight"] == pytest.approx(8 * doc["file_bytes"] / info["quantized_weights"])
+    code, text, err = run(["quantize", str(tmp_path / "dense" / "model.safetensors"), "--method", method, "-o",
+                           str(out)])
+    assert code == 0, err
+    assert (f"{info['code_bits_per_weight']:.3f} code bits per weight, whole file {info['bits_per_weight']:.3f} "
+            "bits per weight") in text
 
 
 def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:
@@ -350,6 +369,34 @@ def test_pemn_quantize_refuses_what_it_cannot_quantize(tmp_path: Path) -> None:
     assert code != 0 and "takes a dense model.safetensors" in err
     code, _, err = run(["quantize", str(path), "--method", "int4"])
     assert code != 0 and "invalid choice" in err
+
+
+def test_quantize_model_file_reports_without_printing(tmp_path: Path) -> None:
+    """pemn quantize's application function: the file beside the dense one (default name), the JSON record and the
+    text lines; without an evaluation no accuracy; a language model's file is quantized from the file alone (its
+    workload reads no data: no BatchNorm to calibrate)."""
+    from pemn.training.errors import OptionError
+    from pemn.training.ptq_file import default_output, quantize_model_file
+
+    train(quick_config(model="tiny-cnn", epochs=1, strategy="dense", out=tmp_path / "dense"), log=lambda _m: None)
+    dense = tmp_path / "dense" / "model.safetensors"
+    report = quantize_model_file(dense, "ptq-int8", evaluate=False)
+    out = default_output(dense, "ptq-int8")
+    assert out == tmp_path / "dense" / "model.ptq-int8.quant.safetensors" and kind_of_file(out).name == "quant"
+    assert report.record["output"] == str(out) and report.record["accuracy"] is report.record["dense_accuracy"] is None
+    assert report.record["batchnorm_layers_calibrated"] == 2 and report.record["file_bytes"] == out.stat().st_size
+    assert report.lines == [f"wrote {out} ({out.stat().st_size:,} bytes, ptq-int8: "
+                            f"{report.record['code_bits_per_weight']:.3f} code bits per weight, whole file "
+                            f"{report.record['bits_per_weight']:.3f} bits per weight; BatchNorm statistics of 2 "
+                            f"layers re-estimated on {report.record['calibration_images']:,} training images)"]
+    with pytest.raises(OptionError, match="would overwrite the dense model"):
+        quantize_model_file(dense, "ptq-int4", output=dense)
+    with pytest.raises(OptionError, match=r"is a quantized model .*takes a dense model\.safetensors"):
+        quantize_model_file(out, "ptq-int4")
+    train(quick_text_config(tmp_path, out="lm", strategy="dense"), log=lambda _m: None)
+    report = quantize_model_file(tmp_path / "lm" / "model.safetensors", "ptq-int4")
+    assert report.record["calibration_images"] == 0 and report.record["accuracy"] is None
+    assert report.lines[0].endswith("no BatchNorm to calibrate)") and len(report.lines) == 1
 
 
 def test_categorical_codes_round_trip_and_refuse_corruption() -> None:

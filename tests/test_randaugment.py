@@ -389,11 +389,10 @@ def test_same_draws_on_gpu() -> None:
 @pytest.mark.slow
 def test_bench_augment_smoke() -> None:
     """benchmarks/bench_augment.py at toy size reports the ratios BENCHMARKS.md quotes (not a measurement)."""
-    import sys
-    from pathlib import Path
+    from conftest import load_script
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    import bench_augment
+    load_script("benchmarks/_common.py", "_common")  # bench_augment's sibling import
+    bench_augment = load_script("benchmarks/bench_augment.py")
 
     doc = bench_augment.main(["--quick", "--device", "cpu"])
     assert doc["transforms"]["ratio_randaugment_new_over_old"] > 0

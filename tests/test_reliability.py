@@ -15,19 +15,16 @@ from __future__ import annotations
 import errno
 import functools
 import gzip
-import importlib.util
 import io
 import json
 import os
 import pickle
 import struct
 import subprocess
-import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -37,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pemn
-from conftest import quick_config
+from conftest import load_script, quick_config
 from pemn import artifact, fileio
 from pemn.training import data
 from pemn.training.checkpoint import read_checkpoint
@@ -48,22 +45,9 @@ from test_data import _cifar_batch, _idx_bytes, _write_cifar10, _write_mnist
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _module(relpath: str) -> ModuleType:
-    """A script of this repository (benchmarks/, scripts/) imported as a module."""
-    name = "_reliability_" + Path(relpath).stem
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzz = _module("benchmarks/fuzz_loader.py")
-kill_resume = _module("scripts/kill_resume.py")
-concurrent_save = _module("scripts/concurrent_save.py")
+fuzz = load_script("benchmarks/fuzz_loader.py")
+kill_resume = load_script("scripts/kill_resume.py")
+concurrent_save = load_script("scripts/concurrent_save.py")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "reproduce_paper.sh"
-sys.path.insert(0, str(ROOT / "scripts"))
-import paper_report  # noqa: E402
+paper_report = load_script("scripts/paper_report.py")
 
 GRID = {"dense", "mask", "one_layer", "mp", "rp 0.1", "rp 0.01", "rp 0.001", "rp 0.0001", "rp 1e-05",
         *((m, c) for m in ("random", "magnitude") for c in (0.9, 0.92, 0.94, 0.96))}

@@ -4,7 +4,6 @@ save exactly its count."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import re
@@ -17,6 +16,7 @@ from torch import nn
 
 import pemn
 from cli_run import run
+from conftest import load_script
 from pemn.artifact import _check_manifest
 from pemn.config import PEMNConfig, kept_count, layer_keeps
 from pemn.layers import gain_key
@@ -338,11 +338,7 @@ def test_gain_auto(tmp_path: Path, model: str, kw: dict, gain: bool) -> None:
 
 
 def test_mask_structure_script_sees_rows_and_counts_their_cost(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("_sub_bit_mask_structure",
-                                                  Path(__file__).resolve().parent.parent / "scripts/mask_structure.py")
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("scripts/mask_structure.py")
     rows = np.zeros((20, 50), dtype=bool)
     rows[:2] = True  # whole output channels kept: one probability per row codes it almost for free
     rep = script.layer_report(rows)
@@ -357,7 +353,7 @@ def test_mask_structure_script_sees_rows_and_counts_their_cost(tmp_path: Path) -
     pemn.save(model, path, coding="entropy")
     report = script.file_report(str(path))
     coded = sum(e["bytes"] for e in pemn.artifact.read(path).manifest) * 8 / report["weights"]
-    assert report["bits_per_weight"]["layer"] <= coded <= report["bits_per_weight"]["layer"] + 0.05
+    assert report["mask_bits_per_weight"]["layer"] <= coded <= report["mask_bits_per_weight"]["layer"] + 0.05
 
 
 def test_resume_of_a_run_written_before_the_auto_fields_keeps_its_settings(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 import pemn.training.sweep as sweep_module
 from cli_run import run
+from conftest import load_script
 from pemn.training.config import TrainConfig
 from pemn.training.sweep import (
     CSV_COLUMNS,
@@ -21,6 +22,8 @@ from pemn.training.sweep import (
     SweepPoint,
     annotate_rows,
     build_grid,
+    fill_from_run_folders,
+    front_metric,
     plot_sweep,
     read_rows,
     resolve_points,
@@ -282,15 +285,16 @@ def test_method_families(methods: list[Any], expected: list[str]) -> None:
     assert SweepPoint("dense", width=0.25).label() == "Dense ×0.25"
 
 
-def _row(name: str, nbytes: float | None, acc: float | None) -> dict[str, Any]:
-    """A sweep row of the run folder ``name`` (``rp``, ``dense``, ``dense-w0.5``, ``quant-binary``, ``prune``)."""
+def _row(name: str, nbytes: float | None, acc: float | None, val_loss: float | None = None) -> dict[str, Any]:
+    """A sweep row of the run folder ``name`` (``rp``, ``dense``, ``dense-w0.5``, ``quant-binary``, ``prune``);
+    ``val_loss``: a language model's row."""
     point = {"rp": SweepPoint("rp", ratio=0.01, keep=0.5), "rp-k0.1": SweepPoint("rp", ratio=0.01, keep=0.1),
              "dense": SweepPoint("dense"), "dense-w0.5": SweepPoint("dense", width=0.5),
              "quant-binary": SweepPoint("dense", quantize="binary"),
              "prune": SweepPoint("dense", prune="magnitude", compression=0.96)}[name]
     return {"strategy": point.strategy, "ratio": point.ratio, "keep": point.keep, "prune": point.prune,
             "compression": point.compression, "quantize": point.quantize, "width": point.width,
-            "best_acc": acc, "final_acc": acc, "bytes": nbytes}
+            "best_acc": acc, "final_acc": acc, "val_loss": val_loss, "bytes": nbytes}
 
 
 # each case: rows (run, bytes, accuracy) -> on_front per row, and per PEMN row (baseline, bytes, acc, difference)
@@ -329,10 +333,145 @@ def test_annotate_rows_front_and_best_baseline(case: str) -> None:
         assert got == (want or (None, None, None, None)), (i, got)
 
 
+# language models (rows with a validation loss): the front and the best baseline go by the loss, lower is better,
+# whatever the next-character accuracy says; each case: rows (run, bytes, acc, loss) -> on_front per row, and per
+# PEMN row (baseline, its bytes, its acc, its loss, acc difference, loss difference)
+LOSS_CASES = {
+    "the baseline with the lower loss, not the higher accuracy": (
+        [("rp", 49_000, 28.5, 2.588), ("quant-binary", 48_000, 27.3, 2.582), ("dense-w0.5", 30_000, 28.0, 2.70)],
+        [False, True, True],
+        {0: ("quant-binary", 48_000, 27.3, 2.582, 1.2, 0.006)}),
+    "pemn lower in loss and in accuracy is on the front": (
+        [("rp", 49_000, 25.0, 2.50), ("quant-binary", 40_000, 29.0, 2.60), ("dense", 900_000, 40.0, 1.90)],
+        [True, True, True],
+        {0: ("quant-binary", 40_000, 29.0, 2.60, -4.0, -0.1)}),
+    "a row without a loss is left out of the loss front": (
+        [("rp", 49_000, 25.0, 2.50), ("quant-binary", 40_000, 99.0, None)],
+        [True, None],
+        {0: None}),
+}
+
+
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_language_model_front_and_baseline_by_validation_loss(case: str) -> None:
+    spec, on_front, baselines = LOSS_CASES[case]
+    rows = [_row(*r) for r in spec]
+    assert front_metric(rows) == "val_loss"
+    for metric in (None, "val_loss"):
+        out = annotate_rows(rows, metric=metric)
+        assert [r["on_front"] for r in out] == on_front
+        for i, r in enumerate(out):
+            got = (r["baseline"], r["baseline_bytes"], r["baseline_acc"], r["baseline_val_loss"],
+                   r["acc_vs_baseline"], r["val_loss_vs_baseline"])
+            want = baselines.get(i)
+            assert got == (want or (None,) * 6), (i, got)
+
+
+def test_front_metric_of_image_rows_is_accuracy_and_unknown_metrics_are_refused() -> None:
+    rows = [_row("rp", 9_000, 97.0), _row("quant-binary", 8_000, 98.5)]
+    assert front_metric(rows) == "final_acc" and front_metric([]) == "final_acc"
+    assert annotate_rows(rows)[0]["baseline"] == "quant-binary"
+    # forced to the loss, image rows (no loss) have no front at all
+    assert [r["on_front"] for r in annotate_rows(rows, metric="val_loss")] == [None, None]
+    with pytest.raises(ValueError, match="front's metric is one of final_acc, val_loss, not 'best_acc'"):
+        annotate_rows(rows, metric="best_acc")
+
+
+def test_language_model_sweep_records_the_loss_and_draws_it(tmp_path: Path) -> None:
+    """A text sweep's rows carry the saved file's validation loss, its front and seed summary go by it, and
+    sweep.png plots it; an earlier version's text sweep (no val_loss column) gets it from each run's result.json."""
+    def train(cfg: Any) -> SimpleNamespace:
+        loss, acc = {"rp": (2.50, 25.0), "dense": (2.60, 29.0)}[cfg.strategy if not cfg.quantize else "dense"]
+        return SimpleNamespace(best_acc=acc, final_acc=acc, val_loss=loss + 0.01 * cfg.seed,
+                               artifact_bytes=40_000 if cfg.quantize else 49_000, seconds=0.5, summary={})
+    grid = build_grid(strategies=["rp"], ratios=[0.001], keeps=[0.1], dense=False, prune=[], quantize=["binary"],
+                      seeds=[0, 1])
+    report = run_sweep(grid, tmp_path, {"model": "gpt-16-4", "dataset": "text"}, log=None, plot=True,
+                       train_fn=train)
+    rows = read_rows(tmp_path / "sweep.csv")
+    assert [float(r["val_loss"]) for r in rows] == [2.50, 2.51, 2.60, 2.61]
+    # seed 1 of each is 0.01 nats worse at the same bytes: off the front
+    assert [r["on_front"] for r in rows] == ["True", "False", "True", "False"]
+    assert rows[0]["baseline"] == "quant-binary-s0" and float(rows[0]["val_loss_vs_baseline"]) == pytest.approx(-0.1)
+    assert float(rows[0]["acc_vs_baseline"]) == -4.0
+    with (tmp_path / "sweep_seeds.csv").open() as f:
+        seeds = list(csv.DictReader(f))
+    assert float(seeds[0]["val_loss_mean"]) == pytest.approx(2.505) and float(seeds[1]["val_loss_std"]) > 0
+    assert report.png is not None
+    ax = sweep_figure(rows).axes[0]
+    assert "loss" in ax.get_ylabel() and "loss" in ax.get_title()
+    front = {line.get_label(): line.get_data() for line in ax.get_lines()}["Pareto front"]
+    assert [float(v) for v in front[0]] == [40_000, 49_000] and [float(v) for v in front[1]] == [2.60, 2.50]
+    # an earlier version's text sweep: no val_loss column; result.json of each run folder still has it
+    for r in rows:
+        (tmp_path / sweep_module._point_of(r).name).mkdir(exist_ok=True)
+        (tmp_path / sweep_module._point_of(r).name / "result.json").write_text(json.dumps({"val_loss": float(
+            r["val_loss"])}))
+        r["val_loss"] = ""
+    assert front_metric(rows) == "final_acc"
+    filled = fill_from_run_folders(rows, tmp_path)
+    assert front_metric(filled) == "val_loss" and [r["on_front"] for r in annotate_rows(filled)] == [
+        True, False, True, False]
+
+
+@pytest.mark.parametrize("text", [True, False], ids=["language-model", "images"])
+def test_equal_bytes_table_goes_by_the_primary_metric(tmp_path: Path, text: bool) -> None:
+    """scripts/results_tables.py --equal-bytes: a language model's table shows the loss and picks the front and the
+    best baseline by it; an image sweep's by accuracy."""
+    script = load_script("scripts/results_tables.py")
+    rows = [_row("rp", 49_162, 28.52, 2.588 if text else None), _row("quant-binary", 48_106, 27.29,
+                                                                      2.582 if text else None)]
+    for r in rows:
+        r.update(seed="0", model="gpt-128-4", bits_per_weight="1.0", command="pemn train")
+    sweep_module._write_rows(tmp_path / "sweep.csv", rows)
+    table = script.equal_bytes_table([tmp_path]).splitlines()
+    pemn_line = next(line for line in table if line.startswith("| RP"))
+    if text:
+        assert "val loss" in table[0] and "on front (loss)" in table[0]
+        assert "| 2.5880 |" in pemn_line and "| no |" in pemn_line and "+0.0060 | +1.23 |" in pemn_line
+    else:
+        assert "val loss" not in table[0] and "| **yes** |" in pemn_line and pemn_line.endswith("| +1.23 |")
+
+
+def test_equal_bytes_seeds_table_pools_the_seeds_of_each_setting(tmp_path: Path) -> None:
+    """scripts/results_tables.py --equal-bytes-seeds: one row per setting, mean ± std of its seeds, mean bytes with
+    their range, and the front / best baseline of the means (one pemn seed beats the baseline, the mean does not)."""
+    script = load_script("scripts/results_tables.py")
+    spec = [("rp", 9_000, 99.0, 0), ("rp", 9_400, 97.0, 1), ("quant-binary", 8_000, 98.5, 0),
+            ("quant-binary", 8_000, 98.3, 1)]
+    rows = []
+    for name, nbytes, acc, seed in spec:
+        r = _row(name, nbytes, acc)
+        r.update(seed=str(seed), model="lenet5", bits_per_weight="1.0", command="pemn train")
+        rows.append(r)
+    sweep_module._write_rows(tmp_path / "sweep.csv", rows)
+    table = script.equal_bytes_seeds_table([tmp_path]).splitlines()
+    assert len(table) == 4 and "mean ± std" in table[0]
+    binary, pemn_row = table[2], table[3]
+    assert binary.startswith("| binary") and "| 2 | 98.40 ± 0.14 | 8,000 |" in binary and "**yes**" in binary
+    assert pemn_row.startswith("| RP 1e-2") and "| 2 | 98.00 ± 1.41 | 9,200 (9,000–9,400) |" in pemn_row
+    assert "| no | quant-binary (8,000 B, 98.40) | -0.40 |" in pemn_row
+
+
+@pytest.mark.parametrize("header", [OLD_COLUMNS[0], OLD_COLUMNS[3]], ids=["with-budget", "before-budget"])
+def test_previous_version_csv_reads_without_a_loss(tmp_path: Path, header: tuple[str, ...]) -> None:
+    """A sweep.csv written just before the val_loss columns reads with them empty (its rows keep their values)."""
+    assert "val_loss" not in header and "on_front" in header
+    with (tmp_path / "sweep.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=header)
+        w.writeheader()
+        w.writerow({"strategy": "rp", "ratio": "0.01", "keep": "0.5", "seed": "0", "model": "lenet5",
+                    "best_acc": "98.9", "final_acc": "98.9", "bytes": "9405", "bits_per_weight": "1.224",
+                    "on_front": "True", "seconds": "1", "command": "pemn train"})
+    (row,) = read_rows(tmp_path / "sweep.csv")
+    assert (row["bytes"], row["bits_per_weight"], row["val_loss"], row["val_loss_vs_baseline"]) == (
+        "9405", "1.224", "", "")
+
+
 def test_old_sweep_csv_is_read_and_rewritten_with_the_new_columns(tmp_path: Path) -> None:
     """A sweep.csv of an earlier version (artifact_bytes, no quantize/width) keeps its rows: the next run in the
     folder rewrites it with every column, its rows skipped, not retrained."""
-    old = OLD_COLUMNS[0]
+    old = OLD_COLUMNS[1]
     with (tmp_path / "sweep.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(old)
@@ -445,3 +584,182 @@ def test_set_pairs_parse_in_the_application(pairs: list[str], expected: dict[str
     with pytest.raises(ValueError, match=re.escape(expected)):
         parse_settings(pairs)
     assert main(["sweep", "--out", "unused", "--set", *pairs]) == 2
+
+
+# ------------------------------------------------------------------------------------- the byte budget
+
+
+# each case: rows (run, bytes, accuracy), the budget -> the best file (bytes, acc) or None, the best per method
+# ({method: (bytes, acc) or None}), the budget column per row
+BUDGET_CASES = {
+    "the most accurate file that fits, and each method's best": (
+        [("rp", 9_000, 97.0), ("rp-k0.1", 5_000, 95.0), ("quant-binary", 8_500, 97.5), ("dense", 250_000, 99.3),
+         ("prune", 20_000, 96.0)], 10_000,
+        (8_500, 97.5),
+        {"RP": (9_000, 97.0), "binary QAT": (8_500, 97.5), "Dense": None, "Magnitude pruning": None},
+        ["method best", "fits", "best", "over", "over"]),
+    "a pemn file is the best; a narrow dense model is its method's best": (
+        [("dense-w0.5", 6_000, 96.0), ("rp-k0.1", 5_000, 97.0), ("dense", 250_000, 99.3)], 7_000,
+        (5_000, 97.0), {"Dense": (6_000, 96.0), "RP": (5_000, 97.0)},
+        ["method best", "best", "over"]),
+    "a tie goes to the smaller file": (
+        [("rp", 9_000, 97.0), ("rp-k0.1", 5_000, 97.0)], 9_000,
+        (5_000, 97.0), {"RP": (5_000, 97.0)}, ["fits", "best"]),
+    "a file of exactly the budget fits": (
+        [("quant-binary", 9_000, 97.0), ("dense", 9_001, 99.0)], 9_000,
+        (9_000, 97.0), {"binary QAT": (9_000, 97.0), "Dense": None}, ["best", "over"]),
+    "nothing fits": (
+        [("rp", 9_000, 97.0), ("dense", 250_000, 99.3)], 8_999,
+        None, {"RP": None, "Dense": None}, ["over", "over"]),
+    "rows without bytes or accuracy are left out": (
+        [("rp", 9_000, 97.0), ("quant-binary", None, 99.9), ("dense", 5_000, None)], 10_000,
+        (9_000, 97.0), {"RP": (9_000, 97.0)}, ["best", None, None]),
+}
+
+
+@pytest.mark.parametrize("case", list(BUDGET_CASES))
+def test_budget_report_and_column(case: str) -> None:
+    spec, max_bytes, best, methods, marks = BUDGET_CASES[case]
+    rows = [_row(*r) for r in spec]
+    report = sweep_module.budget_report(rows, max_bytes)
+    assert report["max_bytes"] == max_bytes
+    got_best = report["best"] and (report["best"]["bytes"], report["best"]["final_acc"])
+    assert got_best == best
+    assert {m: e and (e["bytes"], e["final_acc"]) for m, e in report["methods"].items()} == methods
+    assert list(report["methods"]) == list(methods)  # every method of the measured rows, first seen first
+    assert report["fits"] == sum(1 for _n, b, a in spec if b is not None and a is not None and b <= max_bytes)
+    assert [r["budget"] for r in annotate_rows(rows, max_bytes)] == marks
+    assert all(r["budget"] is None for r in annotate_rows(rows))  # no budget: an empty column
+    lines = sweep_module.budget_lines(report)
+    if best is None:
+        assert lines[0].startswith(f"sweep: no file of at most {max_bytes:,} B (the smallest: ")
+    else:
+        assert lines[0].startswith(f"sweep: the best file of at most {max_bytes:,} B")
+        assert f"{best[1]:.2f} % in {best[0]:,} B" in lines[0]
+        assert len(lines) == 2 + len(methods)
+
+
+def test_language_model_budget_goes_by_the_validation_loss() -> None:
+    """Under a byte budget a language model's best file is the lowest loss that fits, not the most accurate."""
+    rows = [_row("rp", 49_000, 28.5, 2.588), _row("quant-binary", 48_000, 27.3, 2.582),
+            _row("dense", 900_000, 40.0, 1.90)]
+    report = sweep_module.budget_report(rows, 50_000)
+    assert report["accuracy"] == "val_loss" and report["best"]["run"] == "quant-binary"
+    assert report["best"]["val_loss"] == 2.582 and report["methods"]["RP"]["val_loss"] == 2.588
+    assert [r["budget"] for r in annotate_rows(rows, 50_000)] == ["method best", "best", "over"]
+    assert "27.30 %, val loss 2.5820 in 48,000 B" in sweep_module.budget_lines(report)[0]
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100", None])
+def test_budget_must_be_a_positive_number_of_bytes(bad: Any) -> None:
+    with pytest.raises(ValueError, match="positive whole number of bytes"):
+        sweep_module.check_max_bytes(bad)
+    with pytest.raises(ValueError, match="positive whole number of bytes"):
+        sweep_module.budget_report([_row("rp", 9_000, 97.0)], bad)
+
+
+def _sized_train(calls: list[Any]):
+    """A fake run whose file has 1,000 + 100,000 × ratio bytes (dense: 50,000) and 50 + 100 × ratio % (dense 60)."""
+    def train(cfg: Any) -> SimpleNamespace:
+        calls.append(cfg)
+        ratio = getattr(cfg, "ratio", None)
+        nbytes, acc = (1_000 + int(100_000 * ratio), 50.0 + 100 * ratio) if ratio else (50_000, 60.0)
+        return SimpleNamespace(best_acc=acc, final_acc=acc, artifact_bytes=nbytes, seconds=0.5,
+                               summary={"paper_ratio": 0.9, "honest_ratio": 3.0})
+    return train
+
+
+def test_sweep_budget_is_written_and_kept_for_later_runs(tmp_path: Path) -> None:
+    grid = build_grid(strategies=["rp"], ratios=[0.1, 0.01], dense=True, prune=[])
+    calls: list[Any] = []
+    report = run_sweep(grid[:2], tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_sized_train(calls),
+                       max_bytes=12_000)
+    # dense: 50,000 B, 60 %; rp 1e-1: 11,000 B, 60 %  -> rp 1e-1 is the best file of at most 12,000 B
+    assert report.budget is not None and report.budget["best"]["run"] == "rp-r0.1-k0.5"
+    saved = json.loads((tmp_path / "sweep_budget.json").read_text())
+    assert saved == report.budget and saved["methods"] == {"Dense": None, "RP": saved["best"]}
+    assert [r["budget"] for r in read_rows(tmp_path / "sweep.csv")] == ["over", "best"]
+    # a later run in the folder without --max-bytes keeps the budget: the new row is annotated too
+    report = run_sweep(grid, tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_sized_train(calls))
+    assert [(r["strategy"], r["ratio"], r["budget"]) for r in read_rows(tmp_path / "sweep.csv")] == [
+        ("dense", "", "over"), ("rp", "0.1", "best"), ("rp", "0.01", "fits")]
+    assert report.budget is not None and report.budget["fits"] == 2
+    assert json.loads((tmp_path / "sweep_budget.json").read_text())["fits"] == 2
+    # a new budget replaces it
+    report = run_sweep(grid, tmp_path, {"epochs": 1}, log=None, plot=False, train_fn=_sized_train(calls),
+                       max_bytes=5_000)
+    assert len(calls) == 3 and report.budget is not None and report.budget["best"]["bytes"] == 2_000
+    assert [r["budget"] for r in read_rows(tmp_path / "sweep.csv")] == ["over", "over", "best"]
+
+
+def test_sweep_cli_max_bytes_over_the_finished_runs(tmp_path: Path) -> None:
+    """`pemn sweep --out DIR --strategies --no-dense --prune --max-bytes N` trains nothing and reports the budget."""
+    run_sweep(build_grid(strategies=["rp"], ratios=[0.1, 0.01], dense=True, prune=[]), tmp_path, {"epochs": 1},
+              log=None, plot=False, train_fn=_sized_train([]))
+    query = ["sweep", "--out", str(tmp_path), "--strategies", "--no-dense", "--prune"]
+    code, stdout, err = run([*query, "--max-bytes", "12000"])
+    assert code == 0, err
+    assert "sweep: the best file of at most 12,000 B (2 of 3 fit): rp-r0.1-k0.5 (RP 1e-1): 60.00 % in 11,000 B" \
+        in stdout
+    assert "  Dense: none that small" in stdout and "sweep_budget.json" in stdout
+    assert json.loads((tmp_path / "sweep_budget.json").read_text())["max_bytes"] == 12_000
+    code, stdout, err = run([*query, "--max-bytes", "1000"])
+    assert code == 0, err
+    assert "sweep: no file of at most 1,000 B (the smallest: rp-r0.01-k0.5 (RP 1e-2): 51.00 % in 2,000 B" in stdout
+    for argv, match in [([*query, "--max-bytes", "0"], "--max-bytes 0: give the byte budget as a positive number"),
+                        (["sweep", "--out", str(tmp_path / "none"), "--strategies", "--no-dense", "--prune",
+                          "--max-bytes", "10"], "holds no sweep.csv: run the sweep first")]:
+        code, stdout, err = run(argv)
+        assert code == 2 and match in err, (code, err)
+    (tmp_path / "sweep_budget.json").write_text("{}")
+    code, stdout, err = run(["sweep", "--out", str(tmp_path), "--strategies", "rp", "--ratios", "0.1",
+                             "--no-dense", "--prune", "--epochs", "1", "--no-plot"])
+    assert code == 2 and "is not a pemn sweep budget" in err, err
+
+
+def test_sweep_data_dir_reaches_every_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict] = []
+
+    def fake(points: object, out: object, base: dict, **_: object) -> object:
+        seen.append(base)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(sweep_module, "run_sweep", fake)
+    with pytest.raises(SystemExit):
+        run(["sweep", "--strategies", "rp", "--ratios", "0.1", "--no-dense", "--prune", "--data-dir", "D",
+             "--out", str(tmp_path / "s")])
+    assert seen[0]["data_dir"] == "D"
+    code, _, err = run(["sweep", "--data-dir", "D", "--set", "data_dir=E", "--out", str(tmp_path / "s")])
+    assert code == 2 and "--data-dir and --set data_dir=... disagree" in err
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"settings": ["lr"]}, "--set "),
+    ({"settings": ["strategy=rp"]}, "--set strategy: set by the sweep grid for every run"),
+    ({"settings": ["epochs=2"], "flags": {"epochs": 3}}, r"--epochs and --set epochs=\.\.\. disagree"),
+    ({"settings": ["seed=1"], "grid": {"seeds": [0, 1]}}, r"--seeds and --set seed=\.\.\. disagree"),
+    ({"grid": {"strategies": ["nope"]}}, "nope"),
+    ({"config_file": "missing.json"}, r"no config file at 'missing\.json'"),
+    ({"settings": ["lr=-1"]}, "lr"),  # a point whose config does not resolve
+])
+def test_plan_sweep_refuses_before_anything_runs(tmp_path: Path, options: dict[str, Any], message: str) -> None:
+    """pemn sweep's plan: every refusal is an OptionError (the command line's exit code 2) and nothing is written."""
+    from pemn.training.errors import OptionError
+    from pemn.training.sweep_plan import plan_sweep
+
+    out = tmp_path / "sweep"
+    with pytest.raises(OptionError, match=message):
+        plan_sweep(out, **{"grid": {"strategies": ["rp"], "dense": False, "prune": []}, **options})
+    assert not out.exists()
+
+
+def test_plan_sweep_and_its_report_lines(tmp_path: Path) -> None:
+    from pemn.training.sweep import SweepReport
+    from pemn.training.sweep_plan import plan_sweep, sweep_lines
+
+    points, base = plan_sweep(tmp_path, settings=["lr=0.05"], flags={"model": "tiny-mlp", "epochs": None},
+                              grid={"strategies": ["rp"], "ratios": [0.1], "keeps": [0.5], "dense": True,
+                                    "prune": [], "seeds": [0, 1]})
+    assert base == {"lr": 0.05, "model": "tiny-mlp"} and len(points) == 4
+    report = SweepReport(csv=tmp_path / "sweep.csv", png=None, failed=[(points[0], "boom")])
+    assert sweep_lines(report, tmp_path) == [f"sweep: 0 runs done, 0 already in {tmp_path / 'sweep.csv'}, 1 failed"]

@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import pemn
-from conftest import quick_config
+from conftest import quick_config, quiet
 from pemn.training.augment import build_eval_transform
 from pemn.training.checkpoint import read_checkpoint
 from pemn.training.config import (
@@ -56,10 +56,6 @@ def quick(tmp_path: Path, name: str = "run", **kw: Any) -> TrainConfig:
     """A run of a fraction of a second: tiny-mlp masks on 512 digits."""
     return quick_config(**{"strategy": "mask", "train_subset": 512, "epochs": 2, "batch_size": 32, "lr": 0.05,
                            "out": tmp_path / name, **kw})
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 def no_tmp_files(folder: Path) -> bool:
@@ -530,7 +526,7 @@ def test_resume_checks(tmp_path):
         train(quick(tmp_path, epochs=2, lr=0.1, resume=True), log=quiet)
     with pytest.raises(FileExistsError, match="already holds a run"):
         train(quick(tmp_path, epochs=2), log=quiet)
-    with pytest.raises(FileNotFoundError, match="nothing to resume"):  # tests/test_first_use_2.py
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):  # tests/test_interrupt_and_resume.py
         train(quick(tmp_path, "fresh", epochs=1, resume=True), log=quiet)
     # a run stopped before its first checkpoint (only its config.json) starts again with its settings
     (tmp_path / "early").mkdir()

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import pemn
-from conftest import quick_config
+from conftest import quick_config, quiet
 from pemn.artifact import read
 from pemn.config import PEMNConfig, kept_count
 from pemn.prototype import plan, slice_scale
@@ -34,10 +34,6 @@ def _net() -> nn.Module:
 def quick(tmp_path: Path, name: str = "run", **kw: Any):
     return quick_config(**{"strategy": "rp", "ratio": 0.1, "train_subset": 256, "epochs": 2, "batch_size": 32,
                            "lr": 0.05, "out": tmp_path / name, **kw})
-
-
-def quiet(_: str) -> None:
-    pass
 
 
 # ------------------------------------------------------------------------------------ variance correction

@@ -18,9 +18,9 @@ import torch
 
 import pemn
 from pemn.artifact import read
+from pemn.hf import app_of as hf_app_of
 
 transformers = pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import test_any_model as table  # noqa: E402
 from cli_run import run  # noqa: E402
 from test_any_model import one_thread  # noqa: E402, F401 (its autouse fixture: one torch thread here too)
@@ -90,6 +90,50 @@ def test_save_pretrained_refused_and_the_dense_path_works(tmp_path: Path, name: 
     back.eval()
     with torch.no_grad():
         assert torch.equal(table.forward(back, name, batch), expected)
+
+
+@pytest.mark.parametrize("writer", ["save", "save_task"])
+def test_a_multi_task_file_records_the_config_and_loads_without_the_model(tmp_path: Path, writer: str) -> None:
+    """Two tasks on a tiny BERT, written by ``pemn.save`` (all tasks) or task by task with ``pemn.save_task``: the
+    file records the class and config like a single-task file, and ``pemn.load(path)`` (all tasks, or
+    ``task=``) rebuilds the model with no code, each task's outputs bit-identical to the trained model's."""
+    model = table.build("bert", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pemn.convert_(model, table.CONFIG)
+    batch = table.inputs(table.MODELS["bert"][1])
+    path = tmp_path / "tasks.pemn"
+    for task in ("a", "b"):
+        pemn.add_task(model, task, activate=True)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
+        model.train()
+        for _ in range(2):
+            opt.zero_grad()
+            table.forward(model, "bert", batch).pow(2).mean().backward()
+            opt.step()
+        model.eval()
+        pemn.freeze_masks(model)
+        if writer == "save_task":
+            pemn.save_task(model, path)
+    pemn.delete_task(model, "default")
+    expected = {}
+    for task in ("a", "b"):
+        with pemn.using_task(model, task), torch.no_grad():
+            expected[task] = table.forward(model, "bert", batch)
+    assert not torch.equal(expected["a"], expected["b"])
+    if writer == "save":
+        pemn.save(model, path)
+    app = read(path).app
+    assert app["kind"] == "transformers" and app["model"] == "BertForMaskedLM" and app == hf_app_of(model)
+    loaded = pemn.load(path)
+    assert type(loaded) is type(model) and pemn.tasks(loaded) == ["a", "b"]
+    for task in ("a", "b"):
+        pemn.set_task(loaded, task)
+        one = pemn.load(path, task=task)
+        for m in (loaded, one):
+            m.eval()
+            with torch.no_grad():
+                assert torch.equal(table.forward(m, "bert", batch), expected[task]), task
 
 
 def test_load_without_a_model_refusals(tmp_path: Path) -> None:

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from pemn.options import copy_option, either, option
+from pemn.options import checked_value, copy_option, either, field_types, option
 from pemn.strategies import STRATEGIES, STRATEGY_TABLE, strategy_names
 
 FILLS = ("copy", "rand")
@@ -31,12 +32,16 @@ KEEP_RULES = ("uniform", "erk")
 SUPPORTED_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "MultiheadAttention", "Embedding", "Conv1D")
 #: rp's ratio when none is given (:data:`pemn.strategies.STRATEGY_TABLE` holds it).
 DEFAULT_RP_RATIO = STRATEGY_TABLE["rp"].default_ratio
-_SEED_LIMIT = 2**63
+
+
+def _takers(takes: str) -> list[str]:
+    """The strategies with ``takes`` (a :class:`pemn.strategies.Strategy` flag: ``takes_ratio``, ``takes_fill``)."""
+    return [name for name, s in STRATEGY_TABLE.items() if getattr(s, takes)]
 
 
 def _only(takes: str) -> str:
-    """``rp`` or ``mp/rp``: the strategies with ``takes`` (a :class:`pemn.strategies.Strategy` flag), for help."""
-    return "/".join(name for name, s in STRATEGY_TABLE.items() if getattr(s, takes))
+    """``rp`` or ``mp/rp``: :func:`_takers` for a help text."""
+    return "/".join(_takers(takes))
 
 
 def kept_count(keep: float, numel: int, rounding: str = "exact") -> int:
@@ -85,19 +90,20 @@ def layer_keeps(keep: float, shapes: list[tuple[int, ...]], rule: str = "uniform
         dense |= capped
 
 
-def _check_pattern_list(name: str, value: Any) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = (value,)
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"{name} must be a list of non-empty strings (layer type names or name patterns)")
-    for v in value:  # a type name is a valid regex too: which one it is, is decided at conversion time
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"{name}: {v!r} is neither a layer type nor a valid regex ({e})") from None
-    return tuple(value)
+def _patterns(name: str) -> Callable[[Any], None]:
+    """The check of option ``name``: layer type names or name regexes (a type name is a valid regex too: which one
+    it is, is decided at conversion time)."""
+    def check(value: Any) -> None:
+        if value is None:
+            return
+        if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{name} must be a list of non-empty strings (layer type names or name patterns)")
+        for v in value:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"{name}: {v!r} is neither a layer type nor a valid regex ({e})") from None
+    return check
 
 
 #: Fields added after format version 1, serialized only when they differ from these defaults.
@@ -157,8 +163,10 @@ class PEMNConfig:
     """
 
     # One line per option (pemn.options): the help, names and ranges the command line and its docs show
-    # (pemn.training.config.TrainConfig declares these fields from them); __post_init__ checks them.
-    strategy: str = option("rp", f"the PEMN strategy: {', '.join(STRATEGIES)}", choices=STRATEGIES)
+    # (pemn.training.config.TrainConfig declares these fields from them); __post_init__ checks every value against
+    # them (pemn.options.checked_value), then the rules across options.
+    strategy: str = option("rp", f"the PEMN strategy: {', '.join(STRATEGIES)}",
+                           choices=lambda: tuple(STRATEGY_TABLE))  # read when checked: the table may grow
     ratio: float | None = option(None, f"{_only('takes_ratio')} only: prototype length as a fraction of the "
                                  f"largest layer (default {DEFAULT_RP_RATIO:g})", bounds="(0, 1)")
     fill: str = option("copy", f"{_only('takes_fill')}: copy (plain tiling) or rand (tiled, then shuffled)",
@@ -172,8 +180,9 @@ class PEMNConfig:
     scope: str = option("layer", "mask top-k per layer (the paper) or global (one threshold over all masked layers)",
                         choices=SCOPES)
     targets: tuple[str, ...] | None = option(None, "layer types or name regexes to mask (default: every type in "
-                                             "pemn's layer table)")
-    exclude: tuple[str, ...] = option(help="layer types or name regexes to leave dense", default_factory=tuple)
+                                             "pemn's layer table)", check=_patterns("targets"))
+    exclude: tuple[str, ...] = option(help="layer types or name regexes to leave dense", check=_patterns("exclude"),
+                                      default_factory=tuple)
     keep_rounding: str = option("exact", "kept count of a layer of n weights: exact (ceil(keep * n)) or paper (the "
                                 "official code's n - int((1 - keep) * n) in float arithmetic; equal at keep 0.5)",
                                 choices=KEEP_ROUNDINGS)
@@ -189,56 +198,25 @@ class PEMNConfig:
                         "model.pemn as an extra)")
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        strategy = STRATEGY_TABLE.get(self.strategy)
-        if strategy is None:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if strategy.takes_ratio:
-            ratio = strategy.default_ratio if self.ratio is None else self.ratio
-            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 < ratio < 1:
-                raise ValueError(f"ratio must be a number with 0 < ratio < 1 for strategy {self.strategy!r}, "
-                                 f"got {ratio!r}")
-            set_(self, "ratio", float(ratio))
-        elif self.ratio is not None:
-            takers = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
-            raise ValueError(f"ratio applies only to {strategy_names(takers)} (got ratio={self.ratio!r} with "
-                             f"strategy {self.strategy!r}); leave it unset")
-        if self.fill not in FILLS:
-            raise ValueError(f"fill must be one of {FILLS}, got {self.fill!r}")
-        if self.fill == "rand" and not strategy.takes_fill:
-            takers = [n for n, s in STRATEGY_TABLE.items() if s.takes_fill]
-            raise ValueError(f"fill='rand' applies only to {strategy_names(takers)}, not {self.strategy!r}")
-        keep = self.keep
-        if isinstance(keep, bool) or not isinstance(keep, int | float) or not 0 < keep <= 1:
-            raise ValueError(f"keep (the kept fraction) must be a number with 0 < keep <= 1, got {keep!r}")
-        set_(self, "keep", float(keep))
-        if self.keep_rounding not in KEEP_ROUNDINGS:
-            raise ValueError(f"keep_rounding must be one of {KEEP_ROUNDINGS} ('exact': ceil(keep * n) computed "
-                             f"exactly; 'paper': the official code's n - int((1 - keep) * n)), got "
-                             f"{self.keep_rounding!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < _SEED_LIMIT:
-            raise ValueError(f"seed must be an int with 0 <= seed < 2**63, got {self.seed!r}")
-        if self.init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
-        if not isinstance(self.rescale, bool):
-            raise ValueError(f"rescale must be a bool, got {self.rescale!r}")
-        if not isinstance(self.keep_scale, bool):
-            raise ValueError(f"keep_scale must be a bool, got {self.keep_scale!r}")
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        if self.mask_sampling not in MASK_SAMPLINGS:
-            raise ValueError(f"mask_sampling must be one of {MASK_SAMPLINGS}, got {self.mask_sampling!r}")
+        strategy = STRATEGY_TABLE.get(self.strategy)  # an unknown one: refused by its declaration below
+        if strategy is not None and strategy.takes_ratio and self.ratio is None:
+            object.__setattr__(self, "ratio", strategy.default_ratio)
+        elif strategy is not None and not strategy.takes_ratio and self.ratio is not None:  # before ratio's range
+            raise ValueError(f"ratio applies only to {strategy_names(_takers('takes_ratio'))} (got "
+                             f"ratio={self.ratio!r} with strategy {self.strategy!r}); leave it unset")
+        kinds = field_types(PEMNConfig)
+        for f in dataclasses.fields(self):  # every option against its declaration: type, names, range, check
+            context = f" for strategy {self.strategy!r}" if f.name == "ratio" else ""
+            object.__setattr__(self, f.name, checked_value(f, getattr(self, f.name), *kinds[f.name], context))
+        # rules across options
+        if self.fill == "rand" and not STRATEGY_TABLE[self.strategy].takes_fill:
+            raise ValueError(f"fill='rand' applies only to {strategy_names(_takers('takes_fill'))}, not "
+                             f"{self.strategy!r}")
         if self.mask_sampling == "bernoulli" and self.scope != "layer":
             raise ValueError("mask_sampling 'bernoulli' samples each layer at its own keep: it needs scope 'layer'")
-        if not isinstance(self.gain, bool):
-            raise ValueError(f"gain must be a bool, got {self.gain!r}")
-        if self.keep_rule not in KEEP_RULES:
-            raise ValueError(f"keep_rule must be one of {KEEP_RULES}, got {self.keep_rule!r}")
         if self.keep_rule != "uniform" and self.scope != "layer":
             raise ValueError(f"keep_rule {self.keep_rule!r} shares keep among the layers: it needs scope 'layer' "
                              "(scope 'global' chooses each layer's share itself)")
-        set_(self, "targets", _check_pattern_list("targets", self.targets))
-        set_(self, "exclude", _check_pattern_list("exclude", self.exclude) or ())
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (tuples become lists); ``keep_rounding``, ``mask_sampling``,

@@ -3,13 +3,23 @@
 All tasks' masks are superposed with coefficients ``alpha_i = 1 / N``: each masked weight becomes
 ``prototype * sum_i alpha_i * M_i`` (and each floating-point extra ``sum_i alpha_i * e_i``, a linear mix of the
 tasks' biases and norms); the batch goes through that one network, and the task whose coefficient has the most
-negative gradient of the mean output entropy (the entropy falls fastest by leaning towards it) is the answer
+negative gradient of an objective of the outputs (the objective falls fastest by leaning towards it) is the answer
 (Wortsman et al. 2020, "Supermasks in Superposition", one-shot rule). One forward and one backward pass.
 
-The rule needs a signal: SupSup trains its Permuted-MNIST tasks with superfluous outputs (100 outputs for 10
-classes, ``pemn train --task-outputs``), whose probability each task learns to push to zero on its own data, so the
-right task's masks lower the entropy over all outputs far more than the others'. Without them (10 outputs, trained
-biases) the gradient is weak: RESULTS.md "Many tasks" has both figures.
+Objectives (:data:`OBJECTIVES`):
+
+- ``"entropy"``: SupSup's, the mean over the batch of each output's entropy;
+- ``"information"`` (the default): that mean minus the entropy of the batch's mean output, i.e. minus the mutual
+  information between an input of the batch and its predicted class (the information-maximisation loss of
+  test-time adaptation, SHOT, Liang et al. 2020). The entropy alone also falls when a direction makes every input
+  of the batch confidently the *same* class; the second term cancels that, so only a direction that makes the
+  batch confident *and* spread over the classes, as its own task's masks do, wins.
+
+When it works (RESULTS.md "Many tasks", 10 Permuted-MNIST tasks of LeNet-300-100): one-shot is a first-order
+estimate at the centre of the simplex, so it needs tasks whose masks each keep about half the weights (SupSup's
+masks keep ~50 %) and that training did not rewrite wholesale: keep 0.5 at AdamW lr 1e-3 (or SupSup's 1e-4) is
+identified, keep 0.08 is not, whatever the objective or learning rate; ``min-entropy`` (N forward passes)
+identifies either.
 
 :class:`Superposition` decodes the tasks' masks once (``N x weights`` booleans) and answers any number of batches;
 :func:`infer_task` is the one-call form. The model is not changed.
@@ -25,7 +35,12 @@ from pemn.convert import masked_weights, materialize, unwrap
 from pemn.taskset import tasks as task_names
 from pemn.taskset import using_task
 
-__all__ = ["Superposition", "infer_task"]
+__all__ = ["METHODS", "OBJECTIVES", "Superposition", "infer_task"]
+
+#: The task inference rules: one forward and backward pass of the superposition, or each task's own model.
+METHODS = ("one-shot", "min-entropy")
+#: What the one-shot rule differentiates (see the module doc).
+OBJECTIVES = ("information", "entropy")
 
 
 class Superposition:
@@ -59,8 +74,10 @@ class Superposition:
         self.extras = {k: torch.stack(v) for k, v in extras.items() if not all(torch.equal(v[0], u) for u in v)}
         self.plain.requires_grad_(False)
 
-    def entropy_gradient(self, x: torch.Tensor) -> torch.Tensor:
-        """d(mean output entropy)/d(alpha) at ``alpha_i = 1/N`` for the batch ``x``: one value per task."""
+    def objective_gradient(self, x: torch.Tensor, objective: str = "information") -> torch.Tensor:
+        """d(objective)/d(alpha) at ``alpha_i = 1/N`` for the batch ``x``: one value per task (:data:`OBJECTIVES`)."""
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         n = len(self.names)
         alpha = torch.full((n,), 1.0 / n, requires_grad=True)
         params = {}
@@ -72,9 +89,16 @@ class Superposition:
             params[k] = torch.tensordot(alpha.to(stacked.dtype), stacked, dims=1)
         logits = functional_call(self.plain, params, (x,))
         logp = torch.log_softmax(logits.float(), dim=-1)
-        entropy = -(logp.exp() * logp).sum(-1).mean()
-        (grad,) = torch.autograd.grad(entropy, alpha)
+        value = -(logp.exp() * logp).sum(-1).mean()
+        if objective == "information":
+            mean = logp.exp().mean(0)
+            value = value + (mean * torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))).sum()
+        (grad,) = torch.autograd.grad(value, alpha)
         return grad
+
+    def entropy_gradient(self, x: torch.Tensor) -> torch.Tensor:
+        """d(mean output entropy)/d(alpha) at ``alpha_i = 1/N`` for the batch ``x`` (SupSup's objective)."""
+        return self.objective_gradient(x, "entropy")
 
     def entropies(self, x: torch.Tensor) -> torch.Tensor:
         """The mean output entropy of each task's own model on the batch ``x`` (N forward passes)."""
@@ -88,19 +112,20 @@ class Superposition:
                 out.append(-(logp.exp() * logp).sum(-1).mean())
         return torch.stack(out)
 
-    def infer(self, x: torch.Tensor, method: str = "one-shot") -> str:
+    def infer(self, x: torch.Tensor, method: str = "one-shot", objective: str = "information") -> str:
         """The task the batch ``x`` most likely comes from: ``"one-shot"`` (SupSup's rule: one forward and one
-        backward pass of the superposition) or ``"min-entropy"`` (the task whose own model is the most confident
-        on the batch: N forward passes, SupSup's brute-force baseline)."""
+        backward pass of the superposition, differentiating ``objective``) or ``"min-entropy"`` (the task whose own
+        model is the most confident on the batch: N forward passes, SupSup's brute-force baseline)."""
         if method == "one-shot":
-            return self.names[int(torch.argmin(self.entropy_gradient(x)))]
+            return self.names[int(torch.argmin(self.objective_gradient(x, objective)))]
         if method == "min-entropy":
             return self.names[int(torch.argmin(self.entropies(x)))]
-        raise ValueError(f"method must be 'one-shot' or 'min-entropy', got {method!r}")
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def infer_task(model: nn.Module, x: torch.Tensor, names: list[str] | None = None, *,
-               method: str = "one-shot") -> str:
-    """The name of the task (of ``names``, default all of the model's) that the batch ``x`` comes from, by SupSup's
-    one-shot rule (or ``method="min-entropy"``); see :class:`Superposition` to answer many batches."""
-    return Superposition(model, names).infer(x, method)
+               method: str = "one-shot", objective: str = "information") -> str:
+    """The name of the task (of ``names``, default all of the model's) that the batch ``x`` comes from, by the
+    one-shot rule (``objective`` "information" or SupSup's "entropy") or ``method="min-entropy"``; see
+    :class:`Superposition` to answer many batches."""
+    return Superposition(model, names).infer(x, method, objective)

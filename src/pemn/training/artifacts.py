@@ -43,7 +43,7 @@ from pemn.fileio import atomic_write_bytes
 from pemn.stfile import save_bytes
 from pemn.summary import summary as pemn_summary
 from pemn.training.checkpoint import CHECKPOINT_FORMAT, cpu_copy
-from pemn.training.errors import DatasetError
+from pemn.training.errors import DatasetError, OptionError
 from pemn.training.prune import load_sparse, pruning_masks, save_sparse
 from pemn.training.quantfile import QUANT_FORMAT, load_quant, quant_info, save_quant
 
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
     from pemn.training.data import DatasetInfo
 
 __all__ = ["APP_KEY", "IMAGE_APP_KIND", "KINDS", "ArtifactKind", "OpenedModel", "app_dataset", "app_metadata",
-           "describe_inputs", "image_app", "input_info", "kind_of", "kind_of_file", "load_model", "model_args",
+           "describe_inputs", "file_kind_and_app", "image_app", "input_info", "kind_of", "kind_of_file", "load_model",
+           "model_args",
            "open_model_file", "read_app", "recorded_data_dir", "run_config"]
 
 #: Metadata key of the app object in the plain safetensors files (dense and pruned models).
@@ -107,7 +108,7 @@ def _save_quant(module: nn.Module, path: Path, cfg: TrainConfig, app: dict[str, 
     save_quant(module, path, cfg.quantize, extra_metadata=app_metadata(app))
     info = quant_info(path)
     extra = {k: info[k] for k in ("bits", "quantized_weights", "code_bytes", "scale_bytes", "extras_bytes",
-                                  "payload_bytes", "bits_per_weight")}
+                                  "payload_bytes", "code_bits_per_weight", "bits_per_weight")}
     if cfg.prune is not None:
         kept, total = info["stored_codes"], info["quantized_weights"]
         extra.update(prune=cfg.prune, prune_scope=cfg.prune_scope, compression=cfg.effective_compression,
@@ -219,6 +220,17 @@ def _not_a_model_file(checkpoint: Path, meta: dict[str, str]) -> str:
     if not model_file.exists():
         message += f"; the run has not written it yet: finish it with {resume_command(checkpoint.parent)}"
     return message
+
+
+def file_kind_and_app(path: str | os.PathLike[str]) -> tuple[ArtifactKind, dict[str, Any] | None]:
+    """The kind of the model file a command was given (:func:`kind_of_file`) and its app metadata
+    (:func:`read_app`); :class:`~pemn.training.errors.OptionError` for a folder (the run folder instead of the file
+    inside it)."""
+    path = Path(path)
+    if path.is_dir():
+        raise OptionError(f"{path} is a directory; give the artifact file inside it (e.g. {path}/model.pemn)")
+    kind = kind_of_file(path)
+    return kind, read_app(path, kind)
 
 
 def read_app(path: str | os.PathLike[str], kind: ArtifactKind | None = None) -> dict[str, Any] | None:
@@ -435,13 +447,23 @@ def open_model_file(path: str | os.PathLike[str], app: dict[str, Any] | None, *,
     normalisation (``model``/``shape`` must agree with it; ``dataset`` may name other data of the same shape); a
     file written without it takes ``model``/``dataset``/``shape``, else the config.json beside it. ``shape`` holds
     the explicit ``num_classes``/``in_channels``/``image_size`` (None: not given). FormatError for a file that
-    cannot be used, DatasetError for data that is not there, ValueError for arguments that contradict the file
-    or name nothing.
+    cannot be used, DatasetError for data that is not there, :class:`~pemn.training.errors.OptionError` (a
+    ValueError) for arguments that contradict the file or name nothing.
     """
+    try:
+        return _open_model_file(Path(path), app, model=model, dataset=dataset, data_dir=data_dir, shape=shape,
+                                data=data)
+    except (FormatError, DatasetError, OptionError):
+        raise
+    except ValueError as e:  # model / dataset / shape contradict the file, or name nothing
+        raise OptionError(str(e) or type(e).__name__) from None
+
+
+def _open_model_file(path: Path, app: dict[str, Any] | None, *, model: str | None, dataset: str | None,
+                     data_dir: str | None, shape: dict[str, int | None] | None, data: bool) -> OpenedModel:
     from pemn.training.data import dataset_info
     from pemn.training.models import get_model_spec
 
-    path = Path(path)
     explicit = {k: v for k, v in (shape or {}).items() if k in _SHAPE_ARGS and v is not None}
     if app is None:
         if model is None or (dataset is None and "num_classes" not in explicit):

@@ -4,6 +4,13 @@
 error (:data:`EXIT_CODES`, the table in README.md). Errors print one ``pemn: error: ...`` line on stderr (a mistyped
 option names the closest one), never a traceback.
 
+Each ``_cmd_<command>`` is argument parsing only: it checks its flags, calls one named function of the application
+(:func:`pemn.training.measure.evaluate_model_file`, :func:`pemn.training.inspect_report.inspect_lines`,
+:func:`pemn.training.ptq_file.quantize_model_file`, :func:`pemn.training.export.export_model_file`,
+:func:`pemn.training.sample.sample_file`, :func:`pemn.training.sweep_plan.plan_sweep`, ``train``...), prints the
+report it returns and returns the exit code; what the application refuses is an
+:class:`~pemn.training.errors.OptionError` (exit code 2, as a bad flag). tests/test_cli_usage.py keeps it so.
+
 Imports: the modules here that import torch (every application module but :mod:`pemn.training.progress` and
 :mod:`pemn.training.errors`, and :mod:`pemn` itself) are imported inside the function that uses them, as plain
 ``from pemn.training... import`` statements (visible to import-linter, type checkers and IDEs; nothing goes through
@@ -25,9 +32,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pemn._version import __version__
-from pemn.errors import FormatError, PEMNError
-from pemn.training import progress
-from pemn.training.errors import DatasetError
+from pemn.errors import PEMNError
+from pemn.training.progress import plural
 
 __all__ = ["EXIT_CODES", "build_parser", "main"]
 
@@ -46,7 +52,8 @@ EXIT_CODES: tuple[tuple[int, str, tuple[str, ...]], ...] = (
     (1, "the work itself failed: training diverged, an export does not match its model, a sweep run failed, "
         "an unforeseen error", ("RuntimeError",)),
     (2, "the command line: an unknown option or name, a bad value, contradictory options",
-     ("pemn.training.cli.UsageError", "pemn.errors.ConversionError", "pemn.training.models.ModelError")),
+     ("pemn.training.cli.UsageError", "pemn.training.errors.OptionError", "pemn.errors.ConversionError",
+      "pemn.training.models.ModelError")),
     (3, "a model file that cannot be used: corrupt, truncated, foreign, or not the model it is loaded into",
      ("pemn.errors.FormatError",)),
     (4, "the data: a dataset or text file missing, incomplete, corrupt, or not what the model was trained on",
@@ -151,15 +158,6 @@ def _resolve(overrides: dict[str, Any], *, recipe: str | None, config_file: str 
     return cfg
 
 
-def _device(name: str) -> Any:
-    from pemn.training.dist import resolve_device
-
-    try:
-        return resolve_device(name)
-    except ValueError as e:
-        raise UsageError(f"--device: {_one_line(e)}") from None
-
-
 def _default_eval_batch() -> int:
     from pemn.training.evaluation import DEFAULT_EVAL_BATCH
 
@@ -182,15 +180,10 @@ def _threaded(command: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     def run(args: argparse.Namespace) -> int:
         if args.threads is not None and args.threads < 1:
             raise UsageError(f"--threads must be >= 1, got {args.threads}")
-        import torch
+        from pemn.training.dist import using_threads
 
-        from pemn.training.dist import set_threads
-
-        args.threads_used, previous = set_threads(args.threads)
-        try:
+        with using_threads(args.threads) as args.threads_used:
             return command(args)
-        finally:
-            torch.set_num_threads(previous)
 
     return run
 
@@ -215,23 +208,10 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _dataset_rows() -> list[tuple[str, str]]:
-    from pemn.training.data import dataset_info, list_datasets
-
-    rows = []
-    for name in list_datasets():
-        try:
-            desc = dataset_info(name).description
-        except DatasetError:
-            desc = ("character-level text: DIR/input.txt (UTF-8), first 90 % train / last 10 % validation (needs "
-                    "--data-dir)" if name == "text" else
-                    "class-per-folder RGB images: DIR/train/<class>/*.png|jpg and DIR/test/ (needs --data-dir)")
-        rows.append((name, desc))
-    return rows
-
-
 def _cmd_datasets(args: argparse.Namespace) -> int:
-    rows = _dataset_rows()
+    from pemn.training.data import dataset_descriptions
+
+    rows = dataset_descriptions()
     if args.json:
         _out(json.dumps(dict(rows), indent=2))
         return 0
@@ -289,470 +269,94 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------- loading artifacts
+# --------------------------------------------------------------------------------------------- model files
 
 
-def _artifact_kind(path: Path) -> tuple[Any, dict[str, Any] | None]:
-    """The kind of the model file at ``path`` (:data:`pemn.training.artifacts.KINDS`) and its app metadata."""
-    if path.is_dir():
-        raise UsageError(f"{path} is a directory; give the artifact file inside it (e.g. {path}/model.pemn)")
-    from pemn.training import artifacts as arts
-    kind = arts.kind_of_file(path)
-    return kind, arts.read_app(path, kind)
-
-
-def _artifact_model(args: argparse.Namespace, app: dict[str, Any] | None, *,
-                    data: bool = True) -> tuple[Any, dict[str, int], Any, str]:
-    """``(model in eval mode, input shape, dataset info or None, registry model name)`` of ``args.artifact``
-    (:func:`pemn.training.artifacts.open_model_file` with the command's flags; the dataset and data folder it used
-    are written back into ``args``). A flag that contradicts the file or names nothing is a usage error."""
-    from pemn.training.artifacts import open_model_file
-
-    shape = {k: getattr(args, k, None) for k in ("num_classes", "in_channels", "image_size")}
-    try:
-        opened = open_model_file(args.artifact, app, model=args.model, dataset=args.dataset,
-                                 data_dir=getattr(args, "data_dir", None), shape=shape, data=data)
-    except (FormatError, DatasetError):
-        raise
-    except ValueError as e:  # --model / --dataset contradict the file, or name nothing
-        raise UsageError(_one_line(e)) from None
-    args.dataset, args.data_dir = opened.dataset, opened.data_dir
-    return opened.model, opened.shape, opened.info, opened.name
-
-
-# --------------------------------------------------------------------------------------------- eval
-
-
-def _is_text(dataset: str | None, app: dict[str, Any] | None = None) -> bool:
-    """Whether ``dataset`` (or else the model file's ``app``) is a character LM's (the workloads table says)."""
-    from pemn.training.workloads import CharLM, workload_of_app, workload_of_dataset
-
-    if dataset is not None and workload_of_dataset(dataset) is CharLM:
-        return True
-    return workload_of_app(app) is CharLM
-
-
-def _cmd_eval_text(args: argparse.Namespace) -> int:
-    """Validation loss of a language model: everything but the text comes from the artifact's metadata."""
-    from pemn.training.sample import evaluate_lm_file
-
-    m, app, text = evaluate_lm_file(args.artifact, args.data_dir, eval_subset=args.eval_subset,
-                                    batch_size=args.batch_size, device=_device(args.device))
-    if args.json:
-        _out(json.dumps({"artifact": str(args.artifact), "model": app["model"], "dataset": "text",
-                         "split": "validation", **m}))
+def _print_report(record: dict[str, Any], lines: Sequence[str], *, as_json: bool) -> int:
+    """A command's report: its JSON object on one line (``--json``) or its text lines."""
+    if as_json:
+        _out(json.dumps(record))
     else:
-        _out(f"{args.artifact}: validation loss {m['val_loss']:.4f} nats/char ({m['bits_per_char']:.4f} bits/char), "
-             f"next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {text}, "
-             f"{app['model']}, context {app['block_size']})")
-    return 0
-
-
-def _is_task_file(path: Path, kind: Any) -> bool:
-    from pemn.artifact import read
-
-    return kind.name == "pemn" and bool(read(path).tasks)
-
-
-def _cmd_eval_tasks(args: argparse.Namespace, threads: int) -> int:
-    """``pemn eval FILE --task NAME`` / ``--all-tasks`` / ``--infer-task`` on a multi-task file: each task on its own
-    data (its dataset, permutation or classes, as the file records them)."""
-    from pemn.training import tasks
-    names = args.task or None
-    common = {"names": names, "dataset": args.dataset, "data_dir": args.data_dir, "download": args.download,
-              "eval_subset": args.eval_subset}
-    if args.infer_task:
-        batch = args.batch_size if args.batch_size_given else 128
-        r = tasks.infer_tasks(args.artifact, batch_size=batch, method=args.infer_method, **common)
-        if args.json:
-            _out(json.dumps({"artifact": str(args.artifact), **r}))
-        else:
-            _out(f"{args.artifact}: task inference ({r['method']}, {r['tasks']} tasks, batches of {batch}): "
-                 f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
-                 f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
-                 f"({r['examples']:,} test images)")
-        return 0
-    accs = tasks.evaluate_tasks(args.artifact, batch_size=args.batch_size, **common)
-    mean = sum(accs.values()) / len(accs)
-    if args.json:
-        _out(json.dumps({"artifact": str(args.artifact), "tasks": accs, "mean_accuracy": mean}))
-    else:
-        for name, acc in accs.items():
-            _out(f"{name}: test accuracy {acc:.2f} %")
-        _out(f"{args.artifact}: {len(accs)} task{'s' if len(accs) != 1 else ''}, mean test accuracy {mean:.2f} % "
-             f"({threads} CPU thread{'s' if threads != 1 else ''})")
+        for line in lines:
+            _out(line)
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    kind, app = _artifact_kind(Path(args.artifact))
-    args.batch_size_given = args.batch_size is not None
-    if args.batch_size is None:
-        args.batch_size = _default_eval_batch()
+    from pemn.training.artifacts import file_kind_and_app
+    from pemn.training.evaluation import EvalRequest
+    from pemn.training.measure import evaluate_model_file
+
+    kind, app = file_kind_and_app(args.artifact)
     for flag in ("batch_size", "eval_subset"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    threads = args.threads_used
-    if args.task or args.all_tasks or args.infer_task or _is_task_file(Path(args.artifact), kind):
-        return _cmd_eval_tasks(args, threads)
-    if _is_text(args.dataset, app):
-        from pemn.training.artifacts import recorded_data_dir
-
-        args.data_dir = recorded_data_dir(args.artifact, "text", args.data_dir)
-        return _cmd_eval_text(args)
-    if (app or {}).get("kind") == "transformers":
-        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn eval measures image "
-                         "classifiers and character-level language models on their datasets. Evaluate it in "
-                         "Python on your task's data: model = pemn.load(FILE) rebuilds it (no code needed)")
-    from pemn.training.evaluation import evaluate_test_split
-
-    device = _device(args.device)
-    model, _shape, info, model_name = _artifact_model(args, app)
-    if info is None:
-        raise UsageError("give --dataset NAME (the artifact does not say which data it was trained on)")
-    acc, examples = evaluate_test_split(model, args.dataset, info, data_dir=args.data_dir, download=args.download,
-                                        eval_subset=args.eval_subset, batch_size=args.batch_size, device=device,
-                                        desc=f"eval ({progress.plural(threads, 'CPU thread')})", log=_err)
-    if args.json:
-        _out(json.dumps({"artifact": str(args.artifact), "kind": kind.name, "model": model_name,
-                         "dataset": info.name, "split": "test", "examples": examples, "accuracy": acc}))
-    else:
-        _out(f"{args.artifact}: test accuracy {acc:.2f} % (top-1, {examples:,} {info.name} test "
-             f"images, {model_name}, {kind.name} weights)")
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- sample
+    report = evaluate_model_file(EvalRequest(
+        args.artifact, kind, app, model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+        download=args.download, batch_size=args.batch_size, eval_subset=args.eval_subset, device=args.device,
+        threads=args.threads_used, tasks=tuple(args.task or ()), all_tasks=args.all_tasks,
+        infer_task=args.infer_task, infer_method=args.infer_method,
+        infer_objective=args.infer_objective, log=_err))
+    return _print_report(report.record, report.lines, as_json=args.json)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
-    from pemn.training.sample import build_lm, sample_text
+    from pemn.training.sample import sample_file
 
-    _, app = _artifact_kind(Path(args.artifact))
-    if (app or {}).get("kind") == "transformers":
-        raise UsageError(f"{args.artifact} holds a transformers {app['model']}; pemn sample writes with pemn's "
-                         "character-level GPTs. Generate in Python: model = pemn.load(FILE) rebuilds it (no code "
-                         "needed), then use transformers' model.generate with its tokenizer")
-    if args.tokens < 0:
-        raise UsageError(f"--tokens must be >= 0, got {args.tokens}")
-    if args.temperature < 0 or args.temperature != args.temperature:
-        raise UsageError(f"--temperature must be >= 0 (0: greedy), got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UsageError(f"--top-k must be >= 1, got {args.top_k}")
     prompt = args.prompt.encode().decode("unicode_escape") if args.escapes else args.prompt
-    if not prompt:
-        raise UsageError("--prompt must hold at least one character")
-    model, app = build_lm(args.artifact)
-    model.to(_device(args.device))
-    text = sample_text(model, app, prompt, args.tokens, temperature=args.temperature, top_k=args.top_k,
-                       seed=args.seed)
-    if args.json:
-        _out(json.dumps({"artifact": str(args.artifact), "model": app["model"], "prompt": prompt,
-                         "tokens": args.tokens, "temperature": args.temperature, "top_k": args.top_k,
-                         "seed": args.seed, "text": text}))
-    else:
-        _out(text)
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- inspect
+    record = sample_file(args.artifact, prompt, tokens=args.tokens, temperature=args.temperature, top_k=args.top_k,
+                         seed=args.seed, device=args.device)
+    return _print_report(record, [record["text"]], as_json=args.json)
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    import pemn
+    from pemn.training.inspect_report import inspect_lines
 
-    path = Path(args.artifact)
-    kind, _ = _artifact_kind(path)
-    if kind.name != "pemn":
-        return _inspect_plain(path, kind, as_json=args.json)
-    s = pemn.summary(path, verbose=False)
-    if args.json:
-        _out(json.dumps(s.to_dict(), indent=2, default=str))
-    else:
-        _out(f"{path}  ({s.file_bytes:,} bytes)")
-        _out("recorded in the file:")
-        for label, text in _recorded_rows(s.recorded, s.config, s.tasks):
-            _out(f"  {label:<14} {text}")
-        _out("")
-        _out(s.table())
+    for line in inspect_lines(args.artifact, as_json=args.json):
+        _out(line)
     return 0
-
-
-def _compact(value: Any, width: int = 100) -> str:
-    """``value`` as one line of JSON, cut to ``width`` characters with a visible ``...``."""
-    from pemn.summary import CUT_MARK
-
-    text = json.dumps(value, separators=(", ", ": "), default=str)
-    return text if len(text) <= width else text[:width - len(CUT_MARK)] + CUT_MARK
-
-
-def _numbers(values: Any) -> str:
-    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]" if isinstance(values, list) else _compact(values)
-
-
-def _recorded_rows(recorded: dict[str, Any], config: dict[str, Any],
-                   tasks: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """What a .pemn file says about itself, as (label, text) rows: the model and its arguments, the dataset and
-    its preprocessing (``pemn train``'s app metadata), the method, the tasks, the versions that wrote it; every
-    other app key as compact JSON."""
-    app = dict(recorded.get("app") or {})
-    rows: list[tuple[str, str]] = []
-    model, kind = app.pop("model", None), app.pop("kind", None)
-    args = app.pop("model_args", None)
-    if model is None:
-        rows.append(("model", "not recorded (saved without app metadata: rebuild the model in Python and "
-                              "pemn.load(path, model))"))
-    else:
-        described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in args.items()) if isinstance(args, dict) else ""
-        rows.append(("model", f"{model}" + (f" ({described})" if described else "") + (f", {kind}" if kind else "")))
-    vocab, block = app.pop("vocab", None), app.pop("block_size", None)
-    if isinstance(vocab, str):
-        rows.append(("vocabulary", f"{len(vocab)} characters, context {block}: {_compact(vocab, 60)}"))
-    pre = app.pop("preprocessing", None)
-    if isinstance(pre, dict):
-        pre = dict(pre)
-        rows.append(("dataset", str(pre.pop("dataset", "not recorded"))))
-        shape = pre.pop("input_shape", None)
-        parts = ["input " + "x".join(map(str, shape))] if isinstance(shape, list) else []
-        scale, mean, std = pre.pop("scale", None), pre.pop("mean", None), pre.pop("std", None)
-        if mean is not None and std is not None:
-            parts.append(f"x = (pixels x {scale:.6g} - mean) / std" if isinstance(scale, int | float) else
-                         "x = (pixels - mean) / std")
-            parts.append(f"mean {_numbers(mean)}, std {_numbers(std)}")
-        classes = pre.pop("classes", None)
-        if isinstance(classes, list):
-            parts.append(f"{len(classes)} classes {_compact(classes, 60)}")
-        parts += [f"{k} {_compact(v, 60)}" for k, v in pre.items()]
-        rows.append(("preprocessing", "; ".join(parts) or "not recorded"))
-    method = ", ".join(f"{k} {v}" for k, v in config.items()
-                       if k != "strategy" and v is not None and v is not False and v != [])
-    rows.append(("method", f"{config.get('strategy', '?')}" + (f": {method}" if method else "")))
-    if tasks:
-        names = ", ".join(str(t["name"]) for t in tasks)
-        rows.append(("tasks", f"{len(tasks)}: {_compact(names, 90) if len(names) > 90 else names}"))
-    for key in sorted(app):
-        rows.append((key, _compact(app[key])))
-    rows.append(("written by", f"pemn {recorded.get('pemn_version') or '?'} (torch "
-                               f"{recorded.get('torch_version') or '?'}), format version "
-                               f"{recorded.get('format_version') or '?'}"))
-    return rows
-
-
-def _inspect_plain(path: Path, kind: Any, *, as_json: bool) -> int:
-    """What a dense / pruned safetensors file holds (it has no masks, so no paper ratio)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            tensors = {k: f.get_slice(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
-            shapes = {k: list(t.get_shape()) for k, t in tensors.items()}
-            dtypes = {k: str(t.get_dtype()) for k, t in tensors.items()}
-    except Exception as e:  # safetensors raises its own error type for malformed files
-        raise FormatError(f"{path}: corrupt safetensors file ({_one_line(e)})") from None
-    numel = {k: 1 for k in shapes}
-    for k, shape in shapes.items():
-        for d in shape:
-            numel[k] *= d
-    info: dict[str, Any] = {"path": str(path), "kind": kind.name, "file_bytes": path.stat().st_size,
-                            "tensors": len(shapes), "stored_values": sum(numel.values()),
-                            "metadata": {k: v for k, v in meta.items() if k != "manifest"}}
-    if kind.name == "quant":
-        from pemn.training.quantfile import quant_info
-
-        info["quantized"] = quant_info(path)
-    if kind.name == "sparse" and "manifest" in meta:
-        try:
-            manifest = json.loads(meta["manifest"])
-            kept = sum(int(e["kept"]) for e in manifest)
-            prunable = 0
-            for e in manifest:
-                n = 1
-                for d in e["shape"]:
-                    n *= int(d)
-                prunable += n
-            info.update(kept_weights=kept, prunable_weights=prunable,
-                        sparsity=1 - kept / prunable if prunable else None)
-        except (ValueError, KeyError, TypeError):
-            pass
-    if as_json:
-        _out(json.dumps(info, indent=2))
-        return 0
-    _out(f"{path}  ({info['file_bytes']:,} bytes): {kind.description}, not a pemn artifact (no masks or prototype)")
-    _out(f"{info['tensors']} tensors, {info['stored_values']:,} stored values"
-         + (f"; {info['kept_weights']:,} of {info['prunable_weights']:,} prunable weights survive "
-            f"(sparsity {100 * info['sparsity']:.2f} %)" if info.get("sparsity") is not None else ""))
-    q = info.get("quantized")
-    if q is not None:
-        pruned = (f", {q['stored_codes']:,} survivors in {q['pruned_layers']} pruned layers"
-                  if q["pruned_layers"] else "")
-        _out(f"{q['method']}: {q['quantized_weights']:,} weights in {q['layers']} layers at {q['bits_per_weight']:.3f} "
-             f"bits per weight ({', '.join(q['codings'])} codes{pruned}); bytes: codes {q['code_bytes']:,} + "
-             f"scales {q['scale_bytes']:,} + extras {q['extras_bytes']:,} = payload {q['payload_bytes']:,}; "
-             f"index and header {q['file_bytes'] - q['payload_bytes']:,}")
-    for k in sorted(shapes):
-        _out(f"  {k:<40} {'x'.join(map(str, shapes[k])) or 'scalar':<20} {dtypes[k]}")
-    return 0
-
-
-# --------------------------------------------------------------------------------------------- export
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from pemn.training.export import export_image_model
+    from pemn.training.export import export_model_file
 
-    path = Path(args.artifact)
-    kind, app = _artifact_kind(path)
-    if _is_text(None, app):
-        raise UsageError(f"{path} holds a language model; pemn export writes image classifiers (NCHW float input)")
-    if (app or {}).get("kind") == "transformers":
-        return _export_transformers(args, path, app)
-    suffix = ".onnx" if args.format == "onnx" else ".safetensors"
-    out = Path(args.output) if args.output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "")
-                                                                   + suffix)
-    if out.suffix != suffix:
-        raise UsageError(f"--format {args.format} writes a {suffix} file (a safetensors state_dict, never a pickle), "
-                         f"so name the output *{suffix}, not {out.name!r}")
-    if out.resolve() == path.resolve():
-        raise UsageError(f"the output {out} would overwrite the artifact; give another -o")
-    model, shape, info, model_name = _artifact_model(args, app, data=False)
-    export_image_model(model, shape, info, model_name, app, fmt=args.format, out=out, source=path,
-                       source_kind=kind.name, data_dir=args.data_dir, log=_out)
-    return 0
-
-
-def _export_transformers(args: argparse.Namespace, path: Path, app: dict[str, Any]) -> int:
-    """A transformers model's dense export (:func:`pemn.training.export.export_transformers`): a save_pretrained
-    directory."""
-    from pemn.training.export import export_transformers
-
-    if args.format != "pt":
-        raise UsageError(f"{path} holds a transformers {app['model']}; pemn export writes it as a transformers "
-                         "directory (--format pt). For ONNX, export pemn.materialize(pemn.load(FILE)) with "
-                         "torch.onnx.export or optimum, giving the inputs your task uses")
-    out = Path(args.output) if args.output else path.with_name(path.stem + ".dense")
-    if out.exists():
-        raise UsageError(f"the output {out} exists; give a new directory with -o (a transformers model exports "
-                         "as a save_pretrained directory: config.json + model.safetensors)")
-    export_transformers(path, app, out, log=_out)
+    shape = {k: getattr(args, k) for k in ("num_classes", "in_channels", "image_size")}
+    export_model_file(args.artifact, fmt=args.format, output=args.output, model=args.model, dataset=args.dataset,
+                      data_dir=args.data_dir, shape=shape, log=_out)
     return 0
 
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
-    """Post-training quantization of a dense model file: quantize, calibrate on training images, save, evaluate."""
-    import torch
+    from pemn.training.ptq_file import quantize_model_file
 
-    from pemn.training import artifacts as arts
-    from pemn.training import evaluation
-    from pemn.training.augment import build_eval_transform
-    from pemn.training.data import load_dataset
-    from pemn.training.quantfile import quant_info, save_quant
-    from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, post_training_quantize_
-    path = Path(args.artifact)
-    kind, app = _artifact_kind(path)
-    if kind.name != "dense":
-        raise UsageError(f"{path} is {kind.description}; pemn quantize takes a dense model.safetensors (a run of "
-                         "pemn train --strategy dense)")
-    out = Path(args.output) if args.output else path.with_name(f"{path.name.split('.')[0]}.{args.method}"
-                                                                   f"{arts.KINDS['quant'].filename[len('model'):]}")
-    if out.resolve() == path.resolve():
-        raise UsageError(f"the output {out} would overwrite the dense model; give another -o")
-    language = _is_text(None, app)
-    images = labels = transform = None
-    if language:  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
-        model, _, _ = arts.load_model(path)
-    else:
-        model, _, info, _ = _artifact_model(args, app)
-        if info is None:
-            raise UsageError("give --dataset NAME (the model file does not say which data it was trained on)")
-        transform = build_eval_transform(info)
-        images, _ = load_dataset(info.name, args.data_dir, split="train", download=args.download)
-        if args.eval:
-            labels_split = load_dataset(info.name, args.data_dir, split="test", download=args.download)
-            test_images, labels = labels_split
-    device = torch.device("cpu")
-    dense_acc = None
-    if labels is not None:
-        dense_acc = evaluation.evaluate(model, test_images, labels, transform=transform, device=device)
-    n = post_training_quantize_(model.eval(), args.method, images, transform)
-    save_quant(model, out, args.method, extra_metadata=arts.app_metadata(app))
-    loaded, _, _ = arts.load_model(out)
-    acc = None
-    if labels is not None:
-        acc = evaluation.evaluate(loaded, test_images, labels, transform=transform, device=device)
-    q = quant_info(out)
-    used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
-    doc = {"artifact": str(path), "output": str(out), "method": args.method, "file_bytes": q["file_bytes"],
-           "payload_bytes": q["payload_bytes"], "bits_per_weight": q["bits_per_weight"],
-           "batchnorm_layers_calibrated": n, "calibration_images": used if n else 0,
-           "dense_accuracy": dense_acc, "accuracy": acc}
-    if args.json:
-        _out(json.dumps(doc))
-        return 0
-    _out(f"wrote {out} ({q['file_bytes']:,} bytes, {args.method}: {q['bits_per_weight']:.3f} bits per weight; "
-         + (f"BatchNorm statistics of {n} layers re-estimated on {used:,} training images)" if n
-            else "no BatchNorm to calibrate)"))
-    if acc is not None:
-        _out(f"test accuracy {acc:.2f} % (the dense file: {dense_acc:.2f} %, {path.stat().st_size:,} bytes)")
-    return 0
+    report = quantize_model_file(args.artifact, args.method, output=args.output, model=args.model,
+                                 dataset=args.dataset, data_dir=args.data_dir, download=args.download,
+                                 evaluate=args.eval)
+    return _print_report(report.record, report.lines, as_json=args.json)
 
 
 # --------------------------------------------------------------------------------------------- sweep
 
 
-def _parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
-    from pemn.training.config import parse_settings
-
-    try:
-        return parse_settings(pairs)
-    except ValueError as e:
-        raise UsageError(f"--set {_one_line(e)}") from None
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pemn.training.sweep import GRID_KEYS, build_grid, check_settings, resolve_points, run_sweep
+    from pemn.training.sweep import run_sweep
+    from pemn.training.sweep_plan import GRID_OPTIONS, SHARED_FLAGS, budget_only_lines, plan_sweep, sweep_lines
 
-    base = _parse_sets(args.set or [])
-    clash = sorted(GRID_KEYS & set(base))
-    if clash:
-        raise UsageError(f"--set {', '.join(clash)}: set by the sweep grid for every run; use the grid options "
-                         "(--strategies, --ratios, --keeps, --prune, --compressions, --quantize, --out)")
-    for key in ("model", "dataset", "epochs", "data_dir"):
-        value = getattr(args, key)
-        if value is not None:
-            if key in base and base[key] != value:
-                raise UsageError(f"--{key.replace('_', '-')} and --set {key}=... disagree")
-            base[key] = value
-    try:
-        if args.seeds is not None and "seed" in base:
-            raise ValueError("--seeds and --set seed=... disagree: give the seeds with --seeds only")
-        points = build_grid(strategies=args.strategies, ratios=args.ratios, keeps=args.keeps, dense=args.dense,
-                            prune=args.prune, compressions=args.compressions, seeds=args.seeds,
-                            quantize=args.quantize, prune_quantize=args.prune_quantize, widths=args.widths)
-    except ValueError as e:
-        raise UsageError(_one_line(e)) from None
-    # every point is resolved (and checked) before the first run
-    if args.config is not None and not Path(args.config).is_file():
-        raise UsageError(f"no config file at {args.config!r}")
-    try:
-        check_settings(Path(args.out), base, args.recipe, args.config, record=False)
-        resolve_points(points, base, args.out, recipe=args.recipe, config_file=args.config)
-    except (ValueError, TypeError) as e:
-        raise UsageError(_one_line(e)) from None
-    plural = progress.plural
-    _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
-    report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config,
-                       log=_out, keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x)
-    _out(f"sweep: {plural(len(report.rows), 'run')} done, {len(report.skipped)} already in {report.csv}"
-         + (f", {len(report.failed)} failed" if report.failed else ""))
-    if report.png is not None:
-        _out(f"sweep: figure {report.png}")
-    if report.seeds_csv is not None:
-        from pemn.training.sweep import seed_summary_lines
-
-        _out(f"sweep: mean ± std over seeds ({report.seeds_csv}):")
-        for line in seed_summary_lines(report.csv):
+    if args.max_bytes is not None and args.max_bytes <= 0:
+        raise UsageError(f"--max-bytes {args.max_bytes}: give the byte budget as a positive number of bytes")
+    if args.max_bytes is not None and not (args.strategies or args.dense or args.prune or args.quantize):
+        for line in budget_only_lines(args.out, args.max_bytes):  # no grid: the budget over the finished runs
             _out(line)
+        return 0
+    points, base = plan_sweep(args.out, settings=args.set or [], flags={k: getattr(args, k) for k in SHARED_FLAGS},
+                              grid={k: getattr(args, k) for k in GRID_OPTIONS}, recipe=args.recipe,
+                              config_file=args.config, max_bytes=args.max_bytes)
+    _out(f"sweep: {plural(len(points), 'run')} -> {args.out}/")
+    report = run_sweep(points, args.out, base, recipe=args.recipe, config_file=args.config, log=_out,
+                       keep_going=args.keep_going, plot=not args.no_plot, figure_x=args.figure_x,
+                       max_bytes=args.max_bytes)
+    for line in sweep_lines(report, args.out):
+        _out(line)
     for point, msg in report.failed:
         _err(f"pemn: error: sweep run {point.name} failed: {msg}")
     return 1 if report.failed else 0
@@ -855,10 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--infer-task", action="store_true",
                    help="multi-task file: identify each test batch's task without its id (SupSup's one-shot rule) "
                         "and report identification accuracy and accuracy without ids (batch size default 128)")
+    # pemn.superpose.METHODS and OBJECTIVES (not imported here: the parser loads no torch; a test checks they agree)
     p.add_argument("--infer-method", choices=("one-shot", "min-entropy"), default="one-shot",
-                   help="--infer-task rule: one-shot (SupSup's entropy gradient of the superposed masks: one forward "
+                   help="--infer-task rule: one-shot (SupSup's gradient of the superposed masks: one forward "
                         "and backward pass) or min-entropy (each task's own model, the most confident wins: one "
                         "forward pass per task)")
+    p.add_argument("--infer-objective", choices=("information", "entropy"), default="information",
+                   help="what one-shot differentiates: information (the mean output entropy minus the entropy of the "
+                        "batch's mean output: confident and spread over the classes) or entropy (SupSup's: the mean "
+                        "output entropy alone)")
     p.set_defaults(func=_threaded(_cmd_eval))
 
     p = sub.add_parser("sample", help="generate text from a language model (trained with --dataset text)",
@@ -922,8 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="train a grid of strategies and baselines; write sweep.csv and sweep.png",
                        description="Train every combination in this process (one sub folder each), append a row "
                                    "to OUT/sweep.csv as each run ends (a re-run skips finished rows) and draw "
-                                   "OUT/sweep.png: accuracy vs file bytes with the Pareto front (--figure-x "
-                                   "ratio: vs the paper's size compression ratio).")
+                                   "OUT/sweep.png: accuracy (a language model: validation loss) vs file bytes "
+                                   "with the Pareto front (--figure-x ratio: vs the paper's size compression "
+                                   "ratio).")
     p.add_argument("--model", default=None, help="registry model name (default: the training default)")
     p.add_argument("--dataset", default=None, help="dataset name (default: the training default)")
     p.add_argument("--data-dir", default=None, help="dataset folder of every run (default: $PEMN_DATA_DIR or ./data)")
@@ -939,6 +549,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--figure-x", choices=("bytes", "ratio"), default="bytes",
                    help="sweep.png's x axis: the saved file's bytes (log scale, the Pareto front drawn; default) "
                         "or the paper's size compression ratio")
+    p.add_argument("--max-bytes", type=int, default=None, metavar="N",
+                   help="a byte budget: print the most accurate file (a language model: the lowest validation loss) "
+                        "of at most N bytes and the best of each method, "
+                        "mark them in sweep.csv's budget column and write sweep_budget.json (kept for later runs in "
+                        "the folder); with no grid (--strategies --no-dense --prune) only that, over the finished "
+                        "runs")
     p.set_defaults(func=_cmd_sweep)
     for command in sub.choices.values():  # `--epoch 1` is not `--epochs 1`: options are spelled out in full
         command.allow_abbrev = False

@@ -10,23 +10,21 @@ import dataclasses
 import json
 import os
 import re
-import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any
 
 from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
 from pemn.config import KEEP_RULES, PEMNConfig, pemn_option
-from pemn.options import check_option, either, option, option_help
+from pemn.options import Needs, check_needs, check_option, either, field_types, option, option_help
 from pemn.registry import type_names
 from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
 from pemn.training.augment import list_recipes
-from pemn.training.data import dataset_info, dataset_serves, list_datasets
+from pemn.training.data import canonical_name, dataset_serves, list_datasets
 from pemn.training.dist import parse_device
-from pemn.training.errors import DatasetError
 from pemn.training.evaluation import DEFAULT_EVAL_BATCH
 from pemn.training.models import get_model_spec
 from pemn.training.prune import PRUNE_METHODS, PRUNE_SCOPES
@@ -164,6 +162,27 @@ RECIPES: dict[str, dict[str, Any]] = {
 _PEMN_HELP = {f.name: option_help(f) for f in dataclasses.fields(PEMNConfig)}
 
 
+def _trains_text(config: TrainConfig) -> bool:
+    """Whether the run trains on text (the workload its dataset serves, pemn.training.workloads)."""
+    return dataset_serves(config.dataset) == CHAR_LM
+
+
+def _needs_prune(name: str) -> Needs:
+    return Needs(lambda c: c.prune is not None, f"{name} needs prune ('random' or 'magnitude')")
+
+
+def _needs_dense(name: str) -> Needs:
+    """What the baselines of dense models (prune, quantize) need."""
+    return Needs(lambda c: c.strategy == "dense", lambda c: f"{name} is a baseline for dense models: it needs "
+                 f"strategy 'dense', got {c.strategy!r}")
+
+
+def _ratio_message(config: TrainConfig) -> str:
+    takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
+    return (f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy {config.strategy!r}); "
+            "leave it unset")
+
+
 def _quantize_help() -> str:
     trained = [m for m in QUANTIZE_METHODS if not m.startswith("ptq-")]
     after = [m for m in QUANTIZE_METHODS if m.startswith("ptq-")]
@@ -184,18 +203,20 @@ class TrainConfig:
 
     # what
     model: str = option("mlp", "model name from the registry (pemn models), e.g. mlp, lenet5, resnet20, "
-                        "convmixer-256-8")
-    dataset: str = option("digits", f"dataset: {either(list_datasets())}")
+                        "convmixer-256-8", check=get_model_spec)
+    dataset: str = option("digits", f"dataset: {either(list_datasets())}", check=canonical_name)
     data_dir: str | None = option(None, "folder with the dataset files (default: $PEMN_DATA_DIR or ./data)")
     download: bool = option(False, "download missing official dataset files into data_dir")
     train_subset: int | None = option(None, "train on the first N training images only (quick runs); text: the "
                                       "first N characters", bounds=">= 1")
     block_size: int = option(64, "text only: context length in characters (the GPT's position embedding size)",
-                             bounds=">= 1")
+                             bounds=">= 1", needs=Needs(_trains_text, "block_size is the context of a language "
+                                                        "model: it applies only to dataset 'text'"))
     # method
     strategy: str = pemn_option("strategy", help=f"dense, or a PEMN strategy: {', '.join(PEMN_STRATEGIES)}",
                                 choices=TRAIN_STRATEGIES)
-    ratio: float | None = pemn_option("ratio")
+    ratio: float | None = pemn_option("ratio", needs=Needs(lambda c: STRATEGY_TABLE[c.strategy].takes_ratio,
+                                                           _ratio_message))
     keep: float = pemn_option("keep")
     keep_rounding: str = pemn_option("keep_rounding")
     mask_sampling: str = pemn_option("mask_sampling")
@@ -227,7 +248,10 @@ class TrainConfig:
     score_weight_decay: float | None = option(None, "weight decay of the mask scores (default: weight_decay, as in "
                                               "the paper; extras use weight_decay)", bounds=">= 0")
     teacher: str | None = option(None, "distill from a dense teacher: a model.safetensors of `pemn train --strategy "
-                                 "dense` (its metadata names the model)")
+                                 "dense` (its metadata names the model)",
+                                 needs=Needs(lambda c: not _trains_text(c), "teacher: distillation applies to image "
+                                             "classifiers (the teacher is rebuilt for the images' shape); train the "
+                                             "language model without --teacher"))
     distill_temperature: float = option(4.0, "distillation: softmax temperature of teacher and student",
                                         bounds="> 0")
     distill_weight: float = option(0.5, "distillation: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || "
@@ -238,12 +262,13 @@ class TrainConfig:
                                             "included, --exclude Embedding keeps them dense)")
     exclude: list[str] | None = pemn_option("exclude", default=None)
     prune: str | None = option(None, f"prune the dense model at init: {either(PRUNE_METHODS)} (needs strategy dense)",
-                               choices=PRUNE_METHODS)
+                               choices=PRUNE_METHODS, needs=_needs_dense("prune"))
     compression: float | None = option(None, f"fraction of Conv/Linear weights pruned (default {DEFAULT_COMPRESSION}; "
-                                       "needs prune)", bounds="(0, 1)")
+                                       "needs prune)", bounds="(0, 1)",
+                                       needs=_needs_prune("compression is the pruned fraction: it"))
     prune_scope: str = option("layer", "pruning scope: layer (same fraction per layer) or global (needs prune)",
-                              choices=PRUNE_SCOPES)
-    quantize: str | None = option(None, _quantize_help(), choices=QUANTIZE_METHODS)
+                              choices=PRUNE_SCOPES, needs=_needs_prune("prune_scope"))
+    quantize: str | None = option(None, _quantize_help(), choices=QUANTIZE_METHODS, needs=_needs_dense("quantize"))
     # recipe
     recipe: str = option("adamw", f"named recipe for the training fields you leave unset: {', '.join(RECIPES)}",
                          choices=tuple(RECIPES))
@@ -278,7 +303,7 @@ class TrainConfig:
     out: str | None = option(None, "output folder (default: runs/<timestamp>-<model>-<dataset>-<strategy>)")
     resume: bool = option(False, "continue from <out>/checkpoint.safetensors (same settings)")
     seed: int = pemn_option("seed", help="seed of the model init, prototype, scores, data order and augmentation")
-    device: str = option("auto", "auto (cuda if available), cpu, cuda or cuda:N")
+    device: str = option("auto", "auto (cuda if available), cpu, cuda or cuda:N", check=parse_device)
     progress: bool = option(True, "show a progress bar (tqdm on a terminal) and progress lines")
     eval_batch_size: int = option(DEFAULT_EVAL_BATCH, "batch size for test evaluation (small batches are the "
                                   "fastest on a CPU: they keep the activations in cache, BENCHMARKS.md section 11)",
@@ -297,51 +322,27 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Coerce (int -> float, tuple -> list) and check every field against its declaration (type, choices,
-        bounds; the PEMN ones by :class:`~pemn.PEMNConfig`), then the rules across fields; ValueError naming the
-        problem."""
+        bounds, check; the PEMN ones by :class:`~pemn.PEMNConfig`), then the rules across fields (those an option
+        declares it :class:`~pemn.options.Needs` first); ValueError naming the problem."""
         fields = dataclasses.fields(self)
         for f in fields:
             setattr(self, f.name, _coerce(f.name, getattr(self, f.name)))
         for f in fields:  # PEMNConfig checks its own options (an "auto" one, only TrainConfig has: here)
             if f.name not in PEMN_CONFIG_FIELDS or f.name in AUTO_PEMN_FIELDS:
                 check_option(f, getattr(self, f.name), field_type(f.name)[0])
-        get_model_spec(self.model)  # ModelError (a ValueError) listing the valid names
-        try:
-            dataset_info(self.dataset, self.data_dir)
-        except DatasetError as e:
-            if str(e).startswith("unknown dataset"):
-                raise
-        parse_device(self.device)
         # rules across fields
         # the workload each serves (pemn.training.workloads): a character LM trains only on text, and only it does
-        text = dataset_serves(self.dataset) == CHAR_LM
-        language_model = get_model_spec(self.model).serves == CHAR_LM
+        text, language_model = _trains_text(self), get_model_spec(self.model).serves == CHAR_LM
         if text and not language_model:
             raise ValueError(f"dataset 'text' trains a language model: choose a gpt-<dim>-<depth> model (e.g. "
                              f"gpt-128-4), not {self.model!r}")
         if language_model and not text:
             raise ValueError(f"{self.model!r} is a language model: it trains on dataset 'text' (--dataset text "
                              f"--data-dir DIR with DIR/input.txt), not {self.dataset!r}")
-        if not text and self.block_size != TrainConfig.block_size:
-            raise ValueError("block_size is the context of a language model: it applies only to dataset 'text'")
-        if text and self.teacher is not None:
-            raise ValueError("teacher: distillation applies to image classifiers (the teacher is rebuilt for the "
-                             "images' shape); train the language model without --teacher")
-        if self.ratio is not None and not STRATEGY_TABLE[self.strategy].takes_ratio:
-            takes = [n for n, s in STRATEGY_TABLE.items() if s.takes_ratio]
-            raise ValueError(f"ratio applies only to strategy {' or '.join(map(repr, takes))} (got strategy "
-                             f"{self.strategy!r}); leave it unset")
-        for name in ("prune", "quantize"):
-            if getattr(self, name) is not None and self.strategy != "dense":
-                raise ValueError(f"{name} is a baseline for dense models: it needs strategy 'dense', got "
-                                 f"{self.strategy!r}")
+        check_needs(self)  # block_size, ratio, teacher, prune, compression, prune_scope, quantize
         if self.quantize is not None and self.prune is not None and self.quantize not in PRUNED_METHODS:
             raise ValueError(f"a pruned model's survivors are quantized by {', '.join(PRUNED_METHODS)} (Deep "
                              f"Compression), not {self.quantize!r}")
-        if self.compression is not None and self.prune is None:
-            raise ValueError("compression is the pruned fraction: it needs prune ('random' or 'magnitude')")
-        if self.prune_scope != TrainConfig.prune_scope and self.prune is None:
-            raise ValueError("prune_scope needs prune ('random' or 'magnitude')")
         if self.strategy == "dense":
             set_ = [f.name for f in fields if f.name in PEMN_FIELDS and getattr(self, f.name) != f.default]
             if set_:
@@ -463,7 +464,6 @@ def field_sections() -> list[tuple[str, list[str]]]:
     return sections
 
 
-_FIELD_TYPES: dict[str, tuple[type, bool]] = {}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -471,17 +471,7 @@ _FALSE = ("0", "false", "no", "off")
 def field_type(name: str) -> tuple[type, bool]:
     """``(type, optional)`` of a :class:`TrainConfig` field: type is bool, int, float, str or list (of str);
     optional says whether None is allowed."""
-    if not _FIELD_TYPES:
-        for key, hint in get_type_hints(TrainConfig).items():
-            args = get_args(hint)
-            optional = get_origin(hint) in (Union, types.UnionType) and type(None) in args
-            if optional:
-                (hint,) = [a for a in args if a is not type(None)]
-            base = list if get_origin(hint) is list else hint
-            if base not in (bool, int, float, str, list):  # pragma: no cover - every field has one of these
-                raise TypeError(f"unsupported field type {hint!r} of {key}")
-            _FIELD_TYPES[key] = (base, optional)
-    return _FIELD_TYPES[name]
+    return field_types(TrainConfig)[name]
 
 
 def _coerce(name: str, value: Any) -> Any:

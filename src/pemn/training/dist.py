@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["MAX_AUTO_THREADS", "Accelerator", "Dist", "autocast", "default_threads", "parse_device", "resolve_device",
-           "set_threads"]
+from pemn.training.errors import OptionError
+
+__all__ = ["MAX_AUTO_THREADS", "Accelerator", "Dist", "autocast", "default_threads", "device_option", "parse_device",
+           "resolve_device", "set_threads", "using_threads"]
 
 #: The most CPU threads ``threads=None`` picks (more rarely pays for the models pemn trains on a CPU).
 MAX_AUTO_THREADS = 4
@@ -48,6 +50,17 @@ def set_threads(threads: int | None) -> tuple[int, int]:
     return n, previous
 
 
+@contextlib.contextmanager
+def using_threads(threads: int | None) -> Iterator[int]:
+    """torch's CPU threads at ``threads`` (:func:`set_threads`; None: :func:`default_threads`) while the block
+    runs, the caller's count restored afterwards; yields the count used."""
+    n, previous = set_threads(threads)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(previous)
+
+
 def parse_device(spec: str) -> torch.device | None:
     """``None`` for ``"auto"``, else the ``torch.device``; ValueError naming the valid forms."""
     if spec in ("auto", "", None):
@@ -70,6 +83,15 @@ def resolve_device(spec: str, local_rank: int = 0, world: int = 1) -> torch.devi
         if device.index is None:
             device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
     return device
+
+
+def device_option(spec: str) -> torch.device:
+    """:func:`resolve_device` of a command's ``--device``: :class:`~pemn.training.errors.OptionError` (the
+    command line's exit code 2) where it names no device here."""
+    try:
+        return resolve_device(spec)
+    except ValueError as e:
+        raise OptionError(f"--device: {e}") from None
 
 
 class Dist:

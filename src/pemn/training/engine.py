@@ -78,7 +78,7 @@ from pemn.training.progress import Progress, plural
 from pemn.training.prune import prune_, remove_pruning_
 from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, QAT_METHODS, post_training_quantize_, quantize_
 from pemn.training.runlock import RunLock
-from pemn.training.workloads import Workload, workload_of_dataset
+from pemn.training.workloads import RESULT_KEYS, Workload, workload_of_dataset
 
 __all__ = ["NonFiniteLossError", "RunWriteError", "TrainingInterrupted", "resume_command", "schedule_lr", "train"]
 
@@ -720,7 +720,8 @@ class _Run:
             seconds=self.elapsed(), summary=summary, weights=files.get("weights"),
             weights_bytes=files.get("weights_bytes"), sparse_bytes=files.get("sparse_bytes"),
             artifact_acc=artifact_acc, world_size=self.dist.world, rank=self.dist.rank, state_sha256=digest.hex(),
-            model=self.module, teacher_acc=self.teacher_acc, **self.workload.result_fields(self.evaluation, saved),
+            model=self.module, teacher_acc=self.teacher_acc,
+            metrics={**dict.fromkeys(RESULT_KEYS), **self.workload.result_fields(self.evaluation, saved)},
             steps_run=min(self.total_steps, len(h.metrics) * self.steps))
         if self.dist.main:
             write_json(self.out / RESULT_NAME, result.to_dict())

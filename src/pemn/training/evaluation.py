@@ -1,10 +1,13 @@
 """Top-1 accuracy of a model on in-memory tensors (used by training, ``pemn eval`` and the scripts), and on a
-dataset's test split (:func:`evaluate_test_split`, ``pemn eval``)."""
+dataset's test split (:func:`evaluate_test_split`, ``pemn eval``); what ``pemn eval`` is asked
+(:class:`EvalRequest`) and what it reports (:class:`EvalReport`), the types every kind of model file's evaluation
+(:mod:`pemn.training.measure`) takes and returns."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,9 +18,11 @@ from pemn.training.dist import autocast
 from pemn.training.progress import Progress
 
 if TYPE_CHECKING:
+    from pemn.training.artifacts import ArtifactKind
     from pemn.training.data import DatasetInfo
 
-__all__ = ["DEFAULT_EVAL_BATCH", "autocast", "count_correct", "evaluate", "evaluate_test_split"]
+__all__ = ["DEFAULT_EVAL_BATCH", "EvalReport", "EvalRequest", "autocast", "count_correct", "evaluate",
+           "evaluate_test_split"]
 
 #: The evaluation batch size of training, ``pemn eval`` and :func:`evaluate`: on a CPU small batches keep the
 #: activations in cache (one thread: ConvMixer-256/8 evaluates 2.7x faster at 32 than at 128 and 2.9x faster than
@@ -86,3 +91,39 @@ def evaluate_test_split(model: nn.Module, dataset: str, info: DatasetInfo, *, da
     finally:
         bar.close()
     return float(acc), int(labels.numel())
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What ``pemn eval`` is asked to measure: the model file as given (``artifact``, echoed as is), its kind and
+    app metadata (:func:`pemn.training.artifacts.file_kind_and_app`) and the options. None means the default:
+    the registry model and the dataset the file records, the data folder its run used, the evaluation batch
+    (:data:`DEFAULT_EVAL_BATCH`; 128 for task inference), the whole split. ``tasks``/``all_tasks``/``infer_task``/
+    ``infer_method``/``infer_objective`` are a multi-task file's (:mod:`pemn.training.tasks`); ``log`` gets the
+    progress display."""
+
+    artifact: str
+    kind: ArtifactKind
+    app: dict[str, Any] | None
+    model: str | None = None
+    dataset: str | None = None
+    data_dir: str | None = None
+    download: bool = False
+    batch_size: int | None = None
+    eval_subset: int | None = None
+    device: str = "auto"
+    threads: int = 1
+    tasks: tuple[str, ...] = ()
+    all_tasks: bool = False
+    infer_task: bool = False
+    infer_method: str = "one-shot"
+    infer_objective: str = "information"
+    log: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """What ``pemn eval`` reports: ``record``, the JSON object of ``--json``, and ``lines``, the text."""
+
+    record: dict[str, Any]
+    lines: list[str]

@@ -9,6 +9,9 @@ has no pemn classes and no pemn dependency:
   exporter first, which needs ``onnxscript``; the legacy TorchScript exporter if that fails) and, when
   ``onnxruntime`` is installed, runs the same input through ONNX Runtime and torch and checks that the
   outputs agree.
+
+:func:`export_model_file` is ``pemn export``: a trained model file (any kind the app reads) rebuilt from its app
+metadata and written as either; a transformers model as a ``save_pretrained`` directory.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ from pemn.errors import PEMNError
 from pemn.fileio import atomic_write_bytes
 from pemn.layers import MaskedLayer, MaskedWeight
 from pemn.stfile import save_bytes
-from pemn.training.artifacts import describe_inputs
+from pemn.training.artifacts import describe_inputs, file_kind_and_app, open_model_file
 from pemn.training.data import DatasetInfo, preprocessing
+from pemn.training.errors import OptionError
 from pemn.training.models import create_model
+from pemn.training.workloads import workload_of_app
 
-__all__ = ["ONNX_TOLERANCE", "ExportError", "export_image_model", "export_onnx", "export_preprocessing", "export_pt",
-           "export_transformers", "sidecar_path"]
+__all__ = ["ONNX_TOLERANCE", "ExportError", "export_image_model", "export_model_file", "export_onnx",
+           "export_preprocessing", "export_pt", "export_transformers", "export_transformers_file", "sidecar_path"]
 
 #: Largest allowed max-abs difference between ONNX Runtime's and torch's outputs.
 ONNX_TOLERANCE = 1e-4
@@ -295,3 +300,51 @@ def export_transformers(path: Path, app: dict[str, Any], out: Path, *, log: Call
     log(f"wrote {out}/ ({size:,} bytes: a transformers save_pretrained directory, dense {app['model']})")
     log(f"check: transformers.{app['model']}.from_pretrained({str(out)!r}) gives back all {len(mine):,} tensors "
         "exactly")
+
+
+def export_model_file(artifact: str | os.PathLike[str], *, fmt: str, output: str | os.PathLike[str] | None = None,
+                      model: str | None = None, dataset: str | None = None, data_dir: str | None = None,
+                      shape: dict[str, int | None] | None = None, log: Callable[[str], None] = print) -> Path:
+    """``pemn export``: the model file at ``artifact`` rebuilt (its app metadata, else ``model``/``dataset``/
+    ``shape`` or the run's config.json: :func:`pemn.training.artifacts.open_model_file`) and written as ``fmt``
+    (:func:`export_image_model`) to ``output`` (default: beside it, ``<stem>.dense.safetensors`` or
+    ``<stem>.onnx``); a transformers model: :func:`export_transformers_file`. Returns what was written.
+    :class:`~pemn.training.errors.OptionError` for a model export does not write, an output name of the wrong
+    kind or one that would overwrite the file, or options that contradict it."""
+    path = Path(artifact)
+    kind, app = file_kind_and_app(path)
+    workload = workload_of_app(app)
+    if workload is not None and not workload.exportable:
+        raise OptionError(f"{path} holds {workload.holds}; pemn export writes image classifiers (NCHW float input)")
+    if (app or {}).get("kind") == "transformers":
+        assert app is not None
+        return export_transformers_file(path, app, fmt=fmt, output=output, log=log)
+    suffix = ".onnx" if fmt == "onnx" else ".safetensors"
+    out = Path(output) if output else path.with_name(path.stem + (".dense" if suffix != ".onnx" else "") + suffix)
+    if out.suffix != suffix:
+        raise OptionError(f"--format {fmt} writes a {suffix} file (a safetensors state_dict, never a pickle), "
+                          f"so name the output *{suffix}, not {out.name!r}")
+    if out.resolve() == path.resolve():
+        raise OptionError(f"the output {out} would overwrite the artifact; give another -o")
+    opened = open_model_file(artifact, app, model=model, dataset=dataset, data_dir=data_dir, shape=shape, data=False)
+    export_image_model(opened.model, opened.shape, opened.info, opened.name, app, fmt=fmt, out=out, source=path,
+                       source_kind=kind.name, data_dir=opened.data_dir, log=log)
+    return out
+
+
+def export_transformers_file(path: Path, app: dict[str, Any], *, fmt: str,
+                             output: str | os.PathLike[str] | None = None,
+                             log: Callable[[str], None] = print) -> Path:
+    """``pemn export`` of a transformers model's file (:func:`export_transformers`) into ``output`` (default:
+    ``<stem>.dense`` beside it), a new ``save_pretrained`` directory; OptionError for ``fmt`` onnx or an existing
+    output."""
+    if fmt != "pt":
+        raise OptionError(f"{path} holds a transformers {app['model']}; pemn export writes it as a transformers "
+                          "directory (--format pt). For ONNX, export pemn.materialize(pemn.load(FILE)) with "
+                          "torch.onnx.export or optimum, giving the inputs your task uses")
+    out = Path(output) if output else path.with_name(path.stem + ".dense")
+    if out.exists():
+        raise OptionError(f"the output {out} exists; give a new directory with -o (a transformers model exports "
+                          "as a save_pretrained directory: config.json + model.safetensors)")
+    export_transformers(path, app, out, log=log)
+    return out

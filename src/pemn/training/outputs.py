@@ -27,6 +27,7 @@ from pemn.training.config import RUN_CONFIG_NAME, TrainConfig
 from pemn.training.dist import Dist
 from pemn.training.progress import plural
 from pemn.training.runlock import RunBusyError, RunLock
+from pemn.training.workloads import workload_of_dataset
 
 __all__ = ["TrainResult", "prepare_out_dir", "report_lines", "state_digest", "write_json", "write_metrics"]
 
@@ -137,10 +138,12 @@ class TrainResult:
     ``artifact``: ``model.pemn`` (None for dense runs); ``weights``: ``model.safetensors`` (dense) or
     ``model.sparse.safetensors`` (pruned); ``sparse_bytes``: the pruned file's honest size.
     ``state_sha256``: a hash of the final masks (PEMN) or weights (dense), equal on every rank.
-    Language models (dataset ``text``): ``val_loss`` is the saved model's mean loss in nats per character over the
-    whole validation split (``bits_per_char`` = val_loss / ln 2; ``artifact_val_loss`` re-measures it from the
-    file) and the accuracies are next-character top-1 accuracies on that split; these fields of one workload only
-    are filled by its :meth:`~pemn.training.workloads.Workload.result_fields` (None for the others).
+    ``metrics``: the run's workload's own result metrics (:meth:`~pemn.training.workloads.Workload.result_fields`,
+    e.g. a language model's ``val_loss``, ``bits_per_char`` and ``artifact_val_loss``), each also an attribute
+    (``result.val_loss``); ``result.json`` writes them in its place among the fields, every workload's keys
+    (:data:`~pemn.training.workloads.RESULT_KEYS`) on every run, null where the run's workload has none, so every
+    result.json has the same keys. For a language model the accuracies are next-character top-1 accuracies on the
+    validation split.
     ``steps_run``: optimizer steps done in all (every run).
     """
 
@@ -162,30 +165,36 @@ class TrainResult:
     world_size: int = 1
     rank: int = 0
     state_sha256: str = ""
-    val_loss: float | None = None
-    bits_per_char: float | None = None
-    artifact_val_loss: float | None = None
+    metrics: dict[str, float | None] = field(default_factory=dict)
     steps_run: int | None = None
     model: nn.Module | None = field(default=None, repr=False, compare=False)
 
+    def __getattr__(self, name: str) -> float | None:
+        """A workload metric as an attribute (``result.val_loss``); AttributeError for a name none holds."""
+        metrics = self.__dict__.get("metrics") or {}
+        if name in metrics:
+            return metrics[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute or metric {name!r}")
+
     def to_dict(self) -> dict[str, Any]:
+        """``result.json``'s object: the fields in order, ``metrics`` spread in its place, then ``note``."""
         d: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             if f.name == "model":
                 continue
             v = getattr(self, f.name)
-            d[f.name] = str(v) if isinstance(v, Path) else v
+            if f.name == "metrics":
+                d.update(v)
+            else:
+                d[f.name] = str(v) if isinstance(v, Path) else v
         d["note"] = METRIC_NOTE
         return d
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{float(x):.2f} %"
-
-
 def report_lines(cfg: TrainConfig, result: TrainResult) -> list[str]:
-    """What ``pemn train`` prints when a run ends: what was trained and for how long, the files, the accuracy (or a
-    language model's validation loss) and the size ratios."""
+    """What ``pemn train`` prints when a run ends: what was trained and for how long, the files, what the workload
+    measured (:meth:`~pemn.training.workloads.Workload.report_lines`: the accuracy, a language model's validation
+    loss) and the size ratios."""
     what = f"strategy {cfg.strategy}"
     if cfg.strategy != "dense":
         pemn_cfg = cfg.pemn_config()
@@ -204,19 +213,7 @@ def report_lines(cfg: TrainConfig, result: TrainResult) -> list[str]:
     files = (sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
              if out_dir.is_dir() else [])
     lines.append(f"  results    {out_dir}" + (f"  ({', '.join(files)})" if files else ""))
-    if result.val_loss is not None:  # a language model (dataset text)
-        lines.append(f"  val loss   {float(result.val_loss):.4f} nats/char = {float(result.bits_per_char or 0.0):.4f} "
-                     f"bits/char after {'?' if result.steps_run is None else result.steps_run} steps (the saved "
-                     "model, " + ("whole validation split)" if cfg.eval_subset is None else
-                                  f"first {cfg.eval_subset:,} validation characters: --eval-subset)"))
-        lines.append(f"  accuracy   next character, final: {_pct(result.final_acc)}")
-    else:
-        lines.append(f"  accuracy   best epoch ({result.best_epoch}): {_pct(result.best_acc)}   final epoch "
-                     f"({result.epochs_run}): {_pct(result.final_acc)}")
-        lines.append("             (top-1 on the test split; best = max over epochs, the paper's metric; final = the "
-                     "saved model's)")
-        if result.teacher_acc is not None:
-            lines.append(f"  teacher    {cfg.teacher}: {_pct(result.teacher_acc)} (the dense model distilled from)")
+    lines += workload_of_dataset(cfg.dataset).report_lines(cfg, result)
     summary = result.summary or {}
     paper, honest = summary.get("paper_ratio"), summary.get("honest_ratio")
     parts = []

@@ -459,17 +459,21 @@ def _state(metadata: dict[str, str], tensors: dict[str, torch.Tensor]) -> tuple[
             "index_bytes": tensors["index"].numel(), "layers": len(index["layers"]),
             "codings": sorted({e["coding"] for e in index["layers"]})}
     info["payload_bytes"] = info["code_bytes"] + info["scale_bytes"] + info["extras_bytes"]
-    info["bits_per_weight"] = 8 * info["code_bytes"] / weights if weights else 0.0
+    info["code_bits_per_weight"] = 8 * info["code_bytes"] / weights if weights else 0.0
     return state, info
 
 
 def quant_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a quantized file holds (FormatError if it is corrupt): method, bits, weights, byte counts
     (``code_bytes``, ``scale_bytes``, ``extras_bytes``, ``index_bytes``, ``payload_bytes`` = codes + scales +
-    extras, ``file_bytes``) and ``bits_per_weight`` (code bits per quantized weight, positions included)."""
+    extras, ``file_bytes``), ``code_bits_per_weight`` (the codes' bits per quantized weight, positions included)
+    and ``bits_per_weight`` (8 × the whole file's bytes per quantized weight: what ``sweep.csv`` and RESULTS.md call
+    bits per weight)."""
     _, info = read_quant(path)
     info.pop("masks")
     info["file_bytes"] = Path(path).stat().st_size
+    weights = info["quantized_weights"]
+    info["bits_per_weight"] = 8 * info["file_bytes"] / weights if weights else 0.0
     return info
 
 

@@ -9,7 +9,8 @@ text and torch's global generator is not touched. ``temperature=0`` means greedy
 
 A trained language model carries :func:`lm_app` in its file (``pemn.save(..., app=...)``, or the
 ``pemn_app`` metadata of a dense ``model.safetensors``): the registry model name, the vocabulary and the
-block size. :func:`read_app` reads it back from any of pemn's files and :func:`build_lm` rebuilds the model.
+block size. :func:`read_app` reads it back from any of pemn's files and :func:`build_lm` rebuilds the model;
+:func:`sample_file` is ``pemn sample``: a file's model continuing a prompt.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from torch import nn
 
 from pemn.errors import FormatError
 from pemn.training import artifacts
+from pemn.training.dist import device_option
+from pemn.training.errors import OptionError
 from pemn.training.text import decode, encode, evaluate_lm, load_text
 
-__all__ = ["APP_KIND", "build_lm", "evaluate_lm_file", "generate", "lm_app", "read_app", "sample_text"]
+__all__ = ["APP_KIND", "build_lm", "evaluate_lm_file", "generate", "lm_app", "read_app", "sample_file",
+           "sample_text"]
 
 #: ``app["kind"]`` of a character-level language model.
 APP_KIND = "char-lm"
@@ -111,6 +115,33 @@ def sample_text(model: nn.Module, app: dict[str, Any], prompt: str, tokens: int,
     ids = generate(model, encode(prompt, vocab), tokens, block_size=app["block_size"], temperature=temperature,
                    top_k=top_k, seed=seed)
     return decode(ids, vocab)
+
+
+def sample_file(artifact: str, prompt: str, *, tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """``pemn sample``: the language model of the file at ``artifact`` (on ``device``, a ``--device`` spec)
+    continues ``prompt`` by ``tokens`` characters (:func:`sample_text`). Returns ``--json``'s object: ``artifact``,
+    ``model``, ``prompt``, ``tokens``, ``temperature``, ``top_k``, ``seed`` and ``text`` (the prompt and what
+    followed). :class:`~pemn.training.errors.OptionError` for a transformers model's file or settings out of
+    range; FormatError for a file that holds no language model."""
+    _, app = artifacts.file_kind_and_app(artifact)
+    if (app or {}).get("kind") == "transformers":
+        raise OptionError(f"{artifact} holds a transformers {app['model']}; pemn sample writes with pemn's "
+                          "character-level GPTs. Generate in Python: model = pemn.load(FILE) rebuilds it (no code "
+                          "needed), then use transformers' model.generate with its tokenizer")
+    if tokens < 0:
+        raise OptionError(f"--tokens must be >= 0, got {tokens}")
+    if temperature < 0 or temperature != temperature:
+        raise OptionError(f"--temperature must be >= 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise OptionError(f"--top-k must be >= 1, got {top_k}")
+    if not prompt:
+        raise OptionError("--prompt must hold at least one character")
+    model, lm = build_lm(artifact)
+    model.to(device_option(device))
+    text = sample_text(model, lm, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
+    return {"artifact": str(artifact), "model": lm["model"], "prompt": prompt, "tokens": tokens,
+            "temperature": temperature, "top_k": top_k, "seed": seed, "text": text}
 
 
 def evaluate_lm_file(path: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None, *,

@@ -8,11 +8,14 @@ pruning plus quantized survivors: Deep Compression), each at one or more widths 
 :func:`pemn.training.engine.train`, in its own sub folder of the sweep folder, and rewrites ``sweep.csv``
 (atomically) as soon as the run ends, so a killed sweep keeps its finished rows and a re-run skips them.
 
-Every row holds the saved file's real size (``bytes``) and bits per weight, whether it is on the Pareto front of
-accuracy vs bytes (``on_front``), and, for a PEMN row, the best baseline of at most its bytes and the accuracy
-difference to it (:func:`annotate_rows`; the accuracy is the saved file's: the final epoch). :func:`plot_sweep`
-draws accuracy against file bytes (log axis, one marker family per method, the front drawn) or, with
-``x="ratio"``, the paper's figure against the size compression ratio.
+Every row holds the saved file's real size (``bytes``) and bits per weight (of the whole file), whether it is on
+the Pareto front of the workload's primary metric vs bytes (``on_front``; the metric is the saved file's accuracy,
+its final epoch, or a language model's validation loss: :func:`front_metric`), and, for a PEMN row, the best
+baseline of at most its bytes by that metric and the differences to it (:func:`annotate_rows`). Under a byte budget
+(``pemn sweep --max-bytes N``, :func:`budget_report`) the best file of at most N bytes by that metric and the best
+of each method are marked in the ``budget`` column and written to ``sweep_budget.json``. :func:`plot_sweep` draws
+that metric against file bytes (log axis, one marker family per method, the front drawn) or, with ``x="ratio"``,
+the paper's figure against the size compression ratio.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pemn.training.config import GRID_FREE_FIELDS, PEMN_FIELDS, PEMN_STRATEGIES,
 from pemn.training.prune import PRUNE_METHODS
 
 __all__ = [
+    "BUDGET_NAME",
     "CSV_COLUMNS",
     "CSV_NAME",
     "FIGURE_AXES",
@@ -45,15 +49,22 @@ __all__ = [
     "SweepPoint",
     "SweepReport",
     "annotate_rows",
+    "apply_budget",
+    "budget_lines",
+    "budget_report",
     "build_grid",
     "bytes_figure",
+    "check_max_bytes",
     "check_settings",
+    "fill_from_run_folders",
+    "front_metric",
     "plot_sweep",
     "ratio_figure",
     "read_rows",
     "resolve_points",
     "run_sweep",
     "seed_summary_lines",
+    "stored_budget",
     "summarize_seeds",
     "sweep_figure",
     "train_command",
@@ -62,31 +73,55 @@ __all__ = [
 
 CSV_NAME = "sweep.csv"
 PNG_NAME = "sweep.png"
-#: ``bytes``: the saved file's size; ``bits_per_weight``: 8 × bytes / the model's Conv/Linear/Embedding weights;
-#: ``on_front``: no other row has at most its bytes and a higher accuracy (final epoch = the file's); ``baseline``
-#: ..``acc_vs_baseline``: for a PEMN row, the most accurate non-PEMN row of at most its bytes (its run folder, bytes,
-#: accuracy) and this row's accuracy minus that one (:func:`annotate_rows`).
+#: ``val_loss``: a language model's validation loss of the saved file (nats per character; empty for images);
+#: ``bytes``: the saved file's size; ``bits_per_weight``: 8 × bytes (the whole file) / the model's
+#: Conv/Linear/Embedding weights; ``on_front``: no other row has at most its bytes and a better score in the
+#: workload's primary metric (:func:`front_metric`: the accuracy of the saved file, or a language model's validation
+#: loss); ``baseline``..``val_loss_vs_baseline``: for a PEMN row, the best non-PEMN row of at most its bytes by that
+#: metric (its run folder, bytes, accuracy, validation loss) and this row's accuracy and loss minus that one's
+#: (:func:`annotate_rows`); ``budget``: where the sweep has a byte budget (``--max-bytes``, :func:`budget_report`),
+#: one of :data:`BUDGET_MARKS`, else empty.
 CSV_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed", "model", "best_acc",
-               "final_acc", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front", "baseline",
-               "baseline_bytes", "baseline_acc", "acc_vs_baseline", "seconds", "command")
+               "final_acc", "val_loss", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front",
+               "baseline", "baseline_bytes", "baseline_acc", "baseline_val_loss", "acc_vs_baseline",
+               "val_loss_vs_baseline", "budget", "seconds", "command")
 #: The columns of sweeps written by earlier versions (still read; the next run rewrites them with CSV_COLUMNS).
 OLD_COLUMNS = (
+    # before val_loss (a language model's primary metric), with the byte budget's column
+    ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed", "model", "best_acc",
+     "final_acc", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front", "baseline",
+     "baseline_bytes", "baseline_acc", "acc_vs_baseline", "budget", "seconds", "command"),
     ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
      "paper_ratio", "honest_ratio", "seconds", "command", "seed"),
     ("strategy", "ratio", "keep", "prune", "compression", "best_acc", "final_acc", "artifact_bytes",
      "paper_ratio", "honest_ratio", "seconds", "command"),
+    # before the byte budget and val_loss
+    ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed", "model", "best_acc",
+     "final_acc", "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "on_front", "baseline",
+     "baseline_bytes", "baseline_acc", "acc_vs_baseline", "seconds", "command"),
 )
 #: The columns of a sweep written before ``--seeds``.
-LEGACY_COLUMNS = OLD_COLUMNS[1]
+LEGACY_COLUMNS = OLD_COLUMNS[2]
 #: The columns that identify a run (a re-run skips points whose key is already in the CSV).
 KEY_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "seed")
 #: The columns :func:`annotate_rows` derives from all the rows (rewritten whenever a row is added).
-DERIVED_COLUMNS = ("on_front", "baseline", "baseline_bytes", "baseline_acc", "acc_vs_baseline")
+DERIVED_COLUMNS = ("on_front", "baseline", "baseline_bytes", "baseline_acc", "baseline_val_loss", "acc_vs_baseline",
+                   "val_loss_vs_baseline", "budget")
+#: The primary metric of a sweep's rows (what the front and the best baseline are chosen by): the accuracy of the
+#: saved file (higher is better), or, for a language model, its validation loss (lower is better; the next-character
+#: accuracy is still reported). :func:`front_metric` tells which one a sweep's rows have.
+FRONT_METRICS = {"final_acc": 1.0, "val_loss": -1.0}
+#: The ``budget`` column under a byte budget: the best file (by :func:`front_metric`) of at most that many bytes (the
+#: smaller file on a tie), the best of its method (:attr:`SweepPoint.method`) that is not the best overall, another
+#: file that fits, a file over the budget (rows without the metric or bytes: empty).
+BUDGET_MARKS = ("best", "method best", "fits", "over")
+#: The byte budget's report (:func:`budget_report`), written next to ``sweep.csv`` by ``--max-bytes``.
+BUDGET_NAME = "sweep_budget.json"
 #: The per-setting summary of a sweep over seeds (:func:`summarize_seeds`).
 SEEDS_CSV_NAME = "sweep_seeds.csv"
 SEEDS_COLUMNS = ("strategy", "ratio", "keep", "prune", "compression", "quantize", "width", "model", "seeds",
-                 "best_acc_mean", "best_acc_std", "final_acc_mean", "final_acc_std", "bytes", "bits_per_weight",
-                 "paper_ratio", "honest_ratio", "command")
+                 "best_acc_mean", "best_acc_std", "final_acc_mean", "final_acc_std", "val_loss_mean", "val_loss_std",
+                 "bytes", "bits_per_weight", "paper_ratio", "honest_ratio", "command")
 #: What the figure's x axis measures: the file's bytes (log scale), or the paper's size compression ratio.
 FIGURE_AXES = ("bytes", "ratio")
 #: The grid's defaults (:func:`build_grid`, ``pemn sweep``).
@@ -362,36 +397,171 @@ def _row_key(row: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(_norm(row.get(k) or None) for k in KEY_COLUMNS)
 
 
-def annotate_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``rows`` with the :data:`DERIVED_COLUMNS` (re)computed from all of them.
+def front_metric(rows: Iterable[Mapping[str, Any]]) -> str:
+    """The primary metric of a sweep's rows (a key of :data:`FRONT_METRICS`): ``"val_loss"`` where any row has a
+    validation loss (a language model's sweep: its rows all have one), else ``"final_acc"``."""
+    return "val_loss" if any(_float(r.get("val_loss")) is not None for r in rows) else "final_acc"
 
-    The accuracy is ``final_acc`` (the saved file's: its final epoch), the size ``bytes``; rows lacking either are
-    left out of both. ``on_front``: no other row has at most its bytes and a higher accuracy, or fewer bytes and
-    the same accuracy (the Pareto front of accuracy vs bytes; identical rows are both on it). For every PEMN row
-    (``baseline`` ... ``acc_vs_baseline``): the most accurate row of another kind (dense, narrow, pruned,
-    quantized) of at most its bytes (the smaller file on a tie): its run folder, bytes and accuracy, and this row's
-    accuracy minus that one; empty where no baseline is that small.
+
+def annotate_rows(rows: Iterable[Mapping[str, Any]], max_bytes: int | None = None,
+                  metric: str | None = None) -> list[dict[str, Any]]:
+    """``rows`` with the :data:`DERIVED_COLUMNS` (re)computed from all of them (``budget`` under ``max_bytes``:
+    :func:`budget_report`'s choice, one of :data:`BUDGET_MARKS`; empty without a budget).
+
+    The score is ``metric`` (default :func:`front_metric` of the rows): ``final_acc`` (the saved file's accuracy,
+    its final epoch; higher is better) or ``val_loss`` (a language model's validation loss of the saved file;
+    lower is better); the size is ``bytes``; rows lacking either are left out of both. ``on_front``: no other row
+    has at most its bytes and a better score, or fewer bytes and the same score (the Pareto front of the metric vs
+    bytes; identical rows are both on it). For every PEMN row (``baseline`` ... ``val_loss_vs_baseline``): the
+    best-scoring row of another kind (dense, narrow, pruned, quantized) of at most its bytes (the smaller file on a
+    tie): its run folder, bytes, accuracy and validation loss, and this row's accuracy and validation loss minus
+    that one's (each where both rows have it); empty where no baseline is that small.
     """
+    metric = front_metric(rows := list(rows)) if metric is None else metric
+    if metric not in FRONT_METRICS:
+        raise ValueError(f"the front's metric is one of {', '.join(FRONT_METRICS)}, not {metric!r}")
+    sign = FRONT_METRICS[metric]
     out = [dict(r) for r in rows]
     measured = []
     for r in out:
-        acc, nbytes = _float(r.get("final_acc")), _float(r.get("bytes"))
+        value, nbytes = _float(r.get(metric)), _float(r.get("bytes"))
         for c in DERIVED_COLUMNS:
             r[c] = None
-        if acc is not None and nbytes is not None:
-            measured.append((nbytes, acc, r))
-    for nbytes, acc, r in measured:
-        r["on_front"] = not any(b <= nbytes and a >= acc and (b < nbytes or a > acc) for b, a, _ in measured)
-    baselines = [(b, a, r) for b, a, r in measured if _point_of(r).kind != "pemn"]
-    for nbytes, acc, r in measured:
+        if value is not None and nbytes is not None:
+            measured.append((nbytes, sign * value, r))
+    for nbytes, score, r in measured:
+        r["on_front"] = not any(b <= nbytes and s >= score and (b < nbytes or s > score) for b, s, _ in measured)
+    baselines = [(b, s, r) for b, s, r in measured if _point_of(r).kind != "pemn"]
+    for nbytes, _, r in measured:
         if _point_of(r).kind != "pemn":
             continue
-        fits = [(a, -b, other) for b, a, other in baselines if b <= nbytes]
+        fits = [(s, -b, other) for b, s, other in baselines if b <= nbytes]
         if fits:
-            best_acc, neg_bytes, best = max(fits, key=lambda t: (t[0], t[1]))
+            _, neg_bytes, best = max(fits, key=lambda t: (t[0], t[1]))
+            acc, loss = _float(r.get("final_acc")), _float(r.get("val_loss"))
+            best_acc, best_loss = _float(best.get("final_acc")), _float(best.get("val_loss"))
             r.update(baseline=_point_of(best).name, baseline_bytes=int(-neg_bytes), baseline_acc=best_acc,
-                     acc_vs_baseline=round(acc - best_acc, 6))
+                     baseline_val_loss=best_loss,
+                     acc_vs_baseline=None if acc is None or best_acc is None else round(acc - best_acc, 6),
+                     val_loss_vs_baseline=None if loss is None or best_loss is None else round(loss - best_loss, 6))
+    if max_bytes is not None:
+        best_row, per_method = _budget_choice(measured, max_bytes)
+        for nbytes, _score, r in measured:
+            r["budget"] = ("best" if r is best_row else "method best" if any(r is m for m in per_method.values())
+                           else "fits" if nbytes <= max_bytes else "over")
     return out
+
+
+def check_max_bytes(max_bytes: Any) -> int:
+    """``max_bytes`` as a positive whole number of bytes; ValueError (what is wrong, what to give) otherwise."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes <= 0:
+        raise ValueError(f"the byte budget must be a positive whole number of bytes, got {max_bytes!r}")
+    return max_bytes
+
+
+def _budget_choice(measured: list[tuple[float, float, dict[str, Any]]],
+                   max_bytes: int) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """The best-scoring row of at most ``max_bytes`` (``measured``: (bytes, score, row), the score higher is better;
+    the smaller file on a tie, then the first row), and per method (first-seen order, every method of the rows) the
+    same among its rows, None where none fits."""
+    def better(a: tuple[float, float, dict[str, Any]], b: tuple[float, float, dict[str, Any]] | None) -> bool:
+        return b is None or a[1] > b[1] or (a[1] == b[1] and a[0] < b[0])
+
+    best: tuple[float, float, dict[str, Any]] | None = None
+    methods: dict[str, tuple[float, float, dict[str, Any]] | None] = {}
+    for entry in measured:
+        method = _point_of(entry[2]).method
+        methods.setdefault(method, None)
+        if entry[0] > max_bytes:
+            continue
+        if better(entry, methods[method]):
+            methods[method] = entry
+        if better(entry, best):
+            best = entry
+    per_method = {m: e[2] for m, e in methods.items() if e is not None}
+    return (best[2] if best else None), per_method
+
+
+def _budget_entry(row: Mapping[str, Any]) -> dict[str, Any]:
+    point = _point_of(row)
+    bits = _float(row.get("bits_per_weight"))
+    return {"run": point.name, "method": point.method, "label": point.label(), "model": row.get("model") or None,
+            "final_acc": _float(row.get("final_acc")), "val_loss": _float(row.get("val_loss")),
+            "bytes": int(float(row["bytes"])), "bits_per_weight": bits, "command": row.get("command") or None}
+
+
+def budget_report(rows: Iterable[Mapping[str, Any]], max_bytes: int) -> dict[str, Any]:
+    """The files of a sweep under a byte budget: the best file of at most ``max_bytes`` by the sweep's primary
+    metric (``accuracy``: :func:`front_metric`, ``final_acc`` the saved file's accuracy or a language model's
+    ``val_loss``, lower is better; the smaller file on a tie), and per method (:attr:`SweepPoint.method`) its best
+    file of at most ``max_bytes`` (None where the method has none that small), each as its run folder, method,
+    label, model, accuracy, validation loss, bytes, bits per weight and command; ``fits``: how many files are that
+    small; ``smallest``: the smallest file (what a budget must allow at least). Rows without the metric or bytes are
+    left out.
+    """
+    check_max_bytes(max_bytes)
+    metric = front_metric(rows := list(rows))
+    sign = FRONT_METRICS[metric]
+    measured = [(b, sign * a, dict(r)) for r in rows
+                if (a := _float(r.get(metric))) is not None and (b := _float(r.get("bytes"))) is not None]
+    best, per_method = _budget_choice(measured, max_bytes)
+    methods: dict[str, Any] = {}
+    for _b, _a, r in measured:
+        method = _point_of(r).method
+        methods.setdefault(method, _budget_entry(per_method[method]) if method in per_method else None)
+    smallest = min(measured, key=lambda e: (e[0], -e[1]))[2] if measured else None
+    return {"max_bytes": max_bytes, "accuracy": metric, "files": len(measured),
+            "fits": sum(1 for b, _a, _r in measured if b <= max_bytes),
+            "best": _budget_entry(best) if best is not None else None, "methods": methods,
+            "smallest": _budget_entry(smallest) if smallest is not None else None}
+
+
+def budget_lines(report: Mapping[str, Any]) -> list[str]:
+    """:func:`budget_report` as the lines ``pemn sweep --max-bytes`` prints."""
+    def text(e: Mapping[str, Any]) -> str:
+        bits = f", {e['bits_per_weight']:g} bits/weight" if e.get("bits_per_weight") is not None else ""
+        loss = f", val loss {e['val_loss']:.4f}" if e.get("val_loss") is not None else ""
+        return f"{e['run']} ({e['label']}): {e['final_acc']:.2f} %{loss} in {e['bytes']:,} B{bits}"
+
+    n = report["max_bytes"]
+    if report["best"] is None:
+        small = report["smallest"]
+        return [f"sweep: no file of at most {n:,} B" + (f" (the smallest: {text(small)})" if small else
+                                                        " (the sweep has no finished runs)")]
+    lines = [f"sweep: the best file of at most {n:,} B ({report['fits']} of {report['files']} fit): "
+             f"{text(report['best'])}", "sweep: the best of each method of at most that:"]
+    for method, e in report["methods"].items():
+        lines.append(f"  {method}: {text(e) if e is not None else 'none that small'}")
+    return lines
+
+
+def stored_budget(out: Path) -> int | None:
+    """The byte budget recorded in ``out``'s ``sweep_budget.json`` (None without one; ValueError if it is not one)."""
+    path = out / BUDGET_NAME
+    if not path.is_file():
+        return None
+    try:
+        return check_max_bytes(json.loads(path.read_text())["max_bytes"])
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise ValueError(f"{path} is not a pemn sweep budget ({e}); delete it or give --max-bytes") from None
+
+
+def apply_budget(out_dir: str | os.PathLike[str], max_bytes: int) -> dict[str, Any]:
+    """Annotate ``out_dir/sweep.csv``'s ``budget`` column under ``max_bytes`` and write :func:`budget_report` to
+    ``out_dir/sweep_budget.json`` (both atomically; later runs in the folder keep this budget until another is
+    given); returns the report. ValueError for a folder without a sweep."""
+    from pemn.fileio import atomic_write_bytes
+
+    check_max_bytes(max_bytes)
+    out = Path(out_dir)
+    csv_path = out / CSV_NAME
+    if not csv_path.is_file():
+        raise ValueError(f"{out} holds no {CSV_NAME}: run the sweep first")
+    rows = annotate_rows(fill_from_run_folders(read_rows(csv_path), out), max_bytes)
+    _write_rows(csv_path, rows)
+    report = budget_report(rows, max_bytes)
+    atomic_write_bytes(out / BUDGET_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    return report
 
 
 def _header(csv_path: Path) -> tuple[str, ...]:
@@ -399,15 +569,26 @@ def _header(csv_path: Path) -> tuple[str, ...]:
         return tuple(next(csv.reader(f), []))
 
 
-def _fill_bits_per_weight(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """Rows without ``bits_per_weight`` (an earlier version's sweep) get it (and ``model``) from the file in their
-    run folder, where it is still there."""
+def fill_from_run_folders(rows: list[dict[str, Any]], out: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Complete rows of an earlier version's sweep from their run folders in ``out``, where those are still there:
+    ``bits_per_weight`` (and ``model``) from the saved file, a language model's ``val_loss`` from the run's
+    ``result.json`` (the saved model's)."""
     from pemn.training.artifacts import KINDS
+    from pemn.training.outputs import RESULT_NAME
 
+    out = Path(out)
     for r in rows:
+        point = _point_of(r)
+        if not r.get("val_loss"):
+            try:
+                result = json.loads((out / point.name / RESULT_NAME).read_text())
+            except (OSError, ValueError):
+                result = None
+            loss = _float(result.get("val_loss")) if isinstance(result, dict) else None
+            if loss is not None:
+                r["val_loss"] = loss
         if r.get("bits_per_weight") or not _float(r.get("bytes")):
             continue
-        point = _point_of(r)
         kind = {"dense": "dense", "prune": "sparse", "quant": "quant"}.get(point.kind, "pemn")
         path = out / point.name / KINDS[kind].filename
         if not path.is_file():
@@ -491,6 +672,8 @@ class SweepReport:
     failed: list[tuple[SweepPoint, str]] = field(default_factory=list)
     plot_error: str | None = None
     seeds_csv: Path | None = None
+    #: :func:`budget_report` of the whole CSV under the sweep's byte budget (``max_bytes``), None without one
+    budget: dict[str, Any] | None = None
 
 
 def _point_overrides(point: SweepPoint, base: Mapping[str, Any], out_dir: Path, *, resume: bool = False,
@@ -591,6 +774,7 @@ def run_sweep(
     plot: bool = True,
     figure_x: str = "bytes",
     train_fn: Callable[..., Any] | None = None,
+    max_bytes: int | None = None,
 ) -> SweepReport:
     """Train every point not already in ``out_dir/sweep.csv`` and append its row when it ends.
 
@@ -606,11 +790,13 @@ def run_sweep(
     :func:`annotate_rows` columns (a CSV of an earlier version is rewritten with the new columns too). Finally the
     figure is drawn to ``out_dir/sweep.png`` from every row of the CSV (:func:`sweep_figure`, x axis ``figure_x``;
     skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
-    :func:`pemn.training.engine.train` (for tests).
+    :func:`pemn.training.engine.train` (for tests). ``max_bytes``: a byte budget (:func:`apply_budget`: the CSV's
+    ``budget`` column and ``sweep_budget.json``, in ``report.budget``); None: the folder's earlier budget, if any.
     """
     if figure_x not in FIGURE_AXES:
         raise ValueError(f"figure_x must be one of {', '.join(FIGURE_AXES)}, got {figure_x!r}")
     out = Path(out_dir)
+    max_bytes = check_max_bytes(max_bytes) if max_bytes is not None else stored_budget(out)
     base = dict(base_overrides or {})
     # other common settings first: resolving the points reads each run's config.json for --resume
     check_settings(out, base, recipe, config_file, record=False)
@@ -652,20 +838,24 @@ def run_sweep(
             "strategy": point.strategy, "ratio": point.ratio, "keep": point.keep, "prune": point.prune,
             "compression": point.compression, "quantize": point.quantize, "width": point.width, "seed": point.seed,
             "model": cfg.model, "best_acc": float(result.best_acc), "final_acc": float(result.final_acc),
-            "bytes": nbytes, "bits_per_weight": round(8 * nbytes / weights, 4) if nbytes and weights else None,
+            "val_loss": _float(getattr(result, "val_loss", None)), "bytes": nbytes,
+            "bits_per_weight": round(8 * nbytes / weights, 4) if nbytes and weights else None,
             "paper_ratio": _summary_value(summary, "paper_ratio"),
             "honest_ratio": _summary_value(summary, "honest_ratio"),
             "seconds": round(float(seconds if seconds is not None else time.perf_counter() - start), 3),
             "command": train_command(_point_overrides(point, base, out, model=model), recipe=recipe,
                                      config_file=config_file),
         }
-        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight([*read_rows(csv_path), row], out)))
+        _write_rows(csv_path, annotate_rows(fill_from_run_folders([*read_rows(csv_path), row], out), max_bytes))
         report.rows.append(row)
-        say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%  {row['bytes']} B")
+        loss = "" if row["val_loss"] is None else f"  val loss {row['val_loss']:.4f}"
+        say(f"sweep: {point.name}: best {row['best_acc']:.2f}%  final {row['final_acc']:.2f}%{loss}  {row['bytes']} B")
     if any(p.seed is not None for p in points):
         report.seeds_csv = write_seed_summary(read_rows(csv_path), out / SEEDS_CSV_NAME)
     if csv_path.exists() and _header(csv_path) != CSV_COLUMNS:  # a sweep of an earlier version: the new columns
-        _write_rows(csv_path, annotate_rows(_fill_bits_per_weight(read_rows(csv_path), out)))
+        _write_rows(csv_path, annotate_rows(fill_from_run_folders(read_rows(csv_path), out), max_bytes))
+    if max_bytes is not None and csv_path.exists():
+        report.budget = apply_budget(out, max_bytes)
     if plot:
         try:
             report.png = plot_sweep(read_rows(csv_path), out / PNG_NAME, title=_title(base), chance=_chance(base),
@@ -678,7 +868,8 @@ def run_sweep(
 
 def summarize_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per setting (the key columns but the seed), in first-seen order: how many seeds, the mean and
-    sample standard deviation (n - 1; 0 for one seed) of the best- and final-epoch accuracy, the mean file bytes,
+    sample standard deviation (n - 1; 0 for one seed) of the best- and final-epoch accuracy and of a language
+    model's validation loss (None for images), the mean file bytes,
     bits per weight and ratios, and the first seed's model and command."""
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for row in rows:
@@ -697,10 +888,13 @@ def summarize_seeds(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for rs in groups.values():
         best, best_sd = stats([float(r["best_acc"]) for r in rs])
         final, final_sd = stats([float(r["final_acc"]) for r in rs])
+        losses = [x for x in (_float(r.get("val_loss")) for r in rs) if x is not None]
+        loss, loss_sd = stats(losses) if losses else (None, None)
         first = rs[0]
         out.append({**{k: first.get(k) for k in KEY_COLUMNS[:-1]},
                     "seeds": " ".join(str(r.get("seed") or "-") for r in rs),
                     "best_acc_mean": best, "best_acc_std": best_sd, "final_acc_mean": final, "final_acc_std": final_sd,
+                    "val_loss_mean": loss, "val_loss_std": loss_sd,
                     "model": first.get("model"), "bytes": mean_of(rs, "bytes"),
                     "bits_per_weight": mean_of(rs, "bits_per_weight"), "paper_ratio": mean_of(rs, "paper_ratio"),
                     "honest_ratio": mean_of(rs, "honest_ratio"), "command": first.get("command")})
@@ -792,17 +986,21 @@ _BASELINE_MARKERS = ("D", "x", "P", "h", "*", "<", ">", "p", "X", "d", "8", "H",
 
 
 def bytes_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None, chance: float | None = None) -> Any:
-    """Test accuracy of the saved file (final epoch) vs its size in bytes (log axis), one marker family per
-    method (:attr:`SweepPoint.method`: PEMN strategies filled, baselines hollow or line markers), the Pareto front
-    (:func:`annotate_rows`) as a black step line with its points labelled, and ``chance`` as a grey line."""
+    """The sweep's primary metric (:func:`front_metric`: test accuracy of the saved file, final epoch; a language
+    model's validation loss, lower is better) vs the file's size in bytes (log axis), one marker family per method
+    (:attr:`SweepPoint.method`: PEMN strategies filled, baselines hollow or line markers), the Pareto front
+    (:func:`annotate_rows`) as a black step line with its points labelled, and ``chance`` (a percentage: accuracy
+    figures only) as a grey line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    table = annotate_rows(rows)
+    rows = list(rows)
+    metric = front_metric(rows)
+    table = annotate_rows(rows, metric=metric)
     families: dict[str, list[tuple[float, float]]] = {}
     front: list[tuple[float, float, str]] = []
     for row in table:
-        nbytes, acc = _float(row.get("bytes")), _float(row.get("final_acc"))
+        nbytes, acc = _float(row.get("bytes")), _float(row.get(metric))
         if nbytes is None or acc is None:
             continue
         p = _point_of(row)
@@ -831,13 +1029,18 @@ def bytes_figure(rows: Iterable[Mapping[str, Any]], *, title: str | None = None,
         for i, (fx, fy, text) in enumerate(front):
             ax.annotate(text, (fx, fy), textcoords="offset points", xytext=(4, 6) if i % 2 == 0 else (4, -13),
                         fontsize=7)
-    if chance is not None:
+    if chance is not None and metric == "final_acc":
         ax.axhline(chance, color="grey", linestyle="-.", linewidth=1.0, label=f"Chance ({chance:.3g} %)")
     if families:
         ax.set_xscale("log")
     ax.set_xlabel("File size (bytes of the saved model file, log scale)")
-    ax.set_ylabel("Test accuracy (%) of the saved file (final epoch)")
-    ax.set_title(f"Accuracy vs bytes: {title}" if title else "Accuracy vs bytes")
+    if metric == "val_loss":
+        ax.set_ylabel("Validation loss (nats per character) of the saved file, lower is better")
+        what = "Validation loss vs bytes"
+    else:
+        ax.set_ylabel("Test accuracy (%) of the saved file (final epoch)")
+        what = "Accuracy vs bytes"
+    ax.set_title(f"{what}: {title}" if title else what)
     ax.grid(True, which="both", alpha=0.3)
     if families:
         ax.legend(loc="best", fontsize=7)
@@ -927,6 +1130,7 @@ def seed_summary_lines(csv_path: str | os.PathLike[str]) -> list[str]:
     for r in summarize_seeds(read_rows(csv_path)):
         what = " ".join(f"{k} {r[k]}" for k in ("strategy", "ratio", "keep", "prune", "compression", "quantize",
                                                  "width") if r[k])
+        loss = "" if r["val_loss_mean"] is None else f"  val loss {r['val_loss_mean']:.4f} ± {r['val_loss_std']:.4f}"
         lines.append(f"  {what}: best {r['best_acc_mean']:.2f} ± {r['best_acc_std']:.2f}  final "
-                     f"{r['final_acc_mean']:.2f} ± {r['final_acc_std']:.2f}  (seeds {r['seeds']})")
+                     f"{r['final_acc_mean']:.2f} ± {r['final_acc_std']:.2f}{loss}  (seeds {r['seeds']})")
     return lines

@@ -42,10 +42,14 @@ from pemn.training.augment import build_eval_transform, build_train_transform
 from pemn.training.config import TrainConfig
 from pemn.training.data import DatasetInfo, dataset_info, load_dataset
 from pemn.training.dist import set_threads
-from pemn.training.evaluation import evaluate
+from pemn.training.evaluation import DEFAULT_EVAL_BATCH, EvalReport, EvalRequest, evaluate
 from pemn.training.outputs import write_json
 
-__all__ = ["TaskSpec", "evaluate_tasks", "infer_tasks", "load_split", "parse_tasks", "task_data", "train_tasks"]
+__all__ = ["TaskSpec", "evaluate_task_file", "evaluate_tasks", "holds_tasks", "infer_tasks", "load_split",
+           "parse_tasks", "task_data", "train_tasks"]
+
+#: ``pemn eval --infer-task``'s batch size when none is given (SupSup's rule needs batches of one task)
+INFER_BATCH = 128
 
 _SPEC = re.compile(r"(permuted|split):([1-9][0-9]{0,5})")
 
@@ -321,11 +325,11 @@ def evaluate_tasks(path: str | Path, *, names: list[str] | None = None, dataset:
 
 def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: str | None = None,
                 data_dir: str | None = None, download: bool = False, eval_subset: int | None = None,
-                batch_size: int = 128, method: str = "one-shot") -> dict[str, Any]:
+                batch_size: int = 128, method: str = "one-shot", objective: str = "information") -> dict[str, Any]:
     """Task inference without ids: every test batch (``batch_size`` images of one task) is given to the one-shot
-    rule (:mod:`pemn.superpose`; or ``method="min-entropy"``) over the tasks ``names`` (default all); reports how
-    often it names the batch's task (identification accuracy, by batch) and the accuracy of the model of the task
-    it names (without ids), beside the accuracy with ids."""
+    rule (:mod:`pemn.superpose`, differentiating ``objective``; or ``method="min-entropy"``) over the tasks
+    ``names`` (default all); reports how often it names the batch's task (identification accuracy, by batch) and
+    the accuracy of the model of the task it names (without ids), beside the accuracy with ids."""
     from pemn.superpose import Superposition
 
     specs, model = _open_tasks(path, names, dataset)
@@ -344,7 +348,7 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
         n_batches = 0
         for i in range(0, x.shape[0], batch_size):
             xb, yb = tf(x[i:i + batch_size]), y[i:i + batch_size]
-            guess = sp.infer(xb, method)
+            guess = sp.infer(xb, method, objective)
             hits += guess == spec.name
             n_batches += 1
             with torch.no_grad():
@@ -356,7 +360,8 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
         per_task[spec.name] = 100.0 * hits / max(1, n_batches)
         batches += n_batches
         identified += hits
-    return {"tasks": len(specs), "method": method, "batch_size": batch_size, "batches": batches,
+    return {"tasks": len(specs), "method": method, "objective": objective if method == "one-shot" else None,
+            "batch_size": batch_size, "batches": batches,
             "identification_accuracy": 100.0 * identified / max(1, batches),
             "accuracy_with_ids": 100.0 * correct_ids / max(1, seen),
             "accuracy_without_ids": 100.0 * correct_free / max(1, seen), "examples": seen,
@@ -464,6 +469,36 @@ def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None 
     log(f"{len(art.tasks)} tasks in {path} ({result['file_bytes']:,} bytes): mean {result['mean_accuracy']:.2f} % "
         f"(min {result['min_accuracy']:.2f} %) from the file; equal to after training: {equal}")
     return result
+
+
+def holds_tasks(path: str | Path) -> bool:
+    """Whether the ``.pemn`` file at ``path`` holds tasks (a multi-task file, format version 4)."""
+    return bool(read(path).tasks)
+
+
+def evaluate_task_file(request: EvalRequest) -> EvalReport:
+    """``pemn eval`` of a multi-task file: each task (``request.tasks``, default all) on its own data, or
+    (``request.infer_task``) task inference without ids (:func:`infer_tasks`)."""
+    names = list(request.tasks) or None
+    common: dict[str, Any] = {"names": names, "dataset": request.dataset, "data_dir": request.data_dir,
+                              "download": request.download, "eval_subset": request.eval_subset}
+    if request.infer_task:
+        batch = request.batch_size or INFER_BATCH
+        r = infer_tasks(request.artifact, batch_size=batch, method=request.infer_method,
+                        objective=request.infer_objective, **common)
+        rule = r["method"] + (f", {r['objective']}" if r["objective"] else "")
+        return EvalReport({"artifact": request.artifact, **r}, [
+            f"{request.artifact}: task inference ({rule}, {r['tasks']} tasks, batches of {batch}): "
+            f"{r['identification_accuracy']:.2f} % of {r['batches']:,} batches identified; accuracy "
+            f"{r['accuracy_without_ids']:.2f} % without task ids, {r['accuracy_with_ids']:.2f} % with "
+            f"({r['examples']:,} test images)"])
+    accs = evaluate_tasks(request.artifact, batch_size=request.batch_size or DEFAULT_EVAL_BATCH, **common)
+    mean = sum(accs.values()) / len(accs)
+    threads = request.threads
+    lines = [f"{name}: test accuracy {acc:.2f} %" for name, acc in accs.items()]
+    lines.append(f"{request.artifact}: {len(accs)} task{'s' if len(accs) != 1 else ''}, mean test accuracy "
+                 f"{mean:.2f} % ({threads} CPU thread{'s' if threads != 1 else ''})")
+    return EvalReport({"artifact": request.artifact, "tasks": accs, "mean_accuracy": mean}, lines)
 
 
 def _base_classes(path: Path) -> int:

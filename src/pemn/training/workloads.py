@@ -2,13 +2,18 @@
 
 A workload is the one place that knows its kind of data (:class:`Workload`): it loads the splits, counts the steps
 of an epoch, draws each step's batch, shapes the model's outputs for the loss, evaluates a model into metrics
-(``test_acc`` plus its own), writes the app metadata that makes a model file self-describing, and words the lines
-a run reports. The training loop (:mod:`pemn.training.engine`) asks it and never which kind it is.
+(``test_acc`` plus its own), writes the app metadata that makes a model file self-describing, gives the run's
+result its own metrics (:attr:`Workload.result_keys`, ``TrainResult.metrics``), words the lines a run reports
+(each epoch, the end, ``pemn train``'s closing report) and measures a model file of its kind (``pemn eval``:
+:meth:`Workload.evaluate_file`). The training loop (:mod:`pemn.training.engine`), the run's outputs
+(:mod:`pemn.training.outputs`) and the commands (:mod:`pemn.training.measure`, ``export``, ``ptq_file``) ask it and
+never which kind it is.
 
 :data:`WORKLOADS` is keyed by the app kind a model file records (``app["kind"]``): ``image-classifier``
 (:class:`ImageClassification`) and ``char-lm`` (:class:`CharLM`). A dataset (``DatasetEntry.serves``) and a model
-(``register_model(..., serves=)``) each say which workload they serve; :func:`workload_of_dataset` and
-:func:`workload_of_app` look a workload up. A new kind of data is a new entry here, not new branches in the loop.
+(``register_model(..., serves=)``) each say which workload they serve; :func:`workload_of_dataset`,
+:func:`workload_of_app` and :func:`workload_of_file` look a workload up. A new kind of data is a new entry here,
+not new branches in the loop or the commands.
 """
 
 from __future__ import annotations
@@ -21,23 +26,30 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from pemn.training.artifacts import IMAGE_APP_KIND, image_app
+from pemn.training.artifacts import IMAGE_APP_KIND, image_app, open_model_file, recorded_data_dir
 from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform
 from pemn.training.data import DatasetInfo, dataset_info, dataset_serves, load_dataset
-from pemn.training.dist import Accelerator, Dist
-from pemn.training.evaluation import count_correct
+from pemn.training.dist import Accelerator, Dist, device_option
+from pemn.training.errors import OptionError
+from pemn.training.evaluation import (
+    DEFAULT_EVAL_BATCH,
+    EvalReport,
+    EvalRequest,
+    count_correct,
+    evaluate_test_split,
+)
 from pemn.training.models import create_model
 from pemn.training.progress import fmt_time, plural
 from pemn.training.sample import APP_KIND as CHAR_LM_APP_KIND
-from pemn.training.sample import lm_app
+from pemn.training.sample import evaluate_lm_file, lm_app
 from pemn.training.text import TextCorpus, lm_metrics, lm_window_losses, load_text, random_windows
 
 if TYPE_CHECKING:
     from pemn.training.config import TrainConfig
     from pemn.training.outputs import TrainResult
 
-__all__ = ["WORKLOADS", "CharLM", "ImageClassification", "Workload", "derive_seed", "workload_of_app",
-           "workload_of_dataset"]
+__all__ = ["RESULT_KEYS", "WORKLOADS", "CharLM", "ImageClassification", "Workload", "derive_seed", "workload_of_app",
+           "workload_of_dataset", "workload_of_file"]
 
 #: ``progress(n)``: ``n`` more examples of an evaluation are done (over all ranks).
 Progress = Callable[[int], None]
@@ -47,6 +59,10 @@ def derive_seed(*parts: int) -> int:
     """A 63-bit seed from integers (stable across runs, platforms and Python hash seeds)."""
     digest = hashlib.blake2b(",".join(str(int(p)) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{float(x):.2f} %"
 
 
 def _per_rank_batch(batch_size: int, world: int) -> int:
@@ -67,6 +83,15 @@ class Workload(ABC):
     unit: ClassVar[str]
     #: whether every epoch's metrics record the global step (not only under ``--steps``)
     records_step: ClassVar[bool] = False
+    #: what its model files hold, in words (``pemn export``'s refusal names it)
+    holds: ClassVar[str]
+    #: whether ``pemn export`` writes its models (NCHW float input: ONNX, a dense state_dict)
+    exportable: ClassVar[bool] = True
+    #: the keys of :meth:`result_fields` (``TrainResult.metrics``, ``result.json``), in order
+    result_keys: ClassVar[tuple[str, ...]] = ()
+    #: whether post-training quantization of its dense files reads training data (BatchNorm statistics to
+    #: re-estimate) and measures the test split before and after (``pemn quantize``)
+    ptq_reads_data: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainConfig, group: Dist, accel: Accelerator, info: DatasetInfo,
                  train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -143,8 +168,9 @@ class Workload(ABC):
         """The line logged after an epoch."""
 
     def result_fields(self, last: dict[str, float], saved: dict[str, float] | None) -> dict[str, float | None]:
-        """The workload's own fields of :class:`~pemn.training.outputs.TrainResult` (and ``result.json``) from the
-        last evaluation and the saved file's (``saved``: None on the ranks that do not re-measure it)."""
+        """The workload's own metrics of :class:`~pemn.training.outputs.TrainResult` (its ``metrics``, keys
+        :attr:`result_keys`, and ``result.json``) from the last evaluation and the saved file's (``saved``: None on
+        the ranks that do not re-measure it)."""
         return {}
 
     def check_saved(self, saved: dict[str, float], last: dict[str, float], final_acc: float) -> str | None:
@@ -155,6 +181,16 @@ class Workload(ABC):
     def done_line(self, result: TrainResult, saved: str) -> str:
         """The run's last line (``saved``: the file, its bytes and ratios)."""
 
+    @classmethod
+    @abstractmethod
+    def report_lines(cls, cfg: TrainConfig, result: TrainResult) -> list[str]:
+        """What ``pemn train``'s closing report (:func:`pemn.training.outputs.report_lines`) says the run measured."""
+
+    @classmethod
+    @abstractmethod
+    def evaluate_file(cls, request: EvalRequest) -> EvalReport:
+        """``pemn eval`` of a model file of this workload: its metrics on its data (:mod:`pemn.training.measure`)."""
+
 
 class ImageClassification(Workload):
     """Images and labels held as tensors on the training device; each epoch a seeded permutation, split across
@@ -163,6 +199,7 @@ class ImageClassification(Workload):
 
     app_kind = IMAGE_APP_KIND
     unit = "image"
+    holds = "an image classifier"
 
     @classmethod
     def load(cls, cfg: TrainConfig, group: Dist, accel: Accelerator) -> Workload:
@@ -268,6 +305,36 @@ class ImageClassification(Workload):
                 f"{result.best_epoch} (max over epochs, the paper's metric); final-epoch accuracy "
                 f"{result.final_acc:.2f}% (the saved model). {saved}")
 
+    @classmethod
+    def report_lines(cls, cfg: TrainConfig, result: TrainResult) -> list[str]:
+        """The best and final epochs' test accuracy (and a distilled run's teacher's)."""
+        lines = [f"  accuracy   best epoch ({result.best_epoch}): {_pct(result.best_acc)}   final epoch "
+                 f"({result.epochs_run}): {_pct(result.final_acc)}",
+                 "             (top-1 on the test split; best = max over epochs, the paper's metric; final = the "
+                 "saved model's)"]
+        if result.teacher_acc is not None:
+            lines.append(f"  teacher    {cfg.teacher}: {_pct(result.teacher_acc)} (the dense model distilled from)")
+        return lines
+
+    @classmethod
+    def evaluate_file(cls, request: EvalRequest) -> EvalReport:
+        """Top-1 accuracy on the test split of the dataset the file records (or ``request.dataset``), with the
+        file's normalisation."""
+        device = device_option(request.device)
+        opened = open_model_file(request.artifact, request.app, model=request.model, dataset=request.dataset,
+                                 data_dir=request.data_dir)
+        info = opened.info
+        if info is None or opened.dataset is None:
+            raise OptionError("give --dataset NAME (the artifact does not say which data it was trained on)")
+        acc, examples = evaluate_test_split(
+            opened.model, opened.dataset, info, data_dir=opened.data_dir, download=request.download,
+            eval_subset=request.eval_subset, batch_size=request.batch_size or DEFAULT_EVAL_BATCH, device=device,
+            desc=f"eval ({plural(request.threads, 'CPU thread')})", log=request.log)
+        record = {"artifact": request.artifact, "kind": request.kind.name, "model": opened.name,
+                  "dataset": info.name, "split": "test", "examples": examples, "accuracy": acc}
+        return EvalReport(record, [f"{request.artifact}: test accuracy {acc:.2f} % (top-1, {examples:,} {info.name} "
+                                   f"test images, {opened.name}, {request.kind.name} weights)"])
+
 
 class CharLM(Workload):
     """Character-level language modelling on one text (:mod:`pemn.training.text`): ``train_x``/``test_x`` are the
@@ -278,6 +345,10 @@ class CharLM(Workload):
     app_kind = CHAR_LM_APP_KIND
     unit = "character"
     records_step = True
+    holds = "a language model"
+    result_keys = ("val_loss", "bits_per_char", "artifact_val_loss")
+    exportable = False
+    ptq_reads_data = False  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
 
     def __init__(self, *args: Any, corpus: TextCorpus, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -376,13 +447,41 @@ class CharLM(Workload):
         return None
 
     def done_line(self, result: TrainResult, saved: str) -> str:
-        return (f"done in {fmt_time(result.seconds)}: validation loss {result.val_loss:.4f} nats/char "
-                f"({result.bits_per_char:.4f} bits/char, {self.eval_scope()}, the saved model) after "
+        m = result.metrics
+        return (f"done in {fmt_time(result.seconds)}: validation loss {m['val_loss']:.4f} nats/char "
+                f"({m['bits_per_char']:.4f} bits/char, {self.eval_scope()}, the saved model) after "
                 f"{result.steps_run} steps. {saved}")
+
+    @classmethod
+    def report_lines(cls, cfg: TrainConfig, result: TrainResult) -> list[str]:
+        """The saved model's validation loss and next-character accuracy."""
+        val_loss, bits, steps = result.metrics.get("val_loss"), result.metrics.get("bits_per_char"), result.steps_run
+        return [f"  val loss   {float(val_loss or 0.0):.4f} nats/char = {float(bits or 0.0):.4f} bits/char after "
+                f"{'?' if steps is None else steps} steps (the saved model, "
+                + ("whole validation split)" if cfg.eval_subset is None else
+                   f"first {cfg.eval_subset:,} validation characters: --eval-subset)"),
+                f"  accuracy   next character, final: {_pct(result.final_acc)}"]
+
+    @classmethod
+    def evaluate_file(cls, request: EvalRequest) -> EvalReport:
+        """Validation loss and next-character accuracy on the text at ``request.data_dir`` (else the folder its
+        run used); everything but the text comes from the file."""
+        data_dir = recorded_data_dir(request.artifact, "text", request.data_dir)
+        m, app, text = evaluate_lm_file(request.artifact, data_dir, eval_subset=request.eval_subset,
+                                        batch_size=request.batch_size or DEFAULT_EVAL_BATCH,
+                                        device=device_option(request.device))
+        record = {"artifact": request.artifact, "model": app["model"], "dataset": "text", "split": "validation", **m}
+        return EvalReport(record, [
+            f"{request.artifact}: validation loss {m['val_loss']:.4f} nats/char ({m['bits_per_char']:.4f} "
+            f"bits/char), next-character accuracy {m['val_acc']:.2f} % ({m['characters']:,} characters of {text}, "
+            f"{app['model']}, context {app['block_size']})"])
 
 
 #: The workloads, by the app kind of the model files they write.
 WORKLOADS: dict[str, type[Workload]] = {w.app_kind: w for w in (ImageClassification, CharLM)}
+#: Every workload's result keys, in order: each run's ``result.json`` has them all (null where its workload has
+#: none), so every result.json has the same keys.
+RESULT_KEYS: tuple[str, ...] = tuple(dict.fromkeys(k for w in WORKLOADS.values() for k in w.result_keys))
 
 
 def workload_of_dataset(name: str) -> type[Workload]:
@@ -394,3 +493,12 @@ def workload_of_dataset(name: str) -> type[Workload]:
 def workload_of_app(app: dict[str, Any] | None) -> type[Workload] | None:
     """The workload of a model file's app metadata (None: no app, or one no workload writes, e.g. transformers)."""
     return WORKLOADS.get((app or {}).get("kind", ""))
+
+
+def workload_of_file(app: dict[str, Any] | None, dataset: str | None = None) -> type[Workload] | None:
+    """The workload that measures a model file: the one the ``kind`` of its app metadata names; for a file that
+    records no kind the one of ``dataset`` (the data it is measured on, as given), else image classification (files
+    written before the app kind were image classifiers). None for a kind no workload writes (e.g. transformers)."""
+    if (app or {}).get("kind") is not None:
+        return workload_of_app(app)
+    return workload_of_dataset(dataset) if dataset is not None else ImageClassification

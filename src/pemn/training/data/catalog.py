@@ -30,6 +30,7 @@ __all__ = [
     "canonical_name",
     "class_names",
     "clear_cache",
+    "dataset_descriptions",
     "dataset_info",
     "dataset_serves",
     "find_dataset",
@@ -104,6 +105,8 @@ class DatasetEntry:
     checksums: dict[str, str] = field(default_factory=dict)
     #: the workload the data serves (:data:`pemn.training.workloads.WORKLOADS`' key, the app kind of its models)
     serves: str = "image-classifier"
+    #: what the data is when ``describe`` cannot say without its files (data read from a folder you give)
+    summary: str = ""
 
 
 _REGISTRY: dict[str, DatasetEntry] = {}
@@ -153,6 +156,19 @@ def canonical_name(name: str) -> str:
 def list_datasets() -> list[str]:
     """Names accepted by :func:`dataset_info` and :func:`load_dataset`."""
     return list(_REGISTRY)
+
+
+def dataset_descriptions() -> list[tuple[str, str]]:
+    """``(name, description)`` of every dataset (``pemn datasets``), in :func:`list_datasets`' order: the
+    description of its :class:`DatasetInfo` (read from the default data folder where it depends on the files), else
+    the entry's ``summary`` where that folder does not hold its files."""
+    rows = []
+    for name, entry in _REGISTRY.items():
+        try:
+            rows.append((name, entry.describe(None, None).description))
+        except DatasetError:
+            rows.append((name, entry.summary))
+    return rows
 
 
 def dataset_info(name: str, data_dir: PathArg = None, *, image_size: int | None = None) -> DatasetInfo:

@@ -267,4 +267,6 @@ def _imagefolder_class_names(data_dir: PathArg) -> list[str] | None:
 register_dataset(DatasetEntry("tiny-imagenet", fixed_info(TINY_INFO), _tiny_load, class_names=_tiny_class_names,
                               aliases=("tiny-imagenet-200", "tiny"), download_url=_TINY_URL, checksums=_TINY_MD5))
 register_dataset(DatasetEntry("imagefolder", _imagefolder_info, _imagefolder_load,
-                              class_names=_imagefolder_class_names))
+                              class_names=_imagefolder_class_names,
+                              summary="class-per-folder RGB images: DIR/train/<class>/*.png|jpg and DIR/test/ "
+                                      "(needs --data-dir)"))

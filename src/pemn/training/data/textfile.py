@@ -29,5 +29,6 @@ def _text_info(data_dir: PathArg, image_size: int | None) -> DatasetInfo:
 
 register_dataset(DatasetEntry(
     "text", _text_info, None, serves="char-lm",
+    summary="character-level text: DIR/input.txt (UTF-8), first 90 % train / last 10 % validation (needs --data-dir)",
     not_images="a character-level corpus, not images and labels; read it with "
                "pemn.training.text.load_text(data_dir, block_size)"))
