@@ -283,6 +283,8 @@ def test_masked_product_bit_identical_to_three_nodes(base_dtype: torch.dtype, sc
     assert torch.equal(torch.signbit(fused_scores.grad), torch.signbit(ref_scores.grad))
     with torch.no_grad():
         assert torch.equal(masked_product(base, fused_scores, kept), reference)
+    strided = raw.t().contiguous().t().requires_grad_()  # the same scores in column-major memory
+    assert torch.equal(masked_product(base, strided, kept), reference)
     # the backward that takes the sign itself (other devices than the CPU)
     late_scores = raw.clone().requires_grad_()
     _MaskedProduct.apply(base, late_scores, kept, False).backward(grad)

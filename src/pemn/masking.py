@@ -6,6 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+#: Integers whose order is that of non-negative floats' bit patterns, per float dtype numpy selects in.
+_SAME_ORDER_BITS = {torch.float32: np.int32, torch.float64: np.int64}
+
+
+def _numpy_selects(values: torch.Tensor) -> bool:
+    """Whether numpy selects among ``values`` (float32/float64 on the CPU, no grad)."""
+    return values.device.type == "cpu" and values.dtype in _SAME_ORDER_BITS and not values.requires_grad
+
 
 def kth_smallest(flat: torch.Tensor, rank: int) -> torch.Tensor:
     """The ``rank``-th smallest entry (1-based) of the 1-D tensor ``flat``: ``torch.kthvalue(flat, rank).values``.
@@ -18,25 +26,25 @@ def kth_smallest(flat: torch.Tensor, rank: int) -> torch.Tensor:
     return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=flat.dtype)
 
 
-#: The integers whose order is that of non-negative floats' bit patterns, per float dtype numpy selects in.
-_SAME_ORDER_BITS = {torch.float32: np.int32, torch.float64: np.int64}
-
-
-def _kth_smallest_value(values: torch.Tensor, rank: int, *, nonnegative: bool = False) -> float | torch.Tensor:
+def _kth_smallest_value(values: torch.Tensor, rank: int) -> float | torch.Tensor:
     """The ``rank``-th smallest of all entries of ``values`` (any shape), as :func:`kth_smallest` finds it: a
     Python float where numpy selects it (a float32 or float64 value converts to a Python float and back exactly,
     so comparing a tensor with it compares with that value, without building a 0-d tensor), else a 0-d tensor
-    on the values' device.
-
-    ``nonnegative``: the caller vouches that no entry has its sign bit set (``abs()`` output, NaN included).
-    Such floats order as their bit patterns read as integers do (NaN, above +inf, last, where torch and numpy
-    order it too), and numpy selects among integers 1.6-2.4x faster than among floats."""
-    if values.device.type == "cpu" and values.dtype in _SAME_ORDER_BITS and not values.requires_grad:
-        flat = values.numpy().reshape(-1)
-        if nonnegative:
-            return float(np.partition(flat.view(_SAME_ORDER_BITS[values.dtype]), rank - 1).view(flat.dtype)[rank - 1])
-        return float(np.partition(flat, rank - 1)[rank - 1])
+    on the values' device."""
+    if _numpy_selects(values):
+        return float(np.partition(values.numpy().reshape(-1), rank - 1)[rank - 1])
     return torch.kthvalue(values.reshape(-1), rank).values
+
+
+def _kth_smallest_in_place(magnitudes: torch.Tensor, rank: int) -> float:
+    """:func:`kth_smallest` of ``magnitudes`` (float32/float64 on the CPU, no grad, no entry with its sign bit
+    set: ``abs()`` output, NaN included) found in their own memory, whose order it scrambles (no copy, no new
+    array, which shows in a training step), among their bit patterns read as integers:
+    non-negative floats order as those do (NaN, above +inf, last, as torch and numpy order it), and numpy
+    selects among integers 1.6-2.4x faster than among floats."""
+    flat = magnitudes.numpy().reshape(-1)  # a view (a copy, left unsorted, if magnitudes is not contiguous)
+    flat.view(_SAME_ORDER_BITS[magnitudes.dtype]).partition(rank - 1)
+    return float(flat[rank - 1])
 
 
 def _counts_exactly(dtype: torch.dtype, n: int) -> bool:
@@ -68,14 +76,19 @@ def topk_mask(magnitudes: torch.Tensor, kept: int, dtype: torch.dtype = torch.bo
     return mask.to(dtype).view_as(magnitudes)
 
 
-def _write_topk(magnitudes: torch.Tensor, kept: int, out: torch.Tensor, *, nonnegative: bool = False) -> torch.Tensor:
+def _write_topk(magnitudes: torch.Tensor, kept: int, out: torch.Tensor) -> torch.Tensor:
     """:func:`topk_mask` of ``magnitudes`` (no grad, any shape, ``0 < kept < numel``) written into ``out`` (the
-    same shape; bool, or a float dtype whose sum counts exactly: :func:`_counts_exactly`), which it returns.
-    ``nonnegative``: as for :func:`_kth_smallest_value`."""
-    threshold = _kth_smallest_value(magnitudes, magnitudes.numel() - kept + 1, nonnegative=nonnegative)
+    same shape; bool, or a float dtype whose sum counts exactly: :func:`_counts_exactly`), which it returns."""
+    threshold = _kth_smallest_value(magnitudes, magnitudes.numel() - kept + 1)
     mask = torch.ge(magnitudes, threshold, out=out)
     if int(mask.sum()) == kept:  # no tie at the threshold (the usual case): every entry >= it is kept
         return mask
+    return _break_tie(magnitudes, threshold, kept, out)
+
+
+def _break_tie(magnitudes: torch.Tensor, threshold: float | torch.Tensor, kept: int, out: torch.Tensor) -> torch.Tensor:
+    """The top-``kept`` mask of ``magnitudes`` whose ``kept``-th largest entry, ``threshold``, ties with others:
+    every entry above it, then those equal to it by lowest flat index; written into ``out``, returned."""
     flat = magnitudes.reshape(-1)
     above = flat > threshold
     at = flat == threshold
@@ -121,17 +134,23 @@ class _MaskedProduct(torch.autograd.Function):
     @staticmethod
     def forward(ctx, base: torch.Tensor, scores: torch.Tensor, kept: int,  # type: ignore[override]
                 records_grad: bool) -> torch.Tensor:
-        magnitudes = scores.detach().abs()
+        detached = scores.detach()
+        magnitudes = detached.abs()
         n = magnitudes.numel()
-        if 0 < kept < n and magnitudes.shape == base.shape and _counts_exactly(base.dtype, n):
-            # the usual case: the comparison writes the 0/1 mask straight into the memory of the product
-            mask = _write_topk(magnitudes, kept, torch.empty_like(base), nonnegative=True)
+        if (0 < kept < n and magnitudes.shape == base.shape and base.dtype == scores.dtype
+                and _counts_exactly(base.dtype, n) and _numpy_selects(magnitudes)):
+            # the usual case (CPU): the threshold is selected in the memory of |scores| (scrambling it), then
+            # |scores| is written again into the memory of the product and compared there, in place
+            threshold = _kth_smallest_in_place(magnitudes, n - kept + 1)
+            mask = torch.abs(detached, out=torch.empty_like(base))
+            if int(torch.ge(mask, threshold, out=mask).sum()) != kept:  # a tie at the threshold (rare)
+                mask = _break_tie(detached.abs(), threshold, kept, mask)
         else:
             mask = topk_mask(magnitudes, kept, scores.dtype).to(base.dtype)
         mask_for_base = mask if ctx.needs_input_grad[0] else None
         ctx.sign_taken = records_grad and scores.device.type == "cpu"
         if ctx.sign_taken:  # the mask has its own memory, so |scores| may now hold the sign
-            ctx.save_for_backward(base, torch.sgn(scores.detach(), out=magnitudes), mask_for_base)
+            ctx.save_for_backward(base, torch.sgn(detached, out=magnitudes), mask_for_base)
         else:
             ctx.save_for_backward(base, scores, mask_for_base)
         if ctx.needs_input_grad[0] or mask.shape != base.shape:
