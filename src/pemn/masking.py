@@ -36,15 +36,20 @@ def _kth_smallest_value(values: torch.Tensor, rank: int) -> float | torch.Tensor
     return torch.kthvalue(values.reshape(-1), rank).values
 
 
-def _kth_smallest_in_place(magnitudes: torch.Tensor, rank: int) -> float:
+def _kth_smallest_in_place(magnitudes: torch.Tensor, rank: int) -> tuple[float, bool]:
     """:func:`kth_smallest` of ``magnitudes`` (float32/float64 on the CPU, no grad, no entry with its sign bit
-    set: ``abs()`` output, NaN included) found in their own memory, whose order it scrambles (no copy, no new
-    array, which shows in a training step), among their bit patterns read as integers:
-    non-negative floats order as those do (NaN, above +inf, last, as torch and numpy order it), and numpy
-    selects among integers 1.6-2.4x faster than among floats."""
+    set: ``abs()`` output, NaN included), and whether an entry of lower rank equals it (a tie at the threshold:
+    more than ``numel - rank + 1`` entries are >= it, NaN aside).
+
+    It is found in the magnitudes' own memory, whose order it scrambles (no copy, no new array, which shows in a
+    training step), among their bit patterns read as integers: non-negative floats order as those do (NaN,
+    above +inf, last, as torch and numpy order it), and numpy selects among integers 1.6-2.4x faster than among
+    floats. The partition leaves every lower rank below the threshold's place, so the largest of them tells a
+    tie (equal bits are equal values here) without counting a mask."""
     flat = magnitudes.numpy().reshape(-1)  # a view (a copy, left unsorted, if magnitudes is not contiguous)
-    flat.view(_SAME_ORDER_BITS[magnitudes.dtype]).partition(rank - 1)
-    return float(flat[rank - 1])
+    bits = flat.view(_SAME_ORDER_BITS[magnitudes.dtype])
+    bits.partition(rank - 1)
+    return float(flat[rank - 1]), rank > 1 and bool(bits[: rank - 1].max() == bits[rank - 1])
 
 
 def _counts_exactly(dtype: torch.dtype, n: int) -> bool:
@@ -141,9 +146,10 @@ class _MaskedProduct(torch.autograd.Function):
                 and _counts_exactly(base.dtype, n) and _numpy_selects(magnitudes)):
             # the usual case (CPU): the threshold is selected in the memory of |scores| (scrambling it), then
             # |scores| is written again into the memory of the product and compared there, in place
-            threshold = _kth_smallest_in_place(magnitudes, n - kept + 1)
+            threshold, tied = _kth_smallest_in_place(magnitudes, n - kept + 1)
             mask = torch.abs(detached, out=torch.empty_like(base))
-            if int(torch.ge(mask, threshold, out=mask).sum()) != kept:  # a tie at the threshold (rare)
+            torch.ge(mask, threshold, out=mask)
+            if tied:  # rare; without a tie the entries >= the threshold are the kept ones (NaN never compares)
                 mask = _break_tie(detached.abs(), threshold, kept, mask)
         else:
             mask = topk_mask(magnitudes, kept, scores.dtype).to(base.dtype)
