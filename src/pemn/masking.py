@@ -131,10 +131,15 @@ class _MaskedProduct(torch.autograd.Function):
     the three nodes ``abs``, the straight-through top-k and ``mul`` compute in that order), without their
     bookkeeping and the autograd pass through ``abs``.
 
-    On the CPU the sign of the scores is taken in the forward, into the memory of ``|scores|`` once the mask is
-    chosen: the scores are then in cache (the backward would read them again from memory, and allocate), and the
-    backward is two passes (``grad * base``, times the sign) instead of three; it costs one tensor of the scores'
-    size held until the backward. On other devices (no cache to save, memory dearer) the backward takes it."""
+    On the CPU (float32/float64 scores and base) the forward makes one tensor besides the product: ``|scores|``,
+    in which the threshold is selected in place (:func:`_kth_smallest_in_place`, which also tells a tie), then
+    ``|scores|`` is written again into the product's memory, compared with the threshold and multiplied by
+    ``base`` there. The sign of the scores is then taken into the first tensor, while the scores are in cache
+    (the backward would read them again from memory, and allocate): the backward is two passes (``grad *
+    base``, times the sign) instead of three, for one tensor of the scores' size held until the backward. On
+    other devices (no cache to save, memory dearer) the backward takes the sign.
+
+    Measured by ``benchmarks/bench_lm_step.py`` (BENCHMARKS.md section 10)."""
 
     @staticmethod
     def forward(ctx, base: torch.Tensor, scores: torch.Tensor, kept: int,  # type: ignore[override]
@@ -142,8 +147,8 @@ class _MaskedProduct(torch.autograd.Function):
         detached = scores.detach()
         magnitudes = detached.abs()
         n = magnitudes.numel()
-        if (0 < kept < n and magnitudes.shape == base.shape and base.dtype == scores.dtype
-                and _counts_exactly(base.dtype, n) and _numpy_selects(magnitudes)):
+        same_layout = magnitudes.shape == base.shape and base.dtype == scores.dtype
+        if 0 < kept < n and same_layout and _numpy_selects(magnitudes):
             # the usual case (CPU): the threshold is selected in the memory of |scores| (scrambling it), then
             # |scores| is written again into the memory of the product and compared there, in place
             threshold, tied = _kth_smallest_in_place(magnitudes, n - kept + 1)
