@@ -31,16 +31,18 @@ install: $(STAMP_TEST)
 demo: $(STAMP_CLI)
 	$(BIN)/pemn train
 
+# The tests run in one pytest-xdist worker per CPU (-n auto), each test file's tests spread over the workers as they
+# come free (worksteal); tests/conftest.py gives each worker one torch thread. `pytest -q` alone runs them in one.
 test: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 # The developer loop: everything but the tests marked slow (subprocesses, torchrun, ONNX, real-data runs).
 test-fast: $(STAMP_TEST)
 	$(BIN)/ruff check src tests benchmarks examples scripts
 	$(BIN)/lint-imports --no-logo --no-cache
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow"
 
 # ruff, then the import layers of .importlinter (the core never imports the application)
 lint: $(STAMP_TEST)

@@ -11,9 +11,19 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+# One CPU thread per test process and per process a test starts (they inherit the environment), unless the caller
+# says otherwise: the models here are tiny, and torch's default (a thread per core) makes OpenMP workers wait on
+# each other whenever the cores are shared - with other processes, or with the other pytest-xdist worker of
+# `make test`: single steps took 10-50x longer on this 2-core machine under load (pemn.training.dist.default_threads
+# says the same of `pemn train`). Set before torch is imported, which reads it once.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import torch
 
 from pemn.training.config import TrainConfig, resolve_config
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # also if a plugin imported torch before this file
 
 
 @pytest.fixture

@@ -135,32 +135,45 @@ SUBPROCESS = r"""
 import sys, torch
 import cases, pemn  # cases from the working directory, tests/
 torch.manual_seed(12345)  # another global seed than the saving process
-model = cases.build(sys.argv[1], seed=777)
-pemn.load(sys.argv[2], model).eval()
-with torch.no_grad():
-    torch.save(model(cases.make_input(sys.argv[1])), sys.argv[3])
+for model_name, path, out in zip(*[iter(sys.argv[1:])] * 3):  # one (model, file, output) triple per case
+    model = cases.build(model_name, seed=777)
+    pemn.load(path, model).eval()
+    with torch.no_grad():
+        torch.save(model(cases.make_input(model_name)), out)
 """
 
-
-@pytest.mark.parametrize(("model_name", "strategy", "coding", "prototype"), [
+NEW_PROCESS_CASES = [
     ("conv2d", "rp", "packed", "values"),
     ("mha", "mp_rescale_rand", "entropy", "seed"),
     ("depthwise_conv2d", "one_layer", "entropy", "values"),
     ("conv3d", "mask", "packed", "seed"),
-])
-def test_load_in_new_process_exact(tmp_path: Path, model_name: str, strategy: str, coding: str,
-                                   prototype: str) -> None:
-    model = converted(model_name, strategy)
-    x = cases.make_input(model_name)
-    cases.train_steps(model, x)
-    path = pemn.save(model, tmp_path / "m.pemn", coding=coding, prototype=prototype)
-    model.eval()
-    with torch.no_grad():
-        expected = model(x)
-    out = tmp_path / "out.pt"
-    subprocess.run([sys.executable, "-c", SUBPROCESS, model_name, str(path), str(out)], cwd=Path(__file__).parent,
-                   check=True, timeout=120)
-    assert torch.equal(torch.load(out), expected)
+]
+
+
+@pytest.fixture(scope="module")
+def loaded_in_new_process(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], tuple[torch.Tensor, ...]]:
+    """Each case of :data:`NEW_PROCESS_CASES` trained and saved here, and loaded into a model built with other seeds
+    in one fresh process (one process start for all): case -> (output here, output there)."""
+    folder = tmp_path_factory.mktemp("new_process")
+    expected, argv = {}, []
+    for i, (model_name, strategy, coding, prototype) in enumerate(NEW_PROCESS_CASES):
+        model = converted(model_name, strategy)
+        x = cases.make_input(model_name)
+        cases.train_steps(model, x)
+        path = pemn.save(model, folder / f"m{i}.pemn", coding=coding, prototype=prototype)
+        model.eval()
+        with torch.no_grad():
+            expected[i] = model(x)
+        argv += [model_name, str(path), str(folder / f"out{i}.pt")]
+    subprocess.run([sys.executable, "-c", SUBPROCESS, *argv], cwd=Path(__file__).parent, check=True, timeout=120)
+    return {case: (expected[i], torch.load(folder / f"out{i}.pt")) for i, case in enumerate(NEW_PROCESS_CASES)}
+
+
+@pytest.mark.parametrize(("model_name", "strategy", "coding", "prototype"), NEW_PROCESS_CASES)
+def test_load_in_new_process_exact(loaded_in_new_process: dict[tuple[str, ...], tuple[torch.Tensor, ...]],
+                                   model_name: str, strategy: str, coding: str, prototype: str) -> None:
+    expected, got = loaded_in_new_process[model_name, strategy, coding, prototype]
+    assert torch.equal(got, expected)
 
 
 def test_convert_returns_same_object_and_spares_global_rng() -> None:

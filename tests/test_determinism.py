@@ -19,24 +19,36 @@ REPO = Path(__file__).resolve().parent.parent
 SAVE = """
 import sys, torch, pemn
 from torch import nn
-torch.manual_seed(0)
-model = pemn.convert_(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Linear(32, 10)),
-                      pemn.PEMNConfig(strategy="rp", ratio=0.1, keep=0.5, seed=0))
-pemn.save(model, sys.argv[1], coding=sys.argv[2], extras_dtype=None if sys.argv[3] == "none" else sys.argv[3],
-          app={"model": "x", "kwargs": {"a": 1, "b": [2, 3]}})
+for path, coding, extras_dtype in zip(*[iter(sys.argv[1:])] * 3):  # one (file, coding, extras dtype) per case
+    torch.manual_seed(0)
+    model = pemn.convert_(nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Linear(32, 10)),
+                          pemn.PEMNConfig(strategy="rp", ratio=0.1, keep=0.5, seed=0))
+    pemn.save(model, path, coding=coding, extras_dtype=None if extras_dtype == "none" else extras_dtype,
+              app={"model": "x", "kwargs": {"a": 1, "b": [2, 3]}})
 """
 
+CASES = [("packed", "none"), ("entropy", "int8")]
 
-@pytest.mark.slow  # two fresh processes per case
-@pytest.mark.parametrize(("coding", "extras_dtype"), [("packed", "none"), ("entropy", "int8")])
-def test_artifact_bytes_do_not_depend_on_the_process(tmp_path: Path, coding: str, extras_dtype: str) -> None:
+
+@pytest.fixture(scope="module")
+def saved_by_two_processes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], list[str]]:
+    """Each case of :data:`CASES` saved by two fresh processes (each saves every case): case -> the two files'
+    sha256."""
+    folder = tmp_path_factory.mktemp("determinism")
     env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    digests = []
     for i in range(2):
-        path = tmp_path / f"m{i}.pemn"
-        subprocess.run([sys.executable, "-c", SAVE, str(path), coding, extras_dtype], check=True, env=env,
-                       capture_output=True, timeout=120)
-        digests.append(hashlib.sha256(path.read_bytes()).hexdigest())
+        argv = [arg for n, (coding, dtype) in enumerate(CASES)
+                for arg in (str(folder / f"m{n}_{i}.pemn"), coding, dtype)]
+        subprocess.run([sys.executable, "-c", SAVE, *argv], check=True, env=env, capture_output=True, timeout=120)
+    return {case: [hashlib.sha256((folder / f"m{n}_{i}.pemn").read_bytes()).hexdigest() for i in range(2)]
+            for n, case in enumerate(CASES)}
+
+
+@pytest.mark.slow  # two fresh processes (for all cases)
+@pytest.mark.parametrize(("coding", "extras_dtype"), CASES)
+def test_artifact_bytes_do_not_depend_on_the_process(saved_by_two_processes: dict[tuple[str, str], list[str]],
+                                                     coding: str, extras_dtype: str) -> None:
+    digests = saved_by_two_processes[coding, extras_dtype]
     assert digests[0] == digests[1]
 
 

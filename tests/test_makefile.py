@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_STACK = ("pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime", "transformers", "importlinter", "ruff")
+TEST_STACK = ("pytest", "hypothesis", "onnx", "onnxscript", "onnxruntime", "transformers", "importlinter", "ruff",
+              "xdist", "execnet")
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
@@ -46,7 +47,8 @@ def test_test_installs_the_test_stack_once_and_the_cli_stamp_is_reused(tmp_path:
     assert [i.rsplit(" ", 1)[-1] for i in _installs(_plan("test", venv))] == ['".[cli,test]"']
     assert _installs(_plan("demo", venv)) == []
     (venv / ".pemn-test").touch()
-    assert _installs(_plan("test", venv)) == [] and _plan("test", venv)[-1].endswith("pytest -q")
+    assert _installs(_plan("test", venv)) == []
+    assert _plan("test", venv)[-1].endswith("pytest -q -n auto --dist worksteal")  # one worker per CPU
     for stamp in (".pemn-cli", ".pemn-test"):  # installed before pyproject.toml last changed: both are redone
         os.utime(venv / stamp, (946684800, 946684800))
     assert len(_installs(_plan("test", venv))) == 3

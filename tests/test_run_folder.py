@@ -31,19 +31,28 @@ def test_run_lock_refuses_a_second_holder_and_frees_on_release(tmp_path: Path) -
     RunLock(tmp_path).acquire().release()
 
 
+#: Epochs of the run A that holds the folder in the test below (one second or more each: A evaluates image by image).
+EPOCHS_A = 30
+
+
 @pytest.mark.slow
 def test_two_processes_cannot_train_into_the_same_folder(tmp_path: Path) -> None:
     """Run A holds D; run B into D refuses with one line and touches nothing; after A is SIGKILLed the lock is
     gone (no stale lock) and --resume works; --wait waits for a holder instead of refusing."""
     out = tmp_path / "D"
-    a = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--epochs", "300", "--train-subset", "128",
-                          "--no-progress", "--threads", "1", "--device", "cpu", "--out", str(out)],
+    # A evaluates image by image (slow epochs: it is still training when its first checkpoint is seen) and is
+    # stopped there, holding the lock; C resumes its few remaining epochs without evaluating (resume-free settings)
+    a = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--epochs", str(EPOCHS_A), "--train-subset", "128",
+                          "--eval-batch-size", "1", "--no-progress", "--threads", "1", "--device", "cpu",
+                          "--out", str(out)],
                          env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
         while not (out / "checkpoint.safetensors").exists():  # A holds the lock and trains
             assert a.poll() is None and time.time() < deadline, a.communicate()
-            time.sleep(0.2)
+            time.sleep(0.02)
+        a.send_signal(signal.SIGSTOP)  # A keeps the lock (a process, stopped mid-run) and spends no CPU
+        assert a.poll() is None, a.communicate()
         config_before = (out / "config.json").read_bytes()
         b = subprocess.run([sys.executable, "-m", "pemn", "train", *QUICK_ARGV, "--seed", "1", "--strategy", "mask",
                             "--out", str(out)], env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -65,7 +74,8 @@ def test_two_processes_cannot_train_into_the_same_folder(tmp_path: Path) -> None
                                str(out)], env=subprocess_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
-    c = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--resume", "--wait", "--out", str(out)],
+    c = subprocess.Popen([sys.executable, "-m", "pemn", "train", "--resume", "--wait", "--eval-every", str(EPOCHS_A),
+                          "--eval-batch-size", "256", "--out", str(out)],
                          env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert c.stdout is not None
     said = []
@@ -78,7 +88,7 @@ def test_two_processes_cannot_train_into_the_same_folder(tmp_path: Path) -> None
     holder.communicate("\n", timeout=60)  # released: C goes on
     _, err = c.communicate(timeout=600)
     assert c.returncode == 0, err
-    assert json.loads((out / "result.json").read_text())["epochs_run"] == 300
+    assert json.loads((out / "result.json").read_text())["epochs_run"] == EPOCHS_A
 
 
 def test_lock_is_released_when_setup_fails(tmp_path: Path) -> None:

@@ -216,6 +216,24 @@ def test_the_cli_offers_the_rules_of_pemn_superpose() -> None:
     assert tuple(flags["infer_objective"].choices) == OBJECTIVES and flags["infer_objective"].default == OBJECTIVES[0]
 
 
+def test_mask_drift_measures_each_task_against_its_own_initial_masks(permuted: dict[str, object], tmp_path: Path
+                                                                      ) -> None:
+    """scripts/mask_drift.py on a --tasks run: each task against the masks add_task gave it. Trained at lr 1e-9 no
+    task's mask leaves its initialisation (0 exactly: the script rebuilt the right initial scores), trained
+    normally every task's does."""
+    from conftest import load_script
+
+    drift = load_script("scripts/mask_drift.py").drift
+    moved = drift(permuted["out"])
+    assert list(moved["tasks"]) == ["permuted-0", "permuted-1", "permuted-2"] and moved["chance"] == 0.8
+    assert all(0 < t["moved"] <= 1 for t in moved["tasks"].values()) and moved["moved"] > 0
+    out = tmp_path / "still"
+    code, _, err = run(["train", "--tasks", "permuted:2", *COMMON, "--lr", "1e-9", "--out", str(out)])
+    assert code == 0, err
+    still = drift(out)
+    assert still["moved"] == 0 and all(t["moved"] == 0 for t in still["tasks"].values())
+
+
 def test_resume_trains_the_missing_tasks_as_an_uninterrupted_run(permuted: dict[str, object], tmp_path: Path
                                                                     ) -> None:
     out = tmp_path / "perm"
@@ -232,7 +250,7 @@ def test_resume_trains_the_missing_tasks_as_an_uninterrupted_run(permuted: dict[
         assert all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors), a.name
 
 
-def test_superfluous_outputs_make_one_shot_inference_work(tmp_path: Path) -> None:
+def test_task_outputs_give_every_task_k_outputs_and_inference_runs_on_them(tmp_path: Path) -> None:
     out = tmp_path / "s"
     code, _, err = run(["train", "--tasks", "permuted:3", "--task-outputs", "30", *COMMON, "--steps", "60",
                         "--out", str(out)])

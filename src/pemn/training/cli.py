@@ -438,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--task", default=None, metavar="NAME", help="the name of the task --base adds")
     tasks.add_argument("--task-outputs", type=int, default=None, metavar="K",
                        help="--tasks: give the model K outputs, more than the classes (SupSup's superfluous neurons, "
-                            "trained toward zero probability: they make pemn eval --infer-task reliable)")
+                            "trained toward zero probability; one-shot --infer-task did not need them: RESULTS.md)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="test accuracy of an artifact", description="Build the model from the registry "

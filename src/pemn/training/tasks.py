@@ -387,8 +387,8 @@ def train_tasks(cfg: TrainConfig, *, tasks: str | None = None, base: str | None 
 
     ``outputs`` (``--task-outputs K``, ``--tasks`` only): the model gets K outputs, more than the dataset's classes;
     the outputs past the classes are SupSup's superfluous neurons: the cross-entropy over all K pushes their
-    probability to zero on the task's own data, so the output entropy of the right task's masks is far below the
-    others' and one-shot task inference (:mod:`pemn.superpose`) finds the task."""
+    probability to zero on the task's own data. On 10 Permuted-MNIST tasks they did not help one-shot task inference
+    (:mod:`pemn.superpose`; RESULTS.md "Many tasks": what it needs is keep ~0.5 and a small learning rate)."""
     if (tasks is None) == (base is None):
         raise ValueError("give either --tasks permuted:N|split:N or --base FILE.pemn --task NAME")
     if cfg.strategy == "dense":
