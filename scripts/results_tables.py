@@ -121,7 +121,8 @@ def equal_bytes_seeds_table(folders: list[Path]) -> str:
     for s in summarize_seeds(raw):
         row = {k: ("" if s.get(k) is None else str(s[k])) for k in KEY_COLUMNS if k != "seed"}
         row.update(seed="", model=s.get("model") or "", command=s.get("command") or "", final_acc=s["final_acc_mean"],
-                   val_loss=s.get("val_loss_mean"), bytes=s["bytes"], bits_per_weight=s["bits_per_weight"],
+                   val_loss=s.get("val_loss_mean"),
+                   bytes=None if s["bytes"] is None else round(s["bytes"]), bits_per_weight=s["bits_per_weight"],
                    acc_std=s["final_acc_std"], loss_std=s.get("val_loss_std"), seeds=s["seeds"])
         means.append(row)
     rows = annotate_rows(means)
