@@ -19,7 +19,7 @@ from pemn import PEMNConfig, kept_count
 from pemn.coding import entropy_bits
 from pemn.convert import find_bank, masked_weights
 from pemn.layers import MaskedLayer
-from pemn.masking import kth_smallest, masked_product, ste_mask, topk_mask
+from pemn.masking import _MaskedProduct, kth_smallest, masked_product, ste_mask, topk_mask
 
 MODEL_NAMES = list(cases.MODELS)
 STRATEGY_NAMES = list(cases.STRATEGIES)
@@ -230,6 +230,11 @@ def _magnitudes(case: str, dtype: torch.dtype) -> torch.Tensor:
         x = (x * 8).floor()
     elif case == "zeros":
         x[::3] = 0
+    elif case in ("nan", "ties_nan"):  # broken scores: NaN orders last, never compares as kept; half of them
+        if case == "ties_nan":        # with the sign bit
+            x = (x * 8).floor()
+        x[::7] = float("nan")
+        x[::14] = -x[::14]
     return x.to(dtype)
 
 
@@ -249,20 +254,38 @@ def test_topk_mask_equals_kthvalue_reference(dtype: torch.dtype, case: str, keep
     assert torch.equal(kth_smallest(mags.reshape(-1), rank), torch.kthvalue(mags.reshape(-1), rank).values)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_topk_mask_counts_exactly_in_a_narrow_float_dtype(dtype: torch.dtype) -> None:
+    """A 0/1 mask asked for in float16 keeps exactly ``kept`` entries when one more ties at the threshold: the
+    count that detects the tie must not be rounded (float16 cannot tell 3,000 from 3,001)."""
+    mags = torch.arange(4096, dtype=torch.float32)
+    kept = 3000
+    at = mags.numel() - kept  # the threshold's index; the entry before it ties with it and wins (lower index)
+    mags[at - 1] = mags[at]
+    expected = _reference_topk(mags, kept)
+    mask = topk_mask(mags, kept, dtype)
+    assert mask.dtype == dtype and torch.equal(mask.bool(), expected)
+    assert int(mask.sum(dtype=torch.int64)) == kept
+
+
 @pytest.mark.parametrize(("base_dtype", "scores_dtype"), [(torch.float32, torch.float32),
                                                           (torch.float64, torch.float64),
-                                                          (torch.float16, torch.float32)])
-@pytest.mark.parametrize("case", ["random", "ties", "zeros"])
+                                                          (torch.float16, torch.float32),
+                                                          (torch.bfloat16, torch.bfloat16)])
+@pytest.mark.parametrize("case", ["random", "ties", "zeros", "nan", "ties_nan"])
+@pytest.mark.parametrize("keep", [1 / 1073, 0.3, 0.9, 1.0])
 def test_masked_product_bit_identical_to_three_nodes(base_dtype: torch.dtype, scores_dtype: torch.dtype,
-                                                     case: str) -> None:
+                                                     case: str, keep: float) -> None:
     """A training MaskedWeight's one autograd node gives the forward values and score gradients of the
-    composition it replaced (abs, straight-through top-k, mul), bit for bit, zero scores and ties included."""
+    composition it replaced (abs, straight-through top-k, mul), bit for bit, zero and NaN scores and ties included;
+    the same values when no graph is recorded, and the same gradient for a base that trains."""
     g = torch.Generator().manual_seed(5)
     base = torch.randn(37, 29, generator=g, dtype=torch.float64).to(base_dtype)
     signs = torch.where(torch.rand(37, 29, generator=g) < 0.5, -1.0, 1.0).to(torch.float64)
     raw = (_magnitudes(case, torch.float64) * signs).to(scores_dtype)
     grad = torch.randn(37, 29, generator=g, dtype=torch.float64).to(base_dtype)
-    kept = kept_count(0.3, raw.numel())
+    kept = kept_count(keep, raw.numel())
+    assert "nan" not in case or bool(torch.signbit(raw[torch.isnan(raw)]).any())
     fused_scores, ref_scores = raw.clone().requires_grad_(), raw.clone().requires_grad_()
     fused = masked_product(base, fused_scores, kept)
     reference = base * ste_mask(ref_scores, kept).to(base.dtype)
@@ -273,6 +296,19 @@ def test_masked_product_bit_identical_to_three_nodes(base_dtype: torch.dtype, sc
     assert torch.equal(torch.signbit(fused), torch.signbit(reference))  # -0.0 where a negative value is masked
     assert torch.equal(fused_scores.grad, ref_scores.grad)
     assert torch.equal(torch.signbit(fused_scores.grad), torch.signbit(ref_scores.grad))
+    with torch.no_grad():
+        assert torch.equal(masked_product(base, fused_scores, kept), reference)
+    strided = raw.t().contiguous().t().requires_grad_()  # the same scores in column-major memory
+    assert torch.equal(masked_product(base, strided, kept), reference)
+    # the backward that takes the sign itself (other devices than the CPU)
+    late_scores = raw.clone().requires_grad_()
+    _MaskedProduct.apply(base, late_scores, kept, False).backward(grad)
+    assert torch.equal(late_scores.grad, ref_scores.grad)
+    assert torch.equal(torch.signbit(late_scores.grad), torch.signbit(ref_scores.grad))
+    trained_base, ref_base = base.clone().requires_grad_(), base.clone().requires_grad_()
+    masked_product(trained_base, raw.clone().requires_grad_(), kept).backward(grad)
+    (ref_base * ste_mask(raw.clone().requires_grad_(), kept).to(base.dtype)).backward(grad)
+    assert torch.equal(trained_base.grad, ref_base.grad)
 
 
 @pytest.mark.parametrize(("keep", "numel", "expected"), [

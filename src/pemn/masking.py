@@ -3,7 +3,16 @@ gradient, and probabilistic (Bernoulli) masks sampled at a target keep with a st
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+#: Integers whose order is that of non-negative floats' bit patterns, per float dtype numpy selects in.
+_SAME_ORDER_BITS = {torch.float32: np.int32, torch.float64: np.int64}
+
+
+def _numpy_selects(values: torch.Tensor) -> bool:
+    """Whether numpy selects among ``values`` (float32/float64 on the CPU, no grad)."""
+    return values.device.type == "cpu" and values.dtype in _SAME_ORDER_BITS and not values.requires_grad
 
 
 def kth_smallest(flat: torch.Tensor, rank: int) -> torch.Tensor:
@@ -13,12 +22,40 @@ def kth_smallest(flat: torch.Tensor, rank: int) -> torch.Tensor:
     faster than ``torch.kthvalue``, which carries an index array through its selection; the value of a given rank
     is unique, so both give the same number (NaN, which both order last, included).
     """
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64) and not flat.requires_grad:
-        import numpy as np
+    value = _kth_smallest_value(flat, rank)
+    return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=flat.dtype)
 
-        values = np.partition(flat.numpy(), rank - 1)
-        return torch.tensor(values[rank - 1], dtype=flat.dtype)
-    return torch.kthvalue(flat, rank).values
+
+def _kth_smallest_value(values: torch.Tensor, rank: int) -> float | torch.Tensor:
+    """The ``rank``-th smallest of all entries of ``values`` (any shape), as :func:`kth_smallest` finds it: a
+    Python float where numpy selects it (a float32 or float64 value converts to a Python float and back exactly,
+    so comparing a tensor with it compares with that value, without building a 0-d tensor), else a 0-d tensor
+    on the values' device."""
+    if _numpy_selects(values):
+        return float(np.partition(values.numpy().reshape(-1), rank - 1)[rank - 1])
+    return torch.kthvalue(values.reshape(-1), rank).values
+
+
+def _kth_smallest_in_place(magnitudes: torch.Tensor, rank: int) -> tuple[float, bool]:
+    """:func:`kth_smallest` of ``magnitudes`` (float32/float64 on the CPU, no grad, no entry with its sign bit
+    set: ``abs()`` output, NaN included), and whether an entry of lower rank equals it (a tie at the threshold:
+    more than ``numel - rank + 1`` entries are >= it, NaN aside).
+
+    It is found in the magnitudes' own memory, whose order it scrambles (no copy, no new array, which shows in a
+    training step), among their bit patterns read as integers: non-negative floats order as those do (NaN,
+    above +inf, last, as torch and numpy order it), and numpy selects among integers 1.6-2.4x faster than among
+    floats. The partition leaves every lower rank below the threshold's place, so the largest of them tells a
+    tie (equal bits are equal values here) without counting a mask."""
+    flat = magnitudes.numpy().reshape(-1)  # a view (a copy, left unsorted, if magnitudes is not contiguous)
+    bits = flat.view(_SAME_ORDER_BITS[magnitudes.dtype])
+    bits.partition(rank - 1)
+    return float(flat[rank - 1]), rank > 1 and bool(bits[: rank - 1].max() == bits[rank - 1])
+
+
+def _counts_exactly(dtype: torch.dtype, n: int) -> bool:
+    """Whether the sum of ``n`` zeros and ones in the float ``dtype`` is their exact count (float16 and bfloat16
+    cannot tell 3,000 from 3,001)."""
+    return dtype == torch.float64 or (dtype == torch.float32 and n < 2**24)
 
 
 def topk_mask(magnitudes: torch.Tensor, kept: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
@@ -37,18 +74,31 @@ def topk_mask(magnitudes: torch.Tensor, kept: int, dtype: torch.dtype = torch.bo
         return torch.ones_like(flat, dtype=dtype).view_as(magnitudes)
     if kept == 0:
         return torch.zeros_like(flat, dtype=dtype).view_as(magnitudes)
-    threshold = kth_smallest(flat, n - kept + 1).to(flat.device)
-    # a float mask is written by the comparison itself (3x faster than a bool one and its conversion); its sum
-    # counts exactly below 2**24 entries
-    out_dtype = dtype if dtype.is_floating_point and n < 2**24 else torch.bool
-    mask = torch.ge(flat, threshold, out=torch.empty(flat.shape, dtype=out_dtype, device=flat.device))
+    # a float mask is written by the comparison itself (3x faster than a bool one and its conversion) where its
+    # sum, which detects ties, counts exactly
+    out_dtype = dtype if _counts_exactly(dtype, n) else torch.bool
+    mask = _write_topk(flat, kept, torch.empty(flat.shape, dtype=out_dtype, device=flat.device))
+    return mask.to(dtype).view_as(magnitudes)
+
+
+def _write_topk(magnitudes: torch.Tensor, kept: int, out: torch.Tensor) -> torch.Tensor:
+    """:func:`topk_mask` of ``magnitudes`` (no grad, any shape, ``0 < kept < numel``) written into ``out`` (the
+    same shape; bool, or a float dtype whose sum counts exactly: :func:`_counts_exactly`), which it returns."""
+    threshold = _kth_smallest_value(magnitudes, magnitudes.numel() - kept + 1)
+    mask = torch.ge(magnitudes, threshold, out=out)
     if int(mask.sum()) == kept:  # no tie at the threshold (the usual case): every entry >= it is kept
-        return mask.to(dtype).view_as(magnitudes)
+        return mask
+    return _break_tie(magnitudes, threshold, kept, out)
+
+
+def _break_tie(magnitudes: torch.Tensor, threshold: float | torch.Tensor, kept: int, out: torch.Tensor) -> torch.Tensor:
+    """The top-``kept`` mask of ``magnitudes`` whose ``kept``-th largest entry, ``threshold``, ties with others:
+    every entry above it, then those equal to it by lowest flat index; written into ``out``, returned."""
+    flat = magnitudes.reshape(-1)
     above = flat > threshold
     at = flat == threshold
     missing = kept - above.sum()
-    mask = above | (at & (torch.cumsum(at, 0) <= missing))
-    return mask.to(dtype).view_as(magnitudes)
+    return out.copy_((above | (at & (torch.cumsum(at, 0) <= missing))).view_as(out))
 
 
 class _TopKSTE(torch.autograd.Function):
@@ -79,32 +129,64 @@ class _MaskedProduct(torch.autograd.Function):
     """``base * ste_mask(scores, kept).to(base.dtype)`` as one autograd node: the same forward values and the
     same gradients, bit for bit (``scores`` gets ``(grad * base).to(scores.dtype) * scores.sgn()``, the product
     the three nodes ``abs``, the straight-through top-k and ``mul`` compute in that order), without their
-    bookkeeping and the autograd pass through ``abs``."""
+    bookkeeping and the autograd pass through ``abs``.
+
+    On the CPU (float32/float64 scores and base) the forward makes one tensor besides the product: ``|scores|``,
+    in which the threshold is selected in place (:func:`_kth_smallest_in_place`, which also tells a tie), then
+    ``|scores|`` is written again into the product's memory, compared with the threshold and multiplied by
+    ``base`` there. The sign of the scores is then taken into the first tensor, while the scores are in cache
+    (the backward would read them again from memory, and allocate): the backward is two passes (``grad *
+    base``, times the sign) instead of three, for one tensor of the scores' size held until the backward. On
+    other devices (no cache to save, memory dearer) the backward takes the sign.
+
+    Measured by ``benchmarks/bench_lm_step.py`` (BENCHMARKS.md section 10)."""
 
     @staticmethod
-    def forward(ctx, base: torch.Tensor, scores: torch.Tensor, kept: int) -> torch.Tensor:  # type: ignore[override]
-        mask = topk_mask(scores.detach().abs(), kept, scores.dtype).to(base.dtype)
-        ctx.save_for_backward(base, scores, mask if ctx.needs_input_grad[0] else None)
+    def forward(ctx, base: torch.Tensor, scores: torch.Tensor, kept: int,  # type: ignore[override]
+                records_grad: bool) -> torch.Tensor:
+        detached = scores.detach()
+        magnitudes = detached.abs()
+        n = magnitudes.numel()
+        same_layout = magnitudes.shape == base.shape and base.dtype == scores.dtype
+        if 0 < kept < n and same_layout and _numpy_selects(magnitudes):
+            # the usual case (CPU): the threshold is selected in the memory of |scores| (scrambling it), then
+            # |scores| is written again into the memory of the product and compared there, in place
+            threshold, tied = _kth_smallest_in_place(magnitudes, n - kept + 1)
+            mask = torch.abs(detached, out=torch.empty_like(base))
+            torch.ge(mask, threshold, out=mask)
+            if tied:  # rare; without a tie the entries >= the threshold are the kept ones (NaN never compares)
+                mask = _break_tie(detached.abs(), threshold, kept, mask)
+        else:
+            mask = topk_mask(magnitudes, kept, scores.dtype).to(base.dtype)
+        mask_for_base = mask if ctx.needs_input_grad[0] else None
+        ctx.sign_taken = records_grad and scores.device.type == "cpu"
+        if ctx.sign_taken:  # the mask has its own memory, so |scores| may now hold the sign
+            ctx.save_for_backward(base, torch.sgn(detached, out=magnitudes), mask_for_base)
+        else:
+            ctx.save_for_backward(base, scores, mask_for_base)
         if ctx.needs_input_grad[0] or mask.shape != base.shape:
             return base * mask
         return mask.mul_(base)  # base * mask in the mask's own memory (the same products, no new tensor)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:  # type: ignore[override]
-        base, scores, mask = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:  # type: ignore[override]
+        base, sign_or_scores, mask = ctx.saved_tensors
         grad_base = grad * mask if ctx.needs_input_grad[0] else None
         if not ctx.needs_input_grad[1]:
-            return grad_base, None, None
+            return grad_base, None, None, None
+        sign = sign_or_scores if ctx.sign_taken else sign_or_scores.sgn()
         grad_mask = grad * base
-        if grad_mask.dtype != scores.dtype:
-            grad_mask = grad_mask.to(scores.dtype)
-        return grad_base, grad_mask.mul_(scores.sgn()), None
+        if grad_mask.dtype != sign.dtype:
+            grad_mask = grad_mask.to(sign.dtype)
+        return grad_base, grad_mask.mul_(sign), None, None
 
 
 def masked_product(base: torch.Tensor, scores: torch.Tensor, kept: int) -> torch.Tensor:
     """``base`` times the edge-popup mask of ``scores`` (:func:`ste_mask`), in ``base``'s dtype: what a training
     :class:`~pemn.layers.MaskedWeight` returns."""
-    return _MaskedProduct.apply(base, scores, kept)
+    # whether autograd records this call (inside the node's forward grad mode is always off): without a
+    # graph (evaluation under no_grad) the sign of the scores is never needed
+    return _MaskedProduct.apply(base, scores, kept, torch.is_grad_enabled() and scores.requires_grad)
 
 
 class _GivenMaskSTE(torch.autograd.Function):
