@@ -403,6 +403,16 @@ def front_metric(rows: Iterable[Mapping[str, Any]]) -> str:
     return "val_loss" if any(_float(r.get("val_loss")) is not None for r in rows) else "final_acc"
 
 
+def _measured(rows: list[dict[str, Any]], metric: str) -> list[tuple[float, float, dict[str, Any]]]:
+    """``(bytes, score, row)`` for every row of ``rows`` with ``metric`` and ``bytes`` (the rows themselves, not
+    copies), the score signed so that higher is better (:data:`FRONT_METRICS`)."""
+    if metric not in FRONT_METRICS:
+        raise ValueError(f"the front's metric is one of {', '.join(FRONT_METRICS)}, not {metric!r}")
+    sign = FRONT_METRICS[metric]
+    return [(b, sign * a, r) for r in rows
+            if (a := _float(r.get(metric))) is not None and (b := _float(r.get("bytes"))) is not None]
+
+
 def annotate_rows(rows: Iterable[Mapping[str, Any]], max_bytes: int | None = None,
                   metric: str | None = None) -> list[dict[str, Any]]:
     """``rows`` with the :data:`DERIVED_COLUMNS` (re)computed from all of them (``budget`` under ``max_bytes``:
@@ -418,17 +428,11 @@ def annotate_rows(rows: Iterable[Mapping[str, Any]], max_bytes: int | None = Non
     that one's (each where both rows have it); empty where no baseline is that small.
     """
     metric = front_metric(rows := list(rows)) if metric is None else metric
-    if metric not in FRONT_METRICS:
-        raise ValueError(f"the front's metric is one of {', '.join(FRONT_METRICS)}, not {metric!r}")
-    sign = FRONT_METRICS[metric]
     out = [dict(r) for r in rows]
-    measured = []
     for r in out:
-        value, nbytes = _float(r.get(metric)), _float(r.get("bytes"))
         for c in DERIVED_COLUMNS:
             r[c] = None
-        if value is not None and nbytes is not None:
-            measured.append((nbytes, sign * value, r))
+    measured = _measured(out, metric)
     for nbytes, score, r in measured:
         r["on_front"] = not any(b <= nbytes and s >= score and (b < nbytes or s > score) for b, s, _ in measured)
     baselines = [(b, s, r) for b, s, r in measured if _point_of(r).kind != "pemn"]
@@ -501,9 +505,7 @@ def budget_report(rows: Iterable[Mapping[str, Any]], max_bytes: int) -> dict[str
     """
     check_max_bytes(max_bytes)
     metric = front_metric(rows := list(rows))
-    sign = FRONT_METRICS[metric]
-    measured = [(b, sign * a, dict(r)) for r in rows
-                if (a := _float(r.get(metric))) is not None and (b := _float(r.get("bytes"))) is not None]
+    measured = _measured([dict(r) for r in rows], metric)
     best, per_method = _budget_choice(measured, max_bytes)
     methods: dict[str, Any] = {}
     for _b, _a, r in measured:
