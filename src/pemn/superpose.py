@@ -91,9 +91,10 @@ class Superposition:
             params[k] = torch.tensordot(alpha.to(stacked.dtype), stacked, dims=1)
         logits = functional_call(self.plain, params, (x,))
         logp = torch.log_softmax(logits.float(), dim=-1)
-        value = -(logp.exp() * logp).sum(-1).mean()
+        probs = logp.exp()
+        value = -(probs * logp).sum(-1).mean()
         if objective == "information":
-            mean = logp.exp().mean(0)
+            mean = probs.mean(0)
             value = value + (mean * torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))).sum()
         (grad,) = torch.autograd.grad(value, alpha)
         return grad
