@@ -763,3 +763,42 @@ def test_plan_sweep_and_its_report_lines(tmp_path: Path) -> None:
     assert base == {"lr": 0.05, "model": "tiny-mlp"} and len(points) == 4
     report = SweepReport(csv=tmp_path / "sweep.csv", png=None, failed=[(points[0], "boom")])
     assert sweep_lines(report, tmp_path) == [f"sweep: 0 runs done, 0 already in {tmp_path / 'sweep.csv'}, 1 failed"]
+
+
+def _write_run_config(folder: Path, cfg: Any, drop: tuple[str, ...] = ()) -> None:
+    """A finished run's config.json as a build that lacked the fields ``drop`` wrote it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in cfg.to_dict().items() if k not in drop}
+    (folder / "config.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("drop, given, refused", [
+    # an earlier build without keep_rule trained keep 0.1 uniform; this build's default (auto) is ERK there
+    (("keep_rule",), {}, "keep_rule"),
+    # the sweep asked for what the earlier build did by default: comparable
+    (("keep_rule",), {"keep_rule": "uniform"}, None),
+    # the same build: nothing differs
+    ((), {}, None),
+])
+def test_a_new_seed_is_refused_where_an_earlier_build_trained_the_same_point_otherwise(
+        tmp_path: Path, drop: tuple[str, ...], given: dict[str, Any], refused: str | None) -> None:
+    from pemn.training.config import resolve_config
+    from pemn.training.sweep import SweepPoint
+
+    base = {"model": "tiny-cnn", "dataset": "digits", "epochs": 1, **given}
+    first = [SweepPoint("rp", ratio=0.01, keep=0.1, seed=0)]
+    calls: list[Any] = []
+    run_sweep(first, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
+    # what the earlier build recorded for that run (the fake trainer writes no folder)
+    old = resolve_config({**base, **first[0].overrides(), "out": str(tmp_path / first[0].name)})
+    _write_run_config(tmp_path / first[0].name, old, drop)
+    more = [SweepPoint("rp", ratio=0.01, keep=0.1, seed=1), SweepPoint("rp", ratio=0.01, keep=0.5, seed=0)]
+    calls.clear()
+    if refused is None:
+        run_sweep(more, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
+        assert len(calls) == 2
+        return
+    with pytest.raises(ValueError, match=rf"rp-r0.01-k0.1-s0 trained with {refused}=uniform.*{refused}=erk.*"
+                                         rf"another --out \(with --set {refused}=uniform"):
+        run_sweep(more, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
+    assert calls == []  # refused before training anything

@@ -573,17 +573,23 @@ def resolve_config(overrides: dict[str, Any] | None = None, *, recipe: str | Non
     return TrainConfig(**{**RECIPES[name], **from_file, **explicit, "recipe": name})
 
 
+def recorded_config(path: str | os.PathLike[str]) -> TrainConfig:
+    """The settings a run trained with, from the ``config.json`` it wrote (``path``). A pemn run written before
+    a field of :data:`FIELDS_BEFORE_AUTO` existed trained with what that field is now "auto" about, so the field
+    gets that value (a dense / quantized / pruned run has no PEMN options to fill in). OSError or ValueError
+    where the file cannot be read or holds no valid settings."""
+    data = json.loads(Path(path).read_text())
+    if isinstance(data, dict) and data.get("strategy") != "dense":
+        for key, before in FIELDS_BEFORE_AUTO.items():
+            data.setdefault(key, before)
+    return TrainConfig.from_dict(data)
+
+
 def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
     """The settings of the run that wrote ``path`` (its ``config.json``), with the :data:`RESUME_FREE_FIELDS`
     of ``given`` applied; any other setting in ``given`` must equal the run's (ValueError naming each one)."""
     try:
-        data = json.loads(path.read_text())
-        # a pemn run written before these fields existed trained with what they are now "auto" about, so it
-        # resumes as it trained (a dense / quantized / pruned run has no PEMN options to fill in)
-        if isinstance(data, dict) and data.get("strategy") != "dense":
-            for key, before in FIELDS_BEFORE_AUTO.items():
-                data.setdefault(key, before)
-        saved = TrainConfig.from_dict(data)
+        saved = recorded_config(path)
     except (OSError, ValueError) as e:
         raise ValueError(f"--resume takes the run's settings from {str(path)!r}, which cannot be read: "
                          f"{e or type(e).__name__}") from None

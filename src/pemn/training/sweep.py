@@ -734,6 +734,53 @@ def check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
     (out / SETTINGS_NAME).write_text(json.dumps(settings, indent=2) + "\n")
 
 
+#: Settings in which two seeds of one grid point may differ (the seed itself, and what does not change results).
+SEED_FREE_FIELDS = frozenset({"seed", "out", "resume", "eval_every", "eval_subset"}) | GRID_FREE_FIELDS
+
+
+def _seed_settings(cfg: Any) -> dict[str, Any]:
+    """``cfg``'s settings that every seed of its grid point must share, "auto" resolved where the config alone
+    decides it (``keep_rule``)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in SEED_FREE_FIELDS}
+    settings["keep_rule"] = cfg.resolved_keep_rule()
+    return settings
+
+
+def check_earlier_seeds(out: Path, todo: Sequence[tuple[SweepPoint, Any]]) -> None:
+    """ValueError (before anything trains) if a run already in ``out`` of a point to be trained, another seed of
+    it, recorded other settings than this build would train the point with: typically a default that changed
+    since an earlier pemn wrote the folder (rows keyed by grid point would then mix two settings as seeds of
+    one). A run folder without a readable ``config.json`` is not compared."""
+    from pemn.training.config import RUN_CONFIG_NAME, recorded_config
+
+    earlier = {}
+    for row in read_rows(out / CSV_NAME):
+        point = _point_of(row)
+        earlier.setdefault(dataclasses.replace(point, seed=None), []).append(point)
+    for point, cfg in todo:
+        for other in earlier.get(dataclasses.replace(point, seed=None), []):
+            try:
+                recorded = recorded_config(out / other.name / RUN_CONFIG_NAME)
+            except (OSError, ValueError):
+                continue
+            before, now = _seed_settings(recorded), _seed_settings(cfg)
+            differ = [k for k in now if before.get(k) != now[k]]
+            if differ:
+                was = ", ".join(f"{k}={_setting_text(before.get(k))}" for k in differ)
+                will = ", ".join(f"{k}={_setting_text(now[k])}" for k in differ)
+                asks = " ".join(f"{k}={_setting_text(before.get(k))}" for k in differ)
+                raise ValueError(
+                    f"{out / other.name} trained with {was}; this build would train {point.name} with {will} "
+                    f"(pemn's defaults changed since, or other settings were given): the seeds would not be "
+                    f"comparable. Use another --out (with --set {asks} to train as it did)")
+
+
+def _setting_text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
+
+
 def _sweep_model(base: Mapping[str, Any], recipe: str | None, config_file: str | os.PathLike[str] | None) -> str:
     """The sweep's model: ``base``'s, else the one its recipe / config file / the defaults give."""
     if base.get("model"):
@@ -786,7 +833,8 @@ def run_sweep(
     writes to ``out_dir/<point.name>``, with ``resume=True`` where that folder holds a checkpoint (a run
     killed with the sweep continues from it). The common settings are recorded in ``out_dir/sweep.json``;
     re-running the folder with other ones is a ValueError, since the CSV's rows are keyed by grid point
-    only. All configs are resolved before the first run, so a contradictory grid raises ValueError without
+    only; so is a new seed of a point whose earlier seed recorded other settings (:func:`check_earlier_seeds`:
+    a default changed since an earlier pemn wrote the folder). All configs are resolved before the first run, so a contradictory grid raises ValueError without
     training anything. A run that raises stops the sweep (the exception propagates) unless ``keep_going``,
     which records it in the report and goes on. Each finished run rewrites the CSV with every row's
     :func:`annotate_rows` columns (a CSV of an earlier version is rewritten with the new columns too). Finally the
@@ -813,6 +861,7 @@ def run_sweep(
     report = SweepReport(csv=csv_path, png=None)
     say = log or (lambda _msg: None)
     todo = [(p, c) for p, c in zip(points, configs, strict=True) if p.key() not in done]
+    check_earlier_seeds(out, todo)
     report.skipped = [p for p in points if p.key() in done]
     if report.skipped:
         say(f"sweep: {len(report.skipped)} of {len(points)} runs already in {csv_path}, skipping them")
