@@ -3,7 +3,7 @@
 :func:`quantize_model_file` reads a dense ``model.safetensors`` (a ``pemn train --strategy dense`` run),
 quantizes every Conv/Linear/Embedding weight per output channel
 (:func:`pemn.training.quantize.post_training_quantize_`), re-estimates BatchNorm statistics on training images
-where the model's workload reads data (:attr:`~pemn.training.workloads.Workload.ptq_reads_data`), writes the
+where the model's workload reads them (:meth:`~pemn.training.workloads.Workload.ptq_data`), writes the
 quantized file (:func:`pemn.training.quantfile.save_quant`, the app metadata carried over) and measures the test
 accuracy of the dense and of the reloaded quantized model. It returns a :class:`PTQReport`: the JSON object and the
 text lines the command prints.
@@ -16,16 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pemn.training import artifacts as arts
-from pemn.training import evaluation
-from pemn.training.augment import build_eval_transform
-from pemn.training.data import load_dataset
 from pemn.training.errors import OptionError
 from pemn.training.quantfile import quant_info, save_quant
 from pemn.training.quantize import PTQ_CALIBRATION_IMAGES, post_training_quantize_
-from pemn.training.workloads import workload_of_file
+from pemn.training.workloads import Workload, workload_of_file
 
 __all__ = ["PTQReport", "default_output", "quantize_model_file"]
 
@@ -64,29 +59,14 @@ def quantize_model_file(artifact: str | os.PathLike[str], method: str, *,
     out = Path(output) if output else default_output(path, method)
     if out.resolve() == path.resolve():
         raise OptionError(f"the output {out} would overwrite the dense model; give another -o")
-    workload = workload_of_file(app)
-    images = transform = None
-    test: tuple[torch.Tensor, torch.Tensor] | None = None
-    if workload is not None and not workload.ptq_reads_data:  # nothing read but the file
-        net, _, _ = arts.load_model(path)
-    else:
-        opened = arts.open_model_file(artifact, app, model=model, dataset=dataset, data_dir=data_dir)
-        info, net = opened.info, opened.model
-        if info is None:
-            raise OptionError("give --dataset NAME (the model file does not say which data it was trained on)")
-        transform = build_eval_transform(info)
-        images, _ = load_dataset(info.name, opened.data_dir, split="train", download=download)
-        if evaluate:
-            test = load_dataset(info.name, opened.data_dir, split="test", download=download)
-    device = torch.device("cpu")
-    dense_acc = acc = None
-    if test is not None:
-        dense_acc = evaluation.evaluate(net, *test, transform=transform, device=device)
-    n = post_training_quantize_(net.eval(), method, images, transform)
+    data = (workload_of_file(app) or Workload).ptq_data(  # a kind no workload writes: the file alone
+        path, app, model=model, dataset=dataset, data_dir=data_dir, download=download, evaluate=evaluate)
+    net, images = data.model, data.calibration
+    dense_acc = data.accuracy(net)
+    n = post_training_quantize_(net.eval(), method, images, data.transform)
     save_quant(net, out, method, extra_metadata=arts.app_metadata(app))
     loaded, _, _ = arts.load_model(out)  # the file alone rebuilds the quantized model
-    if test is not None:
-        acc = evaluation.evaluate(loaded, *test, transform=transform, device=device)
+    acc = data.accuracy(loaded)
     q = quant_info(out)
     used = 0 if images is None else min(len(images), PTQ_CALIBRATION_IMAGES)
     record = {"artifact": str(path), "output": str(out), "method": method, "file_bytes": q["file_bytes"],

@@ -827,21 +827,21 @@ def run_sweep(
 ) -> SweepReport:
     """Train every point not already in ``out_dir/sweep.csv`` and append its row when it ends.
 
-    ``base_overrides`` (TrainConfig fields such as model, dataset, epochs) apply to every run they mean
-    something for (PEMN-only options such as ``init`` are not given to the dense / pruned runs, ``fill`` only
-    to mp / rp, ``prune_scope`` only to the pruning baselines); each run
-    writes to ``out_dir/<point.name>``, with ``resume=True`` where that folder holds a checkpoint (a run
-    killed with the sweep continues from it). The common settings are recorded in ``out_dir/sweep.json``;
-    re-running the folder with other ones is a ValueError, since the CSV's rows are keyed by grid point
-    only; so is a new seed of a point whose earlier seed recorded other settings (:func:`check_earlier_seeds`:
-    a default changed since an earlier pemn wrote the folder). All configs are resolved before the first run, so a contradictory grid raises ValueError without
-    training anything. A run that raises stops the sweep (the exception propagates) unless ``keep_going``,
-    which records it in the report and goes on. Each finished run rewrites the CSV with every row's
-    :func:`annotate_rows` columns (a CSV of an earlier version is rewritten with the new columns too). Finally the
-    figure is drawn to ``out_dir/sweep.png`` from every row of the CSV (:func:`sweep_figure`, x axis ``figure_x``;
-    skipped, with ``plot_error``, if matplotlib is missing). ``train_fn`` replaces
-    :func:`pemn.training.engine.train` (for tests). ``max_bytes``: a byte budget (:func:`apply_budget`: the CSV's
-    ``budget`` column and ``sweep_budget.json``, in ``report.budget``); None: the folder's earlier budget, if any.
+    ``base_overrides`` (TrainConfig fields such as model, dataset, epochs) apply to every run they mean something
+    for (PEMN-only options such as ``init`` are not given to the dense / pruned runs, ``fill`` only to mp / rp,
+    ``prune_scope`` only to the pruning baselines); each run writes to ``out_dir/<point.name>``, with
+    ``resume=True`` where that folder holds a checkpoint (a run killed with the sweep continues from it). The common
+    settings are recorded in ``out_dir/sweep.json``; re-running the folder with other ones is a ValueError, since
+    the CSV's rows are keyed by grid point only; so is a new seed of a point whose earlier seed recorded other
+    settings (:func:`check_earlier_seeds`: a default changed since an earlier pemn wrote the folder). All configs
+    are resolved before the first run, so a contradictory grid raises ValueError without training anything. A run
+    that raises stops the sweep (the exception propagates) unless ``keep_going``, which records it in the report and
+    goes on. Each finished run rewrites the CSV with every row's :func:`annotate_rows` columns (a CSV of an earlier
+    version is rewritten with the new columns too). Finally the figure is drawn to ``out_dir/sweep.png`` from every
+    row of the CSV (:func:`sweep_figure`, x axis ``figure_x``; skipped, with ``plot_error``, if matplotlib is
+    missing). ``train_fn`` replaces :func:`pemn.training.engine.train` (for tests). ``max_bytes``: a byte budget
+    (:func:`apply_budget`: the CSV's ``budget`` column and ``sweep_budget.json``, in ``report.budget``); None: the
+    folder's earlier budget, if any.
     """
     if figure_x not in FIGURE_AXES:
         raise ValueError(f"figure_x must be one of {', '.join(FIGURE_AXES)}, got {figure_x!r}")

@@ -19,14 +19,16 @@ not new branches in the loop or the commands.
 from __future__ import annotations
 
 import hashlib
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from pemn.training.artifacts import IMAGE_APP_KIND, image_app, open_model_file, recorded_data_dir
+from pemn.training.artifacts import IMAGE_APP_KIND, image_app, load_model, open_model_file, recorded_data_dir
 from pemn.training.augment import BatchTransform, build_eval_transform, build_train_transform
 from pemn.training.data import DatasetInfo, dataset_info, dataset_serves, load_dataset
 from pemn.training.dist import Accelerator, Dist, device_option
@@ -38,6 +40,7 @@ from pemn.training.evaluation import (
     count_correct,
     evaluate_test_split,
 )
+from pemn.training.evaluation import evaluate as evaluate_model
 from pemn.training.models import create_model
 from pemn.training.progress import fmt_time, plural
 from pemn.training.sample import APP_KIND as CHAR_LM_APP_KIND
@@ -72,6 +75,26 @@ def _per_rank_batch(batch_size: int, world: int) -> int:
     return per_rank_batch
 
 
+@dataclass
+class PTQData:
+    """What post-training quantization of a dense model file reads beside the file (:meth:`Workload.ptq_data`)."""
+
+    #: the file's dense model
+    model: nn.Module
+    #: raw training images to re-estimate BatchNorm statistics on (None: none read)
+    calibration: torch.Tensor | None = None
+    #: what makes raw images the model's inputs (the file's normalisation)
+    transform: BatchTransform | None = None
+    #: the test split's images and labels (None: nothing is measured)
+    test: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def accuracy(self, model: nn.Module) -> float | None:
+        """``model``'s top-1 test accuracy (%) on :attr:`test`, on the CPU (None without a test split)."""
+        if self.test is None:
+            return None
+        return evaluate_model(model, *self.test, transform=self.transform, device=torch.device("cpu"))
+
+
 class Workload(ABC):
     """One run's data and how it is learned (see the module doc). Built by :meth:`load` on every rank; the split
     tensors ``train_x``/``train_y``/``test_x``/``test_y``, the dataset's ``info`` and the batch transforms
@@ -89,9 +112,6 @@ class Workload(ABC):
     exportable: ClassVar[bool] = True
     #: the keys of :meth:`result_fields` (``TrainResult.metrics``, ``result.json``), in order
     result_keys: ClassVar[tuple[str, ...]] = ()
-    #: whether post-training quantization of its dense files reads training data (BatchNorm statistics to
-    #: re-estimate) and measures the test split before and after (``pemn quantize``)
-    ptq_reads_data: ClassVar[bool] = True
 
     def __init__(self, cfg: TrainConfig, group: Dist, accel: Accelerator, info: DatasetInfo,
                  train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor],
@@ -190,6 +210,14 @@ class Workload(ABC):
     @abstractmethod
     def evaluate_file(cls, request: EvalRequest) -> EvalReport:
         """``pemn eval`` of a model file of this workload: its metrics on its data (:mod:`pemn.training.measure`)."""
+
+    @classmethod
+    def ptq_data(cls, artifact: str | os.PathLike[str], app: dict[str, Any] | None, *, model: str | None = None,
+                 dataset: str | None = None, data_dir: str | None = None, download: bool = False,
+                 evaluate: bool = True) -> PTQData:
+        """What post-training quantization of a dense model file of this workload reads (``pemn quantize``,
+        :mod:`pemn.training.ptq_file`): here the file alone (no statistics to re-estimate, nothing measured)."""
+        return PTQData(load_model(artifact)[0])
 
 
 class ImageClassification(Workload):
@@ -336,6 +364,21 @@ class ImageClassification(Workload):
                                    f"test images, {opened.name}, {request.kind.name} weights)"])
 
 
+    @classmethod
+    def ptq_data(cls, artifact: str | os.PathLike[str], app: dict[str, Any] | None, *, model: str | None = None,
+                 dataset: str | None = None, data_dir: str | None = None, download: bool = False,
+                 evaluate: bool = True) -> PTQData:
+        """The file's model, the training images its BatchNorm statistics are re-estimated on, and (``evaluate``)
+        the test split, all with the file's normalisation; the dataset the file records, or ``dataset``."""
+        opened = open_model_file(artifact, app, model=model, dataset=dataset, data_dir=data_dir)
+        info = opened.info
+        if info is None:
+            raise OptionError("give --dataset NAME (the model file does not say which data it was trained on)")
+        images, _ = load_dataset(info.name, opened.data_dir, split="train", download=download)
+        test = load_dataset(info.name, opened.data_dir, split="test", download=download) if evaluate else None
+        return PTQData(opened.model, images, build_eval_transform(info), test)
+
+
 class CharLM(Workload):
     """Character-level language modelling on one text (:mod:`pemn.training.text`): ``train_x``/``test_x`` are the
     splits' character ids; each step's global batch is random windows seeded by ``(seed, epoch, step)`` only (each
@@ -348,7 +391,6 @@ class CharLM(Workload):
     holds = "a language model"
     result_keys = ("val_loss", "bits_per_char", "artifact_val_loss")
     exportable = False
-    ptq_reads_data = False  # a GPT has no BatchNorm: nothing to calibrate, nothing read but the file
 
     def __init__(self, *args: Any, corpus: TextCorpus, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
