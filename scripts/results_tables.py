@@ -128,24 +128,28 @@ def equal_bytes_seeds_table(folders: list[Path]) -> str:
     rows = annotate_rows(means)
     lm = front_metric(rows) == "val_loss"
     head = "| setting | seeds | accuracy (file), mean ± std |" + (" val loss |" if lm else "")
-    out = [head + " file bytes, mean (range) | bits/weight | on front | best baseline ≤ bytes | Δ points |",
-           "|---" * (8 + lm) + "|"]
+    tail = " best baseline ≤ bytes (by loss) | Δ loss | Δ points |" if lm else " best baseline ≤ bytes | Δ points |"
+    out = [head + " file bytes, mean (range) | bits/weight | on front |" + tail, "|---" * (8 + 2 * lm) + "|"]
     for r in sorted(rows, key=lambda r: float(r["bytes"] or 0)):
         sz = sizes.get(_setting(r), [])
         span = f" ({int(min(sz)):,}–{int(max(sz)):,})" if sz and min(sz) != max(sz) else ""
-        base = (f"{r['baseline']} ({int(r['baseline_bytes']):,} B, {float(r['baseline_acc']):.2f})"
+        what = (f"{float(r['baseline_val_loss']):.4f}, {float(r['baseline_acc']):.2f}" if lm and r.get("baseline")
+                else f"{float(r['baseline_acc']):.2f}" if r.get("baseline") else "")
+        base = (f"{r['baseline']} ({int(r['baseline_bytes']):,} B, {what})"
                 if r.get("baseline") else ("–" if SweepPoint(r["strategy"]).kind == "pemn" and not r["prune"]
                                            and not r.get("quantize") else ""))
         delta = f"{float(r['acc_vs_baseline']):+.2f}" if r.get("acc_vs_baseline") is not None else ""
         bits = f"{float(r['bits_per_weight']):.2f}" if r.get("bits_per_weight") is not None else ""
-        loss = ""
+        loss = dloss = ""
         if lm:
             loss = (f" {float(r['val_loss']):.4f} ± {float(r['loss_std']):.4f} |" if r.get("val_loss") is not None
                     else " |")
+            dloss = (f" {float(r['val_loss_vs_baseline']):+.4f} |" if r.get("val_loss_vs_baseline") is not None
+                     else " |")
         acc = f"{float(r['final_acc']):.2f} ± {float(r['acc_std']):.2f}"
         out.append(f"| {label(r)} | {len(r['seeds'].split())} | {acc} |{loss} {round(float(r['bytes'])):,}{span} | "
                    f"{bits} | "
-                   f"{'**yes**' if r['on_front'] else 'no'} | {base} | {delta} |")
+                   f"{'**yes**' if r['on_front'] else 'no'} | {base} |{dloss} {delta} |")
     return "\n".join(out)
 
 

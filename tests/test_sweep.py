@@ -802,3 +802,23 @@ def test_a_new_seed_is_refused_where_an_earlier_build_trained_the_same_point_oth
                                          rf"another --out \(with --set {refused}=uniform"):
         run_sweep(more, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
     assert calls == []  # refused before training anything
+
+
+def test_equal_bytes_seeds_table_of_a_language_model_gives_the_loss_difference(tmp_path: Path) -> None:
+    """scripts/results_tables.py --equal-bytes-seeds on a text sweep: the best baseline and the difference go by
+    the mean validation loss (the front's metric), with the accuracy difference beside it."""
+    script = load_script("scripts/results_tables.py")
+    spec = [("rp", 48_828, 28.5, 2.50, 0), ("rp", 48_830, 28.9, 2.48, 1), ("quant-binary", 48_100, 27.7, 2.58, 0),
+            ("quant-binary", 48_110, 27.9, 2.57, 1)]
+    rows = []
+    for name, nbytes, acc, loss, seed in spec:
+        r = _row(name, nbytes, acc, loss)
+        r.update(seed=str(seed), model="gpt-128-4", bits_per_weight="1.0", command="pemn train")
+        rows.append(r)
+    sweep_module._write_rows(tmp_path / "sweep.csv", rows)
+    table = script.equal_bytes_seeds_table([tmp_path]).splitlines()
+    assert "| best baseline ≤ bytes (by loss) | Δ loss | Δ points |" in table[0]
+    assert table[1].count("|---") == table[0].count("|") - 1
+    pemn_row = next(line for line in table if line.startswith("| RP"))
+    assert "| 2.4900 ± 0.0141 |" in pemn_row
+    assert pemn_row.endswith("| **yes** | quant-binary (48,105 B, 2.5750, 27.80) | -0.0850 | +0.90 |")
