@@ -779,13 +779,15 @@ def _write_run_config(folder: Path, cfg: Any, drop: tuple[str, ...] = ()) -> Non
     (("keep_rule",), {"keep_rule": "uniform"}, None),
     # the same build: nothing differs
     ((), {}, None),
+    # an earlier build without gains: this build's auto turns them on for a network without norm layers
+    (("keep_rule", "gain"), {"keep_rule": "uniform"}, "gain"),
 ])
 def test_a_new_seed_is_refused_where_an_earlier_build_trained_the_same_point_otherwise(
         tmp_path: Path, drop: tuple[str, ...], given: dict[str, Any], refused: str | None) -> None:
     from pemn.training.config import resolve_config
     from pemn.training.sweep import SweepPoint
 
-    base = {"model": "tiny-cnn", "dataset": "digits", "epochs": 1, **given}
+    base = {"model": "mlp", "dataset": "digits", "epochs": 1, **given}  # an MLP: no norm layers (auto gains)
     first = [SweepPoint("rp", ratio=0.01, keep=0.1, seed=0)]
     calls: list[Any] = []
     run_sweep(first, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
@@ -798,8 +800,9 @@ def test_a_new_seed_is_refused_where_an_earlier_build_trained_the_same_point_oth
         run_sweep(more, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
         assert len(calls) == 2
         return
-    with pytest.raises(ValueError, match=rf"rp-r0.01-k0.1-s0 trained with {refused}=uniform.*{refused}=erk.*"
-                                         rf"another --out \(with --set {refused}=uniform"):
+    was, now = {"keep_rule": ("uniform", "erk"), "gain": ("false", "true")}[refused]
+    with pytest.raises(ValueError, match=rf"rp-r0.01-k0.1-s0 trained with {refused}={was}.*{refused}={now}.*"
+                                         rf"another --out \(with --set {refused}={was}"):
         run_sweep(more, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
     assert calls == []  # refused before training anything
 

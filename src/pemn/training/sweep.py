@@ -738,12 +738,28 @@ def check_settings(out: Path, base: Mapping[str, Any], recipe: str | None,
 SEED_FREE_FIELDS = frozenset({"seed", "out", "resume", "eval_every", "eval_subset"}) | GRID_FREE_FIELDS
 
 
-def _seed_settings(cfg: Any) -> dict[str, Any]:
-    """``cfg``'s settings that every seed of its grid point must share, "auto" resolved where the config alone
-    decides it (``keep_rule``)."""
+def _seed_settings(cfg: Any, model: Any) -> dict[str, Any]:
+    """``cfg``'s settings that every seed of its grid point must share, with what "auto" picks resolved
+    (``keep_rule``; ``gain`` and ``variance`` by the family of ``model``, the point's fresh network, where there is
+    one)."""
     settings = {k: v for k, v in cfg.to_dict().items() if k not in SEED_FREE_FIELDS}
     settings["keep_rule"] = cfg.resolved_keep_rule()
+    if model is not None:
+        settings["gain"] = cfg.resolved_gain(model)
+        settings["variance"] = cfg.resolved_variance(model)
     return settings
+
+
+def _fresh_network(cfg: Any) -> Any:
+    """The point's freshly initialised network (what its "auto" settings are decided by), or None where it cannot
+    be built without its data (a text dataset whose folder is missing)."""
+    from pemn.training.data import dataset_info
+    from pemn.training.workloads import workload_of_dataset
+
+    try:
+        return workload_of_dataset(cfg.dataset).build_model(cfg, dataset_info(cfg.dataset, cfg.data_dir))
+    except (OSError, ValueError):  # pemn.errors.DatasetError is a ValueError
+        return None
 
 
 def check_earlier_seeds(out: Path, todo: Sequence[tuple[SweepPoint, Any]]) -> None:
@@ -758,12 +774,15 @@ def check_earlier_seeds(out: Path, todo: Sequence[tuple[SweepPoint, Any]]) -> No
         point = _point_of(row)
         earlier.setdefault(dataclasses.replace(point, seed=None), []).append(point)
     for point, cfg in todo:
+        network: list[Any] = []  # built once per point, when an earlier seed is there to compare with
         for other in earlier.get(dataclasses.replace(point, seed=None), []):
             try:
                 recorded = recorded_config(out / other.name / RUN_CONFIG_NAME)
             except (OSError, ValueError):
                 continue
-            before, now = _seed_settings(recorded), _seed_settings(cfg)
+            if not network:
+                network.append(_fresh_network(cfg))
+            before, now = _seed_settings(recorded, network[0]), _seed_settings(cfg, network[0])
             differ = [k for k in now if before.get(k) != now[k]]
             if differ:
                 was = ", ".join(f"{k}={_setting_text(before.get(k))}" for k in differ)
