@@ -148,7 +148,8 @@ class _MaskedProduct(torch.autograd.Function):
         magnitudes = detached.abs()
         n = magnitudes.numel()
         same_layout = magnitudes.shape == base.shape and base.dtype == scores.dtype
-        if 0 < kept < n and same_layout and _numpy_selects(magnitudes):
+        # _numpy_selects(magnitudes) written out (|scores| never requires grad): this runs every step
+        if 0 < kept < n and same_layout and magnitudes.is_cpu and magnitudes.dtype in _SAME_ORDER_BITS:
             # the usual case (CPU): the threshold is selected in the memory of |scores| (scrambling it), then
             # |scores| is written again into the memory of the product and compared there, in place
             threshold, tied = _kth_smallest_in_place(magnitudes, n - kept + 1)
@@ -158,13 +159,14 @@ class _MaskedProduct(torch.autograd.Function):
                 mask = _break_tie(detached.abs(), threshold, kept, mask)
         else:
             mask = topk_mask(magnitudes, kept, scores.dtype).to(base.dtype)
-        mask_for_base = mask if ctx.needs_input_grad[0] else None
-        ctx.sign_taken = records_grad and scores.device.type == "cpu"
+        base_grad = ctx.needs_input_grad[0]
+        mask_for_base = mask if base_grad else None
+        ctx.sign_taken = records_grad and scores.is_cpu
         if ctx.sign_taken:  # the mask has its own memory, so |scores| may now hold the sign
             ctx.save_for_backward(base, torch.sgn(detached, out=magnitudes), mask_for_base)
         else:
             ctx.save_for_backward(base, scores, mask_for_base)
-        if ctx.needs_input_grad[0] or mask.shape != base.shape:
+        if base_grad or mask.shape != base.shape:
             return base * mask
         return mask.mul_(base)  # base * mask in the mask's own memory (the same products, no new tensor)
 
