@@ -53,7 +53,9 @@ __all__ = [
     "field_type",
     "parse_setting",
     "parse_settings",
+    "recorded_config",
     "resolve_config",
+    "setting_text",
 ]
 
 
@@ -598,16 +600,18 @@ def _resume_config(path: Path, given: dict[str, Any]) -> TrainConfig:
     asked = merged.to_dict()
     differ = [k for k in given if k not in RESUME_FREE_FIELDS and asked[k] != base[k]]
     if differ:
-        detail = ", ".join(f"--{k.replace('_', '-')} {_flag_text(asked[k])} (the run has {_flag_text(base[k])})"
+        detail = ", ".join(f"--{k.replace('_', '-')} {setting_text(asked[k])} (the run has {setting_text(base[k])})"
                            for k in differ)
         raise ValueError(f"--resume continues the run in {str(path.parent)!r} with its own settings ({path.name}); "
                          f"these differ: {detail}. Drop them to resume, or start a new run in another --out")
     return merged
 
 
-def _flag_text(value: Any) -> str:
-    if isinstance(value, list):
-        return " ".join(map(str, value))
+def setting_text(value: Any, list_sep: str = " ") -> str:
+    """A setting's value as the command line writes it: a list's items joined by ``list_sep`` (" " after a flag,
+    "," in ``--set key=value``), a bool or None in lower case."""
+    if isinstance(value, list | tuple):
+        return list_sep.join(map(str, value))
     return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 

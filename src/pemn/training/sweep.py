@@ -767,37 +767,32 @@ def check_earlier_seeds(out: Path, todo: Sequence[tuple[SweepPoint, Any]]) -> No
     it, recorded other settings than this build would train the point with: typically a default that changed
     since an earlier pemn wrote the folder (rows keyed by grid point would then mix two settings as seeds of
     one). A run folder without a readable ``config.json`` is not compared."""
-    from pemn.training.config import RUN_CONFIG_NAME, recorded_config
+    from pemn.training.config import RUN_CONFIG_NAME, recorded_config, setting_text
 
     earlier = {}
     for row in read_rows(out / CSV_NAME):
         point = _point_of(row)
         earlier.setdefault(dataclasses.replace(point, seed=None), []).append(point)
     for point, cfg in todo:
-        network: list[Any] = []  # built once per point, when an earlier seed is there to compare with
+        network = now = None  # built once per point, when an earlier seed is there to compare with
         for other in earlier.get(dataclasses.replace(point, seed=None), []):
             try:
                 recorded = recorded_config(out / other.name / RUN_CONFIG_NAME)
             except (OSError, ValueError):
                 continue
-            if not network:
-                network.append(_fresh_network(cfg))
-            before, now = _seed_settings(recorded, network[0]), _seed_settings(cfg, network[0])
+            if now is None:
+                network = _fresh_network(cfg)
+                now = _seed_settings(cfg, network)
+            before = _seed_settings(recorded, network)
             differ = [k for k in now if before.get(k) != now[k]]
             if differ:
-                was = ", ".join(f"{k}={_setting_text(before.get(k))}" for k in differ)
-                will = ", ".join(f"{k}={_setting_text(now[k])}" for k in differ)
-                asks = " ".join(f"{k}={_setting_text(before.get(k))}" for k in differ)
+                was = ", ".join(f"{k}={setting_text(before.get(k), ',')}" for k in differ)
+                will = ", ".join(f"{k}={setting_text(now[k], ',')}" for k in differ)
+                asks = " ".join(f"{k}={setting_text(before.get(k), ',')}" for k in differ)
                 raise ValueError(
                     f"{out / other.name} trained with {was}; this build would train {point.name} with {will} "
                     f"(pemn's defaults changed since, or other settings were given): the seeds would not be "
                     f"comparable. Use another --out (with --set {asks} to train as it did)")
-
-
-def _setting_text(value: Any) -> str:
-    if isinstance(value, list | tuple):
-        return ",".join(map(str, value))
-    return str(value).lower() if isinstance(value, bool) or value is None else str(value)
 
 
 def _sweep_model(base: Mapping[str, Any], recipe: str | None, config_file: str | os.PathLike[str] | None) -> str:

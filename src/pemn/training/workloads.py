@@ -363,7 +363,6 @@ class ImageClassification(Workload):
         return EvalReport(record, [f"{request.artifact}: test accuracy {acc:.2f} % (top-1, {examples:,} {info.name} "
                                    f"test images, {opened.name}, {request.kind.name} weights)"])
 
-
     @classmethod
     def ptq_data(cls, artifact: str | os.PathLike[str], app: dict[str, Any] | None, *, model: str | None = None,
                  dataset: str | None = None, data_dir: str | None = None, download: bool = False,
