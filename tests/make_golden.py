@@ -42,6 +42,10 @@ GOLDEN = {
                                                                          "extras_dtype": "int8"}),
     "golden_v3_core_fold_rows": ("conv2d_bn16", "rp", "packed", "values", {"fold_norms": True,
                                                                           "extras_dtype": "int8"}),
+    # coding="context" (issue 23's coder): a classifier whose masks keep unequal shares per row and column, so its
+    # masks take the rows-cols and rows models; a version 1 file and a version 3 one (int8 extras, seed)
+    "golden_v1_context": ("mlp_structured", "rp", "context", "values", {}),
+    "golden_v3_context_int8_seed": ("mlp_structured", "rp", "context", "seed", {"extras_dtype": "int8"}),
 }
 #: the golden files whose index is compressed against artifact.FIRST_INDEX_DICTIONARY (the other version 3 ones:
 #: artifact.INDEX_DICTIONARY)
@@ -53,6 +57,8 @@ EXTRA_MODELS = {
                                                 torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
                                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
                                                 torch.nn.Linear(16, 4)), (2, 3, 6, 6)),
+    "mlp_structured": (lambda: torch.nn.Sequential(torch.nn.Linear(96, 40), torch.nn.ReLU(), torch.nn.Linear(40, 24),
+                                                   torch.nn.ReLU(), torch.nn.Linear(24, 4)), (3, 96)),
 }
 
 
@@ -71,6 +77,14 @@ def make_input(model_name: str) -> torch.Tensor:
 
 def _prepare(name: str, model: torch.nn.Module) -> None:
     """Put the trained model into the state its golden file is about."""
+    if "_context" in name:  # scores scaled per row and per column: masks with the structure the row models code
+        g = torch.Generator().manual_seed(3)
+        with torch.no_grad():
+            for i, mw in enumerate(pemn.masked_weights(model).values()):
+                rows, cols = mw.shape
+                row = torch.rand(rows, 1, generator=g) * 2.5 + 0.2
+                col = torch.where(torch.rand(1, cols, generator=g) < 0.4, 0.3, 1.5) if i != 1 else torch.ones(1, cols)
+                mw.scores.copy_(torch.rand(rows, cols, generator=g) * row * col)  # the second layer: rows only
     if name.endswith("_fold_rows"):
         bn = model[1]
         with torch.no_grad():

@@ -399,11 +399,24 @@ def _recode_mask(fn: Callable[[np.ndarray], np.ndarray], name: str = "0.weight",
         count = math.prod(entry["shape"])
         chunks = mask_chunks(p)
         data = chunks[name].numpy()
-        bits = (mask_coding.unpack_bits(data, count) if coding == "packed"
-                else mask_coding.decode_entropy(data, count, entry["kept"]))
+        if coding == "packed":
+            bits = mask_coding.unpack_bits(data, count)
+        elif coding == "entropy":
+            bits = mask_coding.decode_entropy(data, count, entry["kept"])
+        else:
+            bits = mask_coding.decode_context(data, count, entry["kept"], entry["shape"][0],
+                                              entry.get("model", "order0"))
         bits = fn(bits.copy())
         ones = int(bits.sum())
-        payload = mask_coding.pack_bits(bits) if coding == "packed" else mask_coding.encode_entropy(bits, ones)
+        if coding == "packed":
+            payload = mask_coding.pack_bits(bits)
+        elif coding == "entropy":
+            payload = mask_coding.encode_entropy(bits, ones)
+        else:
+            payload, model = mask_coding.encode_context(bits, ones, entry["shape"][0])
+            entry.pop("model", None)
+            if model != "order0":
+                entry["model"] = model
         chunks[name] = uint8_tensor(payload.tobytes())
         p.tensors["masks"] = torch.cat(list(chunks.values()))
         entry["bytes"] = len(payload)
@@ -995,6 +1008,16 @@ HEADER_EDITS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
     "coding_swapped": (lambda d: rewrite(d, meta={"coding": "entropy"}), r"corrupt mask for"),
     "coding_swapped_to_packed": (lambda d: rewrite(d, meta={"coding": "packed"}), r"corrupt mask for 0\.weight"),
     "coding_missing": (lambda d: rewrite(d, drop_meta=("coding",)), r"bad header field.*coding"),
+    # context coding: a manifest entry names its model ("rows", "rows-cols") only in a context-coded file; order 0
+    # goes unnamed (one spelling per file)
+    "model_key_in_packed": (_entry(0, model="rows"), r"bad manifest entry.*'model'"),
+    "model_key_in_entropy": (_entry(0, model="rows"), r"bad manifest entry.*'model'"),
+    "model_order0_named": (_entry(0, model="order0"), r"bad manifest entry.*'order0'"),
+    "model_unknown": (_entry(0, model="columns"), r"bad manifest entry.*'columns'"),
+    "model_null": (_entry(0, model=None), r"bad manifest entry"),
+    "model_list": (_entry(0, model=["rows"]), r"bad manifest entry"),
+    "model_switched_to_rows": (_entry(0, model="rows"), r"corrupt mask for 0\.weight.*context"),
+    "model_switched_to_rows_cols": (_entry(1, model="rows-cols"), r"corrupt mask for 4\.weight.*context"),
     "storage_unknown": (lambda d: rewrite(d, meta={"prototype_storage": "none"}), r"prototype storage 'none'"),
     "integrity_missing": (lambda d: rewrite(d, drop_meta=("integrity",), fix_integrity=False), r"integrity"),
     "integrity_garbage": (lambda d: rewrite(d, meta={"integrity": "x"}, fix_integrity=False), r"integrity"),
@@ -1042,6 +1065,10 @@ HEADER_VARIANT = {k: ("rp", "packed", "values") for k in HEADER_EDITS}
 HEADER_VARIANT["coding_swapped"] = ("mask", "packed", "values")
 HEADER_VARIANT["coding_swapped_to_packed"] = ("rp", "entropy", "values")
 HEADER_VARIANT["storage_seed_switched_to_values"] = ("rp", "packed", "seed")
+for _kind in ("model_order0_named", "model_unknown", "model_null", "model_list", "model_switched_to_rows",
+              "model_switched_to_rows_cols"):
+    HEADER_VARIANT[_kind] = ("rp", "context", "values")
+HEADER_VARIANT["model_key_in_entropy"] = ("rp", "entropy", "values")
 
 
 @pytest.mark.parametrize("kind", [*HEADER_EDITS, "identity (positive control)"])

@@ -114,3 +114,14 @@ def test_bench_split_tasks_matched_init_gives_identical_tasks() -> None:
     assert doc["separate_init"] == "matched"
     assert [r["difference"] for r in doc["results"]] == [0.0] * 5
     assert doc["std_difference"] == 0.0
+
+
+@pytest.mark.slow  # a fresh process
+def test_bench_context_coding_quick() -> None:
+    """Issue 23's coder: the benchmark re-codes each file both ways and reports the ratio BENCHMARKS.md quotes."""
+    structured, plain = _bench("bench_context_coding")["results"]
+    assert structured["ratio_context_over_entropy_masks"] < 0.9 and "rows-cols" in structured["masks_by_model"]
+    assert plain["ratio_context_over_entropy_masks"] == 1.0 and set(plain["masks_by_model"]) == {"order0"}
+    for row in (structured, plain):
+        assert row["mask_bits_per_weight"]["entropy"] >= row["mask_bits_per_weight"]["order0_bound"]
+        assert row["ratio_decode_context_over_entropy"] > 0

@@ -280,3 +280,158 @@ def test_decode_wraps_rust_panics(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(coding.constriction.stream.queue, "RangeDecoder", Exploding)
     with pytest.raises(FormatError, match="boom"):
         decode_entropy(np.zeros(4, np.uint8), 10, 3)
+
+
+# -------------------------------------------------------------------------------------------- context
+
+
+def _structured(rows: int, cols: int, seed: int) -> np.ndarray:
+    """A (rows, cols) mask whose rows and columns keep unequal shares, as a trained classifier's masks do."""
+    rng = np.random.default_rng(seed)
+    row_rate = rng.uniform(0.02, 0.3, rows)
+    column_factor = np.where(rng.random(cols) < 0.4, 0.1, 1.6)  # some inputs nearly unused, as at an image border
+    p = np.clip(row_rate[:, None] * column_factor[None, :], 0, 1)
+    return rng.random((rows, cols)) < p
+
+
+@st.composite
+def shaped_masks(draw: st.DrawFn) -> tuple[np.ndarray, int]:
+    rows = draw(st.integers(1, 40))
+    cols = draw(st.integers(1, 40))
+    if draw(st.booleans()):
+        return _structured(rows, cols, draw(st.integers(0, 2**32 - 1))).reshape(-1), rows
+    kept = draw(st.one_of(st.sampled_from([0, 1, rows * cols - 1, rows * cols]), st.integers(0, rows * cols)))
+    return _mask(rows * cols, max(0, kept), draw(st.integers(0, 2**32 - 1))), rows
+
+
+@SETTINGS
+@given(shaped_masks())
+def test_context_round_trip_every_model(case: tuple[np.ndarray, int]) -> None:
+    """Every model that applies round-trips; the chosen one is the smallest and never beats order 0 by growing."""
+    mask, rows = case
+    kept = int(mask.sum())
+    data, model = coding.encode_context(mask, kept, rows)
+    assert model in coding.CONTEXT_MODELS and data.dtype == np.uint8 and data.size % 4 == 0
+    assert data.size <= encode_entropy(mask, kept).size
+    assert np.array_equal(coding.decode_context(data, mask.size, kept, rows, model), mask)
+    for name in coding.CONTEXT_MODELS:
+        try:
+            forced, got = coding.encode_context(mask, kept, rows, name)
+        except ValueError:  # a row model on a mask it does not apply to (empty, full, one row or one column)
+            assert name != "order0" and (kept in (0, mask.size) or rows in (1, mask.size))
+            continue
+        assert got == name and forced.size >= data.size
+        assert np.array_equal(coding.decode_context(forced, mask.size, kept, rows, name), mask)
+
+
+def test_context_order0_is_the_entropy_payload() -> None:
+    mask = _mask(5000, 500, seed=1)  # no structure: order 0 wins
+    data, model = coding.encode_context(mask, 500, 50)
+    assert model == "order0" and np.array_equal(data, encode_entropy(mask, 500))
+
+
+@pytest.mark.parametrize(("rows", "cols", "bound"), [(180, 600, 0.9), (126, 180, 0.9), (600, 180, 0.9)])
+def test_context_codes_structured_masks_below_order0(rows: int, cols: int, bound: float) -> None:
+    """Rows and columns that keep unequal shares code at least 10 % below H(kept fraction) per element."""
+    mask = _structured(rows, cols, seed=rows)
+    kept = int(mask.sum())
+    data, model = coding.encode_context(mask, kept, rows)
+    assert model == "rows-cols"
+    assert data.size * 8 < bound * entropy_bits(mask.size, kept), (data.size * 8, entropy_bits(mask.size, kept))
+    assert np.array_equal(coding.decode_context(data, mask.size, kept, rows, model), mask.reshape(-1))
+
+
+def test_context_layout_is_pinned() -> None:
+    """Golden bytes of both row models: fails if the probability rule, the count model or constriction changes
+    (a format break)."""
+    mask = np.zeros((4, 8), dtype=bool)
+    mask[0, [1, 2]] = mask[1, [1]] = mask[2, [1, 2, 5]] = mask[3, :] = True
+    kept = int(mask.sum())
+    got = {name: coding.encode_context(mask, kept, 4, name)[0].tolist() for name in ("rows", "rows-cols")}
+    assert got == {"rows": [142, 91, 113, 61], "rows-cols": [190, 91, 113, 61]}, got
+    for name, payload in got.items():
+        assert np.array_equal(coding.decode_context(bytes(payload), 32, kept, 4, name), mask.reshape(-1))
+
+
+def test_context_blocks_do_not_change_the_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The encoder computes a block of rows at a time, the decoder one row at a time: the same probabilities."""
+    mask = _structured(300, 70, seed=5)
+    kept = int(mask.sum())
+    whole = {name: coding.encode_context(mask, kept, 300, name)[0] for name in ("rows", "rows-cols")}
+    monkeypatch.setattr(coding, "_CHUNK", 150)  # two rows per block
+    for name, data in whole.items():
+        assert np.array_equal(coding.encode_context(mask, kept, 300, name)[0], data)
+        assert np.array_equal(coding.decode_context(data, mask.size, kept, 300, name), mask.reshape(-1))
+
+
+def test_context_rejects_bad_arguments() -> None:
+    mask = _structured(10, 10, seed=0).reshape(-1)
+    kept = int(mask.sum())
+    with pytest.raises(ValueError, match="cannot have 7 rows"):
+        coding.encode_context(mask, kept, 7)
+    with pytest.raises(ValueError, match="model must be one of"):
+        coding.encode_context(mask, kept, 10, "columns")
+    with pytest.raises(ValueError, match="kept="):
+        coding.encode_context(mask, kept + 1, 10)
+    with pytest.raises(ValueError, match="does not apply"):
+        coding.encode_context(mask, kept, 1, "rows")
+    with pytest.raises(FormatError, match="unknown context model"):
+        coding.decode_context(b"", 100, kept, 10, "columns")
+    with pytest.raises(FormatError, match="cannot have 7 rows"):
+        coding.decode_context(b"", 100, kept, 7, "rows")
+    with pytest.raises(FormatError, match="is not used"):
+        coding.decode_context(b"\0\0\0\0", 100, 0, 10, "rows")
+
+
+@pytest.fixture(scope="module", params=["rows", "rows-cols"])
+def context_stream(request: pytest.FixtureRequest) -> tuple[np.ndarray, np.ndarray, int, str]:
+    mask = _structured(60, 50, seed=9).reshape(-1)
+    return mask, coding.encode_context(mask, int(mask.sum()), 60, request.param)[0], int(mask.sum()), request.param
+
+
+def _assert_context_error_or_valid(data: bytes | np.ndarray, count: int, kept: int, rows: int, model: str) -> None:
+    try:
+        out = coding.decode_context(data, count, kept, rows, model)
+    except FormatError:
+        return
+    assert out.dtype == np.bool_ and out.shape == (count,) and int(out.sum()) == kept
+    assert bytes(coding.encode_context(out, kept, rows, model)[0]) == bytes(np.frombuffer(bytes(data), np.uint8))
+
+
+@pytest.mark.parametrize("cut", [1, 4, 8])
+def test_context_rejects_truncated(context_stream: tuple[np.ndarray, np.ndarray, int, str], cut: int) -> None:
+    mask, data, kept, model = context_stream
+    with pytest.raises(FormatError):
+        coding.decode_context(data[:-cut], mask.size, kept, 60, model)
+
+
+def test_context_rejects_trailing_words(context_stream: tuple[np.ndarray, np.ndarray, int, str]) -> None:
+    mask, data, kept, model = context_stream
+    with pytest.raises(FormatError):
+        coding.decode_context(np.concatenate([data, np.zeros(4, np.uint8)]), mask.size, kept, 60, model)
+
+
+@SETTINGS
+@given(st.data())
+def test_context_bit_flips(context_stream: tuple[np.ndarray, np.ndarray, int, str], data: st.DataObject) -> None:
+    mask, payload, kept, model = context_stream
+    corrupt = payload.copy()
+    corrupt[data.draw(st.integers(0, corrupt.size - 1))] ^= np.uint8(1 << data.draw(st.integers(0, 7)))
+    _assert_context_error_or_valid(corrupt, mask.size, kept, 60, model)
+
+
+@SETTINGS
+@given(st.binary(max_size=64), st.integers(2, 30), st.integers(2, 30), st.sampled_from(["rows", "rows-cols"]),
+       st.data())
+def test_context_garbage_never_raises_anything_else(payload: bytes, rows: int, cols: int, model: str,
+                                                    data: st.DataObject) -> None:
+    kept = data.draw(st.integers(1, rows * cols - 1))
+    _assert_context_error_or_valid(payload, rows * cols, kept, rows, model)
+
+
+def test_context_wrong_header_is_caught(context_stream: tuple[np.ndarray, np.ndarray, int, str]) -> None:
+    """A payload read with another kept count, row count or model never comes back as a different mask."""
+    mask, data, kept, model = context_stream
+    for k, rows, name in ((kept + 1, 60, model), (kept - 1, 60, model), (kept, 30, model), (kept, 50, model),
+                          (kept, 60, "order0"), (kept, 60, "rows" if model == "rows-cols" else "rows-cols")):
+        _assert_context_error_or_valid(data, mask.size, k, rows, name)

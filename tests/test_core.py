@@ -112,7 +112,7 @@ def test_materialize_and_freeze_same_outputs(model_name: str, strategy: str) -> 
     dense(x).sum().backward()  # a plain trainable model
 
 
-@pytest.mark.parametrize("coding", ["packed", "entropy"])
+@pytest.mark.parametrize("coding", ["packed", "entropy", "context"])
 @pytest.mark.parametrize(("model_name", "strategy"), GRID)
 def test_save_load_roundtrip(tmp_path: Path, model_name: str, strategy: str, coding: str) -> None:
     model = converted(model_name, strategy)

@@ -42,6 +42,8 @@ def test_golden_artifact_loads_exactly(name: str) -> None:
     if art.format_version == 3:  # the preset dictionary its index names: the first one, or the core's
         expected_dictionary = artifact.FIRST_INDEX_DICTIONARY if name in FIRST_DICTIONARY else artifact.INDEX_DICTIONARY
         assert artifact.index_dictionary(art.tensors["index"].numpy().tobytes()) is expected_dictionary
+    if coding == "context":  # the row models these files pin (order 0 is the entropy coding's payload)
+        assert {e.get("model") for e in art.manifest} >= {"rows", "rows-cols"}, art.manifest
     if name.endswith("_fold_rows"):  # the row-wise fold these files pin
         assert [(e[1], e[2]) for e in art.dense if e[1].startswith("fold")] == [("fold.scale", "float16"),
                                                                                 ("fold.shift", "int8")]

@@ -301,12 +301,13 @@ def test_keep_rule_auto(tmp_path: Path, kw: dict, rule: str) -> None:
 # ------------------------------------------------------------------------------------------- the CLI
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [[], ["--gain", "--mask-sampling", "bernoulli"]])
-def test_cli_sub_bit_file_trains_evals_inspects_and_exports(tmp_path: Path, extra: list[str]) -> None:
+@pytest.mark.parametrize(("coding", "extra"), [("entropy", []), ("entropy", ["--gain", "--mask-sampling", "bernoulli"]),
+                                               ("context", [])])
+def test_cli_sub_bit_file_trains_evals_inspects_and_exports(tmp_path: Path, coding: str, extra: list[str]) -> None:
     out = tmp_path / "run"
     code, stdout, err = run(["train", "--model", "tiny-mlp", "--dataset", "digits", "--epochs", "1", "--train-subset",
                              "128", "--device", "cpu", "--no-progress", "--strategy", "rp", "--ratio", "0.1",
-                             "--keep", "0.1", "--coding", "entropy", *extra, "--out", str(out)])
+                             "--keep", "0.1", "--coding", coding, *extra, "--out", str(out)])
     assert code == 0, err
     assert "keep 0.1 shared by erk" in stdout  # the sub-bit default
     final = float(re.search(r"final epoch \(\d+\): ([0-9.]+) %", stdout).group(1))
@@ -382,3 +383,123 @@ def test_resume_of_an_older_baseline_run_is_not_given_pemn_options(tmp_path: Pat
     (out / "config.json").write_text(json.dumps(old))
     resumed = resolve_config({"out": str(out), "resume": True})
     assert resumed.strategy == "dense" and resumed.quantize == settings.get("quantize")
+
+
+# ------------------------------------------------------------------------------------ context coding
+
+
+def _structured_net(seed: int = 0) -> nn.Module:
+    """A two-layer classifier whose masks keep unequal shares per unit (rows) and per input (columns), as trained
+    LeNet-5 classifiers do: scores scaled by a per-row and a per-column factor before the top-k."""
+    torch.manual_seed(seed)
+    model = pemn.convert_(nn.Sequential(nn.Linear(600, 180), nn.ReLU(), nn.Linear(180, 10)),
+                          PEMNConfig(strategy="rp", ratio=1e-2, keep=0.1, seed=seed))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for mw in pemn.masked_weights(model).values():
+            rows, cols = mw.shape
+            row = torch.rand(rows, 1, generator=g) * 2.5 + 0.2
+            col = torch.where(torch.rand(1, cols, generator=g) < 0.4, 0.3, 1.5)
+            mw.scores.copy_(torch.rand(rows, cols, generator=g) * row * col)
+    return model
+
+
+def test_context_coding_saves_structured_masks_exactly(tmp_path: Path) -> None:
+    """coding="context": the classifier's masks code well below the entropy coding, the file loads bit for bit,
+    and the manifest names each layer's model."""
+    model = _structured_net()
+    x = torch.randn(5, 600)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    entropy = pemn.save(model, tmp_path / "e.pemn", coding="entropy")
+    context = pemn.save(model, tmp_path / "c.pemn", coding="context")
+    art_e, art_c = pemn.artifact.read(entropy), pemn.artifact.read(context)
+    assert art_c.manifest[0]["model"] == "rows-cols"
+    assert [e.get("model", "order0") for e in art_c.manifest] == [
+        pemn.coding.encode_context(m.current_mask().numpy(), m.kept, m.shape[0])[1]
+        for m in pemn.masked_weights(model).values()]
+    assert all(c["bytes"] <= e["bytes"] for c, e in zip(art_c.manifest, art_e.manifest, strict=True))
+    masks_e, masks_c = (sum(e["bytes"] for e in a.manifest) for a in (art_e, art_c))
+    assert masks_c < 0.9 * masks_e, (masks_c, masks_e)
+    fresh = pemn.convert_(nn.Sequential(nn.Linear(600, 180), nn.ReLU(), nn.Linear(180, 10)),
+                          PEMNConfig(strategy="rp", ratio=1e-2, keep=0.1, seed=0))
+    pemn.load(context, fresh)
+    fresh.eval()
+    with torch.no_grad():
+        assert torch.equal(fresh(x), expected)
+    for a, b in zip(pemn.masked_weights(model).values(), pemn.masked_weights(fresh).values(), strict=True):
+        assert torch.equal(a.current_mask(), b.current_mask())
+    assert pemn.summary(context, verbose=False).file_bytes == context.stat().st_size
+
+
+def test_context_coding_of_many_tasks(tmp_path: Path) -> None:
+    """A many-task file (format version 4) context-codes every task's masks and reads each task back exactly."""
+    model = _structured_net()
+    pemn.add_task(model, "b", activate=True)
+    other = pemn.masked_weights(_structured_net(1))
+    with torch.no_grad():
+        for name, mw in pemn.masked_weights(model).items():  # task b: another structure
+            mw.scores.copy_(other[name].scores)
+    x = torch.randn(3, 600)
+    outputs = {}
+    for task in ("default", "b"):
+        pemn.set_task(model, task)
+        model.eval()
+        with torch.no_grad():
+            outputs[task] = model(x)
+    path = pemn.save(model, tmp_path / "t.pemn", coding="context")
+    art = pemn.artifact.read(path)
+    assert art.coding == "context"
+    assert [t.artifact.manifest[0]["model"] for t in art.tasks] == ["rows-cols"] * 2
+    assert pemn.artifact.recode(path.read_bytes(), "entropy") == pemn.save(model, tmp_path / "e.pemn",
+                                                                            coding="entropy").read_bytes()
+    loaded = pemn.load(path, nn.Sequential(nn.Linear(600, 180), nn.ReLU(), nn.Linear(180, 10)))
+    for task in ("default", "b"):
+        pemn.set_task(loaded, task)
+        loaded.eval()
+        with torch.no_grad():
+            assert torch.equal(loaded(x), outputs[task]), task
+
+
+@pytest.mark.parametrize("target", pemn.artifact.CODINGS)
+@pytest.mark.parametrize("coding", pemn.artifact.CODINGS)
+@pytest.mark.parametrize("extras", [{}, {"extras_dtype": "int8", "prototype": "seed"}])
+def test_recode_is_saving_in_the_other_coding(tmp_path: Path, coding: str, target: str, extras: dict) -> None:
+    """pemn.artifact.recode(file, target) writes the bytes pemn.save(model, coding=target) writes: a lossless
+    transcode of the masks, everything else (extras, prototype, app, format version) kept."""
+    model = _structured_net()
+    app = {"kind": "test", "note": "kept"}
+    source = pemn.save(model, tmp_path / "a.pemn", coding=coding, app=app, **extras).read_bytes()
+    direct = pemn.save(model, tmp_path / "b.pemn", coding=target, app=app, **extras).read_bytes()
+    assert pemn.artifact.recode(source, target) == direct
+
+
+def test_recode_refuses_bad_input(tmp_path: Path) -> None:
+    data = pemn.save(_structured_net(), tmp_path / "a.pemn", coding="entropy").read_bytes()
+    with pytest.raises(ValueError, match="coding must be one of"):
+        pemn.artifact.recode(data, "zip")
+    with pytest.raises(pemn.FormatError, match="integrity"):
+        pemn.artifact.recode(data[:-1] + bytes([data[-1] ^ 1]), "context")
+
+
+def test_cli_recode(tmp_path: Path) -> None:
+    """pemn recode: a file's masks in another coding, the model the same, the report's sizes the files'."""
+    path = pemn.save(_structured_net(), tmp_path / "model.pemn", coding="entropy", app={"kind": "test"})
+    code, text, err = run(["recode", str(path), "--json"])
+    assert code == 0, err
+    report = json.loads(text)
+    target = tmp_path / "model.context.pemn"
+    assert report["output"] == str(target) and report["coding"] == "context"
+    assert report["file_bytes"] == target.stat().st_size < report["file_bytes_before"] == path.stat().st_size
+    assert report["layers_by_model"]["rows-cols"] >= 1
+    code, _, err = run(["recode", str(target), "--coding", "entropy", "-o", str(tmp_path / "back.pemn")])
+    assert code == 0, err
+    assert (tmp_path / "back.pemn").read_bytes() == path.read_bytes()
+    code, _, err = run(["recode", str(tmp_path / "missing.pemn")])
+    assert code != 0 and "no pemn artifact at" in err
+    code, _, err = run(["recode", str(tmp_path)])
+    assert code != 0 and "is a directory" in err
+    (tmp_path / "junk.pemn").write_bytes(b"not a model at all")
+    code, _, err = run(["recode", str(tmp_path / "junk.pemn")])
+    assert code != 0 and "not a pemn artifact" in err and not (tmp_path / "junk.context.pemn").exists()

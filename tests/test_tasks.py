@@ -199,7 +199,7 @@ def trained_tasks(model: str = "mlp", strategy: str = "rp") -> tuple[nn.Module, 
     return m, x, outs
 
 
-@pytest.mark.parametrize("coding", ["packed", "entropy"])
+@pytest.mark.parametrize("coding", ["packed", "entropy", "context"])
 @pytest.mark.parametrize("storage", ["values", "seed"])
 @pytest.mark.parametrize("model", sorted(MODELS))
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))

@@ -168,7 +168,7 @@ def parse_tasks(metadata: dict[str, str], tensors: dict[str, torch.Tensor], inde
         task_app = e.get("app", {})
         if not isinstance(task_app, dict) or ("app" in e and not task_app):
             raise _bad(where, f"task {name!r}'s app must be a non-empty JSON object when present")
-        _check_manifest(e["manifest"], config, where)
+        _check_manifest(e["manifest"], config, where, coding)
         _check_dense_index(e["dense"], where, 3)
         shapes = [[b[0], b[1]] for b in base]
         if classes is not None:

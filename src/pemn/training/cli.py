@@ -326,6 +326,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recode(args: argparse.Namespace) -> int:
+    from pemn.training.recode_file import recode_model_file
+
+    report = recode_model_file(args.artifact, args.coding, output=args.output)
+    return _print_report(report.record, report.lines, as_json=args.json)
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from pemn.training.ptq_file import quantize_model_file
 
@@ -502,6 +509,20 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "<stem>.dense.safetensors or <stem>.onnx)")
     _add_threads_flag(p)
     p.set_defaults(func=_threaded(_cmd_export))
+
+    p = sub.add_parser("recode", help="re-code an artifact's masks losslessly (e.g. entropy -> context)",
+                       description="Write the artifact with its masks in another coding: the same model bit for "
+                                   "bit (masks decoded, re-coded and checked; prototype, extras and metadata "
+                                   "kept), no retraining. context masks are never larger than entropy ones, 10-20 %% smaller "
+                                   "on masks with per-unit structure (LeNet-5's).")
+    p.add_argument("artifact", help="a .pemn artifact (one task or many)")
+    from pemn.artifact import CODINGS  # torch is imported by now (add_train_flags)
+
+    p.add_argument("--coding", choices=CODINGS, default="context", help="the new mask coding (default: context)")
+    p.add_argument("-o", "--output", default=None, help="output file, written atomically; may be the input "
+                                                        "(default: next to it, <stem>.<coding>.pemn)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=_cmd_recode)
 
     p = sub.add_parser("quantize", help="quantize a dense model file after training (ptq-int8/int4/int2)",
                        description="Post-training quantization of a dense model.safetensors: every Conv/Linear/"

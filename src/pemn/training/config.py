@@ -292,8 +292,9 @@ class TrainConfig:
     clip_norm: float | None = option(None, "clip the gradient norm to this value (default: off)", bounds="> 0")
     label_smoothing: float = option(0.0, "cross-entropy label smoothing", bounds="[0, 1)")
     # output
-    coding: str = option("packed", "mask coding in model.pemn: packed (1 bit/weight) or entropy",
-                         choices=CODINGS)
+    coding: str = option("packed", "mask coding in model.pemn: packed (1 bit/weight), entropy (about H(keep) "
+                         "bits/weight) or context (entropy with per-row and per-column statistics where they "
+                         "pay; its masks never larger than entropy's)", choices=CODINGS)
     prototype: str = option("values", f"prototype storage in model.pemn: {either(PROTOTYPE_STORAGE)}",
                             choices=PROTOTYPE_STORAGE)
     extras_dtype: str | None = option(None, "store norm/bias extras in model.pemn as float16, bfloat16 or int8 "
