@@ -247,21 +247,28 @@ def decode_context(data: np.ndarray | bytes, count: int, kept: int, rows: int, m
             raise FormatError(f"context-coded mask's row counts add up to {int(counts.sum())}, header says "
                               f"kept={kept}")
         family = constriction.stream.model.Bernoulli(perfect=True)
-        g = kept / count
-        column_kept = np.zeros(cols, dtype=np.float64)
-        for r in range(rows):
-            k = int(counts[r])
-            if k == cols:
-                out[r] = True
-            elif k:
-                p = _row_probabilities(k / cols, column_kept, r, g) if mix else np.full(cols, k / cols)
-                row = decoder.decode(family, p)
-                out[r] = row
-                if int(np.count_nonzero(row)) != k:
-                    raise FormatError(f"context-coded mask's row {r} decodes to {int(np.count_nonzero(row))} "
-                                      f"ones, its count says {k}")
-            if mix:
+        out[counts == cols] = True
+        if mix:  # a row's probabilities need the rows before it: one row at a time
+            g = kept / count
+            column_kept = np.zeros(cols, dtype=np.float64)
+            for r in range(rows):
+                k = int(counts[r])
+                if 0 < k < cols:
+                    out[r] = decoder.decode(family, _row_probabilities(k / cols, column_kept, r, g))
                 column_kept += out[r]
+        else:  # every probability is known from the counts: a block of rows at a time, as the encoder wrote them
+            step = max(1, _CHUNK // cols)
+            for start in range(0, rows, step):
+                block = counts[start:start + step]
+                coded = np.flatnonzero((block > 0) & (block < cols)) + start
+                if coded.size:
+                    p = np.repeat(counts[coded] / cols, cols)
+                    out[coded] = decoder.decode(family, p).reshape(coded.size, cols)
+        decoded = np.count_nonzero(out, axis=1)
+        if not np.array_equal(decoded, counts):
+            r = int(np.flatnonzero(decoded != counts)[0])
+            raise FormatError(f"context-coded mask's row {r} decodes to {int(decoded[r])} ones, its count says "
+                              f"{int(counts[r])}")
     except FormatError:
         raise
     except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
