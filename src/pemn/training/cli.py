@@ -513,8 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recode", help="re-code an artifact's masks losslessly (e.g. entropy -> context)",
                        description="Write the artifact with its masks in another coding: the same model bit for "
                                    "bit (masks decoded, re-coded and checked; prototype, extras and metadata "
-                                   "kept), no retraining. context masks are never larger than entropy ones, 10-20 %% smaller "
-                                   "on masks with per-unit structure (LeNet-5's).")
+                                   "kept), no retraining. context masks are never larger than entropy ones, "
+                                   "10-20 %% smaller on masks with per-unit structure (LeNet-5's).")
     p.add_argument("artifact", help="a .pemn artifact (one task or many)")
     from pemn.artifact import CODINGS  # torch is imported by now (add_train_flags)
 
