@@ -430,7 +430,12 @@ def test_context_coding_saves_structured_masks_exactly(tmp_path: Path) -> None:
         assert torch.equal(fresh(x), expected)
     for a, b in zip(pemn.masked_weights(model).values(), pemn.masked_weights(fresh).values(), strict=True):
         assert torch.equal(a.current_mask(), b.current_mask())
-    assert pemn.summary(context, verbose=False).file_bytes == context.stat().st_size
+    summary = pemn.summary(context, verbose=False)
+    assert summary.file_bytes == context.stat().st_size
+    assert [lay.mask_model for lay in summary.layers] == [e.get("model", "order0") for e in art_c.manifest]
+    assert "mask model" in summary.table() and "rows-cols" in summary.table()
+    assert {lay.mask_model for lay in pemn.summary(entropy, verbose=False).layers} == {""}
+    assert "mask model" not in pemn.summary(entropy, verbose=False).table()
 
 
 def test_context_coding_of_many_tasks(tmp_path: Path) -> None:

@@ -31,6 +31,8 @@ class LayerSummary:
     kept: int
     kept_fraction: float
     mask_bytes: int
+    #: the model its mask was coded with under ``coding="context"`` (:data:`pemn.coding.CONTEXT_MODELS`), else ""
+    mask_model: str = ""
 
 
 @dataclass
@@ -82,10 +84,13 @@ class PEMNSummary:
 
     def table(self) -> str:
         """A readable per-layer and total table."""
-        rows = [f"{'layer':<40} {'shape':<20} {'N':>10} {'P':>8} {'kept':>7} {'mask B':>9}"]
+        models = any(lay.mask_model for lay in self.layers)  # a context-coded file: each mask's model
+        rows = [f"{'layer':<40} {'shape':<20} {'N':>10} {'P':>8} {'kept':>7} {'mask B':>9}"
+                + (" mask model" if models else "")]
         for lay in self.layers:
             rows.append(f"{fit_name(lay.name, 40):<40} {'x'.join(map(str, lay.shape)):<20} {lay.masked_weights:>10,} "
-                        f"{lay.unique_values:>8,} {lay.kept_fraction:>7.3f} {lay.mask_bytes:>9,}")
+                        f"{lay.unique_values:>8,} {lay.kept_fraction:>7.3f} {lay.mask_bytes:>9,}"
+                        + (f" {lay.mask_model}" if models else ""))
         rows.append("-" * len(rows[0]))
         rows.append(f"{'total':<40} {'':<20} {self.masked_weights:>10,} {self.unique_values:>8,} "
                     f"{self.kept_fraction:>7.3f} {self.bytes['masks']:>9,}")
@@ -190,7 +195,8 @@ def summarize(art: Artifact) -> PEMNSummary:
     for e, shape, assign in zip(art.manifest, shapes, assignments, strict=True):
         n = math.prod(shape)
         unique = _unique_in_prefix(art.config, assign.source, sources[assign.source], n, permutations)
-        layers.append(LayerSummary(e["name"], shape, n, unique, e["kept"], e["kept"] / n, e["bytes"]))
+        model = e.get("model", "order0") if art.coding == "context" else ""
+        layers.append(LayerSummary(e["name"], shape, n, unique, e["kept"], e["kept"] / n, e["bytes"], model))
     n_total = sum(lay.masked_weights for lay in layers)
     p_total = sum(s.length for s in sources.values())
     dense_numel = sum(_dense_fp32_values(e) for e in art.dense)
