@@ -17,7 +17,8 @@ Two codings are offered:
   the odds of the column's kept fraction in the rows before it (shrunk towards the layer's fraction) over
   the layer's odds. A trained mask whose units keep unequal shares (a classifier's inputs and outputs)
   codes 10-20 % below H(p) this way; masks without that structure (ConvMixer, a GPT) stay at order 0, so
-  a context-coded mask is never larger than an entropy-coded one. The probabilities are computed with
+  a context-coded mask is never larger than an entropy-coded one. The encoder compares the row models' ideal
+  code lengths first and runs the range coder only for the shorter one. The probabilities are computed with
   ``+ - * /`` only (correctly rounded IEEE operations), so every platform builds the same model.
 
 Both layouts are part of the on-disk format; changing either one is a format break. Decoders treat
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import math
 import operator
+from collections.abc import Iterator
 
 import constriction
 import numpy as np
@@ -195,7 +197,8 @@ def decode_entropy(data: np.ndarray | bytes, count: int, kept: int) -> np.ndarra
 def encode_context(mask: np.ndarray, kept: int, rows: int, model: str | None = None) -> tuple[np.ndarray, str]:
     """Code a boolean mask of ``rows`` rows (its weight's first dimension) with the smallest of the context
     models, or with ``model`` when given; returns ``(payload bytes, model name)``. The name must be stored with
-    the payload: :func:`decode_context` needs it. Ties go to the earlier model of :data:`CONTEXT_MODELS`.
+    the payload: :func:`decode_context` needs it. Of the two row models the one with the shorter ideal code
+    (its code lengths, computed without coding) is coded, and kept if it is smaller than order 0 (ties: order 0).
     ``kept`` must equal the mask's number of ``True`` elements, as for :func:`encode_entropy`."""
     flat = _as_flat_bool(mask)
     count, kept, rows = _check_rows(flat.size, _index(kept, "kept"), rows, ValueError)
@@ -209,12 +212,15 @@ def encode_context(mask: np.ndarray, kept: int, rows: int, model: str | None = N
             return order0, "order0"
         raise ValueError(f"context model {model!r} does not apply to a mask of {count} elements in {rows} rows "
                          f"keeping {kept} (it needs 0 < kept < count and 2..{_MAX_COLS:,}-element rows)")
-    best = (order0, "order0")
-    for name in CONTEXT_MODELS[1:] if model is None else (model,):
-        data = _encode_rows(flat, kept, rows, mix=name == "rows-cols")
-        if model is not None or data.size < best[0].size:
-            best = (data, name)
-    return best
+    if model is not None:
+        return _encode_rows(flat, kept, rows, mix=model == "rows-cols"), model
+    # the row model with the shorter ideal code (cheap: no range coder), coded only if that could beat order 0
+    bits = {name: _row_model_bits(flat, kept, rows, mix=name == "rows-cols") for name in CONTEXT_MODELS[1:]}
+    name = min(bits, key=lambda n: bits[n])
+    if bits[name] / 8 >= order0.size:
+        return order0, "order0"
+    data = _encode_rows(flat, kept, rows, mix=name == "rows-cols")
+    return (data, name) if data.size < order0.size else (order0, "order0")
 
 
 def decode_context(data: np.ndarray | bytes, count: int, kept: int, rows: int, model: str) -> np.ndarray:
@@ -284,19 +290,17 @@ def decode_context(data: np.ndarray | bytes, count: int, kept: int, rows: int, m
     return flat
 
 
-def _encode_rows(flat: np.ndarray, kept: int, rows: int, *, mix: bool) -> np.ndarray:
-    """The ``"rows"`` (``mix`` False) or ``"rows-cols"`` payload of a mask with ``0 < kept < count`` and
-    ``1 < rows < count``: the row counts, then every row that is neither empty nor full, in order."""
+def _row_blocks(flat: np.ndarray, kept: int, rows: int, *, mix: bool
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The row models' symbols and their probabilities of a 1, a block of rows at a time (at most about ``_CHUNK``
+    symbols): every row that is neither empty nor full, in order, flattened; ``mix``: ``"rows-cols"``."""
     count = flat.size
     cols = count // rows
     matrix = flat.reshape(rows, cols)
     counts = np.count_nonzero(matrix, axis=1)
-    encoder = constriction.stream.queue.RangeEncoder()
-    encoder.encode(counts.astype(np.int32), constriction.stream.model.Uniform(cols + 1))
-    family = constriction.stream.model.Bernoulli(perfect=True)
     g = kept / count
     column_kept = np.zeros(cols, dtype=np.float64)
-    step = max(1, _CHUNK // cols)  # rows per block: the probabilities of one block at a time
+    step = max(1, _CHUNK // cols)
     for start in range(0, rows, step):
         block = matrix[start:start + step]
         block_counts = counts[start:start + step]
@@ -310,8 +314,30 @@ def _encode_rows(flat: np.ndarray, kept: int, rows: int, *, mix: bool) -> np.nda
         else:
             p = np.repeat(block_counts[coded] / cols, cols).reshape(-1, cols)
         if p.size:
-            encoder.encode(block[coded].reshape(-1).astype(np.int32), family, p.reshape(-1))
+            yield block[coded].reshape(-1), p.reshape(-1)
+
+
+def _encode_rows(flat: np.ndarray, kept: int, rows: int, *, mix: bool) -> np.ndarray:
+    """The ``"rows"`` (``mix`` False) or ``"rows-cols"`` payload of a mask with ``0 < kept < count`` and
+    ``1 < rows < count``: the row counts, then every row that is neither empty nor full, in order."""
+    cols = flat.size // rows
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(np.count_nonzero(flat.reshape(rows, cols), axis=1).astype(np.int32),
+                   constriction.stream.model.Uniform(cols + 1))
+    family = constriction.stream.model.Bernoulli(perfect=True)
+    for symbols, p in _row_blocks(flat, kept, rows, mix=mix):
+        encoder.encode(symbols.astype(np.int32), family, p)
     return _words_to_bytes(encoder.get_compressed())
+
+
+def _row_model_bits(flat: np.ndarray, kept: int, rows: int, *, mix: bool) -> float:
+    """The ideal size in bits of :func:`_encode_rows`'s payload (its code lengths, without the coder's few bytes
+    of overhead): what the encoder compares before it spends a range coder on a row model."""
+    cols = flat.size // rows
+    bits = rows * math.log2(cols + 1)
+    for symbols, p in _row_blocks(flat, kept, rows, mix=mix):
+        bits -= float(np.log2(np.where(symbols, p, 1.0 - p)).sum())
+    return bits
 
 
 def _row_probabilities(row_fraction: np.ndarray | float, column_kept: np.ndarray, row: np.ndarray | int,
