@@ -61,6 +61,8 @@ _PRIOR_ROWS = 4.0
 # the row models code each row's kept count uniformly over 0..cols, which constriction's 24-bit models allow up to
 # 2**24 - 1 columns; rows longer than this stay at order 0
 _MAX_COLS = 1 << 20
+# a row model must save more than this over order 0: about what its name costs in a file's compressed index
+_NAMING_BYTES = 16
 
 # Compressed words are stored little-endian so the format does not depend on the host's byte order.
 _WORD = np.dtype("<u4")
@@ -198,7 +200,8 @@ def encode_context(mask: np.ndarray, kept: int, rows: int, model: str | None = N
     """Code a boolean mask of ``rows`` rows (its weight's first dimension) with the smallest of the context
     models, or with ``model`` when given; returns ``(payload bytes, model name)``. The name must be stored with
     the payload: :func:`decode_context` needs it. Of the two row models the one with the shorter ideal code
-    (its code lengths, computed without coding) is coded, and kept if it is smaller than order 0 (ties: order 0).
+    (its code lengths, computed without coding) is coded, and kept if it saves more than ``_NAMING_BYTES`` (16)
+    over order 0: what naming it in a file's index may cost, so a context-coded file is not larger for it.
     ``kept`` must equal the mask's number of ``True`` elements, as for :func:`encode_entropy`."""
     flat = _as_flat_bool(mask)
     count, kept, rows = _check_rows(flat.size, _index(kept, "kept"), rows, ValueError)
@@ -217,10 +220,10 @@ def encode_context(mask: np.ndarray, kept: int, rows: int, model: str | None = N
     # the row model with the shorter ideal code (cheap: no range coder), coded only if that could beat order 0
     bits = {name: _row_model_bits(flat, kept, rows, mix=name == "rows-cols") for name in CONTEXT_MODELS[1:]}
     name = min(bits, key=lambda n: bits[n])
-    if bits[name] / 8 >= order0.size:
+    if bits[name] / 8 + _NAMING_BYTES >= order0.size:
         return order0, "order0"
     data = _encode_rows(flat, kept, rows, mix=name == "rows-cols")
-    return (data, name) if data.size < order0.size else (order0, "order0")
+    return (data, name) if data.size + _NAMING_BYTES < order0.size else (order0, "order0")
 
 
 def decode_context(data: np.ndarray | bytes, count: int, kept: int, rows: int, model: str) -> np.ndarray:
