@@ -8,7 +8,10 @@ reaches within a few bytes) of its mask under:
 - ``layer``: one keep probability per layer, what ``coding="entropy"`` stores (``n * H(kept / n)``);
 - ``row``: one probability per output channel (row of ``shape[0]``), each row's count stored too
   (``log2(row length + 1)`` bits per row);
-- ``column``: one probability per input position (the other dimensions flattened), counts stored likewise.
+- ``column``: one probability per input position (the other dimensions flattened), counts stored likewise;
+- ``context``: not an ideal but the real thing: the bytes ``coding="context"`` writes
+  (:func:`pemn.coding.encode_context`, which picks per layer among order 0, per-row counts, and per-row counts
+  with the column's share in the rows before it), with the model it picked per layer.
 
 Prints one JSON document: per file, per layer and in total, mask bits per weight for each model
 (``mask_bits_per_weight``: the masks only, not the whole file) and the gain of the better one over ``layer``. A
@@ -54,13 +57,16 @@ def file_report(path: str) -> dict[str, object]:
     art = read(path)
     packed = _masks(art, f"{path}: ")
     layers = {}
-    totals = {"layer": 0.0, "row": 0.0, "column": 0.0}
+    totals = {"layer": 0.0, "row": 0.0, "column": 0.0, "context": 0.0}
     weights = 0
     for entry in art.manifest:
         shape = tuple(entry["shape"])
         mask = mask_coding.unpack_bits(packed[entry["name"]], math.prod(shape)).reshape(shape)
         rep = layer_report(mask)
+        payload, model = mask_coding.encode_context(mask.reshape(-1), entry["kept"], shape[0])
+        rep["context"] = 8 * payload.size / rep["weights"]
         layers[entry["name"]] = {k: round(v, 4) if isinstance(v, float) else v for k, v in rep.items()}
+        layers[entry["name"]]["context_model"] = model
         for k in totals:
             totals[k] += rep[k] * rep["weights"]
         weights += rep["weights"]

@@ -355,6 +355,12 @@ def test_mask_structure_script_sees_rows_and_counts_their_cost(tmp_path: Path) -
     report = script.file_report(str(path))
     coded = sum(e["bytes"] for e in pemn.artifact.read(path).manifest) * 8 / report["weights"]
     assert report["mask_bits_per_weight"]["layer"] <= coded <= report["mask_bits_per_weight"]["layer"] + 0.05
+    # the context coder's real bytes, beside the ideals: what pemn.save(coding="context") writes for these masks
+    context = pemn.save(model, tmp_path / "c.pemn", coding="context")
+    written = {e["name"]: e for e in pemn.artifact.read(context).manifest}
+    for name, layer in report["layers"].items():
+        assert layer["context"] == round(8 * written[name]["bytes"] / layer["weights"], 4)
+        assert layer["context_model"] == written[name].get("model", "order0")
 
 
 def test_resume_of_a_run_written_before_the_auto_fields_keeps_its_settings(tmp_path: Path) -> None:
