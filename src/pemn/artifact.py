@@ -295,9 +295,9 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
     for name, mw in masked_weights(model).items():
         mask = mw.current_mask().detach().reshape(-1).cpu().numpy()
         kept = int(mask.sum())
-        data, recorded = _mask_payload(mask, kept, mw.shape[0], coding)
+        data, entry = _coded_mask(name, list(mw.shape), mask, kept, coding)
         payloads.append(data)
-        manifest.append({"name": name, "shape": list(mw.shape), "kept": kept, **recorded, "bytes": int(data.size)})
+        manifest.append(entry)
     _check_writable(manifest, bank.config, coding)
     tensors["masks"] = torch.from_numpy(np.concatenate(payloads))
     if prototype == "values":
@@ -328,16 +328,20 @@ def build(model: nn.Module, *, coding: str = "packed", prototype: str = "values"
                     json.loads(app_json) if app_json is not None else {})
 
 
-def _mask_payload(mask: np.ndarray, kept: int, rows: int, coding: str) -> tuple[np.ndarray, dict[str, str]]:
-    """A flat boolean mask's payload in ``coding`` and what its manifest entry records besides name, shape, kept
-    and bytes (``{"model": ...}`` for a context-coded mask, else nothing)."""
+def _coded_mask(name: str, shape: list[int], mask: np.ndarray, kept: int, coding: str
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """A flat boolean mask's payload in ``coding`` and its manifest entry: name, shape, kept, for a context-coded
+    mask the model (order 0, the entropy coding's payload, goes unnamed: a context file of order-0 masks is the
+    entropy file's size), and bytes."""
+    model = None
     if coding == "packed":
-        return mask_coding.pack_bits(mask), {}
-    if coding == "entropy":
-        return mask_coding.encode_entropy(mask, kept), {}
-    data, model = mask_coding.encode_context(mask, kept, rows)
-    # order 0 (the entropy coding's payload) goes unnamed: a context file of order-0 masks is the entropy file's size
-    return np.ascontiguousarray(data, dtype=np.uint8), {} if model == "order0" else {"model": model}
+        data = mask_coding.pack_bits(mask)
+    elif coding == "entropy":
+        data = mask_coding.encode_entropy(mask, kept)
+    else:
+        data, model = mask_coding.encode_context(mask, kept, shape[0])
+    recorded = {} if model in (None, "order0") else {"model": model}
+    return data, {"name": name, "shape": shape, "kept": kept, **recorded, "bytes": int(data.size)}
 
 
 def recode(data: bytes, coding: str, *, source: str = "<bytes>") -> bytes:
@@ -358,10 +362,8 @@ def recode(data: bytes, coding: str, *, source: str = "<bytes>") -> bytes:
         payloads = []
         for j, e in enumerate(sub.manifest):  # the index's own list (a task's manifest is its entry's)
             mask = mask_coding.unpack_bits(packed[e["name"]], math.prod(e["shape"]))
-            payload, recorded = _mask_payload(mask, e["kept"], e["shape"][0], coding)
+            payload, sub.manifest[j] = _coded_mask(e["name"], e["shape"], mask, e["kept"], coding)
             payloads.append(payload)
-            sub.manifest[j] = {"name": e["name"], "shape": e["shape"], "kept": e["kept"], **recorded,
-                               "bytes": int(payload.size)}
         art.tensors[key] = torch.from_numpy(np.concatenate(payloads))
     art.metadata["coding"] = coding
     art.coding = coding

@@ -271,7 +271,7 @@ def decode_context(data: np.ndarray | bytes, count: int, kept: int, rows: int, m
                 block = counts[start:start + step]
                 coded = np.flatnonzero((block > 0) & (block < cols)) + start
                 if coded.size:
-                    p = np.repeat(counts[coded] / cols, cols)
+                    p = _row_fractions(counts[coded], cols).reshape(-1)
                     out[coded] = decoder.decode(family, p).reshape(coded.size, cols)
         decoded = np.count_nonzero(out, axis=1)
         if not np.array_equal(decoded, counts):
@@ -315,7 +315,7 @@ def _row_blocks(flat: np.ndarray, kept: int, rows: int, *, mix: bool
             fractions = block_counts[coded] / cols
             p = _row_probabilities(fractions[:, None], before[coded], index[coded][:, None], g)
         else:
-            p = np.repeat(block_counts[coded] / cols, cols).reshape(-1, cols)
+            p = _row_fractions(block_counts[coded], cols)
         if p.size:
             yield block[coded].reshape(-1), p.reshape(-1)
 
@@ -341,6 +341,12 @@ def _row_model_bits(flat: np.ndarray, kept: int, rows: int, *, mix: bool) -> flo
     for symbols, p in _row_blocks(flat, kept, rows, mix=mix):
         bits -= float(np.log2(np.where(symbols, p, 1.0 - p)).sum())
     return bits
+
+
+def _row_fractions(counts: np.ndarray, cols: int) -> np.ndarray:
+    """``"rows"``: the probability of a 1 in each column of the rows with these kept counts, their fraction
+    (``(len(counts), cols)``; the encoder and the decoder both take it from here)."""
+    return np.repeat(counts / cols, cols).reshape(-1, cols)
 
 
 def _row_probabilities(row_fraction: np.ndarray | float, column_kept: np.ndarray, row: np.ndarray | int,
