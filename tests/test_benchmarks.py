@@ -91,6 +91,17 @@ def test_bench_lm_step_quick() -> None:
     for key in ("ratio_mask_over_dense", "ratio_rp_over_dense", "ratio_mask_over_dense_cpu", "ratio_rp_over_dense_cpu"):
         assert row[key] > 0
     assert all(t["median_thread_s"] > 0 for t in row["timings"].values())
+    assert "pemn_mask_no_selection" not in row["timings"]
+
+
+@pytest.mark.slow  # a fresh process
+def test_bench_lm_step_selection_bound() -> None:
+    """``--selection-bound`` times the mask model without its selection beside the other variants, in the same
+    process, and reports its ratios to dense."""
+    doc = _bench("bench_lm_step", "--selection-bound")
+    row = doc["results"][0]
+    assert set(row["timings"]) == {"dense", "pemn_mask", "pemn_rp", "pemn_mask_no_selection"}
+    assert row["ratio_mask_no_selection_over_dense"] > 0 and row["ratio_mask_no_selection_over_dense_cpu"] > 0
 
 
 @pytest.mark.slow  # trains ten tiny models
