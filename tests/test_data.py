@@ -373,6 +373,8 @@ def test_missing_dir_names_expected_files(tmp_path: Path) -> None:
     for f in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
         assert f in msg
     assert str(tmp_path / "nowhere") in msg and "--download" in msg and data.DOWNLOAD_URLS["mnist"] in msg
+    # every way of pointing at a folder is named: the CLI flag, the Python argument and the environment variable
+    assert "--data-dir" in msg and "data_dir=" in msg and "PEMN_DATA_DIR" in msg
     # incomplete: only one file present
     _write_mnist(tmp_path / "part")
     (tmp_path / "part" / "train-labels-idx1-ubyte.gz").unlink()

@@ -297,5 +297,6 @@ def missing_error(info: DatasetInfo, expected: list[str], searched: list[Path], 
     return DatasetError(
         f"{info.name}: dataset files not found. Expected {', '.join(expected)} in one of: {dirs} "
         f"(missing: {', '.join(missing)}). Get them with --download (load_dataset(..., download=True)) "
-        f"or from the official source {info.url} and point data_dir at the folder."
+        f"or from the official source {info.url}, and point at the folder with --data-dir DIR (Python: "
+        f"data_dir=DIR) or the environment variable PEMN_DATA_DIR."
     )
