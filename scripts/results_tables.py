@@ -24,7 +24,7 @@ from pemn.training.sweep import (
 
 
 def label(row: dict[str, str]) -> str:
-    if row.get("quantize") or row.get("width"):
+    if row.get("quantize") or (row.get("width") and row["strategy"] == "dense"):
         return SweepPoint(row["strategy"], ratio=float(row["ratio"]) if row["ratio"] else None,
                           prune=row["prune"] or None,
                           compression=float(row["compression"]) if row["compression"] else None,
@@ -45,7 +45,10 @@ def label(row: dict[str, str]) -> str:
                  "--extras-dtype int8", "--fold-norms", "--prototype seed"):
         if flag in row["command"]:
             extras.append(flag.removeprefix("--").replace(" ", "="))
-    return name + (f" ({', '.join(extras)})" if extras else "")
+    width = ""
+    if row.get("width"):
+        width = f" ×{float(row['width']):g}" + (f" ({row['model']})" if row.get("model") else "")
+    return name + (f" ({', '.join(extras)})" if extras else "") + width
 
 
 def fmt_ratio(value: str, pct: bool) -> str:

@@ -453,6 +453,24 @@ def test_equal_bytes_seeds_table_pools_the_seeds_of_each_setting(tmp_path: Path)
     assert "| no | quant-binary (8,000 B, 98.40) | -0.40 |" in pemn_row
 
 
+def test_equal_bytes_labels_keep_a_narrower_pemn_models_keep_and_settings() -> None:
+    """scripts/results_tables.py: a pemn row at a width other than 1 is labelled with its keep and its file
+    settings as well as its width and model (two keeps at one width were two identical "RP 1e-3 ×0.25" rows)."""
+    script = load_script("scripts/results_tables.py")
+    rows = []
+    for keep in (0.1, 0.2):
+        r = _row("rp-k0.1", 4_000, 20.0)
+        r.update(keep=str(keep), ratio="0.001", width="0.25", model="gpt-32-4", compression="", prune="",
+                 quantize="", command="pemn train --strategy rp --keep 0.1 --coding entropy --prototype seed")
+        rows.append(r)
+    labels = [script.label(r) for r in rows]
+    assert labels == ["RP 1e-3 (keep 0.1, coding=entropy, prototype=seed) ×0.25 (gpt-32-4)",
+                      "RP 1e-3 (keep 0.2, coding=entropy, prototype=seed) ×0.25 (gpt-32-4)"]
+    dense = _row("dense-w0.5", 4_000, 20.0)
+    dense.update(model="gpt-64-4", ratio="", keep="", compression="", prune="", quantize="", command="pemn train")
+    assert script.label(dense) == "Dense ×0.5 (gpt-64-4)"
+
+
 @pytest.mark.parametrize("header", [OLD_COLUMNS[0], OLD_COLUMNS[3]], ids=["with-budget", "before-budget"])
 def test_previous_version_csv_reads_without_a_loss(tmp_path: Path, header: tuple[str, ...]) -> None:
     """A sweep.csv written just before the val_loss columns reads with them empty (its rows keep their values)."""
