@@ -298,6 +298,36 @@ def test_keep_rule_auto(tmp_path: Path, kw: dict, rule: str) -> None:
     assert cfg.pemn_config().keep_rule == rule
 
 
+@pytest.mark.parametrize(("kw", "init"), [
+    ({"keep": 0.1}, "signed_constant"),  # the sub-bit default: pemn train --keep 0.1 --coding entropy
+    ({"keep": 0.3, "scope": "global"}, "signed_constant"),
+    ({"keep": 0.5}, "kaiming_normal"),  # the paper's setting stays as in RESULTS.md sections 1-5
+    ({"keep": 0.7}, "kaiming_normal"),
+    ({"keep": 0.1, "paper": True}, "kaiming_normal"),
+    ({"keep": 0.1, "init": "kaiming_normal"}, "kaiming_normal"),
+    ({"keep": 0.5, "init": "signed_constant"}, "signed_constant"),
+    ({"keep": 0.1, "init": "kaiming_uniform"}, "kaiming_uniform"),
+])
+def test_init_auto(tmp_path: Path, kw: dict, init: str) -> None:
+    cfg = quick(tmp_path, **kw)
+    assert cfg.init == kw.get("init", "auto") and cfg.resolved_init() == init
+    assert cfg.pemn_config().init == init
+    # the prototype a converted model is built from is the resolved one
+    torch.manual_seed(0)
+    net = pemn.convert_(nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)), cfg.pemn_config())
+    values = torch.cat([mw.base().flatten() for mw in pemn.masked_weights(net).values()])
+    assert (values.abs().unique().numel() <= 2) is (init == "signed_constant")
+
+
+def test_init_auto_is_refused_outside_its_choices_and_tasks_keep_kaiming(tmp_path: Path) -> None:
+    from pemn.training.tasks import tasks_config
+
+    with pytest.raises(ValueError, match="init"):
+        quick(tmp_path, keep=0.1, init="signed")
+    assert tasks_config(quick(tmp_path, keep=0.1)).resolved_init() == "kaiming_normal"
+    assert tasks_config(quick(tmp_path, keep=0.1, init="signed_constant")).resolved_init() == "signed_constant"
+
+
 # ------------------------------------------------------------------------------------------- the CLI
 
 @pytest.mark.slow

@@ -192,8 +192,8 @@ def test_common_options_go_to_the_points_they_apply_to(tmp_path: Path) -> None:
     run_sweep(grid, tmp_path, base, log=None, plot=False, train_fn=_fake_train(calls))
     by = {c.strategy + (c.prune or ""): c for c in calls}
     assert set(by) == {"dense", "mask", "rp", "denserandom"}
-    assert by["dense"].init == "kaiming_normal" and by["dense"].prune_scope == "layer"
-    assert by["denserandom"].prune_scope == "global" and by["denserandom"].init == "kaiming_normal"
+    assert by["dense"].init == "auto" and by["dense"].prune_scope == "layer"
+    assert by["denserandom"].prune_scope == "global" and by["denserandom"].init == "auto"
     assert by["mask"].fill == "copy" and by["mask"].init == "signed_constant"
     assert by["rp"].fill == "rand" and by["rp"].init == "signed_constant" and by["rp"].ratio == 0.1
     assert all(c.epochs == 1 for c in calls)

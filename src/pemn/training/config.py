@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from pemn.artifact import CODINGS, EXTRAS_DTYPES, PROTOTYPE_STORAGE
-from pemn.config import KEEP_RULES, PEMNConfig, pemn_option
+from pemn.config import INITS, KEEP_RULES, PEMNConfig, pemn_option
 from pemn.options import Needs, check_needs, check_option, either, field_types, option, option_help
 from pemn.registry import type_names
 from pemn.strategies import STRATEGY_TABLE as CORE_STRATEGIES
@@ -108,13 +108,18 @@ SGD_SCORE_LR_SCALE = 10.0
 #: was more accurate with fewer mask bits in every sub-bit run measured (RESULTS.md "Below one bit": LeNet-5 keep 0.1
 #: +1.0 points over 3 seeds, ConvMixer-64/4 +5.7); at keep 0.5, the paper's setting, runs stay as in sections 1-5.
 KEEP_RULE_AUTO_BELOW = 0.5
+#: ``init="auto"`` is ``"signed_constant"`` below :data:`KEEP_RULE_AUTO_BELOW` (not ``paper``), else
+#: ``"kaiming_normal"``: at keep 0.1 the sign-and-scale prototype was more accurate in every network measured
+#: (RESULTS.md "Signed-constant prototypes below one bit": ConvMixer-64/4 +4.0 points over 3 seeds, LeNet-5 +0.6,
+#: gpt-128-4); at keep 0.5, the paper's setting, runs stay as in sections 1-5.
+INIT_AUTO_SUB_BIT = "signed_constant"
 #: ``gain`` unset is on for these model families (:func:`model_family`) below :data:`KEEP_RULE_AUTO_BELOW` (not
 #: ``paper``): without a normalization layer nothing else sets a layer's output scale (RESULTS.md "Below one bit").
 GAIN_AUTO_FAMILIES = ("plain",)
 #: What a run's ``config.json`` written before ``keep_rule`` and ``gain`` existed trained with (``--resume``).
 FIELDS_BEFORE_AUTO = {"keep_rule": "uniform", "gain": False}
 #: TrainConfig fields whose default ``"auto"`` is resolved by the application (so it differs from PEMNConfig's).
-AUTO_PEMN_FIELDS = ("keep_rule",)
+AUTO_PEMN_FIELDS = ("keep_rule", "init")
 #: Fields that only mean something for the pruning baselines (an error without ``prune``).
 PRUNE_FIELDS = ("compression", "prune_scope")
 #: Fields that do not change a run's results: they may differ between a sweep and its re-run in the same folder.
@@ -229,7 +234,9 @@ class TrainConfig:
                                     "without normalization layers below keep 0.5, off otherwise and with --paper: see "
                                     "GAIN_AUTO_FAMILIES)")
     fill: str = pemn_option("fill")
-    init: str = pemn_option("init")
+    init: str = pemn_option("init", default="auto", choices=("auto", *INITS),
+                            help=f"{_PEMN_HELP['init']}; auto: signed_constant below keep 0.5, else kaiming_normal "
+                            "(kaiming_normal with --paper: see INIT_AUTO_SUB_BIT)")
     paper: bool = option(False, "the paper's exact method: variance 'paper' when variance is auto, the scores "
                          "trained at lr and weight_decay like any weight also under SGD (see score_settings), and the "
                          "paper schedule's knots at the official code's whole epochs E*2//5, E*4//5")
@@ -372,6 +379,7 @@ class TrainConfig:
         fields["keep_scale"] = keep_scale if self.keep_scale is None else self.keep_scale
         fields["keep_rule"] = self.resolved_keep_rule()
         fields["gain"] = self.resolved_gain(model)
+        fields["init"] = self.resolved_init()
         return PEMNConfig(**{**fields, "exclude": tuple(self.exclude or ())})
 
     def score_settings(self) -> tuple[float, float] | None:
@@ -392,6 +400,13 @@ class TrainConfig:
             return self.keep_rule
         sub_bit = self.keep < KEEP_RULE_AUTO_BELOW and self.scope == "layer" and not self.paper
         return "erk" if sub_bit else "uniform"
+
+    def resolved_init(self) -> str:
+        """``init``, with "auto" replaced by :data:`INIT_AUTO_SUB_BIT` below :data:`KEEP_RULE_AUTO_BELOW` (not
+        ``paper``) and by the core's "kaiming_normal" otherwise."""
+        if self.init != "auto":
+            return self.init
+        return INIT_AUTO_SUB_BIT if self.keep < KEEP_RULE_AUTO_BELOW and not self.paper else "kaiming_normal"
 
     def resolved_gain(self, model: nn.Module | None = None) -> bool:
         """``gain``, or when unset: on for a model of a :data:`GAIN_AUTO_FAMILIES` family below

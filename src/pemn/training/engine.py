@@ -490,6 +490,7 @@ class _Run:
                         (False, True): "keep"}[(c.rescale, c.keep_scale)]
             what = (f"{cfg.strategy}, {masked:,} masked weights from {plural(bank.unique_values, 'prototype value')}, "
                     f"keep {cfg.keep:g}{' shared by ' + c.keep_rule if c.keep_rule != 'uniform' else ''}, "
+                    f"{'' if c.init == 'kaiming_normal' else c.init.replace('_', '-') + ' prototype, '}"
                     f"variance {variance}, {extra:,} trained extras")
             if c.gain:
                 what += " (per-channel gains included)"

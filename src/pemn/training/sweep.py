@@ -740,10 +740,11 @@ SEED_FREE_FIELDS = frozenset({"seed", "out", "resume", "eval_every", "eval_subse
 
 def _seed_settings(cfg: Any, model: Any) -> dict[str, Any]:
     """``cfg``'s settings that every seed of its grid point must share, with what "auto" picks resolved
-    (``keep_rule``; ``gain`` and ``variance`` by the family of ``model``, the point's fresh network, where there is
-    one)."""
+    (``keep_rule``, ``init``; ``gain`` and ``variance`` by the family of ``model``, the point's fresh network,
+    where there is one)."""
     settings = {k: v for k, v in cfg.to_dict().items() if k not in SEED_FREE_FIELDS}
     settings["keep_rule"] = cfg.resolved_keep_rule()
+    settings["init"] = cfg.resolved_init()
     if model is not None:
         settings["gain"] = cfg.resolved_gain(model)
         settings["variance"] = cfg.resolved_variance(model)

@@ -370,11 +370,15 @@ def infer_tasks(path: str | Path, *, names: list[str] | None = None, dataset: st
 
 def tasks_config(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` for a run of many tasks: ``keep_rule`` "auto" resolves to "uniform" and an unset ``gain`` to off (the
-    tasks of one prototype share one set of per-layer kept counts and carry no per-channel gains); what the user set
-    explicitly stays (and :func:`pemn.add_task` refuses what it cannot share)."""
+    tasks of one prototype share one set of per-layer kept counts and carry no per-channel gains), and ``init``
+    "auto" to the core's "kaiming_normal" (the task runs of RESULTS.md "Many tasks" chose their prototype
+    explicitly; the sub-bit default was measured on single models); what the user set explicitly stays (and
+    :func:`pemn.add_task` refuses what it cannot share)."""
     updates = {}
     if cfg.keep_rule == "auto":
         updates["keep_rule"] = "uniform"
+    if cfg.init == "auto":
+        updates["init"] = "kaiming_normal"
     if cfg.gain is None:
         updates["gain"] = False
     return TrainConfig.from_dict({**cfg.to_dict(), **updates}) if updates else cfg
