@@ -41,8 +41,8 @@ def label(row: dict[str, str]) -> str:
     extras = []
     if row["keep"] and float(row["keep"]) != 0.5:
         extras.append(f"keep {float(row['keep']):g}")
-    for flag in ("--scope global", "--rescale", "--init signed_constant", "--coding entropy", "--extras-dtype float16",
-                 "--extras-dtype int8", "--fold-norms", "--prototype seed"):
+    for flag in ("--scope global", "--rescale", "--init signed_constant", "--coding entropy", "--coding context",
+                 "--extras-dtype float16", "--extras-dtype int8", "--fold-norms", "--prototype seed"):
         if flag in row["command"]:
             extras.append(flag.removeprefix("--").replace(" ", "="))
     width = ""

@@ -466,6 +466,8 @@ def test_equal_bytes_labels_keep_a_narrower_pemn_models_keep_and_settings() -> N
     labels = [script.label(r) for r in rows]
     assert labels == ["RP 1e-3 (keep 0.1, coding=entropy, prototype=seed) ×0.25 (gpt-32-4)",
                       "RP 1e-3 (keep 0.2, coding=entropy, prototype=seed) ×0.25 (gpt-32-4)"]
+    rows[0]["command"] = "pemn train --strategy rp --keep 0.1 --coding context --prototype seed"
+    assert script.label(rows[0]) == "RP 1e-3 (keep 0.1, coding=context, prototype=seed) ×0.25 (gpt-32-4)"
     dense = _row("dense-w0.5", 4_000, 20.0)
     dense.update(model="gpt-64-4", ratio="", keep="", compression="", prune="", quantize="", command="pemn train")
     assert script.label(dense) == "Dense ×0.5 (gpt-64-4)"
