@@ -398,23 +398,27 @@ class TrainConfig:
         ``paper``) and by "uniform" otherwise."""
         if self.keep_rule != "auto":
             return self.keep_rule
-        sub_bit = self.keep < KEEP_RULE_AUTO_BELOW and self.scope == "layer" and not self.paper
-        return "erk" if sub_bit else "uniform"
+        return "erk" if self._sub_bit_auto and self.scope == "layer" else "uniform"
 
     def resolved_init(self) -> str:
         """``init``, with "auto" replaced by :data:`INIT_AUTO_SUB_BIT` below :data:`KEEP_RULE_AUTO_BELOW` (not
-        ``paper``) and by the core's "kaiming_normal" otherwise."""
+        ``paper``) and by the core's default (PEMNConfig's, "kaiming_normal") otherwise."""
         if self.init != "auto":
             return self.init
-        return INIT_AUTO_SUB_BIT if self.keep < KEEP_RULE_AUTO_BELOW and not self.paper else "kaiming_normal"
+        return INIT_AUTO_SUB_BIT if self._sub_bit_auto else PEMNConfig.init
+
+    @property
+    def _sub_bit_auto(self) -> bool:
+        """Whether the "auto" options take their below-one-bit settings: keep below :data:`KEEP_RULE_AUTO_BELOW`
+        and not ``paper``."""
+        return self.keep < KEEP_RULE_AUTO_BELOW and not self.paper
 
     def resolved_gain(self, model: nn.Module | None = None) -> bool:
         """``gain``, or when unset: on for a model of a :data:`GAIN_AUTO_FAMILIES` family below
         :data:`KEEP_RULE_AUTO_BELOW` (not ``paper``; without ``model``, off)."""
         if self.gain is not None:
             return self.gain
-        return (model is not None and not self.paper and self.keep < KEEP_RULE_AUTO_BELOW
-                and model_family(model) in GAIN_AUTO_FAMILIES)
+        return model is not None and self._sub_bit_auto and model_family(model) in GAIN_AUTO_FAMILIES
 
     def resolved_variance(self, model: nn.Module | None = None) -> str:
         """``variance``, with "auto" replaced by the model family's default (:data:`VARIANCE_DEFAULTS`)."""

@@ -378,7 +378,7 @@ def tasks_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.keep_rule == "auto":
         updates["keep_rule"] = "uniform"
     if cfg.init == "auto":
-        updates["init"] = "kaiming_normal"
+        updates["init"] = pemn.PEMNConfig.init
     if cfg.gain is None:
         updates["gain"] = False
     return TrainConfig.from_dict({**cfg.to_dict(), **updates}) if updates else cfg
